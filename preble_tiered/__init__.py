@@ -1,0 +1,3 @@
+"""preble_tiered: a tier-aware (HBM / DRAM / disk) distributed prompt scheduler after Preble."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,93 @@
+"""Deterministic chained block hashing: the one place block hashes are made.
+
+    h_0 = xxh3_64(seed, 0      || tokens of block 0)
+    h_i = xxh3_64(seed, h_{i-1} || tokens of block i)
+
+`h_{i-1}` is packed as 8 little-endian bytes and tokens as little-endian uint32, so every
+process on every machine gets the same hashes (Python's `hash()` is salted per process and
+is never used). Only full blocks are hashed: a trailing partial block has no hash. An
+optional namespace (model id, LoRA name, salt) is folded into the seed, so two models never
+share a block hash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import xxhash
+
+DEFAULT_SEED = 0x5052_4542_4C45  # "PREBLE"
+DEFAULT_BLOCK_SIZE = 32
+
+_PARENT_NONE = (0).to_bytes(8, "little")
+
+
+def namespace_seed(namespace: str = "", seed: int = DEFAULT_SEED) -> int:
+    """The hashing seed for a namespace (empty namespace -> `seed` itself)."""
+    if not namespace:
+        return seed
+    return xxhash.xxh3_64_intdigest(namespace.encode("utf-8"), seed=seed)
+
+
+def block_hashes(
+    token_ids: Sequence[int] | np.ndarray,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    seed: int = DEFAULT_SEED,
+    parent: int | None = None,
+) -> list[int]:
+    """Chained hashes of the full blocks of `token_ids`.
+
+    Args:
+        token_ids: the prompt's token ids (non-negative, < 2**32).
+        block_size: tokens per block (> 0).
+        seed: the hashing seed, from :func:`namespace_seed`.
+        parent: hash of the block before `token_ids[0]` when hashing a continuation.
+
+    Returns:
+        One hash per full block; `len(token_ids) // block_size` of them.
+
+    Raises:
+        ValueError: on a non-positive block size or token ids outside uint32.
+    """
+    if block_size <= 0:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    arr = np.asarray(token_ids)
+    n_blocks = arr.shape[0] // block_size
+    if n_blocks == 0:
+        return []
+    if arr.dtype != np.dtype("<u4"):
+        if arr.size and (arr.min() < 0 or arr.max() > 0xFFFF_FFFF):
+            raise ValueError("token ids must be in [0, 2**32)")
+        arr = arr.astype("<u4")
+    data = arr[: n_blocks * block_size].tobytes()
+    step = block_size * 4
+    digest = xxhash.xxh3_64_intdigest
+    out = [0] * n_blocks
+    prev = _PARENT_NONE if parent is None else parent.to_bytes(8, "little")
+    for i in range(n_blocks):
+        h = digest(prev + data[i * step : (i + 1) * step], seed=seed)
+        out[i] = h
+        prev = h.to_bytes(8, "little")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class BlockHasher:
+    """Block hashing bound to one block size and namespace (what a cluster agrees on)."""
+
+    block_size: int = DEFAULT_BLOCK_SIZE
+    namespace: str = ""
+    seed: int = DEFAULT_SEED
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {self.block_size}")
+
+    @property
+    def effective_seed(self) -> int:
+        return namespace_seed(self.namespace, self.seed)
+
+    def __call__(self, token_ids: Sequence[int] | np.ndarray, parent: int | None = None) -> list[int]:
+        return block_hashes(token_ids, self.block_size, self.effective_seed, parent)

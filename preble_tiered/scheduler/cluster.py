@@ -1,0 +1,197 @@
+"""The router's view of the nodes: what it dispatched, what they reported, what they hold.
+
+Kept by the `Scheduler` facade and read by every policy. Pure: `now` is passed in.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from statistics import median
+
+from preble_tiered.scheduler.cost_model import CostModel
+from preble_tiered.scheduler.index import PrefixIndex
+from preble_tiered.types import NodeId, Tier
+
+TPOT_SAMPLES = 200  # Preble: median of the last 200 measured TPOTs
+TPOT_SEED_S = 0.15  # Preble's seed before anything is measured
+
+
+class TpotTracker:
+    """Median of the last `TPOT_SAMPLES` measured TPOTs (recomputed lazily)."""
+
+    __slots__ = ("_samples", "_median", "_dirty", "seed")
+
+    def __init__(self, seed: float = TPOT_SEED_S) -> None:
+        self._samples: deque[float] = deque(maxlen=TPOT_SAMPLES)
+        self._median = seed
+        self._dirty = 0
+        self.seed = seed
+
+    def add(self, tpot_s: float) -> None:
+        if tpot_s > 0:
+            self._samples.append(tpot_s)
+            self._dirty += 1
+
+    @property
+    def value(self) -> float:
+        # Refresh at most every 8 samples: sorting 200 floats on every decision is waste.
+        if self._dirty >= 8 or (self._dirty and len(self._samples) < 16):
+            self._median = median(self._samples)
+            self._dirty = 0
+        return self._median
+
+
+class WindowedSum:
+    """Sum of (time, value) samples within the last `window_s` seconds."""
+
+    __slots__ = ("window_s", "_items", "total")
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._items: deque[tuple[float, float]] = deque()
+        self.total = 0.0
+
+    def add(self, now: float, value: float) -> None:
+        self._items.append((now, value))
+        self.total += value
+        self.trim(now)
+
+    def trim(self, now: float) -> float:
+        cutoff = now - self.window_s
+        items = self._items
+        while items and items[0][0] <= cutoff:
+            self.total -= items.popleft()[1]
+        if not items:
+            self.total = 0.0  # no float drift once empty
+        return self.total
+
+
+@dataclass(slots=True)
+class Inflight:
+    """A dispatched request the router has not seen finish."""
+
+    request_id: str
+    node: NodeId
+    prompt_tokens: int
+    cached_tokens: int
+    max_output_tokens: int
+    est_prefill_s: float
+    dispatched_at: float
+    first_token_at: float | None = None
+
+
+@dataclass(slots=True)
+class NodeState:
+    """One node as the router sees it."""
+
+    node: NodeId
+    hbm_capacity_tokens: int
+    alive: bool = True
+    n_inflight: int = 0
+    n_prefilling: int = 0  # dispatched, no first token yet
+    pending_prefill_s: float = 0.0  # estimated compute of those prefills
+    pending_prefill_tokens: int = 0  # their uncached prompt tokens
+    inflight_tokens: int = 0  # prompt + max output of in-flight requests (least_load)
+    decode_tokens: int = 0  # max output tokens of in-flight requests
+    active_kv_tokens: int = 0  # prompt + max output of in-flight requests (their KV footprint)
+    tpot: TpotTracker = field(default_factory=TpotTracker)
+    reported_running: int = 0  # from load reports (real nodes); informational
+    reported_waiting: int = 0
+
+
+class ClusterState:
+    """Nodes, the prefix index and the cost model, with dispatch/finish bookkeeping."""
+
+    def __init__(self, n_nodes: int, cost: CostModel, block_size: int, index: PrefixIndex,
+                 hbm_tokens: int | None = None, window_s: float = 180.0) -> None:
+        if n_nodes <= 0:
+            raise ValueError(f"need at least one node, got {n_nodes}")
+        if n_nodes > 4096:
+            raise ValueError(f"at most 4096 nodes are supported, got {n_nodes}")
+        cap = cost.hbm_tokens if hbm_tokens is None else hbm_tokens
+        self.cost = cost
+        self.block_size = block_size
+        self.index = index
+        self.window_s = window_s
+        self.nodes = [NodeState(n, cap) for n in range(n_nodes)]
+        self.inflight: dict[str, Inflight] = {}
+        # Windowed cached/prompt token sums per node (prefill/decode balance).
+        self.hit_tokens = [WindowedSum(window_s) for _ in range(n_nodes)]
+        self.prompt_tokens = [WindowedSum(window_s) for _ in range(n_nodes)]
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.nodes)
+
+    def alive_nodes(self) -> list[NodeId]:
+        return [n.node for n in self.nodes if n.alive]
+
+    def hbm_used_tokens(self, node: NodeId) -> int:
+        return self.index.held_blocks(node, Tier.HBM) * self.block_size
+
+    def hbm_free_tokens(self, node: NodeId) -> int:
+        ns = self.nodes[node]
+        return ns.hbm_capacity_tokens - self.hbm_used_tokens(node) - ns.decode_tokens
+
+    def hit_ratio(self, node: NodeId, now: float) -> float:
+        total = self.prompt_tokens[node].trim(now)
+        return self.hit_tokens[node].trim(now) / total if total > 0 else 0.0
+
+    # ------------------------------------------------------------ bookkeeping
+    def on_dispatch(self, request_id: str, node: NodeId, prompt_tokens: int, cached_tokens: int,
+                    max_output_tokens: int, est_prefill_s: float, now: float) -> None:
+        if request_id in self.inflight:
+            raise ValueError(f"request {request_id!r} is already in flight")
+        self.inflight[request_id] = Inflight(request_id, node, prompt_tokens, cached_tokens,
+                                             max_output_tokens, est_prefill_s, now)
+        ns = self.nodes[node]
+        ns.n_inflight += 1
+        ns.n_prefilling += 1
+        ns.pending_prefill_s += est_prefill_s
+        ns.pending_prefill_tokens += prompt_tokens - cached_tokens
+        ns.inflight_tokens += prompt_tokens + max_output_tokens
+        ns.decode_tokens += max_output_tokens
+        ns.active_kv_tokens += prompt_tokens + max_output_tokens
+        self.hit_tokens[node].add(now, cached_tokens)
+        self.prompt_tokens[node].add(now, prompt_tokens)
+
+    def on_first_token(self, request_id: str, now: float) -> Inflight | None:
+        inf = self.inflight.get(request_id)
+        if inf is None or inf.first_token_at is not None:
+            return inf
+        inf.first_token_at = now
+        ns = self.nodes[inf.node]
+        ns.n_prefilling -= 1
+        ns.pending_prefill_s = max(0.0, ns.pending_prefill_s - inf.est_prefill_s)
+        ns.pending_prefill_tokens -= inf.prompt_tokens - inf.cached_tokens
+        ns.inflight_tokens -= inf.prompt_tokens
+        return inf
+
+    def on_finish(self, request_id: str, now: float, output_tokens: int) -> Inflight | None:
+        """Close a request; records its TPOT. Unknown ids return None (already closed)."""
+        inf = self.on_first_token(request_id, now)
+        if inf is None:
+            return None
+        del self.inflight[request_id]
+        ns = self.nodes[inf.node]
+        ns.n_inflight -= 1
+        ns.inflight_tokens -= inf.max_output_tokens
+        ns.decode_tokens -= inf.max_output_tokens
+        ns.active_kv_tokens -= inf.prompt_tokens + inf.max_output_tokens
+        if output_tokens > 1 and inf.first_token_at is not None:
+            ns.tpot.add((now - inf.first_token_at) / (output_tokens - 1))
+        return inf
+
+    def mark_down(self, node: NodeId, now: float) -> list[Inflight]:
+        """Node lost: drop its residency; return its in-flight requests for re-routing."""
+        ns = self.nodes[node]
+        ns.alive = False
+        self.index.clear_node(node, now)
+        lost = [inf for inf in self.inflight.values() if inf.node == node]
+        for inf in lost:
+            self.on_finish(inf.request_id, now, 0)
+        return lost
+
+    def mark_up(self, node: NodeId) -> None:
+        self.nodes[node].alive = True

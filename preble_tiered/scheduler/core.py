@@ -1,0 +1,114 @@
+"""The Scheduler: one object the simulator and the router process both drive.
+
+    schedule(request) -> Decision      demand + exact match + policy + bookkeeping
+    apply(event)                       residency events into the PrefixIndex
+    on_first_token / on_finish         completion feedback (load, TPOT, autoscaling)
+
+It reads time only from the injected Clock, so it is the same code under a simulated clock.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from preble_tiered.events import AllBlocksCleared, BlockRemoved, BlockStored, ResidencyEvent
+from preble_tiered.hashing import DEFAULT_BLOCK_SIZE
+from preble_tiered.scheduler.clock import Clock
+from preble_tiered.scheduler.cluster import ClusterState, Inflight
+from preble_tiered.scheduler.cost_model import CostModel
+from preble_tiered.scheduler.index import PrefixIndex
+from preble_tiered.scheduler.policy import Policy, PolicyConfig, make_policy
+from preble_tiered.scheduler.types import Action, Decision, RouteRequest
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """How the router schedules."""
+
+    policy: str = "e2_tiered"
+    """Policy name (see `preble_tiered.scheduler.policy.policy_names`)."""
+    n_nodes: int = 2
+    block_size: int = DEFAULT_BLOCK_SIZE
+    """Tokens per KV block; the engines' block size (multiple of 32 for vLLM on CPU)."""
+    hbm_tokens: int | None = None
+    """KV capacity of one node's GPU memory in tokens (None: the cost model's)."""
+    policy_config: PolicyConfig = field(default_factory=PolicyConfig)
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {self.block_size}")
+        if self.n_nodes <= 0:
+            raise ValueError(f"n_nodes must be positive, got {self.n_nodes}")
+        if self.hbm_tokens is not None and self.hbm_tokens < self.block_size:
+            raise ValueError(f"hbm_tokens must hold at least one block, got {self.hbm_tokens}")
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, cost: CostModel, clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+        self.index = PrefixIndex(config.policy_config.window_s)
+        self.cluster = ClusterState(config.n_nodes, cost, config.block_size, self.index,
+                                    config.hbm_tokens, config.policy_config.window_s)
+        self.policy: Policy = make_policy(config.policy, self.cluster, config.policy_config)
+        self.branch_counts: Counter[str] = Counter()
+
+    def schedule(self, req: RouteRequest) -> Decision:
+        """Choose a node and plan for `req` and record it as dispatched.
+
+        Raises:
+            ValueError: for an empty prompt or a duplicate request id.
+            RuntimeError: when no node is alive.
+        """
+        if req.prompt_tokens <= 0:
+            raise ValueError("prompt is empty: send at least one token")
+        if req.request_id in self.cluster.inflight:
+            raise ValueError(f"request id {req.request_id!r} is already in flight")
+        now = self.clock.now()
+        self.index.record_access(req.block_hashes, now)
+        match = self.index.match(req.block_hashes)
+        decision = self.policy.route(req, match, now)
+        plan = decision.plan
+        self.cluster.on_dispatch(req.request_id, decision.node, req.prompt_tokens, plan.cached_tokens,
+                                 req.max_output_tokens, plan.est_prefill_s, now)
+        self.policy.on_dispatched(req, decision, now)
+        self.branch_counts[decision.branch.value] += 1
+        return decision
+
+    def apply(self, event: ResidencyEvent) -> None:
+        now = self.clock.now()
+        if isinstance(event, BlockStored):
+            self.index.store(event.node, event.tier, event.hashes, event.parent, now)
+        elif isinstance(event, BlockRemoved):
+            self.index.remove(event.node, event.tier, event.hashes, now)
+        elif isinstance(event, AllBlocksCleared):
+            self.index.clear_node(event.node, now, event.tier)
+        else:
+            raise TypeError(f"not a residency event: {event!r}")
+
+    def on_first_token(self, request_id: str) -> None:
+        self.cluster.on_first_token(request_id, self.clock.now())
+
+    def on_finish(self, request_id: str, output_tokens: int) -> Inflight | None:
+        now = self.clock.now()
+        inf = self.cluster.on_finish(request_id, now, output_tokens)
+        if inf is not None:
+            ttft = None if inf.first_token_at is None else inf.first_token_at - inf.dispatched_at
+            self.policy.on_finished(inf, now, ttft)
+        return inf
+
+    def mark_down(self, node: int) -> list[Inflight]:
+        """Node lost: its residency is dropped; returns its in-flight requests to re-route."""
+        return self.cluster.mark_down(node, self.clock.now())
+
+
+def predicted_cached(decision: Decision) -> dict[str, int]:
+    """Cached tokens the plan expects, by source (for metrics and `explain`)."""
+    out = {"hbm": 0, "dram": 0, "disk": 0, "remote": 0}
+    for s in decision.plan.segments:
+        if s.action is Action.PULL:
+            out["remote"] += s.tokens
+        elif s.action is not Action.RECOMPUTE and s.tier is not None:
+            out[s.tier.name.lower()] += s.tokens
+    return out

@@ -1,0 +1,231 @@
+"""Cost model: prefill time, decode step time, KV bytes, and link times.
+
+Everything is in seconds and bytes. Prefill models are fitted objects: `LinearPrefill.fit`
+takes measured samples and solves least squares on the features [1, e, c, e*c], where
+e = new (computed) tokens and c = context tokens (cached + new). Presets are named in
+`PREFILL_PRESETS` / `COST_PRESETS` and chosen by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import numpy as np
+
+from preble_tiered.types import Tier
+
+
+class PrefillCost(Protocol):
+    def seconds(self, new_tokens: int, context_tokens: int) -> float:
+        """Time to compute `new_tokens` of KV with `context_tokens` of total context."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LinearPrefill:
+    """t_ms = a + b*e + c*ctx + d*e*ctx (Preble's form for Llama-3-70B on H100 TP2)."""
+
+    a: float
+    b: float
+    c: float
+    d: float
+
+    def seconds(self, new_tokens: int, context_tokens: int) -> float:
+        if new_tokens <= 0:
+            return 0.0
+        e, ctx = new_tokens, context_tokens
+        return (self.a + self.b * e + self.c * ctx + self.d * e * ctx) * 1e-3
+
+    @classmethod
+    def fit(cls, samples: Iterable[tuple[int, int, float]]) -> "LinearPrefill":
+        """Least-squares fit from (new_tokens, context_tokens, seconds) samples.
+
+        Raises:
+            ValueError: with fewer than 4 samples or when all samples are identical.
+        """
+        rows = [(1.0, e, c, e * c, t * 1e3) for e, c, t in samples]
+        if len(rows) < 4:
+            raise ValueError(f"need at least 4 samples to fit a prefill model, got {len(rows)}")
+        m = np.asarray(rows, dtype=np.float64)
+        x, y = m[:, :4], m[:, 4]
+        # Scale columns so e*c (~1e8) does not swamp the intercept in the solve.
+        scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
+        coef, _, rank, _ = np.linalg.lstsq(x / scale, y, rcond=None)
+        if rank < 2:
+            raise ValueError("prefill samples are degenerate: vary the prompt lengths")
+        a, b, c, d = (coef / scale).tolist()
+        return cls(a, b, c, d)
+
+
+@dataclass(frozen=True, slots=True)
+class PrebleMistralA6000Prefill:
+    """Preble's fitted prefill time for Mistral-7B on an A6000 (SGLang + FlashInfer).
+
+    1k tokens ~ 125 ms, 4k ~ 539 ms, 8k ~ 1.15 s, 24k ~ 4.4 s (design.md section 6).
+    """
+
+    def seconds(self, new_tokens: int, context_tokens: int) -> float:
+        e = new_tokens
+        if e <= 0:
+            return 0.0
+        c = max(context_tokens, e)
+        if e >= 384:
+            linear = 0.10842571 * e + 4.21
+        elif e >= 192:
+            linear = -118 + 1.25 * e - 2.56e-3 * e * e
+        else:
+            linear = 22.0
+        attn = 0.32 if c <= 1024 else 1.86e-4 * c + 0.159
+        if e <= 1024:
+            attn /= 2
+        extra = 1.13e-3 * e + 1.75e-3 * c + 2.19e-6 * e * c if e * c > 1024 * 1024 else 0.0
+        return (linear + attn + extra) / 0.9 * 1e-3
+
+
+@dataclass(frozen=True, slots=True)
+class ModelShape:
+    """What sizes KV and weights. kv bytes/token = 2 * layers * kv_heads * head_dim * dtype."""
+
+    name: str
+    layers: int
+    kv_heads: int
+    head_dim: int
+    dtype_bytes: int
+    params: float  # parameter count (weights read once per decode step)
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.layers * self.kv_heads * self.head_dim * self.dtype_bytes
+
+    @property
+    def weight_bytes(self) -> float:
+        return self.params * self.dtype_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeModel:
+    """Roofline decode step: (weights + KV of the batch's contexts) / bandwidth + overhead."""
+
+    mem_bandwidth: float  # bytes/s
+    step_overhead_s: float = 0.004
+
+    def step_seconds(self, shape: ModelShape, batch_context_tokens: int, batch_size: int) -> float:
+        if batch_size <= 0:
+            return 0.0
+        moved = shape.weight_bytes + shape.kv_bytes_per_token * batch_context_tokens
+        return moved / self.mem_bandwidth + self.step_overhead_s
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A data path: time = latency + bytes / bandwidth."""
+
+    bandwidth: float  # bytes/s
+    latency_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.bandwidth <= 0:
+            raise ValueError(f"link bandwidth must be positive, got {self.bandwidth}")
+
+    def seconds(self, nbytes: float) -> float:
+        return 0.0 if nbytes <= 0 else self.latency_s + nbytes / self.bandwidth
+
+
+GB = 1e9
+
+
+@dataclass(frozen=True, slots=True)
+class Links:
+    """Presets from design.md section 6; measured values replace them (issue 'tiered KV')."""
+
+    dram: Link = field(default_factory=lambda: Link(25 * GB, 20e-6))  # HBM<->DRAM, PCIe 4 x16
+    disk: Link = field(default_factory=lambda: Link(5 * GB, 100e-6))  # NVMe
+    net: Link = field(default_factory=lambda: Link(12.5 * GB, 50e-6))  # node<->node, 100 Gb/s
+
+    def fetch(self, tier: Tier) -> Link | None:
+        """The link that brings a block from `tier` into HBM (None for HBM itself)."""
+        if tier is Tier.DRAM:
+            return self.dram
+        if tier is Tier.DISK:
+            return self.disk
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class CostModel:
+    """All cost facts the scheduler and the simulator use, in one object."""
+
+    name: str
+    prefill: PrefillCost
+    shape: ModelShape
+    decode: DecodeModel
+    hbm_tokens: int  # KV capacity of one node's GPU memory, in tokens
+    links: Links = field(default_factory=Links)
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return self.shape.kv_bytes_per_token
+
+    def prefill_s(self, new_tokens: int, context_tokens: int) -> float:
+        return self.prefill.seconds(new_tokens, context_tokens)
+
+    def fetch_s(self, tier: Tier, tokens: int) -> float:
+        link = self.links.fetch(tier)
+        return 0.0 if link is None else link.seconds(tokens * self.kv_bytes_per_token)
+
+    def pull_s(self, tokens: int) -> float:
+        return self.links.net.seconds(tokens * self.kv_bytes_per_token)
+
+    def decode_step_s(self, batch_context_tokens: int, batch_size: int) -> float:
+        return self.decode.step_seconds(self.shape, batch_context_tokens, batch_size)
+
+    def with_links(self, links: Links) -> "CostModel":
+        return replace(self, links=links)
+
+
+MISTRAL_7B = ModelShape("mistral-7b", layers=32, kv_heads=8, head_dim=128, dtype_bytes=2, params=7.24e9)
+LLAMA3_70B = ModelShape("llama-3-70b", layers=80, kv_heads=8, head_dim=128, dtype_bytes=2, params=70.6e9)
+
+
+def _mistral_a6000() -> CostModel:
+    return CostModel(
+        name="mistral-7b-a6000",
+        prefill=PrebleMistralA6000Prefill(),
+        shape=MISTRAL_7B,
+        decode=DecodeModel(mem_bandwidth=768 * GB),
+        hbm_tokens=198_516,
+    )
+
+
+def _llama70b_h100_tp2() -> CostModel:
+    # Two H100 SXM in TP2: twice the memory bandwidth; KV gets what 92% of 2x80 GB leaves
+    # after 141 GB of fp16 weights (~18k tokens at 320 KiB/token).
+    shape = LLAMA3_70B
+    kv_budget = 2 * 80 * GB * 0.92 - shape.weight_bytes
+    return CostModel(
+        name="llama3-70b-h100-tp2",
+        prefill=LinearPrefill(18.67, 0.0799, 2.69e-3, 7.44e-7),
+        shape=shape,
+        decode=DecodeModel(mem_bandwidth=2 * 3.35e12),
+        hbm_tokens=int(max(kv_budget, 0) // shape.kv_bytes_per_token),
+    )
+
+
+COST_PRESETS = {
+    "mistral-7b-a6000": _mistral_a6000,
+    "llama3-70b-h100-tp2": _llama70b_h100_tp2,
+}
+
+
+def cost_preset(name: str) -> CostModel:
+    """A named cost model preset.
+
+    Raises:
+        ValueError: for an unknown name (the message lists the known ones).
+    """
+    try:
+        return COST_PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown cost preset {name!r}; known: {', '.join(sorted(COST_PRESETS))}") from None

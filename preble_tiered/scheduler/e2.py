@@ -1,0 +1,272 @@
+"""E2 scheduling (Preble, ICLR 2025) and our tier- and transfer-aware extension.
+
+Per request with prompt length L, `matched` = the longest prefix held anywhere:
+
+    matched > L - matched  -> EXPLOIT: among the nodes holding it, the cheapest
+    otherwise              -> EXPLORE: argmin_n Load_n + Evict_n + Prefill_n
+
+    Load_n    windowed prefill work routed to n (H = 180 s) + in-flight output tokens x TPOT_n
+    Evict_n   recompute cost of the prefixes the request would push out of n's HBM, LRU
+              order, weighted by their windowed hits
+    Prefill_n time to compute what n does not hold (here: the cheapest plan on n)
+
+plus post-assignment rebalancing (max load > 1.5 x min -> the heavy node's cheapest hot
+prefix is redirected to the light node), prefix autoscaling, and prefill/decode balance
+(explore prefers a decode-heavy node, windowed hit ratio >= 0.7, when nearly as cheap).
+
+`preble_e2` is the published algorithm on HBM only: replicas recompute. Known faults of the
+original code are not copied: the argmin returns a node (not a list position), miss rates
+are kept per node, and the prefix index forgets what nobody holds or asks for.
+
+`e2_tiered` (ours) costs every node with its cheapest plan over its own HBM/DRAM/disk and
+pulls from another node; "held" means usable more cheaply than recomputing. Replication
+is by KV copy: in EXPLOIT every node is a candidate, a non-holder paying the pull, so a
+hot prefix gets a new replica exactly when copying it and running elsewhere beats queueing
+at its holders. Its load term adds the node's outstanding prefill queue to Preble's
+windowed work, so it reacts to bursts within the window.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from preble_tiered.scheduler.cluster import ClusterState, Inflight, WindowedSum
+from preble_tiered.scheduler.index import MatchResult, iter_bits
+from preble_tiered.scheduler.planner import PlanContext, Planner
+from preble_tiered.scheduler.policy import Policy, PolicyConfig, register_policy
+from preble_tiered.scheduler.types import Branch, CandidateCost, Decision, RouteRequest
+
+_EVICT_SCAN = 32  # LRU entries examined per eviction estimate
+
+
+class _Buckets:
+    """Two-bucket windowed (sum, count), O(1) per update: per-prefix load and TTFT."""
+
+    __slots__ = ("bucket", "cur", "prev", "n_cur", "n_prev")
+
+    def __init__(self) -> None:
+        self.bucket, self.cur, self.prev, self.n_cur, self.n_prev = -1, 0.0, 0.0, 0, 0
+
+    def add(self, b: int, value: float) -> None:
+        if b != self.bucket:
+            if b == self.bucket + 1:
+                self.prev, self.n_prev = self.cur, self.n_cur
+            else:
+                self.prev, self.n_prev = 0.0, 0
+            self.cur, self.n_cur, self.bucket = 0.0, 0, b
+        self.cur += value
+        self.n_cur += 1
+
+    def total(self, b: int) -> float:
+        if b == self.bucket:
+            return self.cur + self.prev
+        return self.cur if b == self.bucket + 1 else 0.0
+
+
+@register_policy("preble_e2")
+class PrebleE2(Policy):
+    """Preble's E2 on HBM only (see module docstring)."""
+
+    def __init__(self, cluster: ClusterState, config: PolicyConfig) -> None:
+        super().__init__(cluster, config)
+        n = cluster.n_nodes
+        self.planner = Planner(cluster.cost, cluster.block_size, self.uses_tiers, self.uses_pulls)
+        self.prefill_work = [WindowedSum(config.window_s) for _ in range(n)]
+        # Per node: prefix key -> footprint tokens, least recently routed first (Evict_n).
+        self.lru: list[OrderedDict[int, int]] = [OrderedDict() for _ in range(n)]
+        # Per node: prefix key -> windowed work routed there (rebalancing picks from it).
+        self.key_work: list[dict[int, _Buckets]] = [{} for _ in range(n)]
+        self.redirects: dict[int, int] = {}  # prefix key -> node
+        self._next_rebalance = float("-inf")
+        self._req_key: dict[str, int | None] = {}  # in-flight request -> prefix key
+        self._ttft: dict[int, _Buckets] = {}  # prefix key -> windowed TTFT (autoscaling)
+        self._autoscale: set[int] = set()
+
+    # ------------------------------------------------------------------ terms
+    def load_s(self, node: int, now: float) -> float:
+        ns = self.cluster.nodes[node]
+        return self.prefill_work[node].trim(now) + ns.decode_tokens * ns.tpot.value
+
+    def evict_s(self, node: int, need_tokens: int, now: float) -> float:
+        overflow = need_tokens - self.cluster.hbm_free_tokens(node)
+        if overflow <= 0:
+            return 0.0
+        index, cost, bit = self.cluster.index, 0.0, 1 << node
+        lru, stale = self.lru[node], []
+        for i, (key, tokens) in enumerate(lru.items()):
+            if overflow <= 0 or i >= _EVICT_SCAN:
+                break
+            e = index.entry(key)
+            if e is None or not e.hbm & bit:
+                stale.append(key)
+                continue
+            hits = index.requests_in_window(key, now) - 1
+            if hits > 0:
+                cost += hits * self.cluster.cost.prefill_s(tokens, tokens)
+            overflow -= tokens
+        for key in stale:
+            del lru[key]
+        return cost
+
+    def need_tokens(self, node: int, pc: PlanContext) -> int:
+        """HBM tokens the request would newly occupy on `node`."""
+        nm = pc.match.nodes.get(node)
+        in_place = 0 if nm is None else nm.hbm_prefix * self.cluster.block_size
+        return pc.prompt_tokens - in_place + pc.req.max_output_tokens
+
+    def matched_blocks(self, match: MatchResult) -> tuple[int, int]:
+        """(blocks, holder mask) of the prefix E2 counts as held: HBM only here."""
+        return match.longest_hbm, match.hbm_holders
+
+    # ------------------------------------------------------------------ route
+    def route(self, req: RouteRequest, match: MatchResult, now: float) -> Decision:
+        cluster = self.cluster
+        pc = self.planner.prepare(req, match)
+        key = self._prefix_key(req, now)
+        alive = [ns.node for ns in cluster.nodes if ns.alive]
+        if not alive:
+            raise RuntimeError("no node is alive")
+        target = self.redirects.get(key) if key is not None else None
+        if target is not None and cluster.nodes[target].alive:
+            cands = self._costs([target], pc, now)
+            return self._decision(req, pc, cands[0], Branch.REBALANCE, cands)
+        blocks, holders = self.matched_blocks(match)
+        matched = min(blocks * cluster.block_size, pc.prompt_tokens)
+        holder_nodes = [n for n in iter_bits(holders) if cluster.nodes[n].alive]
+        if key is not None and key in self._autoscale:
+            self._autoscale.discard(key)
+            best, cands = self._explore(pc, alive, now)
+            branch = Branch.EXPLOIT if best.node in holder_nodes else Branch.REPLICATE
+            return self._decision(req, pc, best, branch, cands)
+        if matched > pc.prompt_tokens - matched and holder_nodes:
+            best, cands, branch = self._exploit(pc, holder_nodes, alive, now)
+        else:
+            best, cands = self._explore(pc, alive, now)
+            branch = Branch.EXPLORE
+        return self._decision(req, pc, best, branch, cands)
+
+    def _exploit(self, pc: PlanContext, holders: list[int], alive: list[int],
+                 now: float) -> tuple[CandidateCost, list[CandidateCost], Branch]:
+        # Preble: the least loaded of the nodes holding the prefix.
+        cands = self._costs(holders, pc, now, with_evict=False)
+        return min(cands, key=lambda c: c.total_s), cands, Branch.EXPLOIT
+
+    def _explore(self, pc: PlanContext, nodes: list[int], now: float) -> tuple[CandidateCost, list[CandidateCost]]:
+        cands = self._costs(nodes, pc, now)
+        best = min(cands, key=lambda c: c.total_s)
+        cfg = self.config
+        heavy = [c for c in cands if self.cluster.hit_ratio(c.node, now) >= cfg.decode_heavy_hit_ratio]
+        if heavy:
+            pd = min(heavy, key=lambda c: c.total_s)
+            if pd.total_s <= cfg.pd_slack * best.total_s:
+                best = pd
+        return best, cands
+
+    def _costs(self, nodes: list[int], pc: PlanContext, now: float,
+               with_evict: bool = True) -> list[CandidateCost]:
+        """Cost terms per node. Evict_n >= 0 is computed only where it can change the
+        argmin (branch and bound), since it walks an LRU."""
+        planner = self.planner
+        cands = [CandidateCost(n, self.load_s(n, now), 0.0, planner.choice_s(n, pc)) for n in nodes]
+        if with_evict:
+            order = sorted(cands, key=lambda c: c.total_s)
+            best = float("inf")
+            for c in order:
+                if c.total_s >= best:
+                    break
+                c.evict_s = self.evict_s(c.node, self.need_tokens(c.node, pc), now)
+                best = min(best, c.total_s)
+        return cands
+
+    def _decision(self, req: RouteRequest, pc: PlanContext, best: CandidateCost, branch: Branch,
+                  cands: list[CandidateCost]) -> Decision:
+        plan = self.planner.build(best.node, pc)
+        return Decision(req.request_id, best.node, plan, branch, cands if self.config.explain else [])
+
+    def _prefix_key(self, req: RouteRequest, now: float) -> int | None:
+        depth = self.cluster.index.shared_depth(req.block_hashes, now)
+        return req.block_hashes[depth - 1] if depth else None
+
+    # ------------------------------------------------------------- bookkeeping
+    def on_dispatched(self, req: RouteRequest, decision: Decision, now: float) -> None:
+        node, plan = decision.node, decision.plan
+        self.prefill_work[node].add(now, plan.est_prefill_s)
+        key = self._prefix_key(req, now)
+        self._req_key[req.request_id] = key
+        foot = key if key is not None else (req.block_hashes[-1] if req.block_hashes else None)
+        if foot is not None:
+            lru = self.lru[node]
+            lru[foot] = req.prompt_tokens
+            lru.move_to_end(foot)
+        if key is not None:
+            b = int(now // self.config.window_s)
+            work = self.key_work[node].get(key)
+            if work is None:
+                work = self.key_work[node][key] = _Buckets()
+            work.add(b, plan.est_prefill_s)
+        if now >= self._next_rebalance:
+            self._next_rebalance = now + self.config.rebalance_interval_s
+            self._rebalance(now)
+
+    def _rebalance(self, now: float) -> None:
+        """Preble's post-assignment rebalancing: redirect the heavy node's cheapest hot
+        prefix to the light node while max load > ratio x min load."""
+        alive = [ns.node for ns in self.cluster.nodes if ns.alive]
+        if len(alive) < 2:
+            return
+        loads = {n: self.load_s(n, now) for n in alive}
+        heavy = max(alive, key=loads.__getitem__)
+        light = min(alive, key=loads.__getitem__)
+        if loads[heavy] <= self.config.rebalance_ratio * loads[light] or loads[heavy] <= 0:
+            self.redirects.clear()
+            return
+        b = int(now // self.config.window_s)
+        index = self.cluster.index
+        gap = (loads[heavy] - loads[light]) / 2
+        best_key, best_work = None, float("inf")
+        for key, work in list(self.key_work[heavy].items()):
+            w = work.total(b)
+            if w <= 0:
+                del self.key_work[heavy][key]
+                continue
+            if w < best_work and w <= gap and index.requests_in_window(key, now) >= 2 \
+                    and self.redirects.get(key) != light:
+                best_key, best_work = key, w
+        if best_key is not None:
+            self.redirects[best_key] = light
+
+    def on_finished(self, inflight: Inflight, now: float, ttft_s: float | None) -> None:
+        key = self._req_key.pop(inflight.request_id, None)
+        if key is None or ttft_s is None:
+            return
+        b = int(now // self.config.window_s)
+        t = self._ttft.get(key)
+        if t is None:
+            t = self._ttft[key] = _Buckets()
+        t.add(b, ttft_s)
+        # Autoscaling: mean TTFT in this window >= ratio x the previous window's.
+        if t.bucket == b and t.n_cur >= 4 and t.n_prev >= 4:
+            if t.cur / t.n_cur >= self.config.autoscale_ttft_ratio * (t.prev / t.n_prev):
+                self._autoscale.add(key)
+
+
+@register_policy("e2_tiered")
+class E2Tiered(PrebleE2):
+    """E2 with tier- and transfer-aware costs, replication by KV copy (module docstring)."""
+
+    uses_tiers = True
+    uses_pulls = True
+
+    def load_s(self, node: int, now: float) -> float:
+        return super().load_s(node, now) + self.cluster.nodes[node].pending_prefill_s
+
+    def matched_blocks(self, match: MatchResult) -> tuple[int, int]:
+        return match.longest, match.holders
+
+    def _exploit(self, pc: PlanContext, holders: list[int], alive: list[int],
+                 now: float) -> tuple[CandidateCost, list[CandidateCost], Branch]:
+        cands = self._costs(alive, pc, now)
+        best = min(cands, key=lambda c: c.total_s)
+        branch = Branch.EXPLOIT if best.node in holders else Branch.REPLICATE
+        return best, cands, branch
+

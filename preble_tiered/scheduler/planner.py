@@ -1,0 +1,171 @@
+"""Plans: how a node would serve a prompt, and what that costs.
+
+For node n the usable prefix may sit in n's HBM (used in place), n's DRAM/disk (fetched),
+or on another node m (pulled); the rest is recomputed. A plan's time is
+
+    fetch(local DRAM/disk blocks) + pull(blocks from m) + T_pf(new tokens, prompt length)
+
+`PlanContext` holds what is the same for every node (computed once per request), so costing
+a node is a few float operations; the `Plan` object is built only for the chosen node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from preble_tiered.scheduler.cost_model import CostModel
+from preble_tiered.scheduler.index import MatchResult, NodeMatch, iter_bits
+from preble_tiered.scheduler.types import Action, Plan, PlanSegment, RouteRequest
+from preble_tiered.types import NodeId, Tier
+
+
+@dataclass(slots=True)
+class PlanContext:
+    """Per-request constants for costing plans on any node."""
+
+    req: RouteRequest
+    match: MatchResult
+    prompt_tokens: int
+    recompute_all_s: float
+    src: NodeId | None = None  # best pull source (pulls enabled), longest prefix anywhere
+    src_blocks: int = 0
+    src_disk_frac: float = 0.0
+    default_s: float = 0.0  # plan time on a node holding nothing
+
+
+@dataclass(slots=True)
+class PlanChoice:
+    kind: str  # "hbm" | "local" | "pull"
+    local_blocks: int
+    pull_blocks: int
+    fetch_s: float
+    pull_s: float
+    prefill_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.fetch_s + self.pull_s + self.prefill_s
+
+
+class Planner:
+    """Costs and builds plans under one cost model and capability set.
+
+    Args:
+        cost: the cost model.
+        block_size: tokens per block.
+        use_tiers: plans may fetch from the node's DRAM/disk tiers.
+        use_pulls: plans may pull KV from another node.
+    """
+
+    def __init__(self, cost: CostModel, block_size: int, use_tiers: bool, use_pulls: bool) -> None:
+        self.cost = cost
+        self.block_size = block_size
+        self.use_tiers = use_tiers
+        self.use_pulls = use_pulls
+
+    def cached_cap(self, blocks: int, prompt_tokens: int) -> int:
+        """Tokens reusable from `blocks` cached blocks: the last prompt token is always
+        computed (the engine needs its logits), as in vLLM."""
+        return min(blocks * self.block_size, prompt_tokens - 1)
+
+    def prefill_s(self, cached_tokens: int, prompt_tokens: int) -> float:
+        return self.cost.prefill_s(prompt_tokens - cached_tokens, prompt_tokens)
+
+    def prepare(self, req: RouteRequest, match: MatchResult) -> PlanContext:
+        L = max(req.prompt_tokens, 1)
+        pc = PlanContext(req, match, L, self.cost.prefill_s(L, L))
+        pc.default_s = pc.recompute_all_s
+        if self.use_pulls and match.longest > 0:
+            src = self._pick_source(match)
+            nm = match.nodes[src]
+            pc.src, pc.src_blocks = src, nm.blocks
+            pc.src_disk_frac = nm.disk / nm.blocks if nm.blocks else 0.0
+            pc.default_s = self._pull_choice(pc, 0, 0.0).total_s
+        return pc
+
+    def _pick_source(self, match: MatchResult) -> NodeId:
+        # Among the nodes holding the longest prefix, the one holding most of it in HBM.
+        best, best_hbm = -1, -1
+        for n in iter_bits(match.holders):
+            h = match.nodes[n].hbm
+            if h > best_hbm:
+                best, best_hbm = n, h
+        return best
+
+    def choice(self, node: NodeId, pc: PlanContext) -> PlanChoice:
+        """The cheapest plan for `node`."""
+        nm = pc.match.nodes.get(node)
+        if nm is None:
+            if pc.src is not None and pc.src != node:
+                return self._pull_choice(pc, 0, 0.0)
+            return PlanChoice("hbm", 0, 0, 0.0, 0.0, pc.recompute_all_s)
+        L = pc.prompt_tokens
+        best = PlanChoice("hbm", nm.hbm_prefix, 0, 0.0, 0.0,
+                          self.prefill_s(self.cached_cap(nm.hbm_prefix, L), L))
+        local_blocks, fetch_s = nm.hbm_prefix, 0.0
+        if self.use_tiers and nm.blocks > nm.hbm_prefix:
+            fetch_s = self._fetch_s(nm)
+            local = PlanChoice("local", nm.blocks, 0, fetch_s, 0.0,
+                               self.prefill_s(self.cached_cap(nm.blocks, L), L))
+            if local.total_s < best.total_s:
+                best = local
+                local_blocks = nm.blocks
+        if pc.src is not None and pc.src != node and pc.src_blocks > local_blocks:
+            pull = self._pull_choice(pc, local_blocks, fetch_s if local_blocks > nm.hbm_prefix else 0.0)
+            if pull.total_s < best.total_s:
+                best = pull
+        return best
+
+    def choice_s(self, node: NodeId, pc: PlanContext) -> float:
+        if node not in pc.match.nodes and node != pc.src:
+            return pc.default_s
+        return self.choice(node, pc).total_s
+
+    def _fetch_s(self, nm: NodeMatch) -> float:
+        bs = self.block_size
+        return self.cost.fetch_s(Tier.DRAM, nm.dram * bs) + self.cost.fetch_s(Tier.DISK, nm.disk * bs)
+
+    def _pull_choice(self, pc: PlanContext, local_blocks: int, fetch_s: float) -> PlanChoice:
+        n_pull = pc.src_blocks - local_blocks
+        tokens = n_pull * self.block_size
+        pull_s = self.cost.pull_s(tokens)
+        if pc.src_disk_frac:
+            pull_s += self.cost.fetch_s(Tier.DISK, int(tokens * pc.src_disk_frac))
+        L = pc.prompt_tokens
+        return PlanChoice("pull", local_blocks, n_pull, fetch_s, pull_s,
+                          self.prefill_s(self.cached_cap(pc.src_blocks, L), L))
+
+    def build(self, node: NodeId, pc: PlanContext, choice: PlanChoice | None = None) -> Plan:
+        """The named plan for `node` (the cheapest one unless `choice` is given)."""
+        c = choice or self.choice(node, pc)
+        L, bs = pc.prompt_tokens, self.block_size
+        segs: list[PlanSegment] = []
+        nm = pc.match.nodes.get(node)
+        budget = L - 1  # tokens that may come from cache (the last one is computed)
+
+        def add(action: Action, blocks: int, tier: Tier | None, source: NodeId | None = None) -> None:
+            nonlocal budget
+            if blocks <= 0:
+                return
+            tok = min(blocks * bs, budget)
+            if tok <= 0:
+                return
+            budget -= tok
+            segs.append(PlanSegment(action, blocks, tok, tier, source))
+
+        if nm is not None and c.local_blocks:
+            if c.local_blocks > nm.hbm_prefix:  # the whole usable prefix, fetching lower tiers
+                add(Action.IN_PLACE, nm.hbm, Tier.HBM)
+                add(Action.FETCH, nm.dram, Tier.DRAM)
+                add(Action.FETCH, nm.disk, Tier.DISK)
+            else:
+                add(Action.IN_PLACE, c.local_blocks, Tier.HBM)
+        if c.kind == "pull":
+            src_tier = Tier.DISK if pc.src_disk_frac >= 0.5 else Tier.HBM
+            add(Action.PULL, c.pull_blocks, src_tier, pc.src)
+        cached = (L - 1) - budget
+        segs.append(PlanSegment(Action.RECOMPUTE, 0, L - cached))
+        return Plan(node, tuple(segs), local_blocks=c.local_blocks,
+                    pull_blocks=c.pull_blocks if c.kind == "pull" else 0,
+                    pull_from=pc.src if c.kind == "pull" else None,
+                    est_fetch_s=c.fetch_s, est_pull_s=c.pull_s, est_prefill_s=c.prefill_s)

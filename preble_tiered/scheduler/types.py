@@ -1,0 +1,111 @@
+"""Dataclasses passed between the router front end, the policies and the engines."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from preble_tiered.types import NodeId, Tier
+
+
+@dataclass(slots=True)
+class RouteRequest:
+    """What a policy sees of a request.
+
+    Attributes:
+        request_id: unique id.
+        block_hashes: chained hashes of the prompt's full blocks (hashing module).
+        prompt_tokens: prompt length in tokens (the trailing partial block included).
+        max_output_tokens: the request's output budget; policies use it as the expected
+            output length (the router cannot know when generation stops).
+    """
+
+    request_id: str
+    block_hashes: list[int]
+    prompt_tokens: int
+    max_output_tokens: int
+
+
+class Branch(enum.Enum):
+    """Why a node was chosen (counted in metrics, shown by `explain`)."""
+
+    EXPLOIT = "exploit"
+    EXPLORE = "explore"
+    REBALANCE = "rebalance"
+    REPLICATE = "replicate"
+    BASELINE = "baseline"  # a baseline policy's single rule
+
+
+class Action(enum.Enum):
+    """What the chosen node does with one part of the prompt."""
+
+    IN_PLACE = "in_place"  # KV already in HBM
+    FETCH = "fetch"  # KV in the node's DRAM or disk tier, copied up
+    PULL = "pull"  # KV on another node, copied over the network
+    RECOMPUTE = "recompute"
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSegment:
+    action: Action
+    blocks: int  # KV blocks covered (0 for the RECOMPUTE tail's partial block)
+    tokens: int
+    tier: Tier | None = None  # IN_PLACE/FETCH: the local tier; PULL: the source's tier
+    source: NodeId | None = None  # PULL only
+
+
+@dataclass(slots=True)
+class Plan:
+    """How `node` serves the prompt: its first `local_blocks` from its own tiers, the next
+    `pull_blocks` pulled from `pull_from`, the rest recomputed.
+
+    The segments are in prompt order by group (local, pulled, recomputed); local blocks of
+    different tiers may interleave along the prompt, so local segments carry counts.
+    """
+
+    node: NodeId
+    segments: tuple[PlanSegment, ...]
+    local_blocks: int = 0
+    pull_blocks: int = 0
+    pull_from: NodeId | None = None
+    est_fetch_s: float = 0.0
+    est_pull_s: float = 0.0
+    est_prefill_s: float = 0.0
+
+    def tokens(self, action: Action, tier: Tier | None = None) -> int:
+        return sum(s.tokens for s in self.segments if s.action is action and (tier is None or s.tier is tier))
+
+    @property
+    def recompute_tokens(self) -> int:
+        return self.tokens(Action.RECOMPUTE)
+
+    @property
+    def cached_tokens(self) -> int:
+        return sum(s.tokens for s in self.segments if s.action is not Action.RECOMPUTE)
+
+    @property
+    def est_ttft_s(self) -> float:
+        return self.est_fetch_s + self.est_pull_s + self.est_prefill_s
+
+
+@dataclass(slots=True)
+class CandidateCost:
+    """One node's cost terms for a request (kept for `explain`)."""
+
+    node: NodeId
+    load_s: float
+    evict_s: float
+    plan_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.load_s + self.evict_s + self.plan_s
+
+
+@dataclass(slots=True)
+class Decision:
+    request_id: str
+    node: NodeId
+    plan: Plan
+    branch: Branch
+    candidates: list[CandidateCost] = field(default_factory=list)
