@@ -146,7 +146,7 @@ class DynamoKV(_PlannedPolicy):
         for ns in self.cluster.nodes:
             if not ns.alive:
                 continue
-            nm = match.nodes.get(ns.node)
+            nm = match.get(ns.node)
             credit = 0.0 if nm is None else c_hbm * nm.hbm + c_dram * nm.dram + c_disk * nm.disk
             prefill = req_blocks - credit + ns.pending_prefill_tokens / bs
             decode = ns.active_kv_tokens / bs + req_blocks

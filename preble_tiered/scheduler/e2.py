@@ -83,9 +83,20 @@ class PrebleE2(Policy):
         self._autoscale: set[int] = set()
 
     # ------------------------------------------------------------------ terms
+    queue_weight: float = 0.0
+    """Weight of the node's outstanding prefill queue in Load_n (0: Preble's window only)."""
+
     def load_s(self, node: int, now: float) -> float:
-        ns = self.cluster.nodes[node]
-        return self.prefill_work[node].trim(now) + ns.decode_tokens * ns.tpot.value
+        return self.loads([node], now)[0]
+
+    def loads(self, nodes: list[int], now: float) -> list[float]:
+        """Load_n for each of `nodes` (one tight loop: this is the decision path)."""
+        states, work, qw = self.cluster.nodes, self.prefill_work, self.queue_weight
+        out = []
+        for n in nodes:
+            ns = states[n]
+            out.append(work[n].trim(now) + ns.decode_tokens * ns.tpot.value + qw * ns.pending_prefill_s)
+        return out
 
     def evict_s(self, node: int, need_tokens: int, now: float) -> float:
         overflow = need_tokens - self.cluster.hbm_free_tokens(node)
@@ -110,7 +121,7 @@ class PrebleE2(Policy):
 
     def need_tokens(self, node: int, pc: PlanContext) -> int:
         """HBM tokens the request would newly occupy on `node`."""
-        nm = pc.match.nodes.get(node)
+        nm = pc.match.get(node)
         in_place = 0 if nm is None else nm.hbm_prefix * self.cluster.block_size
         return pc.prompt_tokens - in_place + pc.req.max_output_tokens
 
@@ -128,60 +139,65 @@ class PrebleE2(Policy):
             raise RuntimeError("no node is alive")
         target = self.redirects.get(key) if key is not None else None
         if target is not None and cluster.nodes[target].alive:
-            cands = self._costs([target], pc, now)
-            return self._decision(req, pc, cands[0], Branch.REBALANCE, cands)
+            return self._decision(req, pc, 0, Branch.REBALANCE, self._costs([target], pc, now))
         blocks, holders = self.matched_blocks(match)
         matched = min(blocks * cluster.block_size, pc.prompt_tokens)
         holder_nodes = [n for n in iter_bits(holders) if cluster.nodes[n].alive]
         if key is not None and key in self._autoscale:
             self._autoscale.discard(key)
-            best, cands = self._explore(pc, alive, now)
-            branch = Branch.EXPLOIT if best.node in holder_nodes else Branch.REPLICATE
-            return self._decision(req, pc, best, branch, cands)
+            best, costs = self._explore(pc, alive, now)
+            branch = Branch.EXPLOIT if costs.nodes[best] in holder_nodes else Branch.REPLICATE
+            return self._decision(req, pc, best, branch, costs)
         if matched > pc.prompt_tokens - matched and holder_nodes:
-            best, cands, branch = self._exploit(pc, holder_nodes, alive, now)
+            best, costs, branch = self._exploit(pc, holder_nodes, alive, now)
         else:
-            best, cands = self._explore(pc, alive, now)
+            best, costs = self._explore(pc, alive, now)
             branch = Branch.EXPLORE
-        return self._decision(req, pc, best, branch, cands)
+        return self._decision(req, pc, best, branch, costs)
 
     def _exploit(self, pc: PlanContext, holders: list[int], alive: list[int],
-                 now: float) -> tuple[CandidateCost, list[CandidateCost], Branch]:
+                 now: float) -> tuple[int, "_Costs", Branch]:
         # Preble: the least loaded of the nodes holding the prefix.
-        cands = self._costs(holders, pc, now, with_evict=False)
-        return min(cands, key=lambda c: c.total_s), cands, Branch.EXPLOIT
+        costs = self._costs(holders, pc, now, with_evict=False)
+        return costs.argmin(), costs, Branch.EXPLOIT
 
-    def _explore(self, pc: PlanContext, nodes: list[int], now: float) -> tuple[CandidateCost, list[CandidateCost]]:
-        cands = self._costs(nodes, pc, now)
-        best = min(cands, key=lambda c: c.total_s)
+    def _explore(self, pc: PlanContext, nodes: list[int], now: float) -> tuple[int, "_Costs"]:
+        costs = self._costs(nodes, pc, now)
+        best = costs.argmin()
         cfg = self.config
-        heavy = [c for c in cands if self.cluster.hit_ratio(c.node, now) >= cfg.decode_heavy_hit_ratio]
+        bound = cfg.pd_slack * costs.totals[best]
+        heavy = [i for i, t in enumerate(costs.totals) if t <= bound
+                 and self.cluster.hit_ratio(nodes[i], now) >= cfg.decode_heavy_hit_ratio]
         if heavy:
-            pd = min(heavy, key=lambda c: c.total_s)
-            if pd.total_s <= cfg.pd_slack * best.total_s:
-                best = pd
-        return best, cands
+            best = min(heavy, key=costs.totals.__getitem__)
+        return best, costs
 
-    def _costs(self, nodes: list[int], pc: PlanContext, now: float,
-               with_evict: bool = True) -> list[CandidateCost]:
-        """Cost terms per node. Evict_n >= 0 is computed only where it can change the
-        argmin (branch and bound), since it walks an LRU."""
-        planner = self.planner
-        cands = [CandidateCost(n, self.load_s(n, now), 0.0, planner.choice_s(n, pc)) for n in nodes]
+    def _costs(self, nodes: list[int], pc: PlanContext, now: float, with_evict: bool = True) -> "_Costs":
+        """Cost terms per node. Evict_n >= 0 walks an LRU, so it is computed only where it
+        can change the argmin (branch and bound from the cheapest Load + Prefill)."""
+        all_plans = self.planner.plan_times(pc, self.cluster.n_nodes)
+        plans = [all_plans[n] for n in nodes]
+        loads = self.loads(nodes, now)
+        totals = [ld + p for ld, p in zip(loads, plans)]
+        evicts = [0.0] * len(nodes)
         if with_evict:
-            order = sorted(cands, key=lambda c: c.total_s)
+            i0 = min(range(len(totals)), key=totals.__getitem__)
             best = float("inf")
-            for c in order:
-                if c.total_s >= best:
-                    break
-                c.evict_s = self.evict_s(c.node, self.need_tokens(c.node, pc), now)
-                best = min(best, c.total_s)
-        return cands
+            for i in [i0, *range(len(totals))]:
+                if totals[i] >= best or evicts[i]:
+                    continue
+                ev = self.evict_s(nodes[i], self.need_tokens(nodes[i], pc), now)
+                evicts[i] = ev
+                totals[i] += ev
+                if totals[i] < best:
+                    best = totals[i]
+        return _Costs(nodes, loads, evicts, plans, totals)
 
-    def _decision(self, req: RouteRequest, pc: PlanContext, best: CandidateCost, branch: Branch,
-                  cands: list[CandidateCost]) -> Decision:
-        plan = self.planner.build(best.node, pc)
-        return Decision(req.request_id, best.node, plan, branch, cands if self.config.explain else [])
+    def _decision(self, req: RouteRequest, pc: PlanContext, best: int, branch: Branch,
+                  costs: "_Costs") -> Decision:
+        node = costs.nodes[best]
+        plan = self.planner.build(node, pc)
+        return Decision(req.request_id, node, plan, branch, costs.candidates() if self.config.explain else [])
 
     def _prefix_key(self, req: RouteRequest, now: float) -> int | None:
         depth = self.cluster.index.shared_depth(req.block_hashes, now)
@@ -257,16 +273,31 @@ class E2Tiered(PrebleE2):
     uses_tiers = True
     uses_pulls = True
 
-    def load_s(self, node: int, now: float) -> float:
-        return super().load_s(node, now) + self.cluster.nodes[node].pending_prefill_s
+    queue_weight = 1.0
 
     def matched_blocks(self, match: MatchResult) -> tuple[int, int]:
         return match.longest, match.holders
 
     def _exploit(self, pc: PlanContext, holders: list[int], alive: list[int],
-                 now: float) -> tuple[CandidateCost, list[CandidateCost], Branch]:
-        cands = self._costs(alive, pc, now)
-        best = min(cands, key=lambda c: c.total_s)
-        branch = Branch.EXPLOIT if best.node in holders else Branch.REPLICATE
-        return best, cands, branch
+                 now: float) -> tuple[int, "_Costs", Branch]:
+        costs = self._costs(alive, pc, now)
+        best = costs.argmin()
+        branch = Branch.EXPLOIT if costs.nodes[best] in holders else Branch.REPLICATE
+        return best, costs, branch
 
+
+class _Costs:
+    """Parallel lists of cost terms for candidate nodes (no per-candidate objects on the
+    decision path; `candidates()` builds them for `explain`)."""
+
+    __slots__ = ("nodes", "loads", "evicts", "plans", "totals")
+
+    def __init__(self, nodes: list[int], loads: list[float], evicts: list[float], plans: list[float],
+                 totals: list[float]) -> None:
+        self.nodes, self.loads, self.evicts, self.plans, self.totals = nodes, loads, evicts, plans, totals
+
+    def argmin(self) -> int:
+        return min(range(len(self.totals)), key=self.totals.__getitem__)
+
+    def candidates(self) -> list[CandidateCost]:
+        return [CandidateCost(n, ld, ev, p) for n, ld, ev, p in zip(self.nodes, self.loads, self.evicts, self.plans)]

@@ -64,37 +64,54 @@ class BlockEntry:
 
 @dataclass(slots=True)
 class NodeMatch:
-    """The longest prefix of a request usable on one node, split by the best tier per block.
+    """The longest prefix of a request usable on a group of nodes with identical holdings,
+    split by the best tier per block. (Nodes often hold the same thing, e.g. a system
+    prompt on every node, so `match` returns one entry per group, not per node.)
 
     Attributes:
-        hbm, dram, disk: blocks of the usable prefix whose best copy on this node is there.
+        mask: the nodes of the group (bitmask).
+        hbm, dram, disk: blocks of the usable prefix whose best copy is in that tier.
         hbm_prefix: leading blocks all in HBM (usable in place with no fetch).
     """
 
-    node: NodeId
+    mask: int
     hbm: int = 0
     dram: int = 0
     disk: int = 0
-    hbm_prefix: int = 0
+    hbm_prefix: int = -1  # -1 while still being matched
 
     @property
     def blocks(self) -> int:
         return self.hbm + self.dram + self.disk
 
+    def split(self, mask: int) -> "NodeMatch":
+        """Move the nodes of `mask` (a subset) into a copy of this group."""
+        self.mask &= ~mask
+        return NodeMatch(mask, self.hbm, self.dram, self.disk, self.hbm_prefix)
+
 
 @dataclass(slots=True)
 class MatchResult:
-    """Result of `PrefixIndex.match`. Nodes absent from `nodes` hold no usable prefix."""
+    """Result of `PrefixIndex.match`. Nodes in no group hold no usable prefix."""
 
     n_blocks: int
-    nodes: dict[NodeId, NodeMatch] = field(default_factory=dict)
+    groups: list[NodeMatch] = field(default_factory=list)
     longest: int = 0  # longest usable prefix on any single node, in blocks
     holders: int = 0  # bitmask of the nodes holding `longest` blocks
     longest_hbm: int = 0  # longest all-HBM prefix on any single node
     hbm_holders: int = 0
 
     def get(self, node: NodeId) -> NodeMatch | None:
-        return self.nodes.get(node)
+        bit = 1 << node
+        for g in self.groups:
+            if g.mask & bit:
+                return g
+        return None
+
+    @property
+    def nodes(self) -> dict[NodeId, NodeMatch]:
+        """Per-node view (builds a dict; for tests and inspection, not the hot path)."""
+        return {n: g for g in self.groups for n in iter_bits(g.mask)}
 
 
 class PrefixIndex:
@@ -137,49 +154,38 @@ class PrefixIndex:
         alive = e.hbm | e.dram | e.disk
         if not alive:
             return res
+        groups = [NodeMatch(alive)]
         alive_hbm = e.hbm
-        nodes = {n: NodeMatch(n) for n in iter_bits(alive)}
-        run_key = (0, 0, 0)
-        run_len = 0
-        i = 0
-        n_hashes = len(hashes)
-        while True:
-            hb = e.hbm & alive
-            dr = e.dram & alive & ~hb
-            key = (hb, dr, alive & ~(hb | dr))
-            if key == run_key:
-                run_len += 1
-            else:
-                _flush(nodes, run_key, run_len)
-                run_key, run_len = key, 1
-            i += 1
-            if i == n_hashes:
-                break
+        _end_hbm_prefix(groups, alive & ~alive_hbm, 0)
+        ph, pd, pk = e.hbm, e.dram, e.disk  # raw masks of the current run of blocks
+        run_start, i, n_hashes = 0, 1, len(hashes)
+        while i < n_hashes:
             e = entries.get(hashes[i])
             if e is None:
                 break
-            new_alive = alive & (e.hbm | e.dram | e.disk)
+            if e.hbm == ph and e.dram == pd and e.disk == pk:
+                i += 1  # same residency as the run: nothing changes
+                continue
+            _credit(groups, ph, pd, alive, i - run_start)
             new_hbm = alive_hbm & e.hbm
             if new_hbm != alive_hbm:
-                for n in iter_bits(alive_hbm & ~new_hbm):
-                    nodes[n].hbm_prefix = i
+                _end_hbm_prefix(groups, alive_hbm & ~new_hbm, i)
                 alive_hbm = new_hbm
+            new_alive = alive & (e.hbm | e.dram | e.disk)
+            run_start = i
             if not new_alive:
                 break
-            alive = new_alive
-        _flush(nodes, run_key, run_len)
-        for n in iter_bits(alive_hbm):
-            nodes[n].hbm_prefix = i
-        res.nodes = nodes
-        res.longest = i
-        res.holders = alive
-        best_hbm = 0
-        for nm in nodes.values():
-            if nm.hbm_prefix > best_hbm:
-                best_hbm, res.hbm_holders = nm.hbm_prefix, 1 << nm.node
-            elif nm.hbm_prefix == best_hbm and best_hbm:
-                res.hbm_holders |= 1 << nm.node
-        res.longest_hbm = best_hbm
+            alive, ph, pd, pk = new_alive, e.hbm, e.dram, e.disk
+            i += 1
+        _credit(groups, ph, pd, alive, i - run_start)
+        _end_hbm_prefix(groups, alive_hbm, i)
+        res.groups = groups
+        res.longest, res.holders = i, alive
+        for g in groups:
+            if g.hbm_prefix > res.longest_hbm:
+                res.longest_hbm, res.hbm_holders = g.hbm_prefix, g.mask
+            elif g.hbm_prefix == res.longest_hbm and g.hbm_prefix:
+                res.hbm_holders |= g.mask
         return res
 
     def demand(self, h: int, now: float) -> float:
@@ -376,13 +382,47 @@ def _set_mask(e: BlockEntry, tier: Tier, value: int) -> None:
         e.disk = value
 
 
-def _flush(nodes: dict[NodeId, NodeMatch], key: tuple[int, int, int], run_len: int) -> None:
-    if not run_len:
+def _credit(groups: list[NodeMatch], hbm: int, dram: int, alive: int, run_len: int) -> None:
+    """Credit a run of `run_len` blocks to the `alive` nodes under the best tier each holds
+    it in, splitting groups whose members hold it in different tiers. O(groups)."""
+    if run_len <= 0:
         return
-    hb, dr, dk = key
-    for n in iter_bits(hb):
-        nodes[n].hbm += run_len
-    for n in iter_bits(dr):
-        nodes[n].dram += run_len
-    for n in iter_bits(dk):
-        nodes[n].disk += run_len
+    hb = hbm & alive
+    dr = dram & alive & ~hb
+    dk = alive & ~(hb | dr)
+    for g in list(groups):
+        m = g.mask & alive
+        if not m:
+            continue  # dropped out earlier: frozen
+        if m != g.mask:
+            groups.append(g.split(g.mask & ~m))  # members that dropped out keep their counts
+        parts = [(g.mask & hb, 0), (g.mask & dr, 1), (g.mask & dk, 2)]
+        parts = [(pm, t) for pm, t in parts if pm]
+        for pm, t in parts[1:]:
+            ng = g.split(pm)
+            groups.append(ng)
+            _add(ng, t, run_len)
+        _add(g, parts[0][1], run_len)
+
+
+def _add(g: NodeMatch, tier: int, n: int) -> None:
+    if tier == 0:
+        g.hbm += n
+    elif tier == 1:
+        g.dram += n
+    else:
+        g.disk += n
+
+
+def _end_hbm_prefix(groups: list[NodeMatch], dropped: int, at: int) -> None:
+    """Nodes in `dropped` stop having an all-HBM prefix at block `at`."""
+    if not dropped:
+        return
+    for g in list(groups):
+        m = g.mask & dropped
+        if not m or g.hbm_prefix >= 0:
+            continue
+        if m != g.mask:
+            g = g.split(m)
+            groups.append(g)
+        g.hbm_prefix = at

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from preble_tiered.scheduler.cost_model import CostModel
-from preble_tiered.scheduler.index import MatchResult, NodeMatch, iter_bits
+from preble_tiered.scheduler.index import MatchResult, NodeMatch
 from preble_tiered.scheduler.types import Action, Plan, PlanSegment, RouteRequest
 from preble_tiered.types import NodeId, Tier
 
@@ -77,24 +77,25 @@ class Planner:
         pc.default_s = pc.recompute_all_s
         if self.use_pulls and match.longest > 0:
             src = self._pick_source(match)
-            nm = match.nodes[src]
+            nm = match.get(src)
+            assert nm is not None
             pc.src, pc.src_blocks = src, nm.blocks
             pc.src_disk_frac = nm.disk / nm.blocks if nm.blocks else 0.0
             pc.default_s = self._pull_choice(pc, 0, 0.0).total_s
         return pc
 
     def _pick_source(self, match: MatchResult) -> NodeId:
-        # Among the nodes holding the longest prefix, the one holding most of it in HBM.
+        # Among the nodes holding the longest prefix, one holding most of it in HBM.
         best, best_hbm = -1, -1
-        for n in iter_bits(match.holders):
-            h = match.nodes[n].hbm
-            if h > best_hbm:
-                best, best_hbm = n, h
+        for g in match.groups:
+            m = g.mask & match.holders
+            if m and g.hbm > best_hbm:
+                best, best_hbm = (m & -m).bit_length() - 1, g.hbm
         return best
 
     def choice(self, node: NodeId, pc: PlanContext) -> PlanChoice:
         """The cheapest plan for `node`."""
-        nm = pc.match.nodes.get(node)
+        nm = pc.match.get(node)
         if nm is None:
             if pc.src is not None and pc.src != node:
                 return self._pull_choice(pc, 0, 0.0)
@@ -116,10 +117,25 @@ class Planner:
                 best = pull
         return best
 
-    def choice_s(self, node: NodeId, pc: PlanContext) -> float:
-        if node not in pc.match.nodes and node != pc.src:
-            return pc.default_s
-        return self.choice(node, pc).total_s
+    def plan_times(self, pc: PlanContext, n_nodes: int) -> list[float]:
+        """Cheapest plan time for every node id, one `choice` per group of nodes with the
+        same holdings (plus the pull source, which cannot pull from itself)."""
+        times = [pc.default_s] * n_nodes
+        for g in pc.match.groups:
+            m = g.mask
+            if pc.src is not None and m >> pc.src & 1:
+                times[pc.src] = self.choice(pc.src, pc).total_s
+                m &= ~(1 << pc.src)
+            if not m:
+                continue
+            t = self.choice((m & -m).bit_length() - 1, pc).total_s
+            while m:
+                low = m & -m
+                times[low.bit_length() - 1] = t
+                m ^= low
+        if pc.src is not None and not pc.match.groups:
+            times[pc.src] = self.choice(pc.src, pc).total_s
+        return times
 
     def _fetch_s(self, nm: NodeMatch) -> float:
         bs = self.block_size
@@ -140,7 +156,7 @@ class Planner:
         c = choice or self.choice(node, pc)
         L, bs = pc.prompt_tokens, self.block_size
         segs: list[PlanSegment] = []
-        nm = pc.match.nodes.get(node)
+        nm = pc.match.get(node)
         budget = L - 1  # tokens that may come from cache (the last one is computed)
 
         def add(action: Action, blocks: int, tier: Tier | None, source: NodeId | None = None) -> None:

@@ -1,7 +1,8 @@
 """Streams of [shared prefix] + [unique question] requests (tool use, few-shot, video, documents).
 
-    request i:  [head]          [prefix k]                  [q{i}]
-                shared by all   shared by requests choosing k  this request only
+    request i:   [head]           [prefix k]            [q{i}]
+                 shared by all    shared by requests    this request
+                 (toolbench)      that chose k          only
 
 Each request draws its shared fraction f from the workload's :class:`FractionModel`. A request
 with f > 0 picks prefix k by popularity and adds a unique part of `len(prefix k) * (1-f)/f`
@@ -25,7 +26,7 @@ from preble_tiered.workloads.spec import Draft, StreamPlan, WorkloadSpec
 
 MIN_PROMPT = 64
 """No prompt is shorter than this many tokens."""
-MIN_UNIQUE = 4
+MIN_UNIQUE = 16
 """A request's own part (its question) has at least this many tokens."""
 MIN_PREFIX = 32
 """A shared prefix segment has at least this many tokens."""
@@ -76,7 +77,7 @@ def _assemble(
     body_len = (prefix_len - spec.head_tokens).tolist()
     prefixes: dict[int, tuple[Segment, ...]] = {}
     drafts = []
-    for i, (k, u, o) in enumerate(zip(choice.tolist(), unique.tolist(), outputs.tolist())):
+    for i, (k, u, o) in enumerate(zip(choice.tolist(), unique.tolist(), outputs.tolist(), strict=True)):
         own = Segment(f"{root}/q{i}", u)
         if k < 0:
             drafts.append(Draft((own,), o))

@@ -109,7 +109,7 @@ class FractionModel:
             )
 
     @classmethod
-    def fit(cls, mean: float, std: float, inner_std: float) -> "FractionModel":
+    def fit(cls, mean: float, std: float, inner_std: float) -> FractionModel:
         """The mixture with overall `mean`/`std` whose Beta part has standard deviation `inner_std`.
 
         With q = none_prob and c = inner_mean: mean = (1-q)c and

@@ -51,7 +51,7 @@ class WorkloadSpec:
             raise ValueError(f"{self.name}: prompt mean must be > 0 and std >= 0")
         if min(self.prefixes, self.requests) < 1 or self.rps <= 0:
             raise ValueError(f"{self.name}: prefixes, requests and rps must be positive")
-        self.fractions  # fit now so a bad table entry fails at import time
+        _ = self.fractions  # fit now, so a bad table entry fails at import time
 
     @functools.cached_property
     def fractions(self) -> FractionModel:

@@ -56,7 +56,7 @@ def segment_tokens(seg_id: str, n_tokens: int, vocab_size: int = DEFAULT_VOCAB_S
         raise ValueError(f"vocab_size must be in [1, 2**32], got {vocab_size}")
     n_chunks = -(-n_tokens // CHUNK_TOKENS)
     if n_chunks <= 1:
-        data = _chunk(seg_id, 0, vocab_size) if n_chunks else np.empty(0, np.uint32)
+        data = _chunk(seg_id, 0, vocab_size)
     else:
         data = np.concatenate([_chunk(seg_id, c, vocab_size) for c in range(n_chunks)])
         data.flags.writeable = False

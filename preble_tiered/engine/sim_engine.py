@@ -1,0 +1,413 @@
+"""SimEngine: a cost-model engine for the simulator, one per node.
+
+It behaves like vLLM/SGLang at the level the scheduler can see:
+
+- continuous batching with chunked prefill: each step runs one decode token for every
+  decoding request and fills the rest of a token budget with prefill chunks (FCFS);
+  step time = sum of the chunks' prefill times + a roofline decode step;
+- admission through Preble's local fair queue (cache-hit priority groups), with KV memory
+  reserved up front (prompt blocks it must create + the output budget), so nothing is
+  preempted;
+- an HBM prefix cache of fixed capacity, evicting unreferenced blocks in LRU order; with
+  tiers on, evicted blocks are demoted to DRAM, DRAM's LRU to disk (write-back on
+  eviction), and blocks found in DRAM/disk are copied up on use;
+- loads (DRAM, disk, pulls from another node) run on per-link queues before the request's
+  prefill starts, like vLLM's asynchronous KV connector loads.
+
+Every change of what the node holds is queued as a residency event; the simulator drains
+them once per step (`take_events`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+from preble_tiered.events import BlockRemoved, BlockStored, ResidencyEvent
+from preble_tiered.scheduler.cost_model import CostModel
+from preble_tiered.scheduler.fair_queue import FairQueue
+from preble_tiered.scheduler.types import Plan
+from preble_tiered.types import NodeId, Tier
+
+
+@dataclass(frozen=True)
+class SimEngineConfig:
+    """One simulated node."""
+
+    hbm_tokens: int
+    """KV capacity of GPU memory, in tokens."""
+    dram_tokens: int = 0
+    """Host-memory KV tier capacity in tokens (0: none)."""
+    disk_tokens: int = 0
+    """Disk KV tier capacity in tokens (0: none)."""
+    block_size: int = 32
+    max_batch_tokens: int = 4096
+    """Token budget of one step (chunked prefill)."""
+    max_running: int = 256
+    """Most requests admitted at once."""
+    fair_k: int = 10
+    """Fair-queue quota unit (Preble: 10)."""
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {self.block_size}")
+        if self.hbm_tokens < self.block_size:
+            raise ValueError(f"hbm_tokens must hold at least one block, got {self.hbm_tokens}")
+        if self.dram_tokens < 0 or self.disk_tokens < 0:
+            raise ValueError("tier capacities cannot be negative")
+        if self.max_batch_tokens < 1 or self.max_running < 1:
+            raise ValueError("max_batch_tokens and max_running must be positive")
+
+
+class State(enum.Enum):
+    QUEUED = 0
+    LOADING = 1
+    PREFILL = 2
+    DECODE = 3
+    DONE = 4
+
+
+@dataclass(slots=True)
+class SimRequest:
+    """A request inside a SimEngine, with what it cost."""
+
+    request_id: str
+    hashes: list[int]
+    prompt_tokens: int
+    output_tokens: int
+    plan: Plan
+    state: State = State.QUEUED
+    hit_ratio: float = 0.0
+    computed: int = 0  # prompt tokens whose KV exists (cached or computed)
+    generated: int = 0
+    ready_at: float = 0.0
+    reserved_blocks: int = 0  # KV blocks held for blocks not yet in the cache + output
+    held: list[int] = field(default_factory=list)  # cache blocks this request references
+    cached: dict[str, int] = field(default_factory=lambda: {"hbm": 0, "dram": 0, "disk": 0, "remote": 0})
+    recomputed: int = 0
+    bytes_moved: int = 0
+    first_token_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass(slots=True)
+class StepResult:
+    duration: float
+    first_tokens: list[SimRequest]
+    finished: list[SimRequest]
+
+
+class _Tier:
+    """An LRU set of blocks with a capacity (DRAM or disk)."""
+
+    __slots__ = ("cap", "blocks")
+
+    def __init__(self, cap_blocks: int) -> None:
+        self.cap = cap_blocks
+        self.blocks: OrderedDict[int, None] = OrderedDict()
+
+    def __contains__(self, h: int) -> bool:
+        return h in self.blocks
+
+    def touch(self, h: int) -> None:
+        self.blocks.move_to_end(h)
+
+
+class SimEngine:
+    """One node's engine under a cost model (see module docstring).
+
+    Args:
+        node: this node's id.
+        config: capacities and batching limits.
+        cost: the cost model for step, fetch and pull times.
+        peer: looks up another node's engine (pull sources).
+    """
+
+    def __init__(self, node: NodeId, config: SimEngineConfig, cost: CostModel,
+                 peer: Callable[[NodeId], "SimEngine"] | None = None) -> None:
+        self.node = node
+        self.config = config
+        self.cost = cost
+        self.peer = peer
+        bs = config.block_size
+        self.hbm_cap = config.hbm_tokens // bs
+        self.hbm: dict[int, int] = {}  # block -> references by running requests
+        self.lru: OrderedDict[int, None] = OrderedDict()  # unreferenced HBM blocks, LRU first
+        self.dram = _Tier(config.dram_tokens // bs)
+        self.disk = _Tier(config.disk_tokens // bs)
+        self.reserved = 0  # blocks reserved by running requests
+        self.queue: FairQueue[SimRequest] = FairQueue(config.fair_k)
+        self.running: list[SimRequest] = []
+        self.link_free = {"dram": 0.0, "disk": 0.0, "net": 0.0}
+        self._events: list[ResidencyEvent] = []
+        self.stats = {"steps": 0, "busy_s": 0.0, "evicted_blocks": 0, "demoted_bytes": 0}
+
+    # ------------------------------------------------------------ residency
+    def tier_of(self, h: int) -> Tier | None:
+        if h in self.hbm:
+            return Tier.HBM
+        if h in self.dram.blocks:
+            return Tier.DRAM
+        if h in self.disk.blocks:
+            return Tier.DISK
+        return None
+
+    def holds(self, h: int) -> bool:
+        return h in self.hbm or h in self.dram.blocks or h in self.disk.blocks
+
+    def take_events(self) -> list[ResidencyEvent]:
+        ev, self._events = self._events, []
+        return ev
+
+    def used_blocks(self) -> int:
+        return len(self.hbm) + self.reserved
+
+    def _store_hbm(self, hashes: list[int], parent: int | None) -> None:
+        new = [h for h in hashes if h not in self.hbm]
+        for h in hashes:
+            if h in self.hbm:
+                if self.hbm[h] == 0:
+                    del self.lru[h]
+                self.hbm[h] += 1
+            else:
+                self.hbm[h] = 1
+        if new:
+            self._events.append(BlockStored(self.node, Tier.HBM, tuple(new), parent))
+
+    def _release(self, hashes: list[int]) -> None:
+        for h in hashes:
+            refs = self.hbm[h] - 1
+            self.hbm[h] = refs
+            if refs == 0:
+                self.lru[h] = None
+
+    def _make_room(self, blocks: int) -> bool:
+        """Evict unreferenced HBM blocks (LRU) until `blocks` more fit."""
+        excess = self.used_blocks() + blocks - self.hbm_cap
+        if excess <= 0:
+            return True
+        if excess > len(self.lru):
+            return False
+        victims = [self.lru.popitem(last=False)[0] for _ in range(excess)]
+        for h in victims:
+            del self.hbm[h]
+        self.stats["evicted_blocks"] += excess
+        self._events.append(BlockRemoved(self.node, Tier.HBM, tuple(victims)))
+        if self.dram.cap:
+            self._demote(victims)
+        return True
+
+    def _demote(self, victims: list[int]) -> None:
+        """Write-back on eviction: HBM -> DRAM, DRAM's LRU -> disk."""
+        new = [h for h in victims if h not in self.dram.blocks]
+        for h in victims:
+            self.dram.blocks[h] = None
+            self.dram.blocks.move_to_end(h)
+        self.stats["demoted_bytes"] += len(new) * self.config.block_size * self.cost.kv_bytes_per_token
+        if new:
+            self._events.append(BlockStored(self.node, Tier.DRAM, tuple(new)))
+        spill = len(self.dram.blocks) - self.dram.cap
+        if spill > 0:
+            out = [self.dram.blocks.popitem(last=False)[0] for _ in range(spill)]
+            self._events.append(BlockRemoved(self.node, Tier.DRAM, tuple(out)))
+            if self.disk.cap:
+                self._spill_to_disk(out)
+
+    def _spill_to_disk(self, blocks: list[int]) -> None:
+        new = [h for h in blocks if h not in self.disk.blocks]
+        for h in blocks:
+            self.disk.blocks[h] = None
+            self.disk.blocks.move_to_end(h)
+        if new:
+            self._events.append(BlockStored(self.node, Tier.DISK, tuple(new)))
+        over = len(self.disk.blocks) - self.disk.cap
+        if over > 0:
+            out = [self.disk.blocks.popitem(last=False)[0] for _ in range(over)]
+            self._events.append(BlockRemoved(self.node, Tier.DISK, tuple(out)))
+
+    # ------------------------------------------------------------ admission
+    def submit(self, req: SimRequest) -> None:
+        """Queue a dispatched request (priority by its cache-hit ratio here, now)."""
+        hit = self._local_prefix(req.hashes, tiers=self.dram.cap > 0)
+        req.hit_ratio = min(1.0, len(hit) * self.config.block_size / max(req.prompt_tokens, 1))
+        self.queue.push(req, req.hit_ratio)
+
+    def has_work(self) -> bool:
+        return bool(self.queue) or bool(self.running)
+
+    def _local_prefix(self, hashes: list[int], tiers: bool) -> list[Tier]:
+        out: list[Tier] = []
+        for h in hashes:
+            t = self.tier_of(h)
+            if t is None or (t is not Tier.HBM and not tiers):
+                break
+            out.append(t)
+        return out
+
+    def _admit(self, now: float) -> None:
+        while self.queue and len(self.running) < self.config.max_running:
+            req = self.queue.pop()
+            if not self._start(req, now):
+                self.queue.push_front(req, req.hit_ratio)
+                return
+
+    def _start(self, req: SimRequest, now: float) -> bool:
+        """Reserve memory and start loads for `req`; False if it does not fit yet."""
+        bs = self.config.block_size
+        cap = req.prompt_tokens - 1  # the last prompt token is always computed
+        local = self._local_prefix(req.hashes, tiers=self.dram.cap > 0)
+        n_local = min(len(local), cap // bs)
+        pulled = self._pullable(req, n_local, cap // bs)
+        n_blocks = len(req.hashes)
+        out_blocks = -(-(req.output_tokens + req.prompt_tokens % bs) // bs)
+        hbm_have = sum(1 for t in local[:n_local] if t is Tier.HBM)
+        need = (n_blocks - hbm_have) + out_blocks
+        # Protect this request's HBM blocks before evicting for it.
+        in_place = [h for h, t in zip(req.hashes, local[:n_local]) if t is Tier.HBM]
+        for h in in_place:
+            if self.hbm[h] == 0:
+                del self.lru[h]
+            self.hbm[h] += 1
+        if not self._make_room(need):
+            self._release(in_place)
+            return False
+        req.held = in_place
+        req.reserved_blocks = need
+        self.reserved += need
+        self._load(req, local[:n_local], pulled, now)
+        self.running.append(req)
+        return True
+
+    def _pullable(self, req: SimRequest, start: int, limit: int) -> list[Tier]:
+        """Source tiers of the blocks [start, ...) the plan pulls, as long as the source
+        still holds them contiguously (it may have evicted some since the decision)."""
+        plan = req.plan
+        if plan.pull_from is None or self.peer is None or plan.pull_from == self.node:
+            return []
+        src = self.peer(plan.pull_from)
+        end = min(plan.local_blocks + plan.pull_blocks, limit)
+        out: list[Tier] = []
+        for h in req.hashes[start:end]:
+            t = src.tier_of(h)
+            if t is None:
+                break
+            out.append(t)
+        return out
+
+    def _load(self, req: SimRequest, local: list[Tier], pulled: list[Tier], now: float) -> None:
+        bs, kvb = self.config.block_size, self.cost.kv_bytes_per_token
+        counts = {Tier.HBM: 0, Tier.DRAM: 0, Tier.DISK: 0}
+        for t in local:
+            counts[t] += 1
+        ready = now
+        for tier, link in ((Tier.DRAM, "dram"), (Tier.DISK, "disk")):
+            if counts[tier]:
+                ready = max(ready, self._queue_link(link, self.cost.fetch_s(tier, counts[tier] * bs), now))
+                self._touch_tier(req.hashes[: len(local)], tier)
+        if pulled:
+            n_disk = sum(1 for t in pulled if t is Tier.DISK)
+            dur = self.cost.pull_s(len(pulled) * bs) + self.cost.fetch_s(Tier.DISK, n_disk * bs)
+            ready = max(ready, self._queue_link("net", dur, now))
+        n_cached = len(local) + len(pulled)
+        fetched = req.hashes[:n_cached]
+        new = [h for t, h in zip(local + pulled, fetched) if t is not Tier.HBM or h not in req.held]
+        # Loaded blocks enter the HBM cache now (their memory is reserved; a real connector
+        # marks them ready when the copy completes, which `ready_at` models).
+        if new:
+            self._store_hbm(new, None)
+            req.held.extend(new)
+            req.reserved_blocks -= len(new)
+            self.reserved -= len(new)
+        req.cached["hbm"] = counts[Tier.HBM] * bs
+        req.cached["dram"] = counts[Tier.DRAM] * bs
+        req.cached["disk"] = counts[Tier.DISK] * bs
+        req.cached["remote"] = len(pulled) * bs
+        req.bytes_moved = (len(local) - counts[Tier.HBM] + len(pulled)) * bs * kvb
+        req.computed = n_cached * bs
+        req.recomputed = req.prompt_tokens - req.computed
+        req.ready_at = ready
+        req.state = State.LOADING if ready > now else State.PREFILL
+
+    def _queue_link(self, link: str, dur: float, now: float) -> float:
+        start = max(now, self.link_free[link])
+        self.link_free[link] = start + dur
+        return start + dur
+
+    def _touch_tier(self, hashes: list[int], tier: Tier) -> None:
+        store = self.dram if tier is Tier.DRAM else self.disk
+        for h in hashes:
+            if h in store.blocks:
+                store.touch(h)
+
+    # ----------------------------------------------------------------- step
+    def next_ready(self) -> float | None:
+        """Earliest time a loading request becomes runnable (None: none loading)."""
+        t = [r.ready_at for r in self.running if r.state is State.LOADING]
+        return min(t) if t else None
+
+    def plan_step(self, now: float) -> tuple[float, list[tuple[SimRequest, int]]]:
+        """Admit, then choose this step's work: (duration, [(request, tokens)]).
+
+        Duration 0 and no work means nothing can run now (idle or waiting on loads)."""
+        self._admit(now)
+        budget = self.config.max_batch_tokens
+        work: list[tuple[SimRequest, int]] = []
+        decode_ctx = 0
+        prefill_s = 0.0
+        for r in self.running:
+            if r.state is State.LOADING and r.ready_at <= now:
+                r.state = State.PREFILL
+            if r.state is State.DECODE:
+                work.append((r, 1))
+                decode_ctx += r.prompt_tokens + r.generated
+                budget -= 1
+        for r in self.running:
+            if budget <= 0:
+                break
+            if r.state is State.PREFILL:
+                chunk = min(r.prompt_tokens - r.computed, budget)
+                work.append((r, chunk))
+                budget -= chunk
+                prefill_s += self.cost.prefill_s(chunk, r.computed + chunk)
+        n_decode = sum(1 for r, _ in work if r.state is State.DECODE)
+        dur = prefill_s + self.cost.decode_step_s(decode_ctx, n_decode) if work else 0.0
+        return dur, work
+
+    def finish_step(self, work: list[tuple[SimRequest, int]], end: float, dur: float) -> StepResult:
+        """Apply a step's progress at its end time."""
+        self.stats["steps"] += 1
+        self.stats["busy_s"] += dur
+        bs = self.config.block_size
+        first, done = [], []
+        for r, tokens in work:
+            if r.state is State.PREFILL:
+                before = r.computed // bs
+                r.computed += tokens
+                full = min(r.computed // bs, len(r.hashes))
+                if full > before:
+                    blocks = r.hashes[before:full]
+                    self._store_hbm(blocks, r.hashes[before - 1] if before else None)
+                    r.held.extend(blocks)
+                    r.reserved_blocks -= len(blocks)
+                    self.reserved -= len(blocks)
+                if r.computed >= r.prompt_tokens:
+                    r.generated, r.first_token_at = 1, end
+                    r.state = State.DECODE
+                    first.append(r)
+            else:
+                r.generated += 1
+            if r.state is State.DECODE and r.generated >= r.output_tokens:
+                self._complete(r, end)
+                done.append(r)
+        if done:
+            self.running = [r for r in self.running if r.state is not State.DONE]
+        return StepResult(dur, first, done)
+
+    def _complete(self, r: SimRequest, now: float) -> None:
+        r.state = State.DONE
+        r.finished_at = now
+        self._release(r.held)
+        self.reserved -= r.reserved_blocks
+        r.reserved_blocks = 0

@@ -1,0 +1,200 @@
+"""Discrete-event simulator: the real Scheduler on a simulated clock, one SimEngine per node.
+
+Events, in time order (ties in insertion order):
+    ARRIVAL   a request reaches the router: Scheduler.schedule -> SimEngine.submit
+    STEP      a node's step ends: apply progress, report first tokens and finishes,
+              drain residency events, start the next step
+    WAKE      a node waiting on KV loads may run again
+    DELIVER   residency events reach the router's index (after `event_delay_s`)
+
+Every request is accounted for: the run fails loudly if one is left unfinished.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from preble_tiered.engine.sim_engine import SimEngine, SimEngineConfig, SimRequest
+from preble_tiered.hashing import BlockHasher
+from preble_tiered.scheduler.clock import ManualClock
+from preble_tiered.scheduler.core import Scheduler, SchedulerConfig
+from preble_tiered.scheduler.cost_model import CostModel
+from preble_tiered.scheduler.policy import PolicyConfig, policy_class
+from preble_tiered.scheduler.types import RouteRequest
+from preble_tiered.sim.metrics import RequestRecord, SimResult, ideal_records
+from preble_tiered.types import WorkloadRequest
+from preble_tiered.workloads import request_token_ids
+
+_ARRIVAL, _STEP, _WAKE, _DELIVER = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """A simulated cluster."""
+
+    nodes: int = 8
+    policy: str = "e2_tiered"
+    hbm_tokens: int | None = None
+    """Per-node HBM KV capacity in tokens (None: the cost model's)."""
+    dram_tokens: int | None = None
+    """Per-node DRAM tier in tokens (None: 10x HBM). Used by policies with tiers."""
+    disk_tokens: int | None = None
+    """Per-node disk tier in tokens (None: 50x HBM). Used by policies with tiers."""
+    block_size: int = 32
+    max_batch_tokens: int = 4096
+    event_delay_s: float = 0.0
+    """Delay before residency events reach the router (staleness)."""
+    engine_tiers: str = "policy"
+    """'policy': tiers only for policies that use them (each runs on its own stack);
+    'all': every policy's engines get DRAM/disk tiers; 'none': HBM only for all."""
+    policy_config: PolicyConfig = field(default_factory=PolicyConfig)
+
+    def __post_init__(self) -> None:
+        if self.nodes <= 0:
+            raise ValueError(f"nodes must be positive, got {self.nodes}")
+        if self.event_delay_s < 0:
+            raise ValueError("event_delay_s cannot be negative")
+        if self.engine_tiers not in ("policy", "all", "none"):
+            raise ValueError("engine_tiers must be one of policy, all, none")
+        policy_class(self.policy)  # raises ValueError for an unknown name
+
+
+class Simulator:
+    def __init__(self, requests: Sequence[WorkloadRequest], config: SimConfig, cost: CostModel,
+                 hasher: BlockHasher | None = None) -> None:
+        if not requests:
+            raise ValueError("the workload has no requests")
+        self.config = config
+        self.cost = cost
+        self.requests = sorted(requests, key=lambda r: r.arrival_s)
+        self.hasher = hasher or BlockHasher(config.block_size)
+        self.clock = ManualClock()
+        hbm = config.hbm_tokens or cost.hbm_tokens
+        self.scheduler = Scheduler(
+            SchedulerConfig(config.policy, config.nodes, config.block_size, hbm, config.policy_config),
+            cost, self.clock)
+        pol = self.scheduler.policy
+        tiers = config.engine_tiers == "all" or (config.engine_tiers == "policy" and pol.uses_tiers)
+        ecfg = SimEngineConfig(
+            hbm_tokens=hbm,
+            dram_tokens=(config.dram_tokens if config.dram_tokens is not None else 10 * hbm) if tiers else 0,
+            disk_tokens=(config.disk_tokens if config.disk_tokens is not None else 50 * hbm) if tiers else 0,
+            block_size=config.block_size, max_batch_tokens=config.max_batch_tokens)
+        self.engines = [SimEngine(n, ecfg, cost, self.engine) for n in range(config.nodes)]
+        self._check_fits(hbm)
+        self._heap: list[tuple[float, int, int, object]] = []
+        self._seq = itertools.count()
+        self._busy = [False] * config.nodes
+        self._records: dict[str, RequestRecord] = {}
+        self._inflight: dict[str, SimRequest] = {}
+
+    def engine(self, node: int) -> SimEngine:
+        return self.engines[node]
+
+    def _check_fits(self, hbm: int) -> None:
+        worst = max(self.requests, key=lambda r: r.prompt_tokens + r.output_tokens)
+        need = worst.prompt_tokens + worst.output_tokens + 2 * self.config.block_size
+        if need > hbm:
+            raise ValueError(f"request {worst.request_id} needs {need} tokens of KV but a node holds "
+                             f"{hbm}: raise --hbm-tokens")
+
+    def _push(self, t: float, kind: int, payload: object) -> None:
+        heapq.heappush(self._heap, (t, next(self._seq), kind, payload))
+
+    def run(self, progress: Callable[[int, int], None] | None = None) -> SimResult:
+        """Run to completion. `progress(done, total)` is called as requests finish."""
+        hashes = self._hash_all()
+        for r in self.requests:
+            self._push(r.arrival_s, _ARRIVAL, r)
+        total, done = len(self.requests), 0
+        wall0 = time.perf_counter()
+        while self._heap:
+            t, _, kind, payload = heapq.heappop(self._heap)
+            self.clock.set(max(t, self.clock.now()))
+            if kind == _ARRIVAL:
+                self._arrive(payload, hashes[payload.request_id])  # type: ignore[union-attr]
+            elif kind == _STEP:
+                node, work, dur = payload  # type: ignore[misc]
+                finished = self._end_step(node, work, dur)
+                done += finished
+                if progress and finished:
+                    progress(done, total)
+            elif kind == _WAKE:
+                self._start_step(payload)  # type: ignore[arg-type]
+            else:
+                for ev in payload:  # type: ignore[union-attr]
+                    self.scheduler.apply(ev)
+        if self._inflight:
+            raise RuntimeError(f"{len(self._inflight)} requests never finished (simulator bug)")
+        return SimResult(self.config.policy, list(self._records.values()),
+                         ideal_records(self.requests, hashes, self.cost, self.config.block_size),
+                         dict(self.scheduler.branch_counts), time.perf_counter() - wall0,
+                         [e.stats for e in self.engines])
+
+    def _hash_all(self) -> dict[str, list[int]]:
+        return {r.request_id: self.hasher(request_token_ids(r)) for r in self.requests}
+
+    def _arrive(self, wr: WorkloadRequest, hashes: list[int]) -> None:
+        now = self.clock.now()
+        req = RouteRequest(wr.request_id, hashes, wr.prompt_tokens, wr.output_tokens)
+        t0 = time.perf_counter()
+        d = self.scheduler.schedule(req)
+        decision_us = (time.perf_counter() - t0) * 1e6
+        sr = SimRequest(wr.request_id, hashes, wr.prompt_tokens, wr.output_tokens, d.plan)
+        self._records[wr.request_id] = RequestRecord(
+            request_id=wr.request_id, node=d.node, branch=d.branch.value, arrival_s=now,
+            prompt_tokens=wr.prompt_tokens, output_tokens=wr.output_tokens, decision_us=decision_us)
+        self._inflight[wr.request_id] = sr
+        self.engines[d.node].submit(sr)
+        if not self._busy[d.node]:
+            self._start_step(d.node)
+
+    def _start_step(self, node: int) -> None:
+        if self._busy[node]:
+            return
+        eng = self.engines[node]
+        now = self.clock.now()
+        dur, work = eng.plan_step(now)
+        self._drain(node)
+        if work:
+            self._busy[node] = True
+            self._push(now + dur, _STEP, (node, work, dur))
+        else:
+            wake = eng.next_ready()
+            if wake is not None:
+                self._push(wake, _WAKE, node)
+
+    def _end_step(self, node: int, work: list, dur: float) -> int:
+        eng = self.engines[node]
+        now = self.clock.now()
+        res = eng.finish_step(work, now, dur)
+        for r in res.first_tokens:
+            self.scheduler.on_first_token(r.request_id)
+        for r in res.finished:
+            self.scheduler.on_finish(r.request_id, r.generated)
+            self._records[r.request_id].fill_from(r)
+            del self._inflight[r.request_id]
+        self._busy[node] = False
+        self._drain(node)
+        self._start_step(node)
+        return len(res.finished)
+
+    def _drain(self, node: int) -> None:
+        events = self.engines[node].take_events()
+        if not events:
+            return
+        if self.config.event_delay_s > 0:
+            self._push(self.clock.now() + self.config.event_delay_s, _DELIVER, events)
+        else:
+            for ev in events:
+                self.scheduler.apply(ev)
+
+
+def simulate(requests: Sequence[WorkloadRequest], config: SimConfig, cost: CostModel,
+             progress: Callable[[int, int], None] | None = None) -> SimResult:
+    """Run one policy over `requests` (convenience wrapper)."""
+    return Simulator(requests, config, cost).run(progress)
