@@ -12,7 +12,10 @@ It behaves like vLLM/SGLang at the level the scheduler can see:
   tiers on, evicted blocks are demoted to DRAM, DRAM's LRU to disk (write-back on
   eviction), and blocks found in DRAM/disk are copied up on use;
 - loads (DRAM, disk, pulls from another node) run on per-link queues before the request's
-  prefill starts, like vLLM's asynchronous KV connector loads.
+  prefill starts, like vLLM's asynchronous KV connector loads;
+- a queued request whose next missing block is being computed by a running request on this
+  node waits for it rather than computing it a second time (the node agent's admission
+  does this in front of vLLM, which would otherwise recompute concurrently).
 
 Every change of what the node holds is queued as a residency event; the simulator drains
 them once per step (`take_events`).
@@ -30,6 +33,8 @@ from preble_tiered.scheduler.cost_model import CostModel
 from preble_tiered.scheduler.fair_queue import FairQueue
 from preble_tiered.scheduler.types import Plan
 from preble_tiered.types import NodeId, Tier
+
+_MAX_DEFER = 64  # queued requests passed over per admission round while they wait on a peer
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,7 @@ class SimRequest:
     generated: int = 0
     ready_at: float = 0.0
     reserved_blocks: int = 0  # KV blocks held for blocks not yet in the cache + output
+    computing: int = 0  # index into hashes of the first block it computes (registered)
     held: list[int] = field(default_factory=list)  # cache blocks this request references
     cached: dict[str, int] = field(default_factory=lambda: {"hbm": 0, "dram": 0, "disk": 0, "remote": 0})
     recomputed: int = 0
@@ -140,6 +146,7 @@ class SimEngine:
         self.reserved = 0  # blocks reserved by running requests
         self.queue: FairQueue[SimRequest] = FairQueue(config.fair_k)
         self.running: list[SimRequest] = []
+        self.computing: dict[int, int] = {}  # block -> running requests that will compute it
         self.link_free = {"dram": 0.0, "disk": 0.0, "net": 0.0}
         self._events: list[ResidencyEvent] = []
         self.stats = {"steps": 0, "busy_s": 0.0, "evicted_blocks": 0, "demoted_bytes": 0}
@@ -177,7 +184,9 @@ class SimEngine:
             self._events.append(BlockStored(self.node, Tier.HBM, tuple(new), parent))
 
     def _release(self, hashes: list[int]) -> None:
-        for h in hashes:
+        # In reverse, as vLLM frees: a prefix's tail becomes least recent and is evicted
+        # first, so what stays cached is always a usable prefix.
+        for h in reversed(hashes):
             refs = self.hbm[h] - 1
             self.hbm[h] = refs
             if refs == 0:
@@ -247,11 +256,24 @@ class SimEngine:
         return out
 
     def _admit(self, now: float) -> None:
-        while self.queue and len(self.running) < self.config.max_running:
+        deferred: list[SimRequest] = []
+        while self.queue and len(self.running) < self.config.max_running and len(deferred) < _MAX_DEFER:
             req = self.queue.pop()
+            if self._waits_for_peer(req):
+                deferred.append(req)
+                continue
             if not self._start(req, now):
                 self.queue.push_front(req, req.hit_ratio)
-                return
+                break
+        for req in reversed(deferred):
+            self.queue.push_front(req, req.hit_ratio)
+
+    def _waits_for_peer(self, req: SimRequest) -> bool:
+        """True if the first block `req` lacks is being computed by a running request."""
+        if not self.computing:
+            return False
+        k = len(self._local_prefix(req.hashes, tiers=self.dram.cap > 0))
+        return k < len(req.hashes) and req.hashes[k] in self.computing
 
     def _start(self, req: SimRequest, now: float) -> bool:
         """Reserve memory and start loads for `req`; False if it does not fit yet."""
@@ -327,6 +349,9 @@ class SimEngine:
         req.bytes_moved = (len(local) - counts[Tier.HBM] + len(pulled)) * bs * kvb
         req.computed = n_cached * bs
         req.recomputed = req.prompt_tokens - req.computed
+        req.computing = n_cached
+        for h in req.hashes[n_cached:]:
+            self.computing[h] = self.computing.get(h, 0) + 1
         req.ready_at = ready
         req.state = State.LOADING if ready > now else State.PREFILL
 
@@ -392,6 +417,7 @@ class SimEngine:
                     r.held.extend(blocks)
                     r.reserved_blocks -= len(blocks)
                     self.reserved -= len(blocks)
+                    self._done_computing(r, full)
                 if r.computed >= r.prompt_tokens:
                     r.generated, r.first_token_at = 1, end
                     r.state = State.DECODE
@@ -405,7 +431,17 @@ class SimEngine:
             self.running = [r for r in self.running if r.state is not State.DONE]
         return StepResult(dur, first, done)
 
+    def _done_computing(self, r: SimRequest, upto: int) -> None:
+        for h in r.hashes[r.computing:upto]:
+            left = self.computing[h] - 1
+            if left:
+                self.computing[h] = left
+            else:
+                del self.computing[h]
+        r.computing = max(r.computing, upto)
+
     def _complete(self, r: SimRequest, now: float) -> None:
+        self._done_computing(r, len(r.hashes))
         r.state = State.DONE
         r.finished_at = now
         self._release(r.held)

@@ -53,6 +53,7 @@ class Scheduler:
                                     config.hbm_tokens, config.policy_config.window_s)
         self.policy: Policy = make_policy(config.policy, self.cluster, config.policy_config)
         self.branch_counts: Counter[str] = Counter()
+        self._promised: dict[str, tuple[int, list[int]]] = {}  # request -> (node, blocks)
 
     def schedule(self, req: RouteRequest) -> Decision:
         """Choose a node and plan for `req` and record it as dispatched.
@@ -66,13 +67,16 @@ class Scheduler:
         if req.request_id in self.cluster.inflight:
             raise ValueError(f"request id {req.request_id!r} is already in flight")
         now = self.clock.now()
-        self.index.record_access(req.block_hashes, now)
-        match = self.index.match(req.block_hashes)
+        match = self.index.lookup(req.block_hashes, now)  # counts demand and matches
         decision = self.policy.route(req, match, now)
         plan = decision.plan
         self.cluster.on_dispatch(req.request_id, decision.node, req.prompt_tokens, plan.cached_tokens,
                                  req.max_output_tokens, plan.est_prefill_s, now)
         self.policy.on_dispatched(req, decision, now)
+        if self.policy.uses_pending and req.block_hashes:
+            assert match.entries is not None and len(match.entries) == len(req.block_hashes)
+            self.index.add_pending_entries(decision.node, match.entries)
+            self._promised[req.request_id] = (decision.node, req.block_hashes)
         self.branch_counts[decision.branch.value] += 1
         return decision
 
@@ -92,6 +96,7 @@ class Scheduler:
 
     def on_finish(self, request_id: str, output_tokens: int) -> Inflight | None:
         now = self.clock.now()
+        self._drop_promise(request_id, now)
         inf = self.cluster.on_finish(request_id, now, output_tokens)
         if inf is not None:
             ttft = None if inf.first_token_at is None else inf.first_token_at - inf.dispatched_at
@@ -100,7 +105,15 @@ class Scheduler:
 
     def mark_down(self, node: int) -> list[Inflight]:
         """Node lost: its residency is dropped; returns its in-flight requests to re-route."""
-        return self.cluster.mark_down(node, self.clock.now())
+        lost = self.cluster.mark_down(node, self.clock.now())
+        for inf in lost:
+            self._promised.pop(inf.request_id, None)
+        return lost
+
+    def _drop_promise(self, request_id: str, now: float) -> None:
+        promised = self._promised.pop(request_id, None)
+        if promised is not None:
+            self.index.clear_pending(promised[0], promised[1], now)
 
 
 def predicted_cached(decision: Decision) -> dict[str, int]:

@@ -28,9 +28,9 @@ windowed work, so it reacts to bursts within the window.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
-from preble_tiered.scheduler.cluster import ClusterState, Inflight, WindowedSum
+from preble_tiered.scheduler.cluster import ClusterState, Inflight
 from preble_tiered.scheduler.index import MatchResult, iter_bits
 from preble_tiered.scheduler.planner import PlanContext, Planner
 from preble_tiered.scheduler.policy import Policy, PolicyConfig, register_policy
@@ -67,11 +67,16 @@ class _Buckets:
 class PrebleE2(Policy):
     """Preble's E2 on HBM only (see module docstring)."""
 
+    uses_pending = True
+
     def __init__(self, cluster: ClusterState, config: PolicyConfig) -> None:
         super().__init__(cluster, config)
         n = cluster.n_nodes
         self.planner = Planner(cluster.cost, cluster.block_size, self.uses_tiers, self.uses_pulls)
-        self.prefill_work = [WindowedSum(config.window_s) for _ in range(n)]
+        # Prefill work routed to each node in the window: one log for the cluster, trimmed
+        # once per decision, instead of a deque per node.
+        self.prefill_work = [0.0] * n
+        self._work_log: deque[tuple[float, int, float]] = deque()
         # Per node: prefix key -> footprint tokens, least recently routed first (Evict_n).
         self.lru: list[OrderedDict[int, int]] = [OrderedDict() for _ in range(n)]
         # Per node: prefix key -> windowed work routed there (rebalancing picks from it).
@@ -81,6 +86,9 @@ class PrebleE2(Policy):
         self._req_key: dict[str, int | None] = {}  # in-flight request -> prefix key
         self._ttft: dict[int, _Buckets] = {}  # prefix key -> windowed TTFT (autoscaling)
         self._autoscale: set[int] = set()
+        self._price = [0.0] * n  # eviction price per token, per node (see _evict_price)
+        self._price_at = [-1] * n  # the second it was computed in
+        self._key_cache: tuple[str, int | None] = ("", None)  # (request id, prefix key)
 
     # ------------------------------------------------------------------ terms
     queue_weight: float = 0.0
@@ -91,33 +99,63 @@ class PrebleE2(Policy):
 
     def loads(self, nodes: list[int], now: float) -> list[float]:
         """Load_n for each of `nodes` (one tight loop: this is the decision path)."""
+        self._trim_work(now)
         states, work, qw = self.cluster.nodes, self.prefill_work, self.queue_weight
         out = []
         for n in nodes:
             ns = states[n]
-            out.append(work[n].trim(now) + ns.decode_tokens * ns.tpot.value + qw * ns.pending_prefill_s)
+            out.append(work[n] + ns.decode_tokens * ns.tpot.value + qw * ns.pending_prefill_s)
         return out
 
+    def add_work(self, node: int, now: float, seconds: float) -> None:
+        """Record `seconds` of prefill work routed to `node` now (enters Load_n for H)."""
+        self._work_log.append((now, node, seconds))
+        self.prefill_work[node] += seconds
+
+    def _trim_work(self, now: float) -> None:
+        log, work, cutoff = self._work_log, self.prefill_work, now - self.config.window_s
+        while log and log[0][0] <= cutoff:
+            _, n, v = log.popleft()
+            work[n] -= v
+        if not log:
+            for i in range(len(work)):
+                work[i] = 0.0  # no float drift once the window is empty
+
     def evict_s(self, node: int, need_tokens: int, now: float) -> float:
+        """Recompute cost of what `need_tokens` more tokens would push out of `node`'s HBM:
+        the least recently routed prefixes still resident there, each weighted by its hits
+        in the window (requests beyond the first), priced per token of the LRU front."""
         overflow = need_tokens - self.cluster.hbm_free_tokens(node)
-        if overflow <= 0:
-            return 0.0
-        index, cost, bit = self.cluster.index, 0.0, 1 << node
-        lru, stale = self.lru[node], []
-        for i, (key, tokens) in enumerate(lru.items()):
-            if overflow <= 0 or i >= _EVICT_SCAN:
+        return overflow * self._evict_price(node, now) if overflow > 0 else 0.0
+
+    def _evict_price(self, node: int, now: float) -> float:
+        """Recompute cost per evicted token on `node`, from the first `_EVICT_SCAN` resident
+        prefixes of its LRU. Refreshed once a second: routing to a node moves a prefix to
+        the LRU's far end, so the price of its front moves with time (demand), not with
+        each decision, and every decision prices most candidates."""
+        sec = int(now)
+        if self._price_at[node] == sec:
+            return self._price[node]
+        index = self.cluster.index
+        bit, lru, prefill = 1 << node, self.lru[node], self.cluster.cost.prefill_s
+        freed, cost, seen, stale = 0, 0.0, 0, []
+        for key, size in lru.items():
+            if seen >= _EVICT_SCAN:
                 break
             e = index.entry(key)
             if e is None or not e.hbm & bit:
                 stale.append(key)
                 continue
+            seen += 1
             hits = index.requests_in_window(key, now) - 1
             if hits > 0:
-                cost += hits * self.cluster.cost.prefill_s(tokens, tokens)
-            overflow -= tokens
+                cost += hits * prefill(size, size)
+            freed += size
         for key in stale:
             del lru[key]
-        return cost
+        price = cost / freed if freed else 0.0
+        self._price[node], self._price_at[node] = price, sec
+        return price
 
     def need_tokens(self, node: int, pc: PlanContext) -> int:
         """HBM tokens the request would newly occupy on `node`."""
@@ -173,24 +211,22 @@ class PrebleE2(Policy):
         return best, costs
 
     def _costs(self, nodes: list[int], pc: PlanContext, now: float, with_evict: bool = True) -> "_Costs":
-        """Cost terms per node. Evict_n >= 0 walks an LRU, so it is computed only where it
-        can change the argmin (branch and bound from the cheapest Load + Prefill)."""
+        """Load, Evict and plan time per candidate node (parallel lists, no objects)."""
         all_plans = self.planner.plan_times(pc, self.cluster.n_nodes)
         plans = [all_plans[n] for n in nodes]
         loads = self.loads(nodes, now)
-        totals = [ld + p for ld, p in zip(loads, plans)]
-        evicts = [0.0] * len(nodes)
         if with_evict:
-            i0 = min(range(len(totals)), key=totals.__getitem__)
-            best = float("inf")
-            for i in [i0, *range(len(totals))]:
-                if totals[i] >= best or evicts[i]:
-                    continue
-                ev = self.evict_s(nodes[i], self.need_tokens(nodes[i], pc), now)
-                evicts[i] = ev
-                totals[i] += ev
-                if totals[i] < best:
-                    best = totals[i]
+            cl = self.cluster
+            bs, grow = cl.block_size, pc.prompt_tokens + pc.req.max_output_tokens
+            get, free, price = pc.match.nodes.get, cl.hbm_free_tokens, self._evict_price
+            evicts = []
+            for n in nodes:
+                nm = get(n)
+                over = grow - (nm.hbm_prefix * bs if nm is not None else 0) - free(n)
+                evicts.append(over * price(n, now) if over > 0 else 0.0)
+        else:
+            evicts = [0.0] * len(nodes)
+        totals = [ld + ev + p for ld, ev, p in zip(loads, evicts, plans)]
         return _Costs(nodes, loads, evicts, plans, totals)
 
     def _decision(self, req: RouteRequest, pc: PlanContext, best: int, branch: Branch,
@@ -200,13 +236,19 @@ class PrebleE2(Policy):
         return Decision(req.request_id, node, plan, branch, costs.candidates() if self.config.explain else [])
 
     def _prefix_key(self, req: RouteRequest, now: float) -> int | None:
+        """The request's shared prefix: its deepest block requested at least twice in the
+        window (computed once per request; route and on_dispatched both need it)."""
+        if self._key_cache[0] == req.request_id:
+            return self._key_cache[1]
         depth = self.cluster.index.shared_depth(req.block_hashes, now)
-        return req.block_hashes[depth - 1] if depth else None
+        key = req.block_hashes[depth - 1] if depth else None
+        self._key_cache = (req.request_id, key)
+        return key
 
     # ------------------------------------------------------------- bookkeeping
     def on_dispatched(self, req: RouteRequest, decision: Decision, now: float) -> None:
         node, plan = decision.node, decision.plan
-        self.prefill_work[node].add(now, plan.est_prefill_s)
+        self.add_work(node, now, plan.est_prefill_s)
         key = self._prefix_key(req, now)
         self._req_key[req.request_id] = key
         foot = key if key is not None else (req.block_hashes[-1] if req.block_hashes else None)

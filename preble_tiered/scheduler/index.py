@@ -25,7 +25,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from preble_tiered.types import NodeId, Tier
 
@@ -40,6 +42,12 @@ def iter_bits(mask: int) -> Iterator[int]:
         mask ^= low
 
 
+@lru_cache(maxsize=1 << 16)
+def bits(mask: int) -> tuple[int, ...]:
+    """Node ids set in `mask` as a tuple, memoized: the same node sets recur constantly."""
+    return tuple(iter_bits(mask))
+
+
 @dataclass(slots=True)
 class BlockEntry:
     """What the router knows of one block."""
@@ -48,6 +56,7 @@ class BlockEntry:
     hbm: int = 0  # node bitmask per tier
     dram: int = 0
     disk: int = 0
+    pending: int = 0  # nodes that will hold it in HBM once a dispatched request computes it
     pins: int = 0  # counted pins (admin); a pinned entry never expires
     bucket: int = -1  # window bucket index that `demand_cur` counts
     demand_cur: int = 0
@@ -58,60 +67,56 @@ class BlockEntry:
     def resident(self) -> int:
         return self.hbm | self.dram | self.disk
 
+    @property
+    def kept(self) -> bool:
+        """Held, pending or pinned: never expired."""
+        return bool(self.hbm or self.dram or self.disk or self.pending or self.pins)
+
     def mask(self, tier: Tier) -> int:
         return self.hbm if tier is Tier.HBM else self.dram if tier is Tier.DRAM else self.disk
 
 
-@dataclass(slots=True)
-class NodeMatch:
-    """The longest prefix of a request usable on a group of nodes with identical holdings,
-    split by the best tier per block. (Nodes often hold the same thing, e.g. a system
-    prompt on every node, so `match` returns one entry per group, not per node.)
+class NodeMatch(NamedTuple):
+    """The longest prefix of a request usable on one node, split by the best tier per block.
 
     Attributes:
-        mask: the nodes of the group (bitmask).
         hbm, dram, disk: blocks of the usable prefix whose best copy is in that tier.
-        hbm_prefix: leading blocks all in HBM (usable in place with no fetch).
+        pending: blocks not yet held but being computed there by a dispatched request
+            (usable in place once it finishes; never a pull source).
+        hbm_prefix: leading blocks all in HBM or pending (usable in place, no fetch).
     """
 
-    mask: int
+    node: NodeId
     hbm: int = 0
     dram: int = 0
     disk: int = 0
-    hbm_prefix: int = -1  # -1 while still being matched
+    pending: int = 0
+    hbm_prefix: int = 0
 
     @property
     def blocks(self) -> int:
-        return self.hbm + self.dram + self.disk
+        return self.hbm + self.pending + self.dram + self.disk
 
-    def split(self, mask: int) -> "NodeMatch":
-        """Move the nodes of `mask` (a subset) into a copy of this group."""
-        self.mask &= ~mask
-        return NodeMatch(mask, self.hbm, self.dram, self.disk, self.hbm_prefix)
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """What a plan depends on: equal shapes cost the same on any node."""
+        return self[1:]
 
 
 @dataclass(slots=True)
 class MatchResult:
-    """Result of `PrefixIndex.match`. Nodes in no group hold no usable prefix."""
+    """Result of `PrefixIndex.match`. Nodes absent from `nodes` hold no usable prefix."""
 
     n_blocks: int
-    groups: list[NodeMatch] = field(default_factory=list)
+    nodes: dict[NodeId, NodeMatch] = field(default_factory=dict)
     longest: int = 0  # longest usable prefix on any single node, in blocks
     holders: int = 0  # bitmask of the nodes holding `longest` blocks
-    longest_hbm: int = 0  # longest all-HBM prefix on any single node
+    longest_hbm: int = 0  # longest all-HBM (or pending) prefix on any single node
     hbm_holders: int = 0
+    entries: list[BlockEntry] | None = None  # every block's entry, when `lookup` made it
 
     def get(self, node: NodeId) -> NodeMatch | None:
-        bit = 1 << node
-        for g in self.groups:
-            if g.mask & bit:
-                return g
-        return None
-
-    @property
-    def nodes(self) -> dict[NodeId, NodeMatch]:
-        """Per-node view (builds a dict; for tests and inspection, not the hot path)."""
-        return {n: g for g in self.groups for n in iter_bits(g.mask)}
+        return self.nodes.get(node)
 
 
 class PrefixIndex:
@@ -143,49 +148,96 @@ class PrefixIndex:
         return self._held.get((node, tier), 0)
 
     def match(self, hashes: Sequence[int]) -> MatchResult:
-        """Longest usable prefix of `hashes` on every node, per tier (see module docstring)."""
-        entries = self._entries
+        """Longest usable prefix of `hashes` on every node, per tier (read only)."""
+        return self._walk(hashes, None)
+
+    def lookup(self, hashes: Sequence[int], now: float) -> MatchResult:
+        """`record_access(hashes, now)` and `match(hashes)` in one walk over the blocks
+        (one dict probe per block instead of two: the router's decision path)."""
+        return self._walk(hashes, now)
+
+    def _walk(self, hashes: Sequence[int], now: float | None) -> MatchResult:
+        """Match, and count a request for every block when `now` is given.
+
+        Where a block's masks equal the previous block's nothing is done. Where they
+        change, only the nodes whose best tier flips are touched (each closes an interval
+        of blocks credited to its old tier), so the cost is O(blocks + tier flips), i.e.
+        O(blocks + nodes) for the layouts caches produce.
+        """
         res = MatchResult(n_blocks=len(hashes))
         if not hashes:
+            if now is not None:
+                res.entries = []
             return res
-        e = entries.get(hashes[0])
-        if e is None:
-            return res
-        alive = e.hbm | e.dram | e.disk
+        record = now is not None
+        bucket = int(now // self.window_s) if record else 0
+        get = self._entries.get
+        e = get(hashes[0])
+        if record:
+            e = self._touch(e, hashes[0], None, now, bucket)
+        alive = 0 if e is None else e.hbm | e.dram | e.disk | e.pending
         if not alive:
+            if record:
+                res.entries = [e, *self._record_from(hashes, 1, now, bucket)]
             return res
-        groups = [NodeMatch(alive)]
-        alive_hbm = e.hbm
-        _end_hbm_prefix(groups, alive & ~alive_hbm, 0)
-        ph, pd, pk = e.hbm, e.dram, e.disk  # raw masks of the current run of blocks
-        run_start, i, n_hashes = 0, 1, len(hashes)
+        counts = {n: [0, 0, 0, 0] for n in bits(alive)}  # hbm, pending, dram, disk
+        hbm_prefix = dict.fromkeys(counts, 0)
+        alive_hbm = (e.hbm | e.pending) & alive
+        cur = _best_tiers(e.hbm, e.pending, e.dram, alive)
+        since: list[dict[int, int]] = [dict.fromkeys(bits(m), 0) for m in cur]
+        raw = (e.hbm, e.pending, e.dram, e.disk)
+        walked = [e] if record else None
+        i, n_hashes = 1, len(hashes)
         while i < n_hashes:
-            e = entries.get(hashes[i])
+            e = get(hashes[i])
             if e is None:
+                if record:
+                    walked.append(self._touch(None, hashes[i], hashes[i - 1], now, bucket))  # type: ignore[union-attr]
                 break
-            if e.hbm == ph and e.dram == pd and e.disk == pk:
-                i += 1  # same residency as the run: nothing changes
+            if record:
+                # `_touch` inlined for an existing entry: the hottest loop of a decision.
+                if e.bucket != bucket:
+                    e.demand_prev = e.demand_cur if e.bucket == bucket - 1 else 0
+                    e.demand_cur = 0
+                    e.bucket = bucket
+                e.demand_cur += 1
+                e.last_access = now
+                walked.append(e)  # type: ignore[union-attr]
+                # An idle entry keeps its place in `_idle`; expiry re-checks last_access.
+            if (e.hbm, e.pending, e.dram, e.disk) == raw:
+                i += 1  # same residency as the previous block: nothing flips
                 continue
-            _credit(groups, ph, pd, alive, i - run_start)
-            new_hbm = alive_hbm & e.hbm
-            if new_hbm != alive_hbm:
-                _end_hbm_prefix(groups, alive_hbm & ~new_hbm, i)
-                alive_hbm = new_hbm
-            new_alive = alive & (e.hbm | e.dram | e.disk)
-            run_start = i
+            raw = (e.hbm, e.pending, e.dram, e.disk)
+            new_alive = alive & (e.hbm | e.dram | e.disk | e.pending)
+            new_hbm = alive_hbm & (e.hbm | e.pending)
+            for n in bits(alive_hbm & ~new_hbm):
+                hbm_prefix[n] = i
+            alive_hbm = new_hbm
+            new = _best_tiers(e.hbm, e.pending, e.dram, new_alive)
+            for t in range(4):
+                flips = cur[t] ^ new[t]
+                if flips:
+                    _close(counts, since[t], t, cur[t] & flips, i)
+                    for n in bits(new[t] & flips):
+                        since[t][n] = i
+            cur = new
             if not new_alive:
                 break
-            alive, ph, pd, pk = new_alive, e.hbm, e.dram, e.disk
+            alive = new_alive
             i += 1
-        _credit(groups, ph, pd, alive, i - run_start)
-        _end_hbm_prefix(groups, alive_hbm, i)
-        res.groups = groups
+        if record:
+            walked.extend(self._record_from(hashes, i + 1, now, bucket))  # type: ignore[union-attr]
+            res.entries = walked
+        for t in range(4):
+            _close(counts, since[t], t, cur[t], i)
+        for n in bits(alive_hbm):
+            hbm_prefix[n] = i
+        res.nodes = {n: NodeMatch(n, h, d, k, p, hbm_prefix[n]) for n, (h, p, d, k) in counts.items()}
         res.longest, res.holders = i, alive
-        for g in groups:
-            if g.hbm_prefix > res.longest_hbm:
-                res.longest_hbm, res.hbm_holders = g.hbm_prefix, g.mask
-            elif g.hbm_prefix == res.longest_hbm and g.hbm_prefix:
-                res.hbm_holders |= g.mask
+        best = max(hbm_prefix.values())
+        res.longest_hbm = best
+        if best:
+            res.hbm_holders = sum(1 << n for n, v in hbm_prefix.items() if v == best)
         return res
 
     def demand(self, h: int, now: float) -> float:
@@ -229,25 +281,32 @@ class PrefixIndex:
     # ----------------------------------------------------------------- mutation
     def record_access(self, hashes: Sequence[int], now: float, parent: int | None = None) -> None:
         """Count one request for each block of `hashes` (creating entries as needed)."""
-        entries = self._entries
-        idle = self._idle
-        b = int(now // self.window_s)
-        prev = parent
-        for h in hashes:
-            e = entries.get(h)
-            if e is None:
-                e = entries[h] = BlockEntry(prev)
-            if e.bucket != b:
-                e.demand_prev = e.demand_cur if e.bucket == b - 1 else 0
-                e.demand_cur = 0
-                e.bucket = b
-            e.demand_cur += 1
-            e.last_access = now
-            if not (e.hbm or e.dram or e.disk or e.pins):
-                idle[h] = now
-                idle.move_to_end(h)
-            prev = h
+        if hashes:
+            bucket = int(now // self.window_s)
+            self._touch(self._entries.get(hashes[0]), hashes[0], parent, now, bucket)
+            self._record_from(hashes, 1, now, bucket)
+
+    def _record_from(self, hashes: Sequence[int], start: int, now: float, bucket: int) -> list[BlockEntry]:
+        get, touch = self._entries.get, self._touch
+        out = [touch(get(hashes[i]), hashes[i], hashes[i - 1], now, bucket) for i in range(start, len(hashes))]
         self._expire(now)
+        return out
+
+    def _touch(self, e: BlockEntry | None, h: int, parent: int | None, now: float, bucket: int) -> BlockEntry:
+        """Count a request for block `h` (entry `e`, created when None)."""
+        if e is None:
+            e = self._entries[h] = BlockEntry(parent)
+        if e.bucket != bucket:
+            e.demand_prev = e.demand_cur if e.bucket == bucket - 1 else 0
+            e.demand_cur = 0
+            e.bucket = bucket
+        e.demand_cur += 1
+        e.last_access = now
+        if not (e.hbm or e.dram or e.disk or e.pending or e.pins):  # `kept`, inlined
+            idle = self._idle
+            idle[h] = now
+            idle.move_to_end(h)
+        return e
 
     def store(self, node: NodeId, tier: Tier, hashes: Iterable[int], parent: int | None, now: float) -> int:
         """`node` now holds `hashes` (a chain, first one's parent is `parent`) in `tier`.
@@ -267,6 +326,8 @@ class PrefixIndex:
             if not m & bit:
                 _set_mask(e, tier, m | bit)
                 added += 1
+            if tier is Tier.HBM and e.pending & bit:
+                e.pending &= ~bit  # the promised block arrived
             prev = h
         if added:
             key = (node, tier)
@@ -291,7 +352,7 @@ class PrefixIndex:
             if m & bit:
                 _set_mask(e, tier, m & ~bit)
                 removed += 1
-                if not (e.hbm or e.dram or e.disk or e.pins):
+                if not e.kept:
                     self._idle[h] = now
                     self._idle.move_to_end(h)
         if removed:
@@ -311,11 +372,47 @@ class PrefixIndex:
                 if m & bit:
                     _set_mask(e, t, m & ~bit)
                     removed += 1
-            if not (e.hbm or e.dram or e.disk or e.pins):
+            if tier is None:
+                e.pending &= ~bit
+            if not e.kept:
                 self._idle[h] = now
         for t in tiers:
             self._held.pop((node, t), None)
         return removed
+
+    def add_pending(self, node: NodeId, hashes: Iterable[int], parent: int | None = None) -> None:
+        """`node` will hold `hashes` in HBM once a request dispatched there computes (or
+        loads) them. The router's own knowledge of work it dispatched, kept apart from
+        residency: cleared by the node's BlockStored(HBM) or by `clear_pending`."""
+        bit = 1 << node
+        entries = self._entries
+        prev = parent
+        for h in hashes:
+            e = entries.get(h)
+            if e is None:
+                e = entries[h] = BlockEntry(prev)
+            if not (e.hbm & bit):
+                e.pending |= bit
+            prev = h
+
+    def add_pending_entries(self, node: NodeId, entries: Sequence[BlockEntry]) -> None:
+        """`add_pending` for the entries a `lookup` just walked (no dict probes). The
+        entries must come from this index in the same call sequence (nothing expired)."""
+        bit = 1 << node
+        for e in entries:
+            if not e.hbm & bit:
+                e.pending |= bit
+
+    def clear_pending(self, node: NodeId, hashes: Iterable[int], now: float) -> None:
+        """The request that promised `hashes` on `node` finished or failed."""
+        bit = 1 << node
+        for h in hashes:
+            e = self._entries.get(h)
+            if e is not None and e.pending & bit:
+                e.pending &= ~bit
+                if not e.kept:
+                    self._idle[h] = now
+                    self._idle.move_to_end(h)
 
     def node_blocks(self, node: NodeId, tier: Tier) -> set[int]:
         """Every block hash `node` holds in `tier` (for snapshots and checks). O(entries)."""
@@ -339,7 +436,7 @@ class PrefixIndex:
         for h in hashes:
             e = self._entries[h]
             e.pins -= 1
-            if not (e.pins or e.hbm or e.dram or e.disk):
+            if not e.kept:
                 self._idle[h] = now
                 self._idle.move_to_end(h)
 
@@ -359,7 +456,7 @@ class PrefixIndex:
                 return
             del idle[h]
             e = entries.get(h)
-            if e is None or e.hbm or e.dram or e.disk or e.pins:
+            if e is None or e.kept:
                 continue  # became resident again; re-queued when it goes idle
             if e.last_access > cutoff:
                 idle[h] = e.last_access  # requested since it went idle
@@ -382,47 +479,18 @@ def _set_mask(e: BlockEntry, tier: Tier, value: int) -> None:
         e.disk = value
 
 
-def _credit(groups: list[NodeMatch], hbm: int, dram: int, alive: int, run_len: int) -> None:
-    """Credit a run of `run_len` blocks to the `alive` nodes under the best tier each holds
-    it in, splitting groups whose members hold it in different tiers. O(groups)."""
-    if run_len <= 0:
-        return
+def _best_tiers(hbm: int, pending: int, dram: int, alive: int) -> tuple[int, int, int, int]:
+    """Masks of the `alive` nodes whose best copy of a block is HBM, pending, DRAM, disk."""
     hb = hbm & alive
-    dr = dram & alive & ~hb
-    dk = alive & ~(hb | dr)
-    for g in list(groups):
-        m = g.mask & alive
-        if not m:
-            continue  # dropped out earlier: frozen
-        if m != g.mask:
-            groups.append(g.split(g.mask & ~m))  # members that dropped out keep their counts
-        parts = [(g.mask & hb, 0), (g.mask & dr, 1), (g.mask & dk, 2)]
-        parts = [(pm, t) for pm, t in parts if pm]
-        for pm, t in parts[1:]:
-            ng = g.split(pm)
-            groups.append(ng)
-            _add(ng, t, run_len)
-        _add(g, parts[0][1], run_len)
+    pe = pending & alive & ~hb
+    dr = dram & alive & ~(hb | pe)
+    return hb, pe, dr, alive & ~(hb | pe | dr)
 
 
-def _add(g: NodeMatch, tier: int, n: int) -> None:
-    if tier == 0:
-        g.hbm += n
-    elif tier == 1:
-        g.dram += n
-    else:
-        g.disk += n
-
-
-def _end_hbm_prefix(groups: list[NodeMatch], dropped: int, at: int) -> None:
-    """Nodes in `dropped` stop having an all-HBM prefix at block `at`."""
-    if not dropped:
-        return
-    for g in list(groups):
-        m = g.mask & dropped
-        if not m or g.hbm_prefix >= 0:
-            continue
-        if m != g.mask:
-            g = g.split(m)
-            groups.append(g)
-        g.hbm_prefix = at
+def _close(counts: dict[int, list[int]], since: dict[int, int], tier: int, mask: int, at: int) -> None:
+    """Nodes in `mask` leave `tier` at block `at`: credit the interval they spent in it."""
+    while mask:
+        low = mask & -mask
+        n = low.bit_length() - 1
+        counts[n][tier] += at - since.pop(n)
+        mask ^= low

@@ -77,20 +77,21 @@ class Planner:
         pc.default_s = pc.recompute_all_s
         if self.use_pulls and match.longest > 0:
             src = self._pick_source(match)
-            nm = match.get(src)
-            assert nm is not None
-            pc.src, pc.src_blocks = src, nm.blocks
-            pc.src_disk_frac = nm.disk / nm.blocks if nm.blocks else 0.0
-            pc.default_s = self._pull_choice(pc, 0, 0.0).total_s
+            if src is not None:
+                pc.src, pc.src_blocks = src.node, src.blocks
+                pc.src_disk_frac = src.disk / src.blocks
+                pc.default_s = self._pull_choice(pc, 0, 0.0).total_s
         return pc
 
-    def _pick_source(self, match: MatchResult) -> NodeId:
-        # Among the nodes holding the longest prefix, one holding most of it in HBM.
-        best, best_hbm = -1, -1
-        for g in match.groups:
-            m = g.mask & match.holders
-            if m and g.hbm > best_hbm:
-                best, best_hbm = (m & -m).bit_length() - 1, g.hbm
+    def _pick_source(self, match: MatchResult) -> NodeMatch | None:
+        """The node to pull from: the longest prefix actually held (a pending block is not
+        there yet), then the most of it in HBM, then the lowest id."""
+        best: NodeMatch | None = None
+        for nm in match.nodes.values():
+            if nm.pending or not nm.blocks:
+                continue
+            if best is None or (nm.blocks, nm.hbm, -nm.node) > (best.blocks, best.hbm, -best.node):
+                best = nm
         return best
 
     def choice(self, node: NodeId, pc: PlanContext) -> PlanChoice:
@@ -118,23 +119,20 @@ class Planner:
         return best
 
     def plan_times(self, pc: PlanContext, n_nodes: int) -> list[float]:
-        """Cheapest plan time for every node id, one `choice` per group of nodes with the
-        same holdings (plus the pull source, which cannot pull from itself)."""
+        """Cheapest plan time for every node id: one `choice` per distinct holding shape
+        (nodes often hold the same thing), the pull source apart (it cannot pull from
+        itself); nodes holding nothing share `pc.default_s`."""
         times = [pc.default_s] * n_nodes
-        for g in pc.match.groups:
-            m = g.mask
-            if pc.src is not None and m >> pc.src & 1:
-                times[pc.src] = self.choice(pc.src, pc).total_s
-                m &= ~(1 << pc.src)
-            if not m:
+        memo: dict[tuple, float] = {}
+        for n, nm in pc.match.nodes.items():
+            if n == pc.src:
+                times[n] = self.choice(n, pc).total_s
                 continue
-            t = self.choice((m & -m).bit_length() - 1, pc).total_s
-            while m:
-                low = m & -m
-                times[low.bit_length() - 1] = t
-                m ^= low
-        if pc.src is not None and not pc.match.groups:
-            times[pc.src] = self.choice(pc.src, pc).total_s
+            key = nm.shape
+            t = memo.get(key)
+            if t is None:
+                t = memo[key] = self.choice(n, pc).total_s
+            times[n] = t
         return times
 
     def _fetch_s(self, nm: NodeMatch) -> float:
@@ -171,7 +169,7 @@ class Planner:
 
         if nm is not None and c.local_blocks:
             if c.local_blocks > nm.hbm_prefix:  # the whole usable prefix, fetching lower tiers
-                add(Action.IN_PLACE, nm.hbm, Tier.HBM)
+                add(Action.IN_PLACE, nm.hbm + nm.pending, Tier.HBM)
                 add(Action.FETCH, nm.dram, Tier.DRAM)
                 add(Action.FETCH, nm.disk, Tier.DISK)
             else:

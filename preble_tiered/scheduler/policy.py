@@ -60,11 +60,15 @@ class Policy(ABC):
     policy on the system it was published with:
         uses_tiers: the chosen node loads KV from its own DRAM/disk tiers.
         uses_pulls: the chosen node may pull KV from another node.
+        uses_pending: see below.
     """
 
     name: ClassVar[str]
     uses_tiers: ClassVar[bool] = False
     uses_pulls: ClassVar[bool] = False
+    uses_pending: ClassVar[bool] = False
+    """The router records where dispatched requests will leave their prefix (Preble's tree
+    takes a prompt at assignment), so the next request for it finds it while it computes."""
 
     def __init__(self, cluster: ClusterState, config: PolicyConfig) -> None:
         self.cluster = cluster

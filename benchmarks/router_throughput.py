@@ -1,0 +1,166 @@
+"""Routing decisions per second on one core: the router's decision path, measured alone.
+
+For each of N requests (2k-token prompts: a Zipf-popular 1.5k-token shared prefix + a
+unique 0.5k-token question) the timed region is what a router does per request:
+
+    block hashing of the token ids  +  Scheduler.schedule (demand, exact match, policy, bookkeeping)
+
+Between decisions, outside the timed region, the cluster answers the way engines do:
+residency events for the blocks the chosen node now holds (per-node LRU in HBM with
+write-back demotion to DRAM and disk, so the index sees stores *and* removals in every
+tier), first-token and finish notifications after a fixed number of later decisions, and a
+clock that advances at the offered rate. The event-apply time is reported separately.
+
+Reports decisions/s, mean and p99 per-decision time, the mean per quarter of the run
+(flatness: last quarter / first quarter), index size, and peak RSS.
+
+    python benchmarks/router_throughput.py [--requests 100000] [--nodes 32 128] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import sys
+import time
+from collections import OrderedDict, deque
+from pathlib import Path
+
+import numpy as np
+
+from preble_tiered.events import BlockRemoved, BlockStored
+from preble_tiered.hashing import BlockHasher
+from preble_tiered.scheduler.clock import ManualClock
+from preble_tiered.scheduler.core import Scheduler, SchedulerConfig
+from preble_tiered.scheduler.cost_model import cost_preset
+from preble_tiered.scheduler.types import RouteRequest
+from preble_tiered.types import Tier
+
+PREFIX_TOKENS, QUESTION_TOKENS = 1536, 512
+
+
+class NodeCache:
+    """Exact-enough engine residency: HBM LRU, demotion to DRAM, then disk (block counts)."""
+
+    def __init__(self, node: int, hbm: int, dram: int, disk: int) -> None:
+        self.node = node
+        self.tiers = [(Tier.HBM, OrderedDict(), hbm), (Tier.DRAM, OrderedDict(), dram), (Tier.DISK, OrderedDict(), disk)]
+
+    def store(self, hashes: list[int]) -> list:
+        events, (tier, lru, cap) = [], self.tiers[0]
+        new = [h for h in hashes if h not in lru]
+        for h in reversed(hashes):  # tail least recent, as vLLM frees
+            lru[h] = None
+            lru.move_to_end(h)
+        if new:
+            events.append(BlockStored(self.node, tier, tuple(new)))
+        self._spill(0, events)
+        return events
+
+    def _spill(self, level: int, events: list) -> None:
+        tier, lru, cap = self.tiers[level]
+        over = len(lru) - cap
+        if over <= 0:
+            return
+        out = [lru.popitem(last=False)[0] for _ in range(over)]
+        events.append(BlockRemoved(self.node, tier, tuple(out)))
+        if level + 1 < len(self.tiers):
+            ntier, nlru, _ = self.tiers[level + 1]
+            new = [h for h in out if h not in nlru]
+            for h in out:
+                nlru[h] = None
+                nlru.move_to_end(h)
+            if new:
+                events.append(BlockStored(self.node, ntier, tuple(new)))
+            self._spill(level + 1, events)
+
+
+def make_prompts(n: int, n_prefixes: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    prefixes = [rng.integers(0, 32000, PREFIX_TOKENS, dtype=np.uint32) for _ in range(n_prefixes)]
+    ranks = np.arange(1, n_prefixes + 1, dtype=np.float64)
+    p = ranks ** -1.1
+    picks = rng.choice(n_prefixes, size=n, p=p / p.sum())
+    return [np.concatenate([prefixes[k], rng.integers(0, 32000, QUESTION_TOKENS, dtype=np.uint32)]) for k in picks]
+
+
+def run(nodes: int, requests: int, rps: float, seed: int, policy: str) -> dict:
+    cost = cost_preset("mistral-7b-a6000")
+    clock = ManualClock()
+    sched = Scheduler(SchedulerConfig(policy=policy, n_nodes=nodes), cost, clock)
+    hasher = BlockHasher()
+    bs = hasher.block_size
+    hbm = cost.hbm_tokens // bs
+    caches = [NodeCache(n, hbm, 10 * hbm, 50 * hbm) for n in range(nodes)]
+    prompts = make_prompts(requests, n_prefixes=25 * nodes, seed=seed)
+    inflight: deque[tuple[str, int]] = deque()
+    depth = 16 * nodes  # requests in flight (each finishes `depth` decisions later)
+    times = np.empty(requests)
+    apply_s = 0.0
+    n_events = 0
+    gc.collect()
+    gc.disable()  # the router would run with a tuned GC; keep collector pauses out of the figure
+    t_run = time.perf_counter()
+    for i, toks in enumerate(prompts):
+        clock.advance(1.0 / rps)
+        t0 = time.perf_counter()
+        hashes = hasher(toks)
+        d = sched.schedule(RouteRequest(f"r{i}", hashes, len(toks), 64))
+        times[i] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        for ev in caches[d.node].store(hashes):
+            sched.apply(ev)
+            n_events += 1
+        inflight.append((d.request_id, 64))
+        if len(inflight) > depth:
+            rid, out = inflight.popleft()
+            sched.on_first_token(rid)
+            sched.on_finish(rid, out)
+        apply_s += time.perf_counter() - t1
+        if i % 20000 == 19999:
+            gc.collect()
+    wall = time.perf_counter() - t_run
+    gc.enable()
+    q = np.array_split(times, 4)
+    quarters = [float(x.mean() * 1e6) for x in q]
+    return {
+        "policy": policy, "nodes": nodes, "requests": requests, "prompt_tokens": PREFIX_TOKENS + QUESTION_TOKENS,
+        "decisions_per_s": requests / float(times.sum()),
+        "decision_us": {"mean": float(times.mean() * 1e6), "p50": float(np.percentile(times, 50) * 1e6),
+                        "p99": float(np.percentile(times, 99) * 1e6)},
+        "quarter_mean_us": quarters, "last_over_first": quarters[-1] / quarters[0],
+        "event_apply_us_per_request": apply_s / requests * 1e6, "events": n_events,
+        "index_entries": len(sched.index), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "wall_s": wall, "branches": dict(sched.branch_counts),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=100_000)
+    ap.add_argument("--nodes", type=int, nargs="+", default=[32, 128])
+    ap.add_argument("--rps", type=float, default=500.0, help="offered rate on the simulated clock")
+    ap.add_argument("--policy", default="e2_tiered")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default="benchmarks/results/router_throughput.json")
+    args = ap.parse_args()
+    runs = []
+    for n in args.nodes:
+        r = run(n, args.requests, args.rps, args.seed, args.policy)
+        runs.append(r)
+        print(f"{args.policy} nodes={n:4d} requests={r['requests']}: {r['decisions_per_s']:8.0f} decisions/s  "
+              f"mean {r['decision_us']['mean']:6.1f} us  p99 {r['decision_us']['p99']:6.1f} us  "
+              f"quarters {' '.join(f'{x:.1f}' for x in r['quarter_mean_us'])} us (last/first {r['last_over_first']:.2f})  "
+              f"events {r['event_apply_us_per_request']:.1f} us/req  index {r['index_entries']} entries  "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+    doc = {"command": "python " + " ".join(sys.argv), "runs": runs}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
