@@ -278,16 +278,13 @@ class SimEngine:
     def _start(self, req: SimRequest, now: float) -> bool:
         """Reserve memory and start loads for `req`; False if it does not fit yet."""
         bs = self.config.block_size
-        cap = req.prompt_tokens - 1  # the last prompt token is always computed
-        local = self._local_prefix(req.hashes, tiers=self.dram.cap > 0)
-        n_local = min(len(local), cap // bs)
-        pulled = self._pullable(req, n_local, cap // bs)
-        n_blocks = len(req.hashes)
+        limit = (req.prompt_tokens - 1) // bs  # the last prompt token is always computed
+        tiers = self.dram.cap > 0
+        local = self._local_prefix(req.hashes, tiers)[:limit]
         out_blocks = -(-(req.output_tokens + req.prompt_tokens % bs) // bs)
-        hbm_have = sum(1 for t in local[:n_local] if t is Tier.HBM)
-        need = (n_blocks - hbm_have) + out_blocks
-        # Protect this request's HBM blocks before evicting for it.
-        in_place = [h for h, t in zip(req.hashes, local[:n_local]) if t is Tier.HBM]
+        # Protect this request's HBM blocks, then evict for the rest of it.
+        in_place = [h for h, t in zip(req.hashes, local) if t is Tier.HBM]
+        need = (len(req.hashes) - len(in_place)) + out_blocks
         for h in in_place:
             if self.hbm[h] == 0:
                 del self.lru[h]
@@ -295,10 +292,14 @@ class SimEngine:
         if not self._make_room(need):
             self._release(in_place)
             return False
+        if tiers:
+            # Making room demotes HBM -> DRAM -> disk and may have pushed this request's
+            # own DRAM/disk blocks out: count only what is still there.
+            local = self._local_prefix(req.hashes, tiers)[:limit]
         req.held = in_place
         req.reserved_blocks = need
         self.reserved += need
-        self._load(req, local[:n_local], pulled, now)
+        self._load(req, local, self._pullable(req, len(local), limit), now)
         self.running.append(req)
         return True
 

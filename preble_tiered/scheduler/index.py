@@ -13,9 +13,11 @@ Per-tier counts are accumulated per run of blocks whose (hbm, dram, disk) masks 
 to `alive` do not change, so the cost is O(blocks + set bits per run), which is
 O(blocks + nodes) for the prefix shapes caches produce.
 
-Memory stays bounded: an entry with no residency and no pin is queued on `_idle` (ordered by
-when it became idle or was last requested) and dropped once it has had no demand for a whole
-window. Demand is a two-bucket sliding window (requests in the last `window_s` seconds,
+Memory stays bounded: an entry that may have become idle (created by a request, or its last
+residency, pending mark or pin gone) is appended to `_idle`, a plain deque of hashes; a sweep
+of a few entries per mutating call drops those idle (no residency, pending or pin) and
+unrequested for a whole window, lets go of those held again, and re-queues the rest. No
+per-touch reordering, 8 bytes per queued entry. Demand is a two-bucket sliding window (requests in the last `window_s` seconds,
 interpolated), O(1) per access.
 
 The index is pure: callers pass `now`; it never reads a clock.
@@ -23,7 +25,7 @@ The index is pure: callers pass `now`; it never reads a clock.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 from dataclasses import dataclass, field
@@ -58,6 +60,7 @@ class BlockEntry:
     disk: int = 0
     pending: int = 0  # nodes that will hold it in HBM once a dispatched request computes it
     pins: int = 0  # counted pins (admin); a pinned entry never expires
+    idle_at: float = float("-inf")  # when it last lost its residency, pending mark or pin
     bucket: int = -1  # window bucket index that `demand_cur` counts
     demand_cur: int = 0
     demand_prev: int = 0
@@ -131,7 +134,7 @@ class PrefixIndex:
             raise ValueError(f"window_s must be positive, got {window_s}")
         self.window_s = float(window_s)
         self._entries: dict[int, BlockEntry] = {}
-        self._idle: OrderedDict[int, float] = OrderedDict()  # hash -> time it became idle
+        self._idle: deque[int] = deque()  # hashes that may be idle (see module docstring)
         self._held: dict[tuple[NodeId, Tier], int] = {}  # blocks held per (node, tier)
 
     # ------------------------------------------------------------------ lookups
@@ -203,7 +206,7 @@ class PrefixIndex:
                 e.demand_cur += 1
                 e.last_access = now
                 walked.append(e)  # type: ignore[union-attr]
-                # An idle entry keeps its place in `_idle`; expiry re-checks last_access.
+                # An idle entry stays queued in `_idle`; the sweep re-checks last_access.
             if (e.hbm, e.pending, e.dram, e.disk) == raw:
                 i += 1  # same residency as the previous block: nothing flips
                 continue
@@ -296,16 +299,13 @@ class PrefixIndex:
         """Count a request for block `h` (entry `e`, created when None)."""
         if e is None:
             e = self._entries[h] = BlockEntry(parent)
+            self._idle.append(h)  # a new entry is idle until something holds it
         if e.bucket != bucket:
             e.demand_prev = e.demand_cur if e.bucket == bucket - 1 else 0
             e.demand_cur = 0
             e.bucket = bucket
         e.demand_cur += 1
         e.last_access = now
-        if not (e.hbm or e.dram or e.disk or e.pending or e.pins):  # `kept`, inlined
-            idle = self._idle
-            idle[h] = now
-            idle.move_to_end(h)
         return e
 
     def store(self, node: NodeId, tier: Tier, hashes: Iterable[int], parent: int | None, now: float) -> int:
@@ -353,8 +353,7 @@ class PrefixIndex:
                 _set_mask(e, tier, m & ~bit)
                 removed += 1
                 if not e.kept:
-                    self._idle[h] = now
-                    self._idle.move_to_end(h)
+                    self._went_idle(h, e, now)
         if removed:
             key = (node, tier)
             self._held[key] -= removed
@@ -367,6 +366,7 @@ class PrefixIndex:
         tiers = (tier,) if tier is not None else (Tier.HBM, Tier.DRAM, Tier.DISK)
         removed = 0
         for h, e in self._entries.items():
+            was_kept = e.kept
             for t in tiers:
                 m = e.mask(t)
                 if m & bit:
@@ -374,8 +374,8 @@ class PrefixIndex:
                     removed += 1
             if tier is None:
                 e.pending &= ~bit
-            if not e.kept:
-                self._idle[h] = now
+            if was_kept and not e.kept:
+                self._went_idle(h, e, now)
         for t in tiers:
             self._held.pop((node, t), None)
         return removed
@@ -411,8 +411,7 @@ class PrefixIndex:
             if e is not None and e.pending & bit:
                 e.pending &= ~bit
                 if not e.kept:
-                    self._idle[h] = now
-                    self._idle.move_to_end(h)
+                    self._went_idle(h, e, now)
 
     def node_blocks(self, node: NodeId, tier: Tier) -> set[int]:
         """Every block hash `node` holds in `tier` (for snapshots and checks). O(entries)."""
@@ -437,37 +436,46 @@ class PrefixIndex:
             e = self._entries[h]
             e.pins -= 1
             if not e.kept:
-                self._idle[h] = now
-                self._idle.move_to_end(h)
+                self._went_idle(h, e, now)
 
     # ------------------------------------------------------------------ expiry
+    def _went_idle(self, h: int, e: BlockEntry, now: float) -> None:
+        e.idle_at = now
+        self._idle.append(h)
+
+    def _expired(self, e: BlockEntry, cutoff: float) -> bool:
+        return not e.kept and e.last_access <= cutoff and e.idle_at <= cutoff
+
     def _expire(self, now: float) -> None:
-        """Drop up to a batch of entries idle (no residency, no pin) for a whole window."""
-        idle = self._idle
-        if not idle:
-            return
+        """Look at up to a batch of queued entries: drop the expired, let go of the held,
+        re-queue the rest. Amortized O(1) per mutating call."""
+        idle, entries = self._idle, self._entries
         cutoff = now - self.window_s
-        entries = self._entries
-        for _ in range(_EXPIRE_BATCH):
-            if not idle:
-                return
-            h, since = next(iter(idle.items()))
-            if since > cutoff:
-                return
-            del idle[h]
+        for _ in range(min(_EXPIRE_BATCH, len(idle))):
+            h = idle.popleft()
             e = entries.get(h)
             if e is None or e.kept:
-                continue  # became resident again; re-queued when it goes idle
-            if e.last_access > cutoff:
-                idle[h] = e.last_access  # requested since it went idle
-                continue
-            del entries[h]
+                continue  # already dropped (a duplicate), or held again: re-queued when idle
+            if self._expired(e, cutoff):
+                del entries[h]
+            else:
+                idle.append(h)
 
     def expire_all(self, now: float) -> None:
-        """Run expiry to completion (tests and periodic housekeeping)."""
+        """Exact expiry of everything due (tests and periodic housekeeping). O(queue)."""
         cutoff = now - self.window_s
-        while self._idle and next(iter(self._idle.values())) <= cutoff:
-            self._expire(now)
+        keep: deque[int] = deque()
+        seen: set[int] = set()
+        for h in self._idle:
+            e = self._entries.get(h)
+            if e is None or e.kept or h in seen:
+                continue
+            if self._expired(e, cutoff):
+                del self._entries[h]
+            else:
+                seen.add(h)
+                keep.append(h)
+        self._idle = keep
 
 
 def _set_mask(e: BlockEntry, tier: Tier, value: int) -> None:

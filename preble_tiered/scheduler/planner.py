@@ -80,7 +80,7 @@ class Planner:
             if src is not None:
                 pc.src, pc.src_blocks = src.node, src.blocks
                 pc.src_disk_frac = src.disk / src.blocks
-                pc.default_s = self._pull_choice(pc, 0, 0.0).total_s
+                pc.default_s = min(pc.recompute_all_s, self._pull_choice(pc, 0, 0.0).total_s)
         return pc
 
     def _pick_source(self, match: MatchResult) -> NodeMatch | None:
@@ -98,9 +98,11 @@ class Planner:
         """The cheapest plan for `node`."""
         nm = pc.match.get(node)
         if nm is None:
+            recompute = PlanChoice("hbm", 0, 0, 0.0, 0.0, pc.recompute_all_s)
             if pc.src is not None and pc.src != node:
-                return self._pull_choice(pc, 0, 0.0)
-            return PlanChoice("hbm", 0, 0, 0.0, 0.0, pc.recompute_all_s)
+                pull = self._pull_choice(pc, 0, 0.0)
+                return pull if pull.total_s < recompute.total_s else recompute
+            return recompute
         L = pc.prompt_tokens
         best = PlanChoice("hbm", nm.hbm_prefix, 0, 0.0, 0.0,
                           self.prefill_s(self.cached_cap(nm.hbm_prefix, L), L))

@@ -118,16 +118,27 @@ def shared_prefix_blocks(hashes: dict[str, list[int]]) -> dict[str, int]:
     return out
 
 
+def chunked_prefill_s(cost: CostModel, cached: int, prompt: int, chunk: int) -> float:
+    """Prefill of tokens [cached, prompt) in chunks of `chunk`, as an engine alone runs it."""
+    t, done = 0.0, cached
+    while done < prompt:
+        e = min(chunk, prompt - done)
+        t += cost.prefill_s(e, done + e)
+        done += e
+    return t
+
+
 def ideal_records(requests: Sequence[WorkloadRequest], hashes: dict[str, list[int]], cost: CostModel,
-                  block_size: int) -> list[tuple[float, float]]:
+                  block_size: int, max_batch_tokens: int) -> list[tuple[float, float]]:
     """Each request served alone on an idle node with its shared prefix already in HBM:
-    TTFT = prefill of the unshared tail; latency adds (output - 1) batch-of-one decode steps."""
+    TTFT = chunked prefill of the unshared tail (the engine's own chunking, so this is a
+    true lower bound); latency adds (output - 1) batch-of-one decode steps."""
     shared = shared_prefix_blocks(hashes)
     out = []
     for r in requests:
         L = r.prompt_tokens
         cached = min(shared[r.request_id] * block_size, L - 1)
-        ttft = cost.prefill_s(L - cached, L)
+        ttft = chunked_prefill_s(cost, cached, L, max_batch_tokens)
         # Decode step time is linear in context, so the mean step is the middle one.
         decode = (r.output_tokens - 1) * cost.decode_step_s(L + r.output_tokens // 2, 1)
         out.append((ttft, ttft + decode))

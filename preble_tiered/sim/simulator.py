@@ -131,7 +131,8 @@ class Simulator:
         if self._inflight:
             raise RuntimeError(f"{len(self._inflight)} requests never finished (simulator bug)")
         return SimResult(self.config.policy, list(self._records.values()),
-                         ideal_records(self.requests, hashes, self.cost, self.config.block_size),
+                         ideal_records(self.requests, hashes, self.cost, self.config.block_size,
+                                       self.config.max_batch_tokens),
                          dict(self.scheduler.branch_counts), time.perf_counter() - wall0,
                          [e.stats for e in self.engines])
 

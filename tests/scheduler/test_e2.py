@@ -1,0 +1,383 @@
+"""E2 (Preble) and e2_tiered on constructed clusters: exploit/explore, tiers, pulls,
+rebalancing, autoscaling, prefill/decode balance, dead nodes."""
+
+import pytest
+
+from preble_tiered.events import BlockStored
+from preble_tiered.scheduler.clock import ManualClock
+from preble_tiered.scheduler.core import Scheduler, SchedulerConfig
+from preble_tiered.scheduler.cost_model import Link, Links, cost_preset
+from preble_tiered.scheduler.policy import PolicyConfig
+from preble_tiered.scheduler.types import Action, Branch, RouteRequest
+from preble_tiered.types import Tier
+
+BS = 32
+TPOT_SEED = 0.15
+
+
+def make_sched(policy, n_nodes=4, hbm_tokens=100_000, cost=None, **policy_cfg):
+    clock = ManualClock()
+    cost = cost or cost_preset("mistral-7b-a6000")
+    cfg = SchedulerConfig(policy, n_nodes, BS, hbm_tokens, PolicyConfig(**policy_cfg))
+    return Scheduler(cfg, cost, clock), clock
+
+
+def blocks(n, start):
+    """`n` fake block hashes; distinct `start`s give unrelated chains."""
+    return list(range(start, start + n))
+
+
+PREFIX = blocks(64, 10_000)  # 2048 tokens
+
+
+def req(rid, hashes, prompt_tokens=None, out=10):
+    return RouteRequest(rid, list(hashes), prompt_tokens if prompt_tokens is not None else len(hashes) * BS, out)
+
+
+def hold(s, node, tier, hashes):
+    s.apply(BlockStored(node, tier, tuple(hashes)))
+
+
+def actions(decision):
+    return [(seg.action, seg.tier, seg.tokens) for seg in decision.plan.segments]
+
+
+def d_prefill(s, rid):
+    """The estimated prefill seconds the scheduler booked for an in-flight request."""
+    return s.cluster.inflight[rid].est_prefill_s
+
+
+# ------------------------------------------------------------------ exploit / explore
+@pytest.mark.parametrize("policy", ["preble_e2", "e2_tiered"])
+def test_exploit_when_matched_exceeds_missed(policy):
+    s, _ = make_sched(policy)
+    prefix = blocks(32, 10_000)  # 1024 tokens in node 1's HBM
+    hold(s, 1, Tier.HBM, prefix)
+    # 2047 tokens: matched 1024 > missed 1023.
+    d = s.schedule(req("r", prefix + blocks(31, 500), prompt_tokens=2047))
+    assert (d.node, d.branch) == (1, Branch.EXPLOIT)
+    assert actions(d) == [(Action.IN_PLACE, Tier.HBM, 1024), (Action.RECOMPUTE, None, 1023)]
+
+
+def test_explore_when_matched_equals_missed_and_it_weighs_load():
+    s, clock = make_sched("preble_e2", explain=True)
+    prefix = blocks(32, 10_000)
+    hold(s, 1, Tier.HBM, prefix)
+    # 2048 tokens: matched 1024 == missed 1024 -> explore; node 1 is cheapest (half cached).
+    d = s.schedule(req("a", prefix + blocks(32, 500)))
+    assert (d.node, d.branch) == (1, Branch.EXPLORE)
+    # Load on node 1 beyond what its cache saves: explore goes to the first idle node.
+    s.policy.add_work(1, clock.now(), 5.0)
+    d = s.schedule(req("b", prefix + blocks(32, 700)))
+    assert (d.node, d.branch) == (0, Branch.EXPLORE)
+    assert actions(d) == [(Action.RECOMPUTE, None, 2048)]
+    by_node = {c.node: c for c in d.candidates}
+    assert sorted(by_node) == [0, 1, 2, 3]
+    cost = s.cluster.cost
+    assert by_node[0].plan_s == pytest.approx(cost.prefill_s(2048, 2048))
+    assert by_node[1].plan_s == pytest.approx(cost.prefill_s(1024, 2048))
+    # Load_n: windowed prefill work + in-flight output tokens x TPOT (0.15 s seed).
+    assert by_node[1].load_s == pytest.approx(5.0 + d_prefill(s, "a") + 10 * TPOT_SEED)
+    assert by_node[0].load_s == 0.0
+    assert min(by_node.values(), key=lambda c: c.total_s).node == 0
+
+
+def test_preble_e2_exploits_its_holder_even_when_it_is_loaded():
+    s, clock = make_sched("preble_e2")
+    hold(s, 1, Tier.HBM, PREFIX)
+    s.policy.add_work(1, clock.now(), 50.0)
+    d = s.schedule(req("r", PREFIX + blocks(1, 1)))
+    assert (d.node, d.branch) == (1, Branch.EXPLOIT)
+
+
+def test_preble_e2_ignores_dram_prefixes_e2_tiered_uses_them():
+    request = req("r", PREFIX + blocks(1, 1))
+    s, _ = make_sched("preble_e2")
+    hold(s, 1, Tier.DRAM, PREFIX)
+    d = s.schedule(request)
+    assert (d.node, d.branch) == (0, Branch.EXPLORE)  # nothing in HBM: all nodes tie
+    assert actions(d) == [(Action.RECOMPUTE, None, 2080)]
+
+    s, _ = make_sched("e2_tiered")
+    hold(s, 1, Tier.DRAM, PREFIX)
+    d = s.schedule(request)
+    assert (d.node, d.branch) == (1, Branch.EXPLOIT)
+    assert actions(d) == [(Action.FETCH, Tier.DRAM, 2048), (Action.RECOMPUTE, None, 32)]
+    assert d.plan.local_blocks == 64 and d.plan.pull_blocks == 0
+    assert d.plan.est_fetch_s == pytest.approx(s.cluster.cost.fetch_s(Tier.DRAM, 2048))
+
+
+def test_e2_tiered_recomputes_when_the_dram_link_is_absurdly_slow():
+    slow = cost_preset("mistral-7b-a6000").with_links(Links(dram=Link(1e3), net=Link(1e3)))
+    s, _ = make_sched("e2_tiered", cost=slow)
+    hold(s, 1, Tier.DRAM, PREFIX)
+    d = s.schedule(req("r", PREFIX + blocks(1, 1)))
+    assert actions(d) == [(Action.RECOMPUTE, None, 2080)]
+    assert d.plan.est_fetch_s == 0.0 and d.plan.est_pull_s == 0.0
+
+
+@pytest.mark.parametrize("dram_bw, expect", [
+    (25e9, [(Action.FETCH, Tier.DRAM, 2048), (Action.RECOMPUTE, None, 32)]),
+    (1e3, [(Action.RECOMPUTE, None, 2080)]),
+])
+def test_planner_fetches_from_dram_only_when_cheaper_than_recomputing(dram_bw, expect):
+    cost = cost_preset("mistral-7b-a6000").with_links(Links(dram=Link(dram_bw)))
+    s, _ = make_sched("e2_tiered", cost=cost)
+    hold(s, 1, Tier.DRAM, PREFIX)
+    request = req("r", PREFIX + blocks(1, 1))
+    planner = s.policy.planner
+    pc = planner.prepare(request, s.index.match(request.block_hashes))
+    plan = planner.build(1, pc)
+    assert [(seg.action, seg.tier, seg.tokens) for seg in plan.segments] == expect
+    assert plan.est_ttft_s == pytest.approx(min(cost.fetch_s(Tier.DRAM, 2048) + cost.prefill_s(32, 2080),
+                                                cost.prefill_s(2080, 2080)))
+
+
+def test_e2_tiered_fetches_disk_blocks_and_keeps_hbm_ones_in_place():
+    s, _ = make_sched("e2_tiered")
+    hold(s, 2, Tier.HBM, PREFIX[:16])
+    hold(s, 2, Tier.DISK, PREFIX[16:])
+    d = s.schedule(req("r", PREFIX + blocks(1, 1)))
+    assert (d.node, d.branch) == (2, Branch.EXPLOIT)
+    assert actions(d) == [(Action.IN_PLACE, Tier.HBM, 512), (Action.FETCH, Tier.DISK, 1536),
+                          (Action.RECOMPUTE, None, 32)]
+
+
+def test_e2_tiered_pulls_from_a_loaded_holder_to_an_idle_node():
+    s, clock = make_sched("e2_tiered")
+    hold(s, 0, Tier.HBM, PREFIX)
+    s.policy.add_work(0, clock.now(), 10.0)
+    d = s.schedule(req("r", PREFIX + blocks(1, 1)))
+    assert (d.node, d.branch) == (1, Branch.REPLICATE)
+    assert d.plan.segments[0].action is Action.PULL
+    assert d.plan.segments[0].source == 0 and d.plan.segments[0].tier is Tier.HBM
+    assert (d.plan.pull_from, d.plan.pull_blocks) == (0, 64)
+    assert actions(d) == [(Action.PULL, Tier.HBM, 2048), (Action.RECOMPUTE, None, 32)]
+    assert d.plan.est_pull_s == pytest.approx(s.cluster.cost.pull_s(2048))
+
+
+def test_e2_tiered_does_not_pull_over_an_absurdly_slow_network():
+    slow = cost_preset("mistral-7b-a6000").with_links(Links(net=Link(1e3)))
+    s, clock = make_sched("e2_tiered", cost=slow)
+    hold(s, 0, Tier.HBM, PREFIX)
+    s.policy.add_work(0, clock.now(), 0.1)  # lightly loaded holder
+    d = s.schedule(req("r", PREFIX + blocks(1, 1)))
+    assert (d.node, d.branch) == (0, Branch.EXPLOIT)
+    assert all(seg.action is not Action.PULL for seg in d.plan.segments)
+
+
+def test_e2_tiered_recomputes_on_an_idle_node_rather_than_pulling_slowly_or_queueing():
+    slow = cost_preset("mistral-7b-a6000").with_links(Links(net=Link(1e3)))
+    s, clock = make_sched("e2_tiered", cost=slow)
+    hold(s, 0, Tier.HBM, PREFIX)
+    s.policy.add_work(0, clock.now(), 10.0)
+    d = s.schedule(req("r", PREFIX + blocks(1, 1)))
+    assert d.node != 0
+    assert actions(d) == [(Action.RECOMPUTE, None, 2080)]
+
+
+# ------------------------------------------------------------------ Evict_n and P/D balance
+def cache_hot_prefix(hbm_tokens, requests=3, explain=False):
+    """Node 0 caches q (2048 tokens), requested `requests` times (one output token each)."""
+    s, clock = make_sched("preble_e2", hbm_tokens=hbm_tokens, explain=explain)
+    q = blocks(64, 20_000)
+    for i in range(requests):
+        d = s.schedule(req(f"q{i}", q, out=1))
+        assert d.node == 0
+        if i == 0:
+            hold(s, 0, Tier.HBM, q)
+    return s, clock
+
+
+def test_evict_term_is_the_recompute_cost_of_hot_prefixes_pushed_out():
+    # Node 0 has 4099 - 2048 (q) - 3 (outputs) = 2048 tokens free; x needs 4096: all of q goes.
+    s, clock = cache_hot_prefix(hbm_tokens=4099, explain=True)
+    expect = 2 * s.cluster.cost.prefill_s(2048, 2048)  # hits beyond the first x recompute
+    load0 = s.policy.load_s(0, clock.now())
+    # Others are busier than node 0, but by less than evicting q would cost.
+    for n in (1, 2, 3):
+        s.policy.add_work(n, clock.now(), load0 + expect / 2)
+    d = s.schedule(req("x", blocks(127, 30_000), prompt_tokens=4095, out=1))
+    by_node = {c.node: c for c in d.candidates}
+    assert by_node[0].evict_s == pytest.approx(expect)
+    assert by_node[1].evict_s == 0.0  # 4099 free: nothing to evict
+    assert by_node[0].load_s + by_node[0].plan_s < by_node[1].load_s + by_node[1].plan_s
+    assert (d.node, d.branch) == (1, Branch.EXPLORE)
+
+
+def test_evict_term_is_zero_when_the_request_fits_and_grows_with_overflow():
+    s, clock = cache_hot_prefix(hbm_tokens=100_000)
+    free = s.cluster.hbm_free_tokens(0)
+    assert free == 100_000 - 2048 - 3
+    now = clock.now()
+    assert s.policy.evict_s(0, free, now) == 0.0
+    full = s.policy.evict_s(0, free + 2048, now)
+    assert full == pytest.approx(2 * s.cluster.cost.prefill_s(2048, 2048))
+    assert 0.0 < s.policy.evict_s(0, free + 1, now) <= full
+    assert s.policy.evict_s(1, 100_000, now) == 0.0  # node 1 caches nothing
+
+
+def test_evicting_a_cold_prefix_costs_nothing():
+    s, clock = cache_hot_prefix(hbm_tokens=100_000, requests=1)  # requested once: no hits
+    assert s.policy.evict_s(0, 100_000, clock.now()) == 0.0
+
+
+@pytest.mark.parametrize("hit_ratio, extra, chosen", [
+    (0.8, 1.2, 2),  # decode-heavy and within 1.25x of the best: preferred
+    (0.8, 1.3, 0),  # decode-heavy but too expensive
+    (0.69, 1.0, 0),  # not decode-heavy
+])
+def test_explore_prefers_a_decode_heavy_node_when_nearly_as_cheap(hit_ratio, extra, chosen):
+    s, clock = make_sched("preble_e2")
+    now = clock.now()
+    # Node 2 has served mostly cache hits (no output tokens, so its Load_n is unchanged).
+    s.cluster.on_dispatch("old", 2, 1000, int(1000 * hit_ratio), 0, 0.0, now)
+    base = s.cluster.cost.prefill_s(2048, 2048)
+    s.policy.add_work(2, now, (extra - 1.0) * base)
+    for n in (1, 3):
+        s.policy.add_work(n, now, 10.0)
+    d = s.schedule(req("r", blocks(64, 40_000)))
+    assert (d.node, d.branch) == (chosen, Branch.EXPLORE)
+
+
+# ------------------------------------------------------------------ rebalancing
+def setup_heavy_node(ratio_above: bool):
+    """Node 0 holds and serves a hot prefix; node 1's load is set just above/below
+    the 1.5x trigger for the moment right after the second request is dispatched."""
+    s, clock = make_sched("preble_e2", n_nodes=2, rebalance_interval_s=0.0)
+    hot = blocks(64, 50_000)
+    d = s.schedule(req("r1", hot + blocks(1, 1)))
+    assert d.node == 0 and s.policy.redirects == {}  # no hot prefix known yet
+    hold(s, 0, Tier.HBM, hot + blocks(1, 1))
+    now = clock.now()
+    cost = s.cluster.cost
+    # r2 will exploit node 0 with 2048 cached tokens and 10 output tokens.
+    load0 = s.policy.load_s(0, now) + cost.prefill_s(32, 2080) + 10 * TPOT_SEED
+    factor = 1.001 if ratio_above else 0.999
+    s.policy.add_work(1, now, load0 / (1.5 * factor))
+    d = s.schedule(req("r2", hot + blocks(1, 2)))
+    assert (d.node, d.branch) == (0, Branch.EXPLOIT)
+    assert s.policy.load_s(0, now) == pytest.approx(load0)
+    return s, hot
+
+
+def test_rebalancing_redirects_the_hot_prefix_above_one_and_a_half_times():
+    s, hot = setup_heavy_node(ratio_above=True)
+    assert s.policy.redirects == {hot[-1]: 1}
+    d = s.schedule(req("r3", hot + blocks(1, 3)))
+    assert (d.node, d.branch) == (1, Branch.REBALANCE)
+
+
+def test_no_rebalancing_just_below_one_and_a_half_times():
+    s, hot = setup_heavy_node(ratio_above=False)
+    assert s.policy.redirects == {}
+    d = s.schedule(req("r3", hot + blocks(1, 3)))
+    assert (d.node, d.branch) == (0, Branch.EXPLOIT)
+
+
+def test_redirect_to_a_dead_node_is_ignored():
+    s, hot = setup_heavy_node(ratio_above=True)
+    s.mark_down(1)
+    d = s.schedule(req("r3", hot + blocks(1, 3)))
+    assert (d.node, d.branch) == (0, Branch.EXPLOIT)
+
+
+# ------------------------------------------------------------------ autoscaling
+@pytest.mark.parametrize("ttft, replicate", [(0.25, True), (0.19, False)])
+def test_autoscaling_replicates_a_prefix_whose_ttft_doubled(ttft, replicate):
+    # Rebalancing checked once (at t=0, nothing hot yet) and then never: it would otherwise
+    # redirect the hot prefix to an idle node (max > 1.5 x 0).
+    s, clock = make_sched("preble_e2", window_s=10.0, rebalance_interval_s=1e9)
+    hot = blocks(64, 60_000)
+    hold(s, 1, Tier.HBM, hot)
+    served = []
+
+    def serve(rid, ttft):
+        served.append(rid)
+        d = s.schedule(req(rid, hot + blocks(1, 100_000 + len(served))))
+        assert (d.node, d.branch) == (1, Branch.EXPLOIT)
+        clock.advance(ttft)
+        s.on_first_token(rid)
+        s.on_finish(rid, 10)
+
+    for i in range(5):  # the first request has no prefix key yet (requested once)
+        serve(f"w0-{i}", 0.1)  # window 0: 4 samples, mean TTFT 0.1 s
+    clock.set(10.0)
+    for i in range(3):
+        serve(f"w1-{i}", ttft)
+    s.policy.add_work(1, clock.now(), 5.0)
+    d = s.schedule(req("before", hot + blocks(1, 7)))  # 3 samples in this window: not yet
+    assert (d.node, d.branch) == (1, Branch.EXPLOIT)
+    clock.advance(ttft)
+    s.on_first_token("before")
+    s.on_finish("before", 10)  # 4th sample in this window: compare with 2 x 0.1
+    d = s.schedule(req("after", hot + blocks(1, 8)))
+    if not replicate:
+        assert (d.node, d.branch) == (1, Branch.EXPLOIT)
+        return
+    assert d.branch is Branch.REPLICATE and d.node != 1
+    replica = d.node
+    # One replica per trigger: the next request exploits again, and the router already
+    # counts the replica (its prefix is pending there) among the holders; node 1 is loaded.
+    d = s.schedule(req("again", hot + blocks(1, 9)))
+    assert (d.node, d.branch) == (replica, Branch.EXPLOIT)
+
+
+# ------------------------------------------------------------------ node ids and liveness
+@pytest.mark.parametrize("policy", ["preble_e2", "e2_tiered"])
+def test_decisions_are_node_ids_not_positions_when_nodes_are_dead(policy):
+    s, clock = make_sched(policy)
+    s.mark_down(0)
+    s.mark_down(1)
+    # Explore over alive [2, 3] with node 2 loaded: the answer is node 3 (position 1).
+    s.policy.add_work(2, clock.now(), 5.0)
+    d = s.schedule(req("a", blocks(64, 70_000)))
+    assert d.node == 3
+    # Exploit: the only holder is node 3.
+    hold(s, 3, Tier.HBM, PREFIX)
+    d = s.schedule(req("b", PREFIX + blocks(1, 1)))
+    assert (d.node, d.branch) == (3, Branch.EXPLOIT)
+    for i in range(10):
+        assert s.schedule(req(f"c{i}", blocks(8, 80_000 + 100 * i))).node in (2, 3)
+
+
+def test_mark_down_drops_residency_and_returns_inflight_requests():
+    s, _ = make_sched("e2_tiered")
+    hold(s, 1, Tier.HBM, PREFIX)
+    hold(s, 1, Tier.DRAM, PREFIX)
+    d = s.schedule(req("r", PREFIX + blocks(1, 1)))
+    assert d.node == 1
+    lost = s.mark_down(1)
+    assert [inf.request_id for inf in lost] == ["r"]
+    assert s.index.match(PREFIX).get(1) is None
+    assert s.cluster.nodes[1].n_inflight == 0 and "r" not in s.cluster.inflight
+    d = s.schedule(req("r", PREFIX + blocks(1, 1)))  # re-routed elsewhere
+    assert d.node != 1
+
+
+@pytest.mark.parametrize("policy", ["preble_e2", "e2_tiered", "round_robin", "least_load",
+                                    "sglang_cache_aware", "dynamo_kv"])
+def test_no_alive_node_raises_runtime_error(policy):
+    s, _ = make_sched(policy, n_nodes=2)
+    s.mark_down(0)
+    s.mark_down(1)
+    with pytest.raises(RuntimeError, match="no node is alive"):
+        s.schedule(req("r", blocks(4, 1)))
+
+
+def test_schedule_rejects_empty_prompts_and_duplicate_ids():
+    s, _ = make_sched("e2_tiered")
+    with pytest.raises(ValueError, match="empty"):
+        s.schedule(RouteRequest("r", [], 0, 10))
+    s.schedule(req("r", blocks(4, 1)))
+    with pytest.raises(ValueError, match="already in flight"):
+        s.schedule(req("r", blocks(4, 1)))
+
+
+def test_policy_config_bounds():
+    with pytest.raises(ValueError, match="rebalance_ratio"):
+        PolicyConfig(rebalance_ratio=1.0)
+    with pytest.raises(ValueError, match="window_s"):
+        PolicyConfig(window_s=0)
+    with pytest.raises(ValueError, match="dynamo_tier_credit"):
+        PolicyConfig(dynamo_tier_credit=(1.0, 0.5))

@@ -1,0 +1,229 @@
+"""The simulator end to end on small clusters: conservation, index == engine residency,
+determinism, the ideal bound, trace replay and input errors."""
+
+import functools
+import math
+
+import pytest
+
+from preble_tiered.scheduler.cost_model import cost_preset
+from preble_tiered.scheduler.policy import policy_class
+from preble_tiered.sim.metrics import TIER_KEYS, ideal_records, shared_prefix_blocks
+from preble_tiered.sim.simulator import SimConfig, Simulator, simulate
+from preble_tiered.types import Segment, Tier, WorkloadRequest
+from preble_tiered.workloads import WorkloadConfig, load_trace, make_workload, write_trace
+
+COST = cost_preset("mistral-7b-a6000")
+KVB = COST.kv_bytes_per_token
+POLICIES = ["round_robin", "least_load", "sglang_cache_aware", "dynamo_kv", "preble_e2", "e2_tiered"]
+# (requests, HBM tokens per node, DRAM tokens per node): a few prompts per node and small
+# lower tiers, so every tier fills and spills. Disk is 4x HBM.
+WORKLOADS = {"toolbench": (120, 8_000, 16_000), "loogle": (50, 48_000, 48_000)}
+
+
+@functools.lru_cache(maxsize=None)
+def workload(name: str) -> tuple[WorkloadRequest, ...]:
+    n = WORKLOADS[name][0]
+    return tuple(make_workload(name, WorkloadConfig(nodes=4, requests=n, seed=1)))
+
+
+def make_config(name: str, policy: str, **kw) -> SimConfig:
+    _, hbm, dram = WORKLOADS[name]
+    return SimConfig(nodes=4, policy=policy, hbm_tokens=hbm, dram_tokens=dram, disk_tokens=4 * hbm, **kw)
+
+
+@functools.lru_cache(maxsize=None)
+def run_sim(name: str, policy: str, event_delay_s: float = 0.0):
+    """(Simulator after the run, its result); cached: tests only read them."""
+    sim = Simulator(list(workload(name)), make_config(name, policy, event_delay_s=event_delay_s), COST)
+    return sim, sim.run()
+
+
+def comparable(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in ("sim_wall_s", "decision_us")}
+
+
+CASES = [(w, p) for w in WORKLOADS for p in POLICIES]
+
+
+# ------------------------------------------------------------------ conservation
+@pytest.mark.parametrize("name, policy", CASES)
+def test_every_request_finishes_once_with_conserved_tokens(name, policy):
+    sim, res = run_sim(name, policy)
+    reqs = workload(name)
+    assert sorted(r.request_id for r in res.records) == sorted(r.request_id for r in reqs)
+    by_id = {r.request_id: r for r in reqs}
+    for rec in res.records:
+        wr = by_id[rec.request_id]
+        assert (rec.prompt_tokens, rec.output_tokens) == (wr.prompt_tokens, wr.output_tokens)
+        assert sum(rec.cached[k] for k in TIER_KEYS) + rec.recomputed_tokens == rec.prompt_tokens
+        assert rec.recomputed_tokens >= 1  # the last prompt token is always computed
+        assert rec.bytes_moved == (rec.cached["dram"] + rec.cached["disk"] + rec.cached["remote"]) * KVB
+        assert rec.arrival_s == wr.arrival_s
+        assert rec.arrival_s <= rec.first_token_s <= rec.finish_s
+        assert 0 < rec.ttft_s <= rec.latency_s
+        assert 0 <= rec.node < 4
+    assert sum(res.branches.values()) == len(reqs)
+    s = res.summary()
+    assert s["requests"] == len(reqs)
+    assert s["prompt_tokens"] == sum(s["cached_tokens"].values()) + s["recomputed_tokens"]
+    assert not sim._inflight and not any(e.has_work() for e in sim.engines)
+    assert all(e.reserved == 0 and all(v == 0 for v in e.hbm.values()) for e in sim.engines)
+
+
+@pytest.mark.parametrize("name, policy", CASES)
+def test_tokens_come_only_from_the_tiers_a_policy_runs_with(name, policy):
+    _, res = run_sim(name, policy)
+    total = res.summary()["cached_tokens"]
+    cls = policy_class(policy)
+    assert total["hbm"] > 0  # every policy gets some cache hits on these shared workloads
+    if not cls.uses_tiers:
+        assert total["dram"] == total["disk"] == 0
+    if not cls.uses_pulls:
+        assert total["remote"] == 0
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_the_tiered_stack_exercises_every_tier(name):
+    # Guards the other tests: with these sizes, DRAM, disk and pulls all carry tokens.
+    total = run_sim(name, "e2_tiered")[1].summary()["cached_tokens"]
+    assert min(total.values()) > 0
+
+
+# ------------------------------------------------------------------ index == engines
+def assert_index_matches_engines(sim):
+    index = sim.scheduler.index
+    for n, eng in enumerate(sim.engines):
+        actual = {Tier.HBM: set(eng.hbm), Tier.DRAM: set(eng.dram.blocks), Tier.DISK: set(eng.disk.blocks)}
+        for tier, blocks in actual.items():
+            assert index.node_blocks(n, tier) == blocks, (n, tier)
+            assert index.held_blocks(n, tier) == len(blocks), (n, tier)
+
+
+@pytest.mark.parametrize("name, policy", CASES)
+def test_index_equals_engine_residency_after_the_run(name, policy):
+    sim, _ = run_sim(name, policy)
+    assert_index_matches_engines(sim)
+    assert sum(len(e.hbm) for e in sim.engines) > 0
+
+
+@pytest.mark.parametrize("name, policy", CASES)
+def test_index_equals_engine_residency_with_delayed_events(name, policy):
+    sim, _ = run_sim(name, policy, 0.05)
+    assert_index_matches_engines(sim)
+
+
+def test_event_delay_changes_what_the_router_sees():
+    # Same stream, stale index: an index-driven policy decides differently somewhere.
+    _, fresh = run_sim("toolbench", "e2_tiered")
+    _, stale = run_sim("toolbench", "e2_tiered", 0.05)
+    assert [r.node for r in fresh.records] != [r.node for r in stale.records]
+    # Round robin never reads the index: identical runs.
+    a, b = run_sim("toolbench", "round_robin")[1], run_sim("toolbench", "round_robin", 0.05)[1]
+    assert comparable(a.summary()) == comparable(b.summary())
+
+
+# ------------------------------------------------------------------ determinism and bounds
+@pytest.mark.parametrize("policy", POLICIES)
+def test_same_inputs_give_identical_runs(policy):
+    _, first = run_sim("toolbench", policy)
+    again = simulate(list(workload("toolbench")), make_config("toolbench", policy), COST)
+    assert comparable(again.summary()) == comparable(first.summary())
+    assert [(r.request_id, r.node, r.branch, r.first_token_s, r.finish_s, r.cached) for r in again.records] == \
+        [(r.request_id, r.node, r.branch, r.first_token_s, r.finish_s, r.cached) for r in first.records]
+
+
+@pytest.mark.parametrize("name, policy", CASES)
+def test_ideal_bound_is_below_every_policy(name, policy):
+    s = run_sim(name, policy)[1].summary()
+    assert s["ideal"]["latency"]["mean"] <= s["latency"]["mean"]
+    assert s["ideal"]["ttft"]["mean"] <= s["ttft"]["mean"]
+
+
+def test_ideal_records_by_hand():
+    reqs = [WorkloadRequest("a", 0.0, (Segment("sys", 64), Segment("qa", 36)), 3),
+            WorkloadRequest("b", 1.0, (Segment("sys", 64), Segment("qb", 36)), 1)]
+    hashes = {"a": [1, 2, 3], "b": [1, 2, 4]}
+    assert shared_prefix_blocks(hashes) == {"a": 2, "b": 2}
+    ideal = ideal_records(reqs, hashes, COST, 32, max_batch_tokens=4096)
+    ttft = COST.prefill_s(100 - 64, 100)
+    assert ideal[0] == pytest.approx((ttft, ttft + 2 * COST.decode_step_s(100 + 1, 1)))
+    assert ideal[1] == pytest.approx((ttft, ttft))
+
+
+def test_ideal_is_a_lower_bound_for_a_lone_request():
+    reqs = [WorkloadRequest("a", 0.0, (Segment("doc", 24_000),), 5)]
+    res = simulate(reqs, SimConfig(nodes=1, policy="round_robin", hbm_tokens=30_000), COST)
+    ideal_ttft, ideal_latency = res.ideal[0]
+    assert ideal_ttft <= res.records[0].ttft_s
+    assert ideal_latency <= res.records[0].latency_s
+
+
+def test_a_lone_short_request_meets_its_ideal():
+    # One prefill chunk, nothing shared: the simulator does exactly what the ideal assumes.
+    reqs = [WorkloadRequest("a", 0.5, (Segment("doc", 2000),), 5)]
+    res = simulate(reqs, SimConfig(nodes=1, policy="round_robin", hbm_tokens=4_000), COST)
+    rec = res.records[0]
+    assert rec.ttft_s == pytest.approx(COST.prefill_s(2000, 2000))
+    assert rec.ttft_s == pytest.approx(res.ideal[0][0])
+    assert rec.latency_s == pytest.approx(res.ideal[0][1], rel=1e-5)
+
+
+# ------------------------------------------------------------------ traces and errors
+def test_trace_replay_gives_the_same_result(tmp_path):
+    path = tmp_path / "toolbench.jsonl"
+    write_trace(workload("toolbench"), path)
+    replayed = simulate(load_trace(path), make_config("toolbench", "e2_tiered"), COST)
+    _, original = run_sim("toolbench", "e2_tiered")
+    assert comparable(replayed.summary()) == comparable(original.summary())
+
+
+def test_request_larger_than_hbm_raises_naming_the_flag():
+    reqs = [WorkloadRequest("big", 0.0, (Segment("doc", 5000),), 10)]
+    with pytest.raises(ValueError, match="--hbm-tokens"):
+        Simulator(reqs, SimConfig(nodes=2, policy="round_robin", hbm_tokens=4096), COST)
+    # Prompt + output + two blocks of slack fit exactly.
+    Simulator(reqs, SimConfig(nodes=2, policy="round_robin", hbm_tokens=5000 + 10 + 64), COST)
+
+
+def test_config_and_input_errors():
+    with pytest.raises(ValueError, match="unknown policy"):
+        SimConfig(policy="nope")
+    with pytest.raises(ValueError, match="event_delay_s"):
+        SimConfig(event_delay_s=-1.0)
+    with pytest.raises(ValueError, match="engine_tiers"):
+        SimConfig(engine_tiers="some")
+    with pytest.raises(ValueError, match="nodes"):
+        SimConfig(nodes=0)
+    with pytest.raises(ValueError, match="no requests"):
+        Simulator([], SimConfig(nodes=1), COST)
+
+
+def test_engine_tiers_all_gives_every_policy_lower_tiers():
+    reqs = list(workload("toolbench"))
+    sim = Simulator(reqs, make_config("toolbench", "preble_e2", engine_tiers="all"), COST)
+    assert sim.engines[0].dram.cap == 2 * 8_000 // 32
+    none = Simulator(reqs, make_config("toolbench", "e2_tiered", engine_tiers="none"), COST)
+    assert none.engines[0].dram.cap == 0 and none.engines[0].disk.cap == 0
+    res = none.run()
+    total = res.summary()["cached_tokens"]
+    assert total["dram"] == total["disk"] == 0
+
+
+def test_progress_is_reported_up_to_the_total():
+    seen = []
+    reqs = list(workload("toolbench"))[:20]
+    simulate(reqs, make_config("toolbench", "least_load"), COST, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (20, 20)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_summary_throughput_and_percentiles_are_consistent():
+    s = run_sim("toolbench", "e2_tiered")[1].summary()
+    for key in ("latency", "ttft"):
+        st = s[key]
+        assert st["p50"] <= st["p90"] <= st["p99"]
+        assert not math.isnan(st["mean"])
+    assert s["throughput_rps"] > 0
+    assert s["bytes_moved"] == (s["cached_tokens"]["dram"] + s["cached_tokens"]["disk"]
+                                + s["cached_tokens"]["remote"]) * KVB
