@@ -322,10 +322,46 @@ class E2Tiered(PrebleE2):
 
     def _exploit(self, pc: PlanContext, holders: list[int], alive: list[int],
                  now: float) -> tuple[int, "_Costs", Branch]:
-        costs = self._costs(alive, pc, now)
+        """Preble's exploit among the holders, then replication by KV copy when a
+        non-holder would serve this request at least twice as soon.
+
+        "Sooner" compares delays, not Preble's windowed Load (seconds of work over three
+        minutes: a share of throughput, not a wait): the prefill work already queued on
+        the node + this request's plan (a pull, for a non-holder) + the recompute harm of
+        what it evicts there. Comparing windowed Load with a pull of tens of milliseconds
+        would copy prefixes at every small imbalance.
+        """
+        costs = self._costs(holders, pc, now, with_evict=False)
         best = costs.argmin()
-        branch = Branch.EXPLOIT if costs.nodes[best] in holders else Branch.REPLICATE
-        return best, costs, branch
+        h = costs.nodes[best]
+        others = [n for n in alive if n not in set(holders)]
+        if not others or not self._is_hot(pc.req, len(alive), now):
+            return best, costs, Branch.EXPLOIT
+        nodes = self.cluster.nodes
+        held_s = nodes[h].pending_prefill_s + costs.plans[best]
+        alt = self._costs(others, pc, now)
+        delays = [nodes[n].pending_prefill_s + ev + p for n, ev, p in zip(alt.nodes, alt.evicts, alt.plans)]
+        j = min(range(len(delays)), key=delays.__getitem__)
+        merged = costs.extend(alt)
+        # A copy costs cache space everywhere (duplicates evict other prefixes), which the
+        # LRU-front eviction price underestimates: require a clear win, Preble's autoscaling
+        # factor (TTFT x2) applied to expected delay.
+        if delays[j] * self.config.autoscale_ttft_ratio < held_s:
+            return len(costs.nodes) + j, merged, Branch.REPLICATE
+        return best, merged, Branch.EXPLOIT
+
+
+    def _is_hot(self, req: RouteRequest, n_alive: int, now: float) -> bool:
+        """A prefix is hot when its requests in the window are at least
+        `replicate_hot_share` of an average node's: more than one node should serve it.
+        (A conversation's history or a document asked a few times is not; copying those
+        only spends cache space.)"""
+        key = self._prefix_key(req, now)
+        if key is None:
+            return False
+        self._trim_work(now)
+        per_node = len(self._work_log) / max(n_alive, 1)
+        return self.cluster.index.requests_in_window(key, now) >= self.config.replicate_hot_share * per_node
 
 
 class _Costs:
@@ -340,6 +376,10 @@ class _Costs:
 
     def argmin(self) -> int:
         return min(range(len(self.totals)), key=self.totals.__getitem__)
+
+    def extend(self, other: "_Costs") -> "_Costs":
+        return _Costs(self.nodes + other.nodes, self.loads + other.loads, self.evicts + other.evicts,
+                      self.plans + other.plans, self.totals + other.totals)
 
     def candidates(self) -> list[CandidateCost]:
         return [CandidateCost(n, ld, ev, p) for n, ld, ev, p in zip(self.nodes, self.loads, self.evicts, self.plans)]

@@ -26,7 +26,11 @@ class PolicyConfig:
     pd_slack: float = 1.25
     """Explore prefers a decode-heavy node whose cost is within this factor of the best."""
     autoscale_ttft_ratio: float = 2.0
-    """preble_e2 replicates a prefix whose windowed mean TTFT grew by this factor (Preble: 2)."""
+    """preble_e2 replicates a prefix whose windowed mean TTFT grew by this factor (Preble: 2);
+    e2_tiered copies a hot prefix when another node would serve it this many times sooner."""
+    replicate_hot_share: float = 0.5
+    """e2_tiered: a prefix is hot (worth more than one node) when its requests in the window
+    reach this share of an average node's requests."""
     sglang_cache_threshold: float = 0.5
     sglang_balance_abs: int = 64
     sglang_balance_rel: float = 1.5
@@ -47,6 +51,8 @@ class PolicyConfig:
             raise ValueError("decode_heavy_hit_ratio must be within [0, 1]")
         if not 0.0 <= self.sglang_cache_threshold <= 1.0:
             raise ValueError("sglang_cache_threshold must be within [0, 1]")
+        if self.replicate_hot_share <= 0:
+            raise ValueError("replicate_hot_share must be positive")
         if self.pd_slack < 1.0 or self.autoscale_ttft_ratio <= 1.0:
             raise ValueError("pd_slack must be >= 1 and autoscale_ttft_ratio > 1")
         if len(self.dynamo_tier_credit) != 3 or not all(0 <= c <= 1 for c in self.dynamo_tier_credit):

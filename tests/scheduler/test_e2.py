@@ -143,12 +143,20 @@ def test_e2_tiered_fetches_disk_blocks_and_keeps_hbm_ones_in_place():
                           (Action.RECOMPUTE, None, 32)]
 
 
-def test_e2_tiered_pulls_from_a_loaded_holder_to_an_idle_node():
+def make_hot(s, prefix, n=3):
+    """Request `prefix` `n` times (each dispatched, none finished): with few requests in the
+    window it is then hot (more than half an average node's share)."""
+    for i in range(n):
+        s.schedule(req(f"warm{i}", prefix + blocks(1, 900 + i)))
+
+
+def test_e2_tiered_pulls_a_hot_prefix_from_a_queued_holder_to_an_idle_node():
     s, clock = make_sched("e2_tiered")
     hold(s, 0, Tier.HBM, PREFIX)
-    s.policy.add_work(0, clock.now(), 10.0)
+    make_hot(s, PREFIX)
+    s.cluster.nodes[0].pending_prefill_s = 10.0  # node 0 has 10 s of prefill queued
     d = s.schedule(req("r", PREFIX + blocks(1, 1)))
-    assert (d.node, d.branch) == (1, Branch.REPLICATE)
+    assert d.node != 0 and d.branch is Branch.REPLICATE
     assert d.plan.segments[0].action is Action.PULL
     assert d.plan.segments[0].source == 0 and d.plan.segments[0].tier is Tier.HBM
     assert (d.plan.pull_from, d.plan.pull_blocks) == (0, 64)
@@ -156,11 +164,40 @@ def test_e2_tiered_pulls_from_a_loaded_holder_to_an_idle_node():
     assert d.plan.est_pull_s == pytest.approx(s.cluster.cost.pull_s(2048))
 
 
+def test_e2_tiered_keeps_a_prefix_that_is_not_hot_on_its_holder():
+    # One conversation's history: copying it would only spend cache space elsewhere.
+    s, clock = make_sched("e2_tiered")
+    for n in range(4):  # plenty of other traffic in the window
+        for i in range(5):
+            s.schedule(req(f"other{n}{i}", blocks(40, 50_000 + 1000 * n + 50 * i)))
+    hold(s, 0, Tier.HBM, PREFIX)
+    s.cluster.nodes[0].pending_prefill_s = 10.0
+    d = s.schedule(req("r", PREFIX + blocks(1, 1)))
+    assert (d.node, d.branch) == (0, Branch.EXPLOIT)
+
+
+def test_e2_tiered_replicates_only_for_a_clear_win():
+    # Holder queue just under twice the alternative's delay: no copy.
+    s, clock = make_sched("e2_tiered")
+    hold(s, 0, Tier.HBM, PREFIX)
+    make_hot(s, PREFIX)
+    planner = s.policy.planner
+    request = req("r", PREFIX + blocks(1, 1))
+    pc = planner.prepare(request, s.index.match(request.block_hashes))
+    pull_plan = planner.choice(1, pc).total_s
+    local_plan = planner.choice(0, pc).total_s
+    for n in (1, 2, 3):
+        s.cluster.nodes[n].pending_prefill_s = 0.0
+    s.cluster.nodes[0].pending_prefill_s = 2 * pull_plan - local_plan - 1e-3
+    assert s.schedule(request).node == 0
+
+
 def test_e2_tiered_does_not_pull_over_an_absurdly_slow_network():
     slow = cost_preset("mistral-7b-a6000").with_links(Links(net=Link(1e3)))
     s, clock = make_sched("e2_tiered", cost=slow)
     hold(s, 0, Tier.HBM, PREFIX)
-    s.policy.add_work(0, clock.now(), 0.1)  # lightly loaded holder
+    make_hot(s, PREFIX)
+    s.cluster.nodes[0].pending_prefill_s = 0.1  # lightly queued holder
     d = s.schedule(req("r", PREFIX + blocks(1, 1)))
     assert (d.node, d.branch) == (0, Branch.EXPLOIT)
     assert all(seg.action is not Action.PULL for seg in d.plan.segments)
@@ -170,9 +207,10 @@ def test_e2_tiered_recomputes_on_an_idle_node_rather_than_pulling_slowly_or_queu
     slow = cost_preset("mistral-7b-a6000").with_links(Links(net=Link(1e3)))
     s, clock = make_sched("e2_tiered", cost=slow)
     hold(s, 0, Tier.HBM, PREFIX)
-    s.policy.add_work(0, clock.now(), 10.0)
+    make_hot(s, PREFIX)
+    s.cluster.nodes[0].pending_prefill_s = 10.0
     d = s.schedule(req("r", PREFIX + blocks(1, 1)))
-    assert d.node != 0
+    assert d.node != 0 and d.branch is Branch.REPLICATE
     assert actions(d) == [(Action.RECOMPUTE, None, 2080)]
 
 

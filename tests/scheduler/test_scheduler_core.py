@@ -169,7 +169,7 @@ def test_a_pending_prefix_is_never_a_pull_source():
     s, clock = make_sched("e2_tiered")
     p = list(range(100, 164))
     assert s.schedule(RouteRequest("r1", p + [1], 65 * BS, 10)).node == 0
-    s.policy.add_work(0, clock.now(), 10.0)  # node 0 is far behind
+    s.cluster.nodes[0].pending_prefill_s = 10.0  # node 0 is far behind (and p is hot)
     d = s.schedule(RouteRequest("r2", p + [2], 65 * BS, 10))
     assert d.node != 0
     assert [seg.action for seg in d.plan.segments] == [Action.RECOMPUTE]  # nothing to pull yet
