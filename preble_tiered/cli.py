@@ -140,7 +140,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         summaries.append(res.summary(wname, args.nodes))
     print(f"workload={wname} nodes={args.nodes} requests={len(reqs)} cost={args.cost}")
     print(format_table(summaries))
-    command = "preble " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("preble") else shlex.join(sys.argv)
+    command = "preble " + shlex.join(args.argv)
     if args.json:
         write_json(args.json, summaries, command)
         print(f"wrote {args.json}")
@@ -167,7 +167,9 @@ def cmd_workload(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded with results: the exact command that produced them
     try:
         if args.cmd == "sim":
             return cmd_sim(args)
