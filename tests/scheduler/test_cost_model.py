@@ -108,9 +108,12 @@ def test_fetch_and_pull_use_the_tier_links_and_kv_size():
 def test_decode_step_is_a_roofline():
     cm = mistral()
     weights = 7.24e9 * 2
-    assert cm.decode_step_s(0, 1) == pytest.approx(weights / 768e9 + 0.004)
-    assert cm.decode_step_s(10_000, 4) == pytest.approx((weights + 10_000 * 131072) / 768e9 + 0.004)
+    achieved = 768e9 * 0.8  # 80% of the A6000's datasheet bandwidth
+    assert cm.decode_step_s(0, 1) == pytest.approx(weights / achieved + 0.004)
+    assert cm.decode_step_s(10_000, 4) == pytest.approx((weights + 10_000 * 131072) / achieved + 0.004)
     assert cm.decode_step_s(10_000, 0) == 0.0
+    # A 7B fp16 model at batch 1 on an A6000: ~27 ms, in the measured 23-30 ms range.
+    assert 0.023 < cm.decode_step_s(2000, 1) < 0.030
 
 
 def test_unknown_preset_names_the_known_ones():
