@@ -297,7 +297,7 @@ class PrebleE2(Policy):
         key = self._req_key.pop(inflight.request_id, None)
         if key is None or ttft_s is None:
             return
-        b = int(now // self.config.window_s)
+        b = int(now // self.config.autoscale_window_s)
         t = self._ttft.get(key)
         if t is None:
             t = self._ttft[key] = _Buckets()

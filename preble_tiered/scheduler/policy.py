@@ -28,6 +28,10 @@ class PolicyConfig:
     autoscale_ttft_ratio: float = 2.0
     """preble_e2 replicates a prefix whose windowed mean TTFT grew by this factor (Preble: 2);
     e2_tiered copies a hot prefix when another node would serve it this many times sooner."""
+    autoscale_window_s: float = 10.0
+    """preble_e2 compares a prefix's mean TTFT between consecutive windows of this length
+    (design.md does not fix it; with H = 180 s a hot prefix swamps its node for minutes
+    before the first comparison can happen)."""
     replicate_hot_share: float = 0.5
     """e2_tiered: a prefix is hot (worth more than one node) when its requests in the window
     reach this share of an average node's requests."""
@@ -51,6 +55,8 @@ class PolicyConfig:
             raise ValueError("decode_heavy_hit_ratio must be within [0, 1]")
         if not 0.0 <= self.sglang_cache_threshold <= 1.0:
             raise ValueError("sglang_cache_threshold must be within [0, 1]")
+        if self.autoscale_window_s <= 0:
+            raise ValueError("autoscale_window_s must be positive")
         if self.replicate_hot_share <= 0:
             raise ValueError("replicate_hot_share must be positive")
         if self.pd_slack < 1.0 or self.autoscale_ttft_ratio <= 1.0:
