@@ -209,32 +209,27 @@ class SimEngine:
         return True
 
     def _demote(self, victims: list[int]) -> None:
-        """Write-back on eviction: HBM -> DRAM, DRAM's LRU -> disk."""
-        new = [h for h in victims if h not in self.dram.blocks]
-        for h in victims:
-            self.dram.blocks[h] = None
-            self.dram.blocks.move_to_end(h)
-        self.stats["demoted_bytes"] += len(new) * self.config.block_size * self.cost.kv_bytes_per_token
-        if new:
-            self._events.append(BlockStored(self.node, Tier.DRAM, tuple(new)))
-        spill = len(self.dram.blocks) - self.dram.cap
-        if spill > 0:
-            out = [self.dram.blocks.popitem(last=False)[0] for _ in range(spill)]
-            self._events.append(BlockRemoved(self.node, Tier.DRAM, tuple(out)))
-            if self.disk.cap:
-                self._spill_to_disk(out)
+        """Write-back on eviction: HBM -> DRAM, and what DRAM's LRU pushes out -> disk."""
+        written = self._write_tier(Tier.DRAM, victims)
+        self.stats["demoted_bytes"] += written * self.config.block_size * self.cost.kv_bytes_per_token
 
-    def _spill_to_disk(self, blocks: list[int]) -> None:
-        new = [h for h in blocks if h not in self.disk.blocks]
+    def _write_tier(self, tier: Tier, blocks: list[int]) -> int:
+        """Put `blocks` at the recent end of `tier`'s LRU, spilling its overflow to the next
+        tier (DRAM -> disk -> gone). Returns how many blocks were new to `tier`."""
+        store = self.dram if tier is Tier.DRAM else self.disk
+        new = [h for h in blocks if h not in store.blocks]
         for h in blocks:
-            self.disk.blocks[h] = None
-            self.disk.blocks.move_to_end(h)
+            store.blocks[h] = None
+            store.blocks.move_to_end(h)
         if new:
-            self._events.append(BlockStored(self.node, Tier.DISK, tuple(new)))
-        over = len(self.disk.blocks) - self.disk.cap
+            self._events.append(BlockStored(self.node, tier, tuple(new)))
+        over = len(store.blocks) - store.cap
         if over > 0:
-            out = [self.disk.blocks.popitem(last=False)[0] for _ in range(over)]
-            self._events.append(BlockRemoved(self.node, Tier.DISK, tuple(out)))
+            out = [store.blocks.popitem(last=False)[0] for _ in range(over)]
+            self._events.append(BlockRemoved(self.node, tier, tuple(out)))
+            if tier is Tier.DRAM and self.disk.cap:
+                self._write_tier(Tier.DISK, out)
+        return len(new)
 
     # ------------------------------------------------------------ admission
     def submit(self, req: SimRequest) -> None:

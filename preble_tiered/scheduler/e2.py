@@ -19,11 +19,11 @@ original code are not copied: the argmin returns a node (not a list position), m
 are kept per node, and the prefix index forgets what nobody holds or asks for.
 
 `e2_tiered` (ours) costs every node with its cheapest plan over its own HBM/DRAM/disk and
-pulls from another node; "held" means usable more cheaply than recomputing. Replication
-is by KV copy: in EXPLOIT every node is a candidate, a non-holder paying the pull, so a
-hot prefix gets a new replica exactly when copying it and running elsewhere beats queueing
-at its holders. Its load term adds the node's outstanding prefill queue to Preble's
-windowed work, so it reacts to bursts within the window.
+pulls from another node; "held" means held in any tier. Its load term adds the node's
+queued prefill to Preble's windowed work, so it reacts to bursts within the window.
+Replication is by KV copy, for hot prefixes only (their windowed requests reach half an
+average node's share), when a non-holder would serve the request at least twice as soon
+as the best holder (queued prefill + pull/plan + eviction harm; see `_exploit`).
 """
 
 from __future__ import annotations
@@ -37,6 +37,36 @@ from preble_tiered.scheduler.policy import Policy, PolicyConfig, register_policy
 from preble_tiered.scheduler.types import Branch, CandidateCost, Decision, RouteRequest
 
 _EVICT_SCAN = 32  # LRU entries examined per eviction estimate
+
+
+class _KeyWindows:
+    """Prefix key -> _Buckets, least recently updated first, so keys idle for two windows
+    are pruned in O(1) amortized (a long-running router sees unboundedly many prefixes)."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self) -> None:
+        self._d: OrderedDict[int, _Buckets] = OrderedDict()
+
+    def add(self, key: int, b: int, value: float) -> "_Buckets":
+        w = self._d.get(key)
+        if w is None:
+            w = self._d[key] = _Buckets()
+        else:
+            self._d.move_to_end(key)
+        w.add(b, value)
+        while self._d:
+            oldest = next(iter(self._d.values()))
+            if oldest.bucket >= b - 1:
+                break
+            self._d.popitem(last=False)
+        return w
+
+    def items(self):
+        return self._d.items()
+
+    def __len__(self) -> int:
+        return len(self._d)
 
 
 class _Buckets:
@@ -80,11 +110,11 @@ class PrebleE2(Policy):
         # Per node: prefix key -> footprint tokens, least recently routed first (Evict_n).
         self.lru: list[OrderedDict[int, int]] = [OrderedDict() for _ in range(n)]
         # Per node: prefix key -> windowed work routed there (rebalancing picks from it).
-        self.key_work: list[dict[int, _Buckets]] = [{} for _ in range(n)]
+        self.key_work = [_KeyWindows() for _ in range(n)]
         self.redirects: dict[int, int] = {}  # prefix key -> node
         self._next_rebalance = float("-inf")
         self._req_key: dict[str, int | None] = {}  # in-flight request -> prefix key
-        self._ttft: dict[int, _Buckets] = {}  # prefix key -> windowed TTFT (autoscaling)
+        self._ttft = _KeyWindows()  # prefix key -> windowed TTFT (autoscaling)
         self._autoscale: set[int] = set()
         self._price = [0.0] * n  # eviction price per token, per node (see _evict_price)
         self._price_at = [-1] * n  # the second it was computed in
@@ -257,11 +287,7 @@ class PrebleE2(Policy):
             lru[foot] = req.prompt_tokens
             lru.move_to_end(foot)
         if key is not None:
-            b = int(now // self.config.window_s)
-            work = self.key_work[node].get(key)
-            if work is None:
-                work = self.key_work[node][key] = _Buckets()
-            work.add(b, plan.est_prefill_s)
+            self.key_work[node].add(key, int(now // self.config.window_s), plan.est_prefill_s)
         if now >= self._next_rebalance:
             self._next_rebalance = now + self.config.rebalance_interval_s
             self._rebalance(now)
@@ -272,7 +298,7 @@ class PrebleE2(Policy):
         alive = [ns.node for ns in self.cluster.nodes if ns.alive]
         if len(alive) < 2:
             return
-        loads = {n: self.load_s(n, now) for n in alive}
+        loads = dict(zip(alive, self.loads(alive, now)))
         heavy = max(alive, key=loads.__getitem__)
         light = min(alive, key=loads.__getitem__)
         if loads[heavy] <= self.config.rebalance_ratio * loads[light] or loads[heavy] <= 0:
@@ -282,12 +308,9 @@ class PrebleE2(Policy):
         index = self.cluster.index
         gap = (loads[heavy] - loads[light]) / 2
         best_key, best_work = None, float("inf")
-        for key, work in list(self.key_work[heavy].items()):
+        for key, work in self.key_work[heavy].items():
             w = work.total(b)
-            if w <= 0:
-                del self.key_work[heavy][key]
-                continue
-            if w < best_work and w <= gap and index.requests_in_window(key, now) >= 2 \
+            if 0 < w < best_work and w <= gap and index.requests_in_window(key, now) >= 2 \
                     and self.redirects.get(key) != light:
                 best_key, best_work = key, w
         if best_key is not None:
@@ -298,10 +321,7 @@ class PrebleE2(Policy):
         if key is None or ttft_s is None:
             return
         b = int(now // self.config.autoscale_window_s)
-        t = self._ttft.get(key)
-        if t is None:
-            t = self._ttft[key] = _Buckets()
-        t.add(b, ttft_s)
+        t = self._ttft.add(key, b, ttft_s)
         # Autoscaling: mean TTFT in this window >= ratio x the previous window's.
         if t.bucket == b and t.n_cur >= 4 and t.n_prev >= 4:
             if t.cur / t.n_cur >= self.config.autoscale_ttft_ratio * (t.prev / t.n_prev):

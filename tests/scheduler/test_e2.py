@@ -419,3 +419,21 @@ def test_policy_config_bounds():
         PolicyConfig(window_s=0)
     with pytest.raises(ValueError, match="dynamo_tier_credit"):
         PolicyConfig(dynamo_tier_credit=(1.0, 0.5))
+
+
+def test_per_prefix_policy_state_stays_bounded_over_time():
+    # A long-running router sees unboundedly many prefixes: per-prefix work and TTFT windows
+    # must forget prefixes idle for two windows.
+    s, clock = make_sched("preble_e2", window_s=10.0, autoscale_window_s=10.0)
+    for i in range(600):
+        clock.advance(0.5)
+        p = blocks(4, 100_000 + 10 * i)
+        for k in range(2):  # twice, so the prefix has a key
+            rid = f"r{i}-{k}"
+            s.schedule(req(rid, p + blocks(1, 5_000_000 + 2 * i + k), out=2))
+            s.on_first_token(rid)
+            s.on_finish(rid, 2)
+    per_window = 2 * 10.0 / 0.5  # keys created in two windows
+    assert sum(len(w) for w in s.policy.key_work) <= per_window + 2
+    assert len(s.policy._ttft) <= per_window + 2
+    assert not s.policy._req_key  # every finished request was forgotten
