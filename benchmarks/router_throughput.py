@@ -93,20 +93,21 @@ class PromptStream:
         return [np.concatenate([self.prefixes[k], q]) for k, q in zip(picks, questions)]
 
 
-def run(nodes: int, requests: int, rps: float, seed: int, policy: str) -> dict:
+def run(nodes: int, requests: int, rps: float, seed: int, policy: str, dram_x: float = 10, disk_x: float = 50) -> dict:
     cost = cost_preset("mistral-7b-a6000")
     clock = ManualClock()
     sched = Scheduler(SchedulerConfig(policy=policy, n_nodes=nodes), cost, clock)
     hasher = BlockHasher()
     bs = hasher.block_size
     hbm = cost.hbm_tokens // bs
-    caches = [NodeCache(n, hbm, 10 * hbm, 50 * hbm) for n in range(nodes)]
+    caches = [NodeCache(n, hbm, int(dram_x * hbm), int(disk_x * hbm)) for n in range(nodes)]
     stream = PromptStream(n_prefixes=25 * nodes, seed=seed)
     inflight: deque[tuple[str, int]] = deque()
     depth = 16 * nodes  # requests in flight (each finishes `depth` decisions later)
     times = np.empty(requests)
     hash_times = np.empty(requests)
     apply_s = 0.0
+    sizes: list[int] = []  # index entries at each quarter's end
     n_events = 0
     gc.collect()
     gc.disable()  # the router would run with a tuned GC; keep collector pauses out of the figure
@@ -136,8 +137,11 @@ def run(nodes: int, requests: int, rps: float, seed: int, policy: str) -> dict:
         apply_s += time.perf_counter() - t1
         if i % 20000 == 19999:
             gc.collect()
+        if (i + 1) % (requests // 4) == 0 and len(sizes) < 3:
+            sizes.append(len(sched.index))
     wall = time.perf_counter() - t_run
     gc.enable()
+    sizes.append(len(sched.index))
     q = np.array_split(times, 4)
     quarters = [float(x.mean() * 1e6) for x in q]
     sched_only = times - hash_times
@@ -151,7 +155,8 @@ def run(nodes: int, requests: int, rps: float, seed: int, policy: str) -> dict:
         "schedule_us": {"mean": float(sched_only.mean() * 1e6), "p99": float(np.percentile(sched_only, 99) * 1e6)},
         "quarter_mean_us": quarters, "last_over_first": quarters[-1] / quarters[0],
         "event_apply_us_per_request": apply_s / requests * 1e6, "events": n_events,
-        "index_entries": len(sched.index), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "index_entries": len(sched.index), "index_entries_by_quarter": sizes,
+        "tiers_x_hbm": {"dram": dram_x, "disk": disk_x}, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "wall_s": wall, "branches": dict(sched.branch_counts),
     }
 
@@ -163,17 +168,19 @@ def main() -> int:
     ap.add_argument("--rps", type=float, default=500.0, help="offered rate on the simulated clock")
     ap.add_argument("--policy", default="e2_tiered")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dram-x", type=float, default=10.0, help="DRAM tier per node, in multiples of HBM")
+    ap.add_argument("--disk-x", type=float, default=50.0, help="disk tier per node, in multiples of HBM")
     ap.add_argument("--json", default="benchmarks/results/router_throughput.json")
     args = ap.parse_args()
     runs = []
     for n in args.nodes:
-        r = run(n, args.requests, args.rps, args.seed, args.policy)
+        r = run(n, args.requests, args.rps, args.seed, args.policy, args.dram_x, args.disk_x)
         runs.append(r)
         print(f"{args.policy} nodes={n:4d} requests={r['requests']}: {r['decisions_per_s']:8.0f} decisions/s "
               f"with hashing ({r['decisions_per_s_excluding_hashing']:.0f}/s schedule() alone)  "
               f"mean {r['decision_us']['mean']:6.1f} us (hash {r['hash_us']['mean']:.1f})  p99 {r['decision_us']['p99']:6.1f} us  "
               f"quarters {' '.join(f'{x:.1f}' for x in r['quarter_mean_us'])} us (last/first {r['last_over_first']:.2f})  "
-              f"events {r['event_apply_us_per_request']:.1f} us/req  index {r['index_entries']} entries  "
+              f"events {r['event_apply_us_per_request']:.1f} us/req  index {r['index_entries_by_quarter']} entries  "
               f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
     doc = {"command": "python " + " ".join(sys.argv), "runs": runs}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -111,7 +111,7 @@ class PrebleE2(Policy):
         self.lru: list[OrderedDict[int, int]] = [OrderedDict() for _ in range(n)]
         # Per node: prefix key -> windowed work routed there (rebalancing picks from it).
         self.key_work = [_KeyWindows() for _ in range(n)]
-        self.redirects: dict[int, int] = {}  # prefix key -> node
+        self.redirects: dict[int, int] = {}  # prefix key -> node its next request moves to
         self._next_rebalance = float("-inf")
         self._req_key: dict[str, int | None] = {}  # in-flight request -> prefix key
         self._ttft = _KeyWindows()  # prefix key -> windowed TTFT (autoscaling)
@@ -205,7 +205,10 @@ class PrebleE2(Policy):
         alive = [ns.node for ns in cluster.nodes if ns.alive]
         if not alive:
             raise RuntimeError("no node is alive")
-        target = self.redirects.get(key) if key is not None else None
+        # A redirect moves a prefix once: this request seeds it on the light node, later
+        # ones exploit among its holders (now including that node) by load. A standing
+        # redirect would pile every rebalanced prefix onto whichever node was once light.
+        target = self.redirects.pop(key, None) if key is not None else None
         if target is not None and cluster.nodes[target].alive:
             return self._decision(req, pc, 0, Branch.REBALANCE, self._costs([target], pc, now))
         blocks, holders = self.matched_blocks(match)
