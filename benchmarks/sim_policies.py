@@ -201,7 +201,7 @@ def main() -> int:
     if doc["grid"]:
         plot(doc, out.with_suffix(".png"))
     missed = [(b["workload"], b["load"], t["target"]) for b in doc["grid"] for t in b["targets"] if not t["ok"]]
-    print(f"wrote {out}.json/.md/.png; targets missed: {len(missed)}")
+    print(f"wrote {out}.json/.md" + ("/.png" if doc["grid"] else "") + f"; targets missed: {len(missed)}")
     for m in missed:
         print("  missed:", *m)
     return 0
