@@ -243,9 +243,11 @@ class PrebleE2(Policy):
             best = min(heavy, key=costs.totals.__getitem__)
         return best, costs
 
-    def _costs(self, nodes: list[int], pc: PlanContext, now: float, with_evict: bool = True) -> "_Costs":
+    def _costs(self, nodes: list[int], pc: PlanContext, now: float, with_evict: bool = True,
+               all_plans: list[float] | None = None) -> "_Costs":
         """Load, Evict and plan time per candidate node (parallel lists, no objects)."""
-        all_plans = self.planner.plan_times(pc, self.cluster.n_nodes)
+        if all_plans is None:
+            all_plans = self.planner.plan_times(pc, self.cluster.n_nodes)
         plans = [all_plans[n] for n in nodes]
         loads = self.loads(nodes, now)
         if with_evict:
@@ -354,22 +356,27 @@ class E2Tiered(PrebleE2):
         what it evicts there. Comparing windowed Load with a pull of tens of milliseconds
         would copy prefixes at every small imbalance.
         """
-        costs = self._costs(holders, pc, now, with_evict=False)
+        plans = self.planner.plan_times(pc, self.cluster.n_nodes)
+        costs = self._costs(holders, pc, now, with_evict=False, all_plans=plans)
         best = costs.argmin()
-        h = costs.nodes[best]
-        others = [n for n in alive if n not in set(holders)]
-        if not others or not self._is_hot(pc.req, len(alive), now):
+        if len(holders) == len(alive) or not self._is_hot(pc.req, len(alive), now):
             return best, costs, Branch.EXPLOIT
-        nodes = self.cluster.nodes
-        held_s = nodes[h].pending_prefill_s + costs.plans[best]
-        alt = self._costs(others, pc, now)
+        # A copy costs cache space everywhere (duplicates evict other prefixes), which the
+        # LRU-front eviction price underestimates: require a clear win, Preble's autoscaling
+        # factor (TTFT x2) applied to expected delay. Eviction harm >= 0, so only nodes whose
+        # queue + plan already clear that bar are priced in full.
+        nodes, ratio = self.cluster.nodes, self.config.autoscale_ttft_ratio
+        held_s = nodes[costs.nodes[best]].pending_prefill_s + costs.plans[best]
+        holder_set = set(holders)
+        others = [n for n in alive if n not in holder_set
+                  and (nodes[n].pending_prefill_s + plans[n]) * ratio < held_s]
+        if not others:
+            return best, costs, Branch.EXPLOIT
+        alt = self._costs(others, pc, now, all_plans=plans)
         delays = [nodes[n].pending_prefill_s + ev + p for n, ev, p in zip(alt.nodes, alt.evicts, alt.plans)]
         j = min(range(len(delays)), key=delays.__getitem__)
         merged = costs.extend(alt)
-        # A copy costs cache space everywhere (duplicates evict other prefixes), which the
-        # LRU-front eviction price underestimates: require a clear win, Preble's autoscaling
-        # factor (TTFT x2) applied to expected delay.
-        if delays[j] * self.config.autoscale_ttft_ratio < held_s:
+        if delays[j] * ratio < held_s:
             return len(costs.nodes) + j, merged, Branch.REPLICATE
         return best, merged, Branch.EXPLOIT
 

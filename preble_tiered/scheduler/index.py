@@ -33,7 +33,7 @@ from functools import lru_cache
 
 from preble_tiered.types import NodeId, Tier
 
-_EXPIRE_BATCH = 64  # idle entries examined per mutating call (amortized expiry)
+_EXPIRE_BATCH = 32  # queued entries examined per mutating call: twice a request's ~16 new blocks
 
 
 def iter_bits(mask: int) -> Iterator[int]:
@@ -454,9 +454,9 @@ class PrefixIndex:
         for _ in range(min(_EXPIRE_BATCH, len(idle))):
             h = idle.popleft()
             e = entries.get(h)
-            if e is None or e.kept:
+            if e is None or e.hbm or e.dram or e.disk or e.pending or e.pins:  # `kept`, inlined
                 continue  # already dropped (a duplicate), or held again: re-queued when idle
-            if self._expired(e, cutoff):
+            if e.last_access <= cutoff and e.idle_at <= cutoff:
                 del entries[h]
             else:
                 idle.append(h)
