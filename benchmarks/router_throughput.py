@@ -49,7 +49,7 @@ class NodeCache:
         self.tiers = [(Tier.HBM, OrderedDict(), hbm), (Tier.DRAM, OrderedDict(), dram), (Tier.DISK, OrderedDict(), disk)]
 
     def store(self, hashes: list[int]) -> list:
-        events, (tier, lru, cap) = [], self.tiers[0]
+        events, (tier, lru, _) = [], self.tiers[0]
         new = [h for h in hashes if h not in lru]
         for h in reversed(hashes):  # tail least recent, as vLLM frees
             lru[h] = None

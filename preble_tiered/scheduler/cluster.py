@@ -192,6 +192,3 @@ class ClusterState:
         for inf in lost:
             self.on_finish(inf.request_id, now, 0)
         return lost
-
-    def mark_up(self, node: NodeId) -> None:
-        self.nodes[node].alive = True

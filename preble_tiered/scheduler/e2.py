@@ -187,12 +187,6 @@ class PrebleE2(Policy):
         self._price[node], self._price_at[node] = price, sec
         return price
 
-    def need_tokens(self, node: int, pc: PlanContext) -> int:
-        """HBM tokens the request would newly occupy on `node`."""
-        nm = pc.match.get(node)
-        in_place = 0 if nm is None else nm.hbm_prefix * self.cluster.block_size
-        return pc.prompt_tokens - in_place + pc.req.max_output_tokens
-
     def matched_blocks(self, match: MatchResult) -> tuple[int, int]:
         """(blocks, holder mask) of the prefix E2 counts as held: HBM only here."""
         return match.longest_hbm, match.hbm_holders
@@ -255,7 +249,7 @@ class PrebleE2(Policy):
             bs, grow = cl.block_size, pc.prompt_tokens + pc.req.max_output_tokens
             get, free, price = pc.match.nodes.get, cl.hbm_free_tokens, self._evict_price
             evicts = []
-            for n in nodes:
+            for n in nodes:  # `evict_s` inlined (need = prompt - in-place HBM + output budget)
                 nm = get(n)
                 over = grow - (nm.hbm_prefix * bs if nm is not None else 0) - free(n)
                 evicts.append(over * price(n, now) if over > 0 else 0.0)

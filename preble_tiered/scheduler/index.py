@@ -67,10 +67,6 @@ class BlockEntry:
     last_access: float = float("-inf")
 
     @property
-    def resident(self) -> int:
-        return self.hbm | self.dram | self.disk
-
-    @property
     def kept(self) -> bool:
         """Held, pending or pinned: never expired."""
         return bool(self.hbm or self.dram or self.disk or self.pending or self.pins)
@@ -384,16 +380,14 @@ class PrefixIndex:
         """`node` will hold `hashes` in HBM once a request dispatched there computes (or
         loads) them. The router's own knowledge of work it dispatched, kept apart from
         residency: cleared by the node's BlockStored(HBM) or by `clear_pending`."""
-        bit = 1 << node
-        entries = self._entries
-        prev = parent
+        entries, walked, prev = self._entries, [], parent
         for h in hashes:
             e = entries.get(h)
             if e is None:
                 e = entries[h] = BlockEntry(prev)
-            if not (e.hbm & bit):
-                e.pending |= bit
+            walked.append(e)
             prev = h
+        self.add_pending_entries(node, walked)
 
     def add_pending_entries(self, node: NodeId, entries: Sequence[BlockEntry]) -> None:
         """`add_pending` for the entries a `lookup` just walked (no dict probes). The

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -143,7 +143,3 @@ def ideal_records(requests: Sequence[WorkloadRequest], hashes: dict[str, list[in
         decode = (r.output_tokens - 1) * cost.decode_step_s(L + r.output_tokens // 2, 1)
         out.append((ttft, ttft + decode))
     return out
-
-
-def record_dicts(records: Sequence[RequestRecord]) -> list[dict]:
-    return [asdict(r) for r in records]
