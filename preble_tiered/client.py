@@ -1,0 +1,67 @@
+"""A small synchronous client of the Inference API (used by `preble generate`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import grpc
+
+from preble_tiered.engine.api import GenParams
+from preble_tiered.server import convert
+from preble_tiered.server.grpc_util import CHANNEL_OPTIONS
+from preble_tiered.server.pb import common_pb2, inference_pb2, inference_pb2_grpc
+
+
+def build_request(prompt: str | Sequence[int], params: GenParams | None = None,
+                  request_id: str = "") -> inference_pb2.GenerateRequest:
+    req = inference_pb2.GenerateRequest(request_id=request_id)
+    if isinstance(prompt, str):
+        req.text = prompt
+    else:
+        req.token_ids.CopyFrom(common_pb2.TokenIds(ids=list(prompt)))
+    if params is not None:
+        req.sampling.CopyFrom(convert.params_to_pb(params))
+    return req
+
+
+def usage_dict(complete: inference_pb2.GenerateComplete) -> dict:
+    """The final message as `preble generate --json` prints it."""
+    u = complete.usage
+    return {
+        "text": complete.text,
+        "node": u.node,
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "cached_tokens": convert.cached_from_pb(u.cached_tokens),
+        "recomputed_tokens": u.recomputed_tokens,
+        "ttft_ms": round(u.ttft_ms, 3),
+        "latency_ms": round(u.latency_ms, 3),
+        "finish_reason": u.finish_reason,
+        "branch": u.branch,
+        "request_id": u.request_id,
+    }
+
+
+class Client:
+    def __init__(self, addr: str, timeout_s: float | None = None) -> None:
+        self.channel = grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
+        self.stub = inference_pb2_grpc.InferenceStub(self.channel)
+        self.timeout_s = timeout_s
+
+    def stream(self, req: inference_pb2.GenerateRequest) -> Iterator[inference_pb2.GenerateResponse]:
+        return self.stub.Generate(req, timeout=self.timeout_s)
+
+    def generate(self, req: inference_pb2.GenerateRequest) -> inference_pb2.GenerateComplete:
+        return self.stub.GenerateOnce(req, timeout=self.timeout_s)
+
+    def model_info(self) -> inference_pb2.ModelInfo:
+        return self.stub.GetModelInfo(inference_pb2.ModelInfoRequest(), timeout=self.timeout_s or 10.0)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

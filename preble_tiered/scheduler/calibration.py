@@ -1,0 +1,80 @@
+"""Fit the router's prefill model from the prefills nodes measure, and keep refining it.
+
+Nodes report `(new_tokens, context_tokens, seconds)` samples with their load reports. The
+calibrator keeps the most recent `max_samples`, refits `LinearPrefill` once it has
+`min_samples` spread over at least `min_distinct` prompt sizes, and again every `refit_every`
+new samples. A fit that predicts a negative or absurd time for the sizes seen is rejected
+(the previous model stays), so a burst of odd samples cannot break routing. Pure code.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from preble_tiered.scheduler.cost_model import LinearPrefill, PrefillCost
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    min_samples: int = 8
+    """Samples needed before the first fit."""
+    min_distinct: int = 3
+    """Distinct new-token sizes (bucketed by 64 tokens) needed: a fit on one size is degenerate."""
+    refit_every: int = 16
+    max_samples: int = 512
+
+    def __post_init__(self) -> None:
+        if self.min_samples < 4:
+            raise ValueError(f"min_samples must be >= 4 (four coefficients), got {self.min_samples}")
+        if self.refit_every <= 0 or self.max_samples < self.min_samples:
+            raise ValueError("refit_every must be positive and max_samples >= min_samples")
+
+
+class PrefillCalibrator:
+    def __init__(self, config: CalibrationConfig | None = None) -> None:
+        self.config = config or CalibrationConfig()
+        self._samples: deque[tuple[int, int, float]] = deque(maxlen=self.config.max_samples)
+        self._since_fit = 0
+        self.fitted: LinearPrefill | None = None
+        self.fits = 0
+        self.rejected = 0
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def add(self, new_tokens: int, context_tokens: int, seconds: float) -> None:
+        if new_tokens <= 0 or context_tokens < new_tokens or not 0.0 < seconds < 3600.0:
+            return  # not a prefill measurement; ignore rather than poison the fit
+        self._samples.append((new_tokens, context_tokens, seconds))
+        self._since_fit += 1
+
+    def maybe_refit(self) -> PrefillCost | None:
+        """A newly fitted model when one is due and sane, else None."""
+        cfg = self.config
+        if len(self._samples) < cfg.min_samples:
+            return None
+        if self.fitted is not None and self._since_fit < cfg.refit_every:
+            return None
+        if len({e // 64 for e, _, _ in self._samples}) < cfg.min_distinct:
+            return None
+        self._since_fit = 0
+        try:
+            model = LinearPrefill.fit(self._samples)
+        except ValueError:
+            self.rejected += 1
+            return None
+        if not self._sane(model):
+            self.rejected += 1
+            return None
+        self.fitted = model
+        self.fits += 1
+        return model
+
+    def _sane(self, model: LinearPrefill) -> bool:
+        # Positive everywhere the samples live, and within 10x of every sample.
+        for e, c, t in self._samples:
+            p = model.seconds(e, c)
+            if not (p > 0 and t / 10 <= p <= t * 10):
+                return False
+        return True

@@ -1,0 +1,53 @@
+"""Shared gRPC server plumbing: health (NOT_SERVING until ready), reflection, options."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+MAX_MESSAGE_BYTES = 64 << 20
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # Notice a dead peer on an idle connection within seconds, not minutes.
+    ("grpc.keepalive_time_ms", 1000),
+    ("grpc.keepalive_timeout_ms", 1000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+SERVER_OPTIONS = CHANNEL_OPTIONS + [
+    ("grpc.http2.min_ping_interval_without_data_ms", 500),
+    ("grpc.so_reuseport", 0),
+]
+
+
+class ServingHealth:
+    """grpc.health.v1 for a server: overall ("") and per-service status, NOT_SERVING at start."""
+
+    def __init__(self, server: grpc.aio.Server, services: list[str]) -> None:
+        self.servicer = health_aio.HealthServicer()
+        self.services = ["", *services]
+        health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
+
+    async def set(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in self.services:
+            await self.servicer.set(name, status)
+
+
+def enable_reflection(server: grpc.aio.Server, full_names: list[str]) -> None:
+    reflection.enable_server_reflection([*full_names, "grpc.health.v1.Health", reflection.SERVICE_NAME], server)
+
+
+def bind(server: grpc.aio.Server, host: str, port: int) -> int:
+    """Listen on host:port (port 0: any free port); returns the port.
+
+    Raises:
+        OSError: when the address cannot be bound (in use, bad host).
+    """
+    got = server.add_insecure_port(f"{host}:{port}")
+    if got == 0:
+        raise OSError(f"cannot listen on {host}:{port} (in use?); pick another --port")
+    return got
