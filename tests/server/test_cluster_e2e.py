@@ -207,7 +207,7 @@ def test_node_is_not_serving_until_its_engine_is_ready_and_stops_on_sigterm(mode
     port = free_port()
     log = open(tmp_path / "node.log", "wb")
     p = subprocess.Popen([sys.executable, "-m", "preble_tiered.cli", "node", "--model", model_dir, "--port",
-                          str(port), "--name", "lonely", "--kv-cache-bytes", str(32 << 20)], stdout=log,
+                          str(port), "--name", "lonely", "--kv-cache-bytes", str(64 << 20)], stdout=log,
                          stderr=subprocess.STDOUT, env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
     seen = []
     try:
@@ -235,7 +235,7 @@ def test_node_is_not_serving_until_its_engine_is_ready_and_stops_on_sigterm(mode
 def test_preble_serve_starts_and_ctrl_c_stops_everything(model_dir, tmp_path):
     port = free_port()
     p = subprocess.Popen([sys.executable, "-m", "preble_tiered.cli", "serve", "--nodes", "1", "--model", model_dir,
-                          "--port", str(port), "--kv-cache-bytes", str(32 << 20), "--log-dir", str(tmp_path)],
+                          "--port", str(port), "--kv-cache-bytes", str(64 << 20), "--log-dir", str(tmp_path)],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:

