@@ -26,6 +26,8 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     sv.add_argument("--kv-cache-bytes", type=positive_int, default=256 << 20,
                     help="KV cache per node in bytes (default: 256 MiB)")
     sv.add_argument("--block-size", type=positive_int, default=32, help="tokens per KV block (default: 32)")
+    sv.add_argument("--max-model-len", type=positive_int, default=None,
+                    help="longest prompt + output in tokens (default: the model's)")
     sv.add_argument("--log-dir", metavar="DIR", help="where the processes' logs go (default: under the cache dir)")
 
     rt = sub.add_parser("router", help="run the router (global scheduler + client API)",
@@ -50,6 +52,8 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     nd.add_argument("--name", default=None, help="node name (default: node-<port>)")
     nd.add_argument("--block-size", type=positive_int, default=32, help="tokens per KV block, multiple of 32 on CPU")
     nd.add_argument("--kv-cache-bytes", type=positive_int, default=256 << 20)
+    nd.add_argument("--max-model-len", type=positive_int, default=None,
+                    help="longest prompt + output in tokens (default: the model's); the KV cache must hold one")
     nd.add_argument("--max-num-seqs", type=positive_int, default=16)
     nd.add_argument("--max-queue", type=positive_int, default=256,
                     help="requests waiting before RESOURCE_EXHAUSTED (default: 256)")
@@ -101,7 +105,8 @@ def cmd_node(args: argparse.Namespace) -> int:
     from preble_tiered.engine.vllm_engine import EngineConfig
 
     ecfg = EngineConfig(model=args.model, block_size=args.block_size, kv_cache_bytes=args.kv_cache_bytes,
-                        max_num_seqs=args.max_num_seqs, cpu_core=args.cpu_core)
+                        max_num_seqs=args.max_num_seqs, cpu_core=args.cpu_core,
+                        max_model_len=args.max_model_len)
     ncfg = NodeConfig(name=args.name or f"node-{args.port}", host=args.host, port=args.port, router=args.router,
                       max_queue=args.max_queue, metrics_port=args.metrics_port)
     asyncio.run(serve_node(ncfg, ecfg))
@@ -119,7 +124,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from preble_tiered.server.launcher import ClusterSpec, LocalCluster
 
     spec = ClusterSpec(nodes=args.nodes, model=args.model, port=args.port, policy=args.policy,
-                       kv_cache_bytes=args.kv_cache_bytes, block_size=args.block_size, log_dir=args.log_dir)
+                       kv_cache_bytes=args.kv_cache_bytes, block_size=args.block_size, log_dir=args.log_dir,
+                       max_model_len=args.max_model_len)
     cluster = LocalCluster(spec)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops as cleanly as Ctrl-C
     try:

@@ -36,6 +36,7 @@ class ClusterSpec:
     block_size: int = 32
     kv_cache_bytes: int = 256 << 20
     max_num_seqs: int = 16
+    max_model_len: int | None = None
     log_dir: str | None = None
     node_env: dict[str, str] = field(default_factory=dict)
     router_args: tuple[str, ...] = ()
@@ -85,6 +86,8 @@ class LocalCluster:
             args = ["node", "--model", self.model, "--router", self.addr, "--host", s.host, "--port", "0",
                     "--name", f"node{i}", "--block-size", str(s.block_size), "--kv-cache-bytes",
                     str(s.kv_cache_bytes), "--max-num-seqs", str(s.max_num_seqs), "--cpu-core", str(i % ncpu)]
+            if s.max_model_len:
+                args += ["--max-model-len", str(s.max_model_len)]
             self.nodes.append(self._spawn(f"node{i}", args, s.node_env))
         progress(f"starting {s.nodes} node(s); logs in {self.log_dir}")
         self.wait_nodes(s.nodes, progress)

@@ -261,7 +261,8 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
             return node_pb2.LoadReport(ready=False)
         s = self.engine.stats()
         rep = node_pb2.LoadReport(ready=True, running=s.running, waiting=s.waiting, kv_usage=s.kv_usage,
-                                  kv_used_tokens=s.kv_used_tokens, tpot_ms=(s.tpot_s or 0.0) * 1e3)
+                                  kv_used_tokens=s.kv_used_tokens, tpot_ms=(s.tpot_s or 0.0) * 1e3,
+                                  event_seq=self._ring.last_seq)
         for e, c, t in self.engine.take_prefill_samples():
             rep.prefill_samples.add(new_tokens=e, context_tokens=c, seconds=t)
         return rep

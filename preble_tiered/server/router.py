@@ -94,6 +94,9 @@ class NodeLink:
     load: node_pb2.LoadReport = field(default_factory=node_pb2.LoadReport)
     requests_total: int = 0
     last_load_ok: float = 0.0
+    behind_seq: int = 0  # a load report's event_seq we had not reached (seen once)
+    events_call: object | None = None  # the live Events call (cancelled to force a resync)
+    resync_requested: bool = False
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     @property
@@ -198,7 +201,7 @@ class Router:
                 self._apply_snapshot(link, snap)
                 follower.reset(snap.seq)
                 backoff = 0.2
-                call = link.stub.Events(node_pb2.EventsRequest(after_seq=snap.seq))
+                call = link.events_call = link.stub.Events(node_pb2.EventsRequest(after_seq=snap.seq))
                 async for batch in call:
                     follower.accept(batch.seq)
                     apply = self.scheduler.apply
@@ -209,7 +212,8 @@ class Router:
             except EventGap as e:
                 self._count_resync(link, str(e))
             except grpc.aio.AioRpcError as e:
-                if e.code() == grpc.StatusCode.OUT_OF_RANGE:
+                if e.code() == grpc.StatusCode.OUT_OF_RANGE or link.resync_requested:
+                    link.resync_requested = False
                     self._count_resync(link, e.details() or "")
                     continue
                 self.node_failed(link, f"event stream: {e.code().name} {e.details()}")
@@ -219,6 +223,11 @@ class Router:
                 self.node_failed(link, "event stream ended")
                 await asyncio.sleep(backoff)
             except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if link.resync_requested and task is not None and not task.cancelling():
+                    link.resync_requested = False  # we cancelled the call ourselves (_check_behind)
+                    self._count_resync(link, "the load report is ahead of the stream")
+                    continue
                 raise
             except Exception:  # a malformed event: resync rather than die
                 logger.exception("node %s: bad residency event; resynchronising", link.name)
@@ -268,12 +277,26 @@ class Router:
                 ns.reported_running, ns.reported_waiting = rep.running, rep.waiting
                 self.metrics.queue_depth.labels(link.name).set(rep.waiting)
                 self.metrics.inflight.labels(link.name).set(ns.n_inflight)
+                self._check_behind(link, rep.event_seq)
                 self._calibrate(rep)
             except (grpc.aio.AioRpcError, _NotReady) as e:
                 if link.alive and time.monotonic() - link.last_load_ok >= self.config.down_after_s:
                     why = "engine not ready" if isinstance(e, _NotReady) else f"load polls failing ({e.code().name})"
                     self.node_failed(link, why)
             await asyncio.sleep(interval)
+
+    def _check_behind(self, link: NodeLink, node_seq: int) -> None:
+        """A batch lost at the tail of the stream shows no gap until the next one: catch it by
+        the load report's sequence number, when two polls in a row say we are behind it."""
+        if node_seq <= link.event_seq:
+            link.behind_seq = 0
+        elif link.behind_seq and link.behind_seq <= node_seq and link.event_seq < link.behind_seq:
+            link.behind_seq = 0
+            if link.events_call is not None and not link.resync_requested:
+                link.resync_requested = True
+                link.events_call.cancel()
+        else:
+            link.behind_seq = node_seq
 
     def _calibrate(self, rep: node_pb2.LoadReport) -> None:
         for s in rep.prefill_samples:

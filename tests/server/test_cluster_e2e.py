@@ -48,7 +48,7 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cluster(model_dir, tmp_path_factory):
     metrics_port = free_port()
-    spec = ClusterSpec(nodes=2, model=model_dir, port=free_port(), kv_cache_bytes=64 << 20,
+    spec = ClusterSpec(nodes=2, model=model_dir, port=free_port(), kv_cache_bytes=64 << 20, max_model_len=4096,
                        log_dir=str(tmp_path_factory.mktemp("logs")), node_env={FAULT_DROP_EVENT_SEQ: "3"},
                        router_args=("--metrics-port", str(metrics_port)))
     c = LocalCluster(spec).start(progress=lambda m: None)
@@ -126,7 +126,7 @@ def test_router_index_equals_what_the_engines_hold_after_a_lost_batch(cluster, s
 @pytest.mark.parametrize("req, fix", [
     (inference_pb2.GenerateRequest(text=""), "prompt is empty"),
     (inference_pb2.GenerateRequest(token_ids=common_pb2.TokenIds(ids=[5, 100000])), "out of the vocabulary"),
-    (inference_pb2.GenerateRequest(token_ids=common_pb2.TokenIds(ids=[5] * 8190)), "exceeds the model's limit"),
+    (inference_pb2.GenerateRequest(token_ids=common_pb2.TokenIds(ids=[5] * 4090)), "exceeds the model's limit"),
     (text_req("hello", max_tokens=0), "max_tokens must be at least 1"),
     (inference_pb2.GenerateRequest(text="hi", sampling=common_pb2.SamplingParams(temperature=-1)), "temperature"),
     (inference_pb2.GenerateRequest(text="hi", sampling=common_pb2.SamplingParams(top_p=2)), "top_p"),
@@ -207,7 +207,7 @@ def test_node_is_not_serving_until_its_engine_is_ready_and_stops_on_sigterm(mode
     port = free_port()
     log = open(tmp_path / "node.log", "wb")
     p = subprocess.Popen([sys.executable, "-m", "preble_tiered.cli", "node", "--model", model_dir, "--port",
-                          str(port), "--name", "lonely", "--kv-cache-bytes", str(64 << 20)], stdout=log,
+                          str(port), "--name", "lonely", "--kv-cache-bytes", str(64 << 20), "--max-model-len", "4096"], stdout=log,
                          stderr=subprocess.STDOUT, env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
     seen = []
     try:
@@ -235,7 +235,7 @@ def test_node_is_not_serving_until_its_engine_is_ready_and_stops_on_sigterm(mode
 def test_preble_serve_starts_and_ctrl_c_stops_everything(model_dir, tmp_path):
     port = free_port()
     p = subprocess.Popen([sys.executable, "-m", "preble_tiered.cli", "serve", "--nodes", "1", "--model", model_dir,
-                          "--port", str(port), "--kv-cache-bytes", str(64 << 20), "--log-dir", str(tmp_path)],
+                          "--port", str(port), "--kv-cache-bytes", str(64 << 20), "--max-model-len", "4096", "--log-dir", str(tmp_path)],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:

@@ -96,7 +96,7 @@ class FakeNode(node_pb2_grpc.NodeServicer):
         return convert.snapshot_to_pb(self.seq, [(Tier.HBM, h, p) for h, p in self.blocks.items()])
 
     async def Load(self, request, context):
-        return node_pb2.LoadReport(ready=True)
+        return node_pb2.LoadReport(ready=True, event_seq=self.seq)
 
     async def Info(self, request, context):
         return self.info()
@@ -225,6 +225,21 @@ def test_lost_event_batch_is_detected_and_resynchronised_by_snapshot():
             assert await h.residency(0) == want
             nodes = await h.admin.ListNodes(admin_pb2.ListNodesRequest())
             assert nodes.nodes[0].resyncs == 1
+    run(body())
+
+
+def test_batch_lost_at_the_tail_is_caught_by_the_load_reports_sequence_number():
+    async def body():
+        async with Harness() as h:
+            a = FakeNode("a")
+            await h.add_nodes(a)
+            d1, d2 = doc(8, 64), doc(9, 64)
+            a.store(d1)
+            a.store(d2, skip_seq=True)  # lost, and nothing follows it on the stream
+            await h.until(lambda: a.snapshots == 2)
+            await h.until(lambda: h.router.links[0].event_seq == 2)
+            assert await h.residency(0) == sorted(HASH(d1) + HASH(d2))
+            assert h.router.links[0].alive and h.router.links[0].resyncs == 1
     run(body())
 
 

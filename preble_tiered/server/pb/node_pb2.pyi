@@ -124,7 +124,7 @@ class PrefillSample(_message.Message):
     def __init__(self, new_tokens: _Optional[int] = ..., context_tokens: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("ready", "running", "waiting", "kv_usage", "kv_used_tokens", "tpot_ms", "prefill_samples")
+    __slots__ = ("ready", "running", "waiting", "kv_usage", "kv_used_tokens", "tpot_ms", "prefill_samples", "event_seq")
     READY_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +132,7 @@ class LoadReport(_message.Message):
     KV_USED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TPOT_MS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    EVENT_SEQ_FIELD_NUMBER: _ClassVar[int]
     ready: bool
     running: int
     waiting: int
@@ -139,7 +140,8 @@ class LoadReport(_message.Message):
     kv_used_tokens: int
     tpot_ms: float
     prefill_samples: _containers.RepeatedCompositeFieldContainer[PrefillSample]
-    def __init__(self, ready: _Optional[bool] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_usage: _Optional[float] = ..., kv_used_tokens: _Optional[int] = ..., tpot_ms: _Optional[float] = ..., prefill_samples: _Optional[_Iterable[_Union[PrefillSample, _Mapping]]] = ...) -> None: ...
+    event_seq: int
+    def __init__(self, ready: _Optional[bool] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_usage: _Optional[float] = ..., kv_used_tokens: _Optional[int] = ..., tpot_ms: _Optional[float] = ..., prefill_samples: _Optional[_Iterable[_Union[PrefillSample, _Mapping]]] = ..., event_seq: _Optional[int] = ...) -> None: ...
 
 class NodeInfoRequest(_message.Message):
     __slots__ = ()
