@@ -3,11 +3,11 @@
 
 For each policy: start `preble serve`'s cluster (router + 2 node agents, one core each) with a
 KV cache that holds about `--kv-docs` documents per node, replay the same trace through
-`preble bench` (8 documents of ~3k tokens, 64+ questions, Poisson arrivals), stop it.
+`preble bench` (8 documents of ~3k tokens, 128 questions, Poisson arrivals), stop it.
 A cache-aware router keeps each document's questions on the node that holds it; round
 robin makes both nodes hold every document, which the KV cache cannot, so they recompute.
 
-    python benchmarks/e2e_longdoc.py [--docs 8] [--questions 64] [--rps 2] [--json PATH]
+    python benchmarks/e2e_longdoc.py [--docs 8] [--questions 128] [--rps 2] [--json PATH]
 
 Writes {"runs": [{"policy", "ttft": {mean, p50, p99}, "latency": {...}, "cached_token_share"}], ...}.
 Target: e2_tiered mean TTFT >= 2x lower than round_robin in the same run.
@@ -73,7 +73,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=8)
     ap.add_argument("--doc-tokens", type=int, default=3000)
-    ap.add_argument("--questions", type=int, default=64)
+    ap.add_argument("--questions", type=int, default=128)
     ap.add_argument("--rps", type=float, default=2.0)
     ap.add_argument("--kv-docs", type=float, default=5.0, help="KV cache per node, in documents (default: 5)")
     ap.add_argument("--policy", action="append", choices=POLICIES, help="policies (default: all four)")

@@ -85,6 +85,7 @@ async def run_bench(requests: Sequence[WorkloadRequest], cfg: BenchConfig, label
     summary = res.summary(label, info.nodes_alive)
     summary.pop("ideal", None)
     summary.pop("sim_wall_s", None)
+    summary.pop("decision_us", None)  # not visible from the client: see the router's /metrics
     summary["wall_s"] = wall
     summary["failed"] = len(failures)
     summary["cached_token_share"] = (sum(summary["cached_tokens"].values()) / summary["prompt_tokens"]

@@ -29,8 +29,9 @@ def format_table(summaries: Sequence[dict]) -> str:
             f"{s['tpot']['mean'] * 1e3:.1f}", f"{s['throughput_rps']:.2f}",
             *(f"{100 * c[k] / pt:.1f}" for k in ("hbm", "dram", "disk", "remote")),
             f"{100 * s['recomputed_tokens'] / pt:.1f}", f"{s['bytes_moved'] / 1e9:.2f}",
-            f"{s['decision_us']['mean']:.0f}", f"{s['decision_us']['p99']:.0f}"))
-    if summaries:
+            *((f"{s['decision_us']['mean']:.0f}", f"{s['decision_us']['p99']:.0f}") if "decision_us" in s
+              else ("-", "-"))))
+    if summaries and "ideal" in summaries[0]:
         ideal = summaries[0]["ideal"]
         rows.append(("(ideal bound)", *(f"{ideal['latency'][k]:.2f}" for k in ("mean", "p50", "p90", "p99")),
                      *(f"{ideal['ttft'][k]:.3f}" for k in ("mean", "p50", "p90", "p99")),
