@@ -159,6 +159,23 @@ def test_router_exports_prometheus_metrics(cluster):
     assert "preble_router_ttft_seconds_bucket" in body and 'preble_router_cached_tokens_total{tier="hbm"}' in body
 
 
+def test_bench_drives_the_cluster_and_writes_the_sim_json_shape(cluster, tmp_path):
+    trace = tmp_path / "t.jsonl"
+    lines = [{"t": 0.05 * i, "segments": [["shared-doc", 400], [f"q{i}", 20]], "output_tokens": 3} for i in range(6)]
+    trace.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "-m", "preble_tiered.cli", "bench", "--addr", cluster.addr, "--trace",
+                        str(trace), "--json", str(out), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = json.loads(out.read_text())["runs"][0]
+    assert {"latency", "ttft", "tpot", "throughput_rps", "cached_tokens", "recomputed_tokens"} <= set(run)
+    assert set(run["ttft"]) == {"mean", "p50", "p90", "p99"} and run["requests"] == 6 and run["failed"] == 0
+    # the shared 400-token document is computed once per node at most: the rest is cached
+    assert run["cached_tokens"]["hbm"] >= 3 * 384
+    assert run["prompt_tokens"] == 6 * 420
+    assert run["policy"] == "e2_tiered"
+
+
 def test_killed_node_is_marked_down_fast_and_no_request_is_lost(cluster, stubs):
     inference, admin = stubs
     victim = cluster.nodes[0]
@@ -204,10 +221,11 @@ def test_stop_leaves_no_process_behind(cluster):
 
 
 def test_node_is_not_serving_until_its_engine_is_ready_and_stops_on_sigterm(model_dir, tmp_path):
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     log = open(tmp_path / "node.log", "wb")
     p = subprocess.Popen([sys.executable, "-m", "preble_tiered.cli", "node", "--model", model_dir, "--port",
-                          str(port), "--name", "lonely", "--kv-cache-bytes", str(64 << 20), "--max-model-len", "4096"], stdout=log,
+                          str(port), "--name", "lonely", "--kv-cache-bytes", str(64 << 20), "--max-model-len", "4096",
+                          "--metrics-port", str(metrics_port)], stdout=log,
                          stderr=subprocess.STDOUT, env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
     seen = []
     try:
@@ -225,6 +243,8 @@ def test_node_is_not_serving_until_its_engine_is_ready_and_stops_on_sigterm(mode
                     pass
                 time.sleep(0.1)
         assert seen == ["NOT_SERVING", "SERVING"], seen
+        body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        assert "preble_node_queue_depth" in body and "preble_node_ttft_seconds_bucket" in body
     finally:
         p.send_signal(signal.SIGTERM)
         rc = p.wait(60)
