@@ -331,6 +331,8 @@ class Router:
 
     def _admit(self, req: inference_pb2.GenerateRequest) -> tuple[str, list[int], GenParams]:
         rid = req.request_id or uuid.uuid4().hex
+        if not -9 <= req.priority <= 9:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"priority must be in [-9, 9], got {req.priority}")
         if len(rid) > MAX_REQUEST_ID_CHARS:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"request_id has {len(rid)} characters; the limit is {MAX_REQUEST_ID_CHARS}")
@@ -370,7 +372,7 @@ class Router:
             raise
         self._active.add(rid)
         self.metrics.outstanding.set(len(self._active))
-        run = _Run(rid, ids, params, t0)
+        run = _Run(rid, ids, params, t0, priority=req.priority)
         try:
             async for msg in self._drive(run):
                 yield msg
@@ -413,7 +415,8 @@ class Router:
     async def _submit(self, run: _Run, link: NodeLink, decision: Decision, prompt: list[int], remaining: int):
         plan = decision.plan
         predicted = predicted_cached(decision)
-        group = hit_group(min(1.0, plan.cached_tokens / len(prompt)))
+        # Preble's group by the plan's hit ratio, shifted by the client's priority.
+        group = min(9, max(0, hit_group(min(1.0, plan.cached_tokens / len(prompt))) + run.priority))
         sub = node_pb2.SubmitRequest(request_id=run.rid, prompt_token_ids=prompt,
                                      sampling=convert.params_to_pb(replace(run.params, max_tokens=remaining)),
                                      priority_group=group, expected_cached_tokens=convert.cached_to_pb(predicted))
@@ -485,6 +488,7 @@ class _Run:
     generated: list[int] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     first_token_at: float | None = None
+    priority: int = 0
     reroutes: int = 0
     finished: bool = False
 

@@ -176,6 +176,12 @@ def test_bench_drives_the_cluster_and_writes_the_sim_json_shape(cluster, tmp_pat
     assert run["policy"] == "e2_tiered"
 
 
+def test_router_calibrated_its_prefill_model_from_the_nodes_measurements(stubs):
+    _, admin = stubs
+    st = admin.ClusterStats(admin_pb2.ClusterStatsRequest())
+    assert st.cost_model.startswith("fitted"), st.cost_model
+
+
 def test_killed_node_is_marked_down_fast_and_no_request_is_lost(cluster, stubs):
     inference, admin = stubs
     victim = cluster.nodes[0]

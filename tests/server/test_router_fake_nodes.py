@@ -210,6 +210,31 @@ def test_index_follows_events_and_routes_to_the_holder():
     run(body())
 
 
+def test_priority_group_comes_from_the_plans_hit_ratio_shifted_by_priority():
+    async def body():
+        async with Harness() as h:
+            a = FakeNode("a")
+            await h.add_nodes(a)
+            document = doc(10, 320)
+            a.store(document)
+            await h.until(lambda: h.router.links[0].event_seq == 1)
+            await h.inference.GenerateOnce(ids_request(doc(11, 100)))  # cold: group 0
+            await h.inference.GenerateOnce(ids_request(document + doc(12, 32)))  # 320/352 cached: group 9
+            req = ids_request(doc(13, 100))
+            req.priority = 4
+            await h.inference.GenerateOnce(req)  # cold, shifted up 4
+            req = ids_request(document + doc(14, 32))
+            req.priority = -3
+            await h.inference.GenerateOnce(req)
+            assert [s.priority_group for s in a.submitted] == [0, 9, 4, 6]
+            bad = ids_request([1, 2])
+            bad.priority = 10
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                await h.inference.GenerateOnce(bad)
+            assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "priority" in ei.value.details()
+    run(body())
+
+
 def test_lost_event_batch_is_detected_and_resynchronised_by_snapshot():
     async def body():
         async with Harness() as h:
