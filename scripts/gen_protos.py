@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import os
 import re
 import shutil
 import sys
@@ -45,7 +46,19 @@ def generate(out: Path) -> None:
     (out / "__init__.py").write_text(HEADER)
 
 
+def _reexec_in_venv() -> None:
+    """Run under the project's .venv when this interpreter lacks grpc_tools (e.g. system python)."""
+    try:
+        import grpc_tools  # noqa: F401
+    except ImportError:
+        venv_py = ROOT / ".venv" / "bin" / "python"
+        if venv_py.exists() and Path(sys.prefix).resolve() != venv_py.parent.parent.resolve():
+            os.execv(str(venv_py), [str(venv_py), *sys.argv])
+        sys.exit("grpcio-tools is not installed: run `make install` (or pip install -e .[dev])")
+
+
 def main() -> int:
+    _reexec_in_venv()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="compare with the committed code; exit 1 if stale")
     args = ap.parse_args()
