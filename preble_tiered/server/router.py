@@ -203,6 +203,8 @@ class Router:
                 backoff = 0.2
                 call = link.events_call = link.stub.Events(node_pb2.EventsRequest(after_seq=snap.seq))
                 async for batch in call:
+                    if not link.alive:  # marked down by a failed submit or poll: batches still
+                        raise _StreamEnded()  # buffered must not resurrect its residency
                     follower.accept(batch.seq)
                     apply = self.scheduler.apply
                     for ev in batch.events:

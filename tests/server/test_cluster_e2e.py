@@ -215,7 +215,8 @@ def test_killed_node_is_marked_down_fast_and_no_request_is_lost(cluster, stubs):
     assert all(u.completion_tokens == 48 for u in results.values())
     rerouted = admin.ClusterStats(admin_pb2.ClusterStatsRequest()).requests_rerouted
     assert rerouted >= 1
-    assert list(admin.GetNodeResidency(admin_pb2.NodeResidencyRequest(node_id=0)).hashes) == []
+    victim_id = next(n.node_id for n in nodes(admin) if n.name == "node0")  # ids follow registration order
+    assert list(admin.GetNodeResidency(admin_pb2.NodeResidencyRequest(node_id=victim_id)).hashes) == []
 
 
 def test_stop_leaves_no_process_behind(cluster):

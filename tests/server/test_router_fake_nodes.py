@@ -37,6 +37,7 @@ class FakeNode(node_pb2_grpc.NodeServicer):
         self.batches: list[node_pb2.EventBatch] = []
         self.seq = 0
         self.snapshots = 0
+        self.fail_snapshots = False
         self.changed = asyncio.Event()
         self.server: grpc.aio.Server | None = None
         self.address = ""
@@ -92,6 +93,8 @@ class FakeNode(node_pb2_grpc.NodeServicer):
             await changed.wait()
 
     async def Snapshot(self, request, context):
+        if self.fail_snapshots:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted failure")
         self.snapshots += 1
         return convert.snapshot_to_pb(self.seq, [(Tier.HBM, h, p) for h, p in self.blocks.items()])
 
@@ -295,6 +298,11 @@ def test_dead_node_is_marked_down_and_its_request_continues_elsewhere():
             assert await h.residency(0) == []  # its residency was dropped
             st = await h.admin.ClusterStats(admin_pb2.ClusterStatsRequest())
             assert st.requests_rerouted == 1 and st.nodes_alive == 1
+            b.fail_snapshots = True
+            h.router.node_failed(h.router.links[1], "scripted")  # as if a submit to b failed...
+            b.store(doc(15, 64))  # ...while its stream still delivers a batch
+            await asyncio.sleep(0.3)
+            assert await h.residency(1) == []  # a down node's residency is not resurrected
     run(body())
 
 
