@@ -1,0 +1,336 @@
+"""DRAM and disk tiers: exact LRU order, pins, events, checksums, restarts, degraded mode."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from rocksdict import Options, Rdict
+
+from preble_tiered.events import AllBlocksCleared, BlockRemoved, BlockStored
+from preble_tiered.kvstore.disk import HEADER_SIZE, DiskTier, decode_value, encode_header
+from preble_tiered.kvstore.tiers import BlockKey, DramTier, StoredBlock, parents_first
+from preble_tiered.types import Tier
+
+NS = "m"
+
+
+def key(h: int, ns: str = NS) -> BlockKey:
+    return BlockKey(ns, h)
+
+
+def make_block(h: int, parent: int | None = None, size: int = 10, ns: str = NS) -> StoredBlock:
+    return StoredBlock(key(h, ns), parent, bytes([h % 256]) * size)
+
+
+def hashes_of(keys: list[BlockKey]) -> list[int]:
+    return [k.block_hash for k in keys]
+
+
+def disk_cap(n_blocks: int, size: int = 10) -> int:
+    return n_blocks * (HEADER_SIZE + size)
+
+
+# -- DRAM -------------------------------------------------------------------------------
+
+def test_dram_evicts_least_recently_used_in_exact_order():
+    t = DramTier(30)
+    for h in (1, 2, 3):
+        assert t.put(make_block(h)) == []
+    assert t.get(key(1)) is not None  # 1 becomes most recent
+    assert [b.key.block_hash for b in t.put(make_block(4))] == [2]
+    assert [b.key.block_hash for b in t.put(make_block(5))] == [3]
+    assert hashes_of(t.lru_order()) == [1, 4, 5]
+    big = t.put(make_block(6, size=20))  # needs two victims
+    assert [b.key.block_hash for b in big] == [1, 4]
+    assert hashes_of(t.lru_order()) == [5, 6]
+    assert t.used_bytes == 30
+    assert t.stats()["evictions"] == 4
+
+
+def test_dram_pinned_blocks_survive_and_full_pins_return_none():
+    t = DramTier(30)
+    for h in (1, 2, 3):
+        t.put(make_block(h))
+    assert t.pin(key(1)) is True
+    assert [b.key.block_hash for b in t.put(make_block(4))] == [2]
+    t.pin(key(3))
+    t.pin(key(4))
+    before = t.lru_order()
+    assert t.put(make_block(5)) is None  # nothing evictable: a return value, not an error
+    assert t.lru_order() == before and t.stats()["rejected"] == 1
+    t.unpin(key(1))
+    assert [b.key.block_hash for b in t.put(make_block(5))] == [1]
+
+
+def test_unpin_below_zero_raises_and_pin_of_absent_key_is_false():
+    t = DramTier(100)
+    t.put(make_block(1))
+    assert t.pin(key(2)) is False
+    t.pin(key(1))
+    t.pin(key(1))
+    t.unpin(key(1))
+    t.unpin(key(1))
+    with pytest.raises(RuntimeError):
+        t.unpin(key(1))
+    with pytest.raises(RuntimeError):
+        t.unpin(key(2))
+
+
+def test_put_larger_than_capacity_raises():
+    with pytest.raises(ValueError, match="exceeds"):
+        DramTier(10).put(make_block(1, size=11))
+
+
+def test_dram_get_returns_the_stored_buffer_without_copying():
+    t = DramTier(100)
+    data = bytes(range(10))
+    view = memoryview(bytearray(20))
+    t.put(StoredBlock(key(1), None, data))
+    t.put(StoredBlock(key(2), 1, view))
+    assert t.get(key(1)).data is data
+    assert t.get(key(2)).data is view
+    assert t.used_bytes == 30
+
+
+def test_put_of_a_held_key_only_refreshes_it():
+    t = DramTier(30)
+    first = make_block(1)
+    t.put(first)
+    t.put(make_block(2))
+    t.take_events()
+    assert t.put(make_block(1)) == []
+    assert hashes_of(t.lru_order()) == [2, 1]
+    assert t.get(key(1)) is first and t.take_events() == []
+
+
+def test_remove_refuses_pinned_and_reports_events():
+    t = DramTier(100)
+    t.put(make_block(1))
+    t.pin(key(1))
+    with pytest.raises(RuntimeError):
+        t.remove(key(1))
+    t.unpin(key(1))
+    assert t.remove(key(1)) is True and t.remove(key(1)) is False
+    assert t.take_events() == [BlockStored(0, Tier.DRAM, (1,), None), BlockRemoved(0, Tier.DRAM, (1,))]
+
+
+def test_events_coalesce_chains_and_drain_once():
+    t = DramTier(40)
+    for h, p in ((1, None), (2, 1), (3, 2), (9, None)):
+        t.put(make_block(h, p))
+    assert t.take_events() == [BlockStored(0, Tier.DRAM, (1, 2, 3), None), BlockStored(0, Tier.DRAM, (9,), None)]
+    assert t.take_events() == []
+    t.put(make_block(4, 3, size=20))  # evicts 1 and 2
+    assert t.take_events() == [BlockRemoved(0, Tier.DRAM, (1, 2)), BlockStored(0, Tier.DRAM, (4,), 3)]
+
+
+def test_keys_list_parents_before_children_whatever_the_lru_order():
+    t = DramTier(100)
+    for h, p in ((1, None), (2, 1), (3, 2), (7, 1)):
+        t.put(make_block(h, p))
+    t.get(key(1))
+    assert hashes_of(t.lru_order()) == [2, 3, 7, 1]
+    assert [(k.block_hash, p) for k, p in t.keys()] == [(1, None), (2, 1), (3, 2), (7, 1)]
+
+
+def test_parents_first_keeps_cycles_and_orphans():
+    items = [(key(2), 1), (key(1), 2), (key(5), 4), (key(4), None)]
+    assert [k.block_hash for k, _ in parents_first(items)] == [4, 5, 2, 1]
+
+
+def test_dram_stats_count_hits_and_misses():
+    t = DramTier(100)
+    t.put(make_block(1))
+    t.get(key(1))
+    t.get(key(2))
+    s = t.stats()
+    assert (s["hits"], s["misses"], s["bytes"], s["blocks"], s["capacity"]) == (1, 1, 10, 1, 100)
+
+
+# -- disk -------------------------------------------------------------------------------
+
+def test_disk_round_trip_keeps_data_and_parent(tmp_path):
+    t = DiskTier(tmp_path / "db", disk_cap(4), NS)
+    t.put(make_block(1))
+    t.put(make_block(2, 1))
+    got = t.get(key(2))
+    assert bytes(got.data) == make_block(2).data and got.parent == 1
+    assert t.get(key(3)) is None
+    assert t.used_bytes == disk_cap(2)
+    t.close()
+
+
+def test_disk_capacity_bound_and_lru_eviction(tmp_path):
+    t = DiskTier(tmp_path / "db", disk_cap(3), NS)
+    for h in (1, 2, 3):
+        t.put(make_block(h))
+    t.get(key(1))
+    evicted = t.put(make_block(4))
+    assert [(b.key.block_hash, b.data) for b in evicted] == [(2, b"")]  # last tier: data not read back
+    assert hashes_of(t.lru_order()) == [3, 1, 4]
+    assert t.used_bytes == disk_cap(3) <= t.capacity_bytes
+    assert t._db.get(t._data_key(key(2))) is None and t._db.get(t._meta_key(key(2))) is None
+    with pytest.raises(ValueError, match="exceeds"):
+        t.put(make_block(9, size=disk_cap(3)))
+    t.close()
+
+
+def test_disk_corrupt_block_is_dropped_counted_and_reported(tmp_path, caplog):
+    t = DiskTier(tmp_path / "db", disk_cap(4), NS)
+    t.put(make_block(1))
+    t.put(make_block(2, 1))
+    t.take_events()
+    dkey = t._data_key(key(2))
+    raw = bytearray(t._db.get(dkey))
+    raw[-1] ^= 0xFF
+    t._db.put(dkey, bytes(raw))
+    with caplog.at_level(logging.WARNING):
+        assert t.get(key(2)) is None
+    assert "checksum" in caplog.text
+    assert t.stats()["corrupt"] == 1 and not t.contains(key(2))
+    assert t.take_events() == [BlockRemoved(0, Tier.DISK, (2,))]
+    assert t._db.get(dkey) is None
+    assert t.get(key(1)) is not None
+    t.close()
+
+
+def test_disk_corruption_written_through_a_second_handle(tmp_path):
+    path = str(tmp_path / "db")
+    t = DiskTier(path, disk_cap(4), NS)
+    t.put(make_block(1))
+    dkey = t._data_key(key(1))
+    t.close()
+    db = Rdict(path, Options(raw_mode=True))
+    db.put(dkey, b"garbage")
+    db.close()
+    t = DiskTier(path, disk_cap(4), NS)
+    assert t.contains(key(1))  # only the metadata is scanned on open
+    assert t.get(key(1)) is None and t.stats()["corrupt"] == 1
+    assert t.take_events()[-1] == BlockRemoved(0, Tier.DISK, (1,))
+    t.close()
+
+
+def assert_parents_first(pairs):
+    seen: set[int] = set()
+    present = {k.block_hash for k, _ in pairs}
+    for k, parent in pairs:
+        assert parent is None or parent not in present or parent in seen
+        seen.add(k.block_hash)
+
+
+def test_disk_restart_comes_back_warm(tmp_path):
+    path = tmp_path / "db"
+    t = DiskTier(path, disk_cap(8), NS)
+    for h, p in ((1, None), (2, 1), (3, 2), (10, None)):
+        t.put(make_block(h, p))
+    before_data = {k: bytes(t.get(k).data) for k, _ in t.keys()}
+    before_keys = sorted(t.keys(), key=lambda kp: kp[0].block_hash)
+    t.close()
+    t.close()  # idempotent
+
+    t = DiskTier(path, disk_cap(8), NS)
+    assert t.take_events() == [
+        AllBlocksCleared(0, Tier.DISK),
+        BlockStored(0, Tier.DISK, (1, 2, 3), None),
+        BlockStored(0, Tier.DISK, (10,), None),
+    ]
+    assert sorted(t.keys(), key=lambda kp: kp[0].block_hash) == before_keys
+    assert_parents_first(t.keys())
+    assert hashes_of(t.lru_order()) == [10, 3, 2, 1]  # no use times survive: chain tails go first
+    assert {k: bytes(t.get(k).data) for k, _ in t.keys()} == before_data
+    assert t.used_bytes == disk_cap(4)
+    t.close()
+
+
+def test_disk_reopened_smaller_trims_to_capacity(tmp_path):
+    path = tmp_path / "db"
+    t = DiskTier(path, disk_cap(4), NS)
+    for h, p in ((1, None), (2, 1), (3, 2), (4, 3)):
+        t.put(make_block(h, p))
+    t.close()
+    t = DiskTier(path, disk_cap(2), NS)
+    assert [k.block_hash for k, _ in t.keys()] == [1, 2]
+    assert t.used_bytes == disk_cap(2)
+    t.close()
+    assert [k.block_hash for k, _ in DiskTier(path, disk_cap(4), NS).keys()] == [1, 2]
+
+
+class _FailingWrites:
+    """A db handle whose writes fail like a full disk; reads go to the real db."""
+
+    def __init__(self, db):
+        self._db = db
+
+    def write(self, *args, **kwargs):
+        raise Exception("IO error: No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+def test_disk_write_failure_degrades_without_raising(tmp_path, caplog):
+    t = DiskTier(tmp_path / "db", disk_cap(4), NS)
+    t.put(make_block(1))
+    real = t._db
+    t._db = _FailingWrites(real)
+    with caplog.at_level(logging.WARNING):
+        assert t.put(make_block(2)) is None
+        assert t.put(make_block(3)) is None
+    assert t.degraded and t.stats()["degraded"] == 1 and t.stats()["write_errors"] == 1
+    assert caplog.text.count("disabling disk writes") == 1
+    assert not t.contains(key(2)) and t.used_bytes == disk_cap(1)
+    assert bytes(t.get(key(1)).data) == make_block(1).data  # reads still work
+    t._db = real
+    t.close()
+
+
+def test_disk_namespaces_share_a_db_without_mixing(tmp_path):
+    path = tmp_path / "db"
+    a = DiskTier(path, disk_cap(4), "a")
+    a.put(make_block(1, ns="a"))
+    with pytest.raises(ValueError, match="namespace"):
+        a.put(make_block(2, ns="b"))
+    a.close()
+    b = DiskTier(path, disk_cap(4), "b")
+    assert b.keys() == []
+    b.put(make_block(2, ns="b"))
+    b.close()
+    a = DiskTier(path, disk_cap(4), "a")
+    assert a.keys() == [(key(1, "a"), None)]
+    a.close()
+    with pytest.raises(ValueError, match="x00"):
+        DiskTier(path, disk_cap(4), "bad\x00ns")
+
+
+def test_disk_use_after_close_raises(tmp_path):
+    t = DiskTier(tmp_path / "db", disk_cap(4), NS)
+    t.put(make_block(1))
+    t.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        t.get(key(1))
+
+
+def test_value_codec_rejects_truncation_and_foreign_keys():
+    data = b"kv-bytes"
+    header = encode_header(b"k1", 7, data)
+    assert len(header) == HEADER_SIZE
+    parent, view = decode_value(b"k1", header + data)
+    assert parent == 7 and bytes(view) == data
+    assert decode_value(b"k1", header + data[:-1]) is None
+    assert decode_value(b"k2", header + data) is None  # a value moved under another key
+    assert decode_value(b"k1", b"short") is None
+
+
+def test_disk_large_blocks_survive_restart(tmp_path):
+    path = tmp_path / "db"
+    size = 256 * 1024  # above the blob threshold: stored in RocksDB blob files
+    t = DiskTier(path, disk_cap(3, size), NS)
+    blocks = [make_block(h, h - 1 if h > 1 else None, size=size) for h in (1, 2, 3)]
+    for b in blocks:
+        t.put(b)
+    t.close()
+    t = DiskTier(path, disk_cap(3, size), NS)
+    assert [bytes(t.get(b.key).data) for b in blocks] == [b.data for b in blocks]
+    assert t.stats()["corrupt"] == 0
+    t.close()
