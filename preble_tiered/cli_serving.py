@@ -58,6 +58,12 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     nd.add_argument("--max-queue", type=positive_int, default=256,
                     help="requests waiting before RESOURCE_EXHAUSTED (default: 256)")
     nd.add_argument("--cpu-core", type=int, default=None, help="pin the engine's compute to this core")
+    nd.add_argument("--dram-bytes", type=positive_int, default=None,
+                    help="host-memory KV tier under the engine's cache, bytes (default: none)")
+    nd.add_argument("--disk-path", metavar="DIR", help="RocksDB directory of the disk KV tier (default: none)")
+    nd.add_argument("--disk-bytes", type=positive_int, default=None, help="disk KV tier budget, bytes")
+    nd.add_argument("--write-policy", choices=["write_back", "write_through"], default="write_back",
+                    help="write_back: DRAM, demoted to disk on DRAM eviction; write_through: DRAM and disk")
     nd.add_argument("--metrics-port", type=int, default=0)
 
     gn = sub.add_parser("generate", help="send one prompt to a cluster",
@@ -104,7 +110,14 @@ def cmd_node(args: argparse.Namespace) -> int:
     _logging()
     from preble_tiered.engine.vllm_engine import EngineConfig
 
-    ecfg = EngineConfig(model=args.model, block_size=args.block_size, kv_cache_bytes=args.kv_cache_bytes,
+    kv = None
+    if args.dram_bytes or args.disk_path:
+        from preble_tiered.kvstore.config import KVStoreConfig
+
+        kv = KVStoreConfig(dram_bytes=args.dram_bytes or (256 << 20), disk_path=args.disk_path,
+                           disk_bytes=args.disk_bytes or ((4 << 30) if args.disk_path else 0),
+                           write_policy=args.write_policy)
+    ecfg = EngineConfig(kv_store=kv, model=args.model, block_size=args.block_size, kv_cache_bytes=args.kv_cache_bytes,
                         max_num_seqs=args.max_num_seqs, cpu_core=args.cpu_core,
                         max_model_len=args.max_model_len)
     ncfg = NodeConfig(name=args.name or f"node-{args.port}", host=args.host, port=args.port, router=args.router,

@@ -43,8 +43,10 @@ class EngineOutput:
     finish_reason: str | None
     prompt_tokens: int
     num_cached_tokens: int
-    """vLLM's real `RequestOutput.num_cached_tokens`."""
+    """vLLM's real `RequestOutput.num_cached_tokens` (its own prefix cache plus connector loads)."""
     error: str | None = None
+    cached_by_tier: dict[str, int] | None = None
+    """On the final output: num_cached_tokens split into hbm/dram/disk/remote."""
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from preble_tiered.engine.api import (
@@ -55,6 +55,11 @@ from preble_tiered.engine.api import (
 from preble_tiered.events import ResidencyEvent
 from preble_tiered.hashing import BlockHasher
 from preble_tiered.engine.kv_events import KVEventSubscriber, KVEventTranslator
+from preble_tiered.kvstore import runtime as kv_runtime
+from preble_tiered.kvstore.config import KVStoreConfig, build_store
+from preble_tiered.kvstore.runtime import NodeKVRuntime
+from preble_tiered.scheduler.cost_model import engine_cost_model
+from preble_tiered.types import Tier
 from preble_tiered.scheduler.fair_queue import FairQueue
 
 __all__ = [
@@ -91,6 +96,8 @@ class EngineConfig:
     cpu_core: int | None = None
     """Core to pin vLLM's compute to (sets VLLM_CPU_OMP_THREADS_BIND); None: vLLM's choice."""
     seed: int = 0
+    kv_store: KVStoreConfig | None = None
+    """The node's DRAM/disk tiers under vLLM's cache (through our KV connector); None: none."""
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.block_size % 32:
@@ -180,6 +187,8 @@ class VLLMEngine:
         self._closed = False
         self._dead = False  # the step thread has exited: commands fail at once
         self._info: ModelInfo | None = None
+        self._kv: NodeKVRuntime | None = None  # DRAM/disk tiers behind our connector
+        self._store_id: str | None = None
         self._llm: Any = None
         self._translator: KVEventTranslator | None = None
         self._sub: KVEventSubscriber | None = None
@@ -206,11 +215,16 @@ class VLLMEngine:
         self._sub = KVEventSubscriber(self._topic, self._on_batch)
         self._sub.start()
         try:
+            self._open_store()
             self._llm = self._vllm["LLMEngine"].from_engine_args(self._engine_args())
             self._info = self._model_info()
+            if self._kv is not None:
+                self._kv.cost = engine_cost_model("engine", self._info.kv_bytes_per_token,
+                                                  self._info.kv_capacity_tokens)
             self._await_hello()
         except BaseException:
             self._close_engine()
+            self._close_store()
             self._sub.stop()
             raise
         self._ready = True
@@ -233,6 +247,7 @@ class VLLMEngine:
         thread = self._step_thread
         if thread is None:
             self._close_engine()
+            self._close_store()
             if self._sub is not None:
                 self._sub.stop()
             return
@@ -263,6 +278,7 @@ class VLLMEngine:
         if hasattr(envs, "disable_envs_cache"):
             envs.disable_envs_cache()  # an earlier engine froze the env; ours must be read
         from vllm.config.kv_events import KVEventsConfig
+        from vllm.config.kv_transfer import KVTransferConfig
         from vllm.distributed.kv_events import KVEventBatch
         from vllm.engine.arg_utils import EngineArgs
         from vllm.platforms import current_platform
@@ -271,9 +287,60 @@ class VLLMEngine:
 
         if envs.VLLM_ENABLE_V1_MULTIPROCESSING:
             raise RuntimeError("VLLM_ENABLE_V1_MULTIPROCESSING is still on; unset it")
-        self._vllm = dict(KVEventsConfig=KVEventsConfig, KVEventBatch=KVEventBatch,
+        self._vllm = dict(KVEventsConfig=KVEventsConfig, KVEventBatch=KVEventBatch, KVTransferConfig=KVTransferConfig,
                           EngineArgs=EngineArgs, LLMEngine=LLMEngine, SamplingParams=SamplingParams,
                           DELTA=RequestOutputKind.DELTA, is_cpu=current_platform.is_cpu())
+
+    def _open_store(self) -> None:
+        cfg = self.config.kv_store
+        if cfg is None:
+            return
+        store = build_store(replace(cfg, namespace=self.config.hash_namespace))
+        self._kv = NodeKVRuntime(store, self._hasher, engine_cost_model("engine", 8192, 1 << 16))
+        self._store_id = kv_runtime.register(self._kv)
+
+    def _close_store(self) -> None:
+        if self._kv is not None and self._store_id is not None:
+            kv_runtime.unregister(self._store_id)
+            with self._kv.lock:
+                self._kv.store.close()
+            self._store_id = None
+
+    def _publish_store_events(self) -> None:
+        """The DRAM/disk tiers' residency events, drained once per step, numbered with vLLM's."""
+        kv = self._kv
+        if kv is None:
+            return
+        with kv.lock:
+            events = kv.store.take_events()
+        if events:
+            with self._ev_lock:
+                self._seq += 1
+                try:
+                    self._on_events(self._seq, events)
+                except Exception:
+                    logger.exception("on_events callback failed for batch %d", self._seq)
+
+    def tier_snapshot(self) -> tuple[int, list[tuple[Tier, int, int | None]]]:
+        """Like `snapshot`, over every tier: [(tier, router hash, parent)]."""
+        with self._ev_lock:
+            seq, hbm = self.snapshot()
+            out = [(Tier.HBM, h, p) for h, p in hbm]
+            if self._kv is not None:
+                with self._kv.lock:
+                    out += [(e.tier, e.block_hash, e.parent) for e in self._kv.store.snapshot()]
+            return seq, out
+
+    @property
+    def kv_runtime(self) -> NodeKVRuntime | None:
+        """The DRAM/disk tiers behind the connector (take `kv_runtime.lock` to touch the store)."""
+        return self._kv
+
+    def kv_stats(self) -> dict[str, Any]:
+        if self._kv is None:
+            return {}
+        with self._kv.lock:
+            return {"store": self._kv.store.stats(), "connector": dict(self._kv.stats)}
 
     def _engine_args(self) -> Any:
         c, v = self.config, self._vllm
@@ -281,7 +348,14 @@ class VLLMEngine:
         events = v["KVEventsConfig"](enable_kv_cache_events=True, publisher="zmq",
                                      endpoint=self._sub.endpoint,
                                      topic=self._topic)
+        transfer = None
+        if self._kv is not None:
+            transfer = v["KVTransferConfig"](
+                kv_connector="PrebleTieredConnector", kv_connector_module_path="preble_tiered.kvstore.connector",
+                kv_role="kv_both", kv_connector_extra_config={"store_id": self._store_id},
+                kv_load_failure_policy="recompute")  # a block gone bad is recomputed, never fatal
         return v["EngineArgs"](
+            kv_transfer_config=transfer,
             model=c.model, block_size=c.block_size, kv_cache_memory_bytes=c.kv_cache_bytes,
             max_model_len=c.max_model_len, max_num_seqs=c.max_num_seqs,
             max_num_batched_tokens=c.max_num_batched_tokens, enable_prefix_caching=True,
@@ -487,7 +561,9 @@ class VLLMEngine:
                     outputs = self._llm.step()
                     self._steps += 1
                     self._dispatch(outputs)
+                    self._publish_store_events()
                 else:
+                    self._publish_store_events()
                     self._flush_idle_events()
                     self._wake.wait(_IDLE_WAIT_S)
                     self._wake.clear()
@@ -499,6 +575,7 @@ class VLLMEngine:
             self._ready = False
             self._fail_all(error)
             self._close_engine()
+            self._close_store()
             if self._sub is not None:
                 self._sub.stop()
 
@@ -579,11 +656,18 @@ class VLLMEngine:
         if o.finished and reason not in _FINISH_REASONS:
             error, reason = f"vLLM ended the request with finish reason {reason!r}", None
         t.num_cached_tokens = o.num_cached_tokens or 0
+        by_tier = None
+        if o.finished:
+            loaded = self._kv.take_loaded(o.request_id) if self._kv is not None else {}
+            dram, disk = loaded.get("dram", 0), loaded.get("disk", 0)
+            # vLLM's count includes every token the connector planned to load, loaded or not.
+            hbm = max(0, t.num_cached_tokens - loaded.get("planned", dram + disk))
+            by_tier = {"hbm": hbm, "dram": dram, "disk": disk, "remote": 0}
         return EngineOutput(
             request_id=o.request_id, new_token_ids=list(c.token_ids) if c else [],
             new_text=c.text if c else "", finished=bool(o.finished), finish_reason=reason,
             prompt_tokens=len(t.req.prompt_token_ids), num_cached_tokens=t.num_cached_tokens,
-            error=error,
+            error=error, cached_by_tier=by_tier,
         )
 
     def _measure(self, t: _Tracked, out: EngineOutput, now: float) -> None:

@@ -27,7 +27,6 @@ from preble_tiered.server import convert
 from preble_tiered.server.grpc_util import CHANNEL_OPTIONS, SERVER_OPTIONS, ServingHealth, bind, enable_reflection
 from preble_tiered.server.metrics import NodeMetrics, serve_metrics
 from preble_tiered.server.pb import node_pb2, node_pb2_grpc
-from preble_tiered.types import Tier
 
 logger = logging.getLogger(__name__)
 
@@ -221,11 +220,14 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
         m.requests.labels(out.finish_reason or "stop").inc()
         m.latency.observe(now - st.received_at)
         m.prompt_tokens.inc(prompt_tokens)
-        m.cached_tokens.labels("hbm").inc(out.num_cached_tokens)
+        cached = out.cached_by_tier or {"hbm": out.num_cached_tokens}
+        for tier, n in cached.items():
+            if n:
+                m.cached_tokens.labels(tier).inc(n)
         first = st.first_token_at or now
         return node_pb2.SubmitResponse(done=node_pb2.SubmitDone(
             finish_reason=out.finish_reason or "stop", prompt_tokens=prompt_tokens,
-            completion_tokens=st.tokens, cached_tokens=convert.cached_to_pb({"hbm": out.num_cached_tokens}),
+            completion_tokens=st.tokens, cached_tokens=convert.cached_to_pb(cached),
             ttft_ms=(first - st.received_at) * 1e3))
 
     async def Events(self, request: node_pb2.EventsRequest, context: grpc.aio.ServicerContext):
@@ -253,8 +255,8 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
     async def Snapshot(self, request, context):
         if not self.engine.ready:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"node {self.config.name} is not ready yet")
-        seq, blocks = await asyncio.to_thread(self.engine.snapshot)
-        return convert.snapshot_to_pb(seq, [(Tier.HBM, h, p) for h, p in blocks])
+        seq, blocks = await asyncio.to_thread(self.engine.tier_snapshot)
+        return convert.snapshot_to_pb(seq, blocks)
 
     async def Load(self, request, context):
         if not self.engine.ready:
