@@ -1,7 +1,7 @@
 """The vLLM KV connector (KV Connector V1) between the engine's cache and the node's store.
 
     scheduler role (per request, once):  get_num_new_matched_tokens -> blocks beyond vLLM's own
-        prefix hit that DRAM/disk hold, when loading beats recomputing (pinned until loaded)
+        prefix hit that DRAM/disk hold, when loading beats recomputing (pinned until the request ends)
     scheduler role (per step):           build_connector_meta -> loads: (engine block, hash);
         saves: prompt blocks that become fully computed in this step and the store lacks
     worker role (around the forward):    start_load_kv copies loads into every layer's cache;
@@ -65,6 +65,8 @@ class PrebleTieredConnector(KVConnectorBase_V1):
     # ------------------------------------------------------------------ scheduler role
     def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int) -> tuple[int, bool]:
         st = self._state(request)
+        if st.loads:  # asked again (the last plan was never allocated): drop its pins and counts
+            self._release(request.request_id, st)
         bs = self.block_size
         usable = (len(request.prompt_token_ids or ()) - 1) // bs  # vLLM computes at least one token
         start = num_computed_tokens // bs
@@ -81,7 +83,7 @@ class PrebleTieredConnector(KVConnectorBase_V1):
             if not run or not rt.worth_loading(run, num_computed_tokens):
                 return 0, False
             st.loads = [(start + i, st.hashes[start + i], t.name.lower()) for i, t in enumerate(run)]
-            for _, h, _ in st.loads:  # counted: nothing evicts them before the load
+            for _, h, _ in st.loads:  # counted pins, held until the request finishes: no eviction before the load
                 if rt.store.pin(rt.store.key(h)):
                     st.pinned.append(h)
             c = rt.loaded.setdefault(external_id(request.request_id), Counter())

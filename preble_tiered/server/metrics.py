@@ -7,17 +7,25 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
-class RouterMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+class _RequestMetrics:
+    """What router and node both count per request, under `preble_<role>_...` names."""
+
+    def __init__(self, role: str, registry: CollectorRegistry | None) -> None:
         r = self.registry = registry or CollectorRegistry()
-        self.requests = Counter("preble_router_requests", "Requests by outcome", ["status"], registry=r)
-        self.ttft = Histogram("preble_router_ttft_seconds", "Time to first token at the router",
+        self.requests = Counter(f"preble_{role}_requests", "Requests by outcome", ["status"], registry=r)
+        self.ttft = Histogram(f"preble_{role}_ttft_seconds", f"Time to first token at the {role}",
                               buckets=_LATENCY_BUCKETS, registry=r)
-        self.latency = Histogram("preble_router_latency_seconds", "Request latency at the router",
+        self.latency = Histogram(f"preble_{role}_latency_seconds", f"Request latency at the {role}",
                                  buckets=_LATENCY_BUCKETS, registry=r)
-        self.prompt_tokens = Counter("preble_router_prompt_tokens", "Prompt tokens served", registry=r)
-        self.cached_tokens = Counter("preble_router_cached_tokens", "Prompt tokens served from cache",
+        self.prompt_tokens = Counter(f"preble_{role}_prompt_tokens", "Prompt tokens served", registry=r)
+        self.cached_tokens = Counter(f"preble_{role}_cached_tokens", "Prompt tokens served from cache",
                                      ["tier"], registry=r)
+
+
+class RouterMetrics(_RequestMetrics):
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__("router", registry)
+        r = self.registry
         self.branches = Counter("preble_router_routing_decisions", "Routing decisions by branch",
                                 ["branch"], registry=r)
         self.decision = Histogram("preble_router_decision_seconds", "Time of one scheduling decision",
@@ -34,17 +42,10 @@ class RouterMetrics:
                                ["node"], registry=r)
 
 
-class NodeMetrics:
+class NodeMetrics(_RequestMetrics):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        r = self.registry = registry or CollectorRegistry()
-        self.requests = Counter("preble_node_requests", "Requests by outcome", ["status"], registry=r)
-        self.ttft = Histogram("preble_node_ttft_seconds", "Time to first token at the node",
-                              buckets=_LATENCY_BUCKETS, registry=r)
-        self.latency = Histogram("preble_node_latency_seconds", "Request latency at the node",
-                                 buckets=_LATENCY_BUCKETS, registry=r)
-        self.prompt_tokens = Counter("preble_node_prompt_tokens", "Prompt tokens served", registry=r)
-        self.cached_tokens = Counter("preble_node_cached_tokens", "Prompt tokens served from cache",
-                                     ["tier"], registry=r)
+        super().__init__("node", registry)
+        r = self.registry
         self.queue_depth = Gauge("preble_node_queue_depth", "Requests waiting for admission", registry=r)
         self.running = Gauge("preble_node_running", "Requests running in the engine", registry=r)
         self.kv_usage = Gauge("preble_node_kv_usage", "Share of the engine's KV cache in use", registry=r)

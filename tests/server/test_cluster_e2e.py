@@ -39,7 +39,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def model_dir():
     from preble_tiered.engine.tiny_model import ensure_tiny_model
 
     return str(ensure_tiny_model())

@@ -1,0 +1,40 @@
+"""The connector's scheduler-side bookkeeping with a real store and a stand-in request
+(no engine): pins and load counts stay exact when vLLM asks about a request again."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from preble_tiered.hashing import BlockHasher
+from preble_tiered.kvstore.base import BlockKey, StoredBlock
+from preble_tiered.kvstore.dram import DramTier
+from preble_tiered.kvstore.runtime import NodeKVRuntime
+from preble_tiered.kvstore.store import TieredStore
+from preble_tiered.scheduler.cost_model import engine_cost_model
+
+pytestmark = pytest.mark.slow  # imports vLLM
+
+
+def make_connector(rt):
+    from preble_tiered.kvstore.connector import PrebleTieredConnector
+
+    c = object.__new__(PrebleTieredConnector)  # the scheduler-side state only; no VllmConfig
+    c.rt, c.block_size, c._reqs, c._caches, c._load_errors = rt, 32, {}, [], set()
+    return c
+
+
+def test_asking_again_does_not_double_pin_or_double_count():
+    hasher = BlockHasher(32)
+    rt = NodeKVRuntime(TieredStore(DramTier(1 << 20)), hasher, engine_cost_model("t", 64, 4096))
+    prompt = list(range(4, 4 + 200))
+    hashes = hasher(prompt)
+    for i, h in enumerate(hashes):
+        rt.store.put(StoredBlock(BlockKey("", h), hashes[i - 1] if i else None, b"x" * 64))
+    conn = make_connector(rt)
+    req = SimpleNamespace(request_id="q-abcdefgh", prompt_token_ids=prompt)
+    assert conn.get_num_new_matched_tokens(req, 0) == (6 * 32, False)
+    assert conn.get_num_new_matched_tokens(req, 0) == (6 * 32, False)  # not allocated: asked again
+    assert [rt.store.dram.pin_count(BlockKey("", h)) for h in hashes] == [1] * 6
+    assert rt.loaded["q"]["planned"] == 6 * 32 and rt.loaded["q"]["dram"] == 6 * 32
+    conn.request_finished(req, [])
+    assert [rt.store.dram.pin_count(BlockKey("", h)) for h in hashes] == [0] * 6
