@@ -659,10 +659,10 @@ class VLLMEngine:
         by_tier = None
         if o.finished:
             loaded = self._kv.take_loaded(o.request_id) if self._kv is not None else {}
-            dram, disk = loaded.get("dram", 0), loaded.get("disk", 0)
+            dram, disk, remote = loaded.get("dram", 0), loaded.get("disk", 0), loaded.get("remote", 0)
             # vLLM's count includes every token the connector planned to load, loaded or not.
-            hbm = max(0, t.num_cached_tokens - loaded.get("planned", dram + disk))
-            by_tier = {"hbm": hbm, "dram": dram, "disk": disk, "remote": 0}
+            hbm = max(0, t.num_cached_tokens - loaded.get("planned", dram + disk + remote))
+            by_tier = {"hbm": hbm, "dram": dram, "disk": disk, "remote": remote}
         return EngineOutput(
             request_id=o.request_id, new_token_ids=list(c.token_ids) if c else [],
             new_text=c.text if c else "", finished=bool(o.finished), finish_reason=reason,

@@ -16,6 +16,7 @@ order. A load whose block vanished from the store is reported through
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,13 +83,16 @@ class PrebleTieredConnector(KVConnectorBase_V1):
                 run.append(t)
             if not run or not rt.worth_loading(run, num_computed_tokens):
                 return 0, False
-            st.loads = [(start + i, st.hashes[start + i], t.name.lower()) for i, t in enumerate(run)]
+            ext = external_id(request.request_id)
+            pulled = rt.pulled.get(ext, ())  # blocks the agent pulled from another node for it
+            st.loads = [(start + i, st.hashes[start + i], "remote" if st.hashes[start + i] in pulled
+                         else t.name.lower()) for i, t in enumerate(run)]
             for _, h, _ in st.loads:  # counted pins, held until the request finishes: no eviction before the load
                 if rt.store.pin(rt.store.key(h)):
                     st.pinned.append(h)
-            c = rt.loaded.setdefault(external_id(request.request_id), Counter())
-            for t in run:
-                c[t.name.lower()] += bs
+            c = rt.loaded.setdefault(ext, Counter())
+            for _, _, tier in st.loads:
+                c[tier] += bs
             c["planned"] += len(run) * bs  # vLLM counts these as cached even if a load fails
         return len(run) * bs, False
 
@@ -177,8 +181,11 @@ class PrebleTieredConnector(KVConnectorBase_V1):
             return
         rt = self.rt
         failed: set[str] = set()  # requests with a failed block: vLLM recomputes from there on
+        moved: Counter[str] = Counter()  # bytes per source tier, for the meter
+        took: Counter[str] = Counter()  # seconds per source tier
         for block_id, h, rid, tier in meta.loads:
             got = None
+            t0 = time.perf_counter()
             if rid not in failed:
                 with rt.lock:
                     got = rt.store.get(rt.store.key(h))
@@ -192,7 +199,14 @@ class PrebleTieredConnector(KVConnectorBase_V1):
                         c[tier] -= self.block_size
                 continue
             self._write_block(block_id, got[0].data)
-            rt.stats[f"loaded_{got[1].name.lower()}"] += 1
+            src = got[1].name.lower()
+            rt.stats[f"loaded_{src}"] += 1
+            moved[src] += got[0].nbytes
+            took[src] += time.perf_counter() - t0
+        for src, nbytes in moved.items():
+            rt.meter.observe(src, nbytes, took[src])
+        if moved:
+            rt.refresh_links()
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         return

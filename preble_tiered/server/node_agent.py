@@ -3,6 +3,8 @@
     router --Submit--> agent --EngineRequest--> VLLMEngine (own thread; fair admission)
     router <-chunks--- agent <--EngineOutput--- (engine thread, via call_soon_threadsafe)
     router <-Events--- agent <--(seq, events)-- (KV-event thread: vLLM ZMQ -> router hashes)
+    peer   <-Pull----- agent (Transfer service: this node's DRAM/disk blocks for other nodes)
+    agent  --Pull----> peer  (a Submit carrying a PullPlan: pull first, then run)
 
 Everything the engine calls back with is handed to the asyncio loop, which alone touches
 the agent's state. Residency batches are kept in a bounded ring so a reconnecting router can
@@ -26,13 +28,18 @@ from preble_tiered.events import ResidencyEvent
 from preble_tiered.server import convert
 from preble_tiered.server.grpc_util import CHANNEL_OPTIONS, SERVER_OPTIONS, ServingHealth, bind, enable_reflection
 from preble_tiered.server.metrics import NodeMetrics, serve_metrics
-from preble_tiered.server.pb import node_pb2, node_pb2_grpc
+from preble_tiered.server.pb import node_pb2, node_pb2_grpc, transfer_pb2_grpc
+from preble_tiered.transfer.puller import pull_blocks
+from preble_tiered.transfer.service import TransferService
 
 logger = logging.getLogger(__name__)
 
 FAULT_DROP_EVENT_SEQ = "PREBLE_FAULT_DROP_EVENT_SEQ"
 """Test-only fault injection: the agent never publishes the event batch with this sequence
 number, as if it were lost on the wire (the router must detect the gap and resynchronise)."""
+FAULT_DIE_AFTER_PIECES = "PREBLE_FAULT_DIE_AFTER_PIECES"
+"""Test-only fault injection: the process exits abruptly (exit code 3, no cleanup) after
+sending this many pieces of a pull to another node: a node dying mid-transfer."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,10 @@ class NodeConfig:
     """Residency batches kept for resuming routers."""
     register_interval_s: float = 2.0
     metrics_port: int = 0
+    pull_timeout_s: float = 10.0
+    """A pull from another node taking longer is cut off; the rest is recomputed."""
+    pull_window: int = 8
+    """Pieces a peer may send ahead of our credits (each at most 1 MiB)."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -91,6 +102,10 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
         self._server: grpc.aio.Server | None = None
         self._health: ServingHealth | None = None
         self._tasks: list[asyncio.Task] = []
+        self._peers: dict[str, grpc.aio.Channel] = {}  # pull sources, by address
+        die_after = int(os.environ.get(FAULT_DIE_AFTER_PIECES, "0") or 0)
+        self.transfer = TransferService(lambda: self.engine.kv_runtime,
+                                        _die_after(die_after) if die_after > 0 else None)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> int:
@@ -99,8 +114,9 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
         self._ring.changed = asyncio.Event()
         server = self._server = grpc.aio.server(options=SERVER_OPTIONS)
         node_pb2_grpc.add_NodeServicer_to_server(self, server)
-        self._health = ServingHealth(server, ["preble.v1.Node"])
-        enable_reflection(server, ["preble.v1.Node"])
+        transfer_pb2_grpc.add_TransferServicer_to_server(self.transfer, server)
+        self._health = ServingHealth(server, ["preble.v1.Node", "preble.v1.Transfer"])
+        enable_reflection(server, ["preble.v1.Node", "preble.v1.Transfer"])
         port = bind(server, self.config.host, self.config.port)
         self.address = f"{self.config.host}:{port}"
         await server.start()
@@ -123,6 +139,8 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
             await self._health.set(False)
         if self._server is not None:
             await self._server.stop(grace_s)
+        for ch in self._peers.values():
+            await ch.close()
         await asyncio.to_thread(self.engine.shutdown)
 
     async def wait(self) -> None:
@@ -180,7 +198,10 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
                                 f"{self.config.max_queue}); retry later or add nodes")
         st = self._streams[rid] = _Stream(asyncio.Queue(), time.monotonic())
         self._queued += 1
+        rt = self.engine.kv_runtime
         try:
+            if request.HasField("pull") and request.pull.hashes and rt is not None:
+                await self._pull(rid, request.pull, rt)
             self.engine.add(EngineRequest(rid, ids, params, min(9, request.priority_group)))
             async for msg in self._relay(rid, st, len(ids)):
                 yield msg
@@ -190,9 +211,35 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
             if st.first_token_at is None:
                 self._queued -= 1
             self._streams.pop(rid, None)
+            if rt is not None:
+                rt.release_pulled(rid)
             if not st.done:
                 self.engine.abort(rid)  # the router went away or the call was cancelled
                 self.metrics.requests.labels("cancelled").inc()
+
+    async def _pull(self, rid: str, plan: node_pb2.PullPlan, rt) -> None:
+        """Pull the plan's blocks this node lacks into DRAM (pinned for `rid`). Never raises
+        for a failed pull: whatever did not arrive is recomputed."""
+        want = rt.missing(list(plan.hashes))
+        if not want or plan.source_address == self.address:
+            return
+        ch = self._peers.get(plan.source_address)
+        if ch is None:
+            ch = self._peers[plan.source_address] = grpc.aio.insecure_channel(plan.source_address,
+                                                                             options=CHANNEL_OPTIONS)
+
+        async def sink(block) -> bool:
+            return await asyncio.to_thread(rt.store_pulled, rid, block)
+
+        res = await pull_blocks(ch, rt.namespace, want, sink, window=self.config.pull_window,
+                                timeout_s=self.config.pull_timeout_s)
+        rt.meter.observe(f"net:{plan.source_address}", res.bytes, res.seconds)
+        self.metrics.pulled_bytes.inc(res.bytes)
+        result = "complete" if res.complete else ("partial" if res.stored else "failed")
+        self.metrics.pulls.labels(result).inc()
+        if not res.complete:
+            logger.warning("request %s: pulled %d of %d blocks from %s (%s); recomputing the rest", rid,
+                           len(res.stored), len(want), plan.source_name or plan.source_address, res.error)
 
     async def _relay(self, rid: str, st: _Stream, prompt_tokens: int):
         while True:
@@ -267,6 +314,10 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
                                   event_seq=self._ring.last_seq)
         for e, c, t in self.engine.take_prefill_samples():
             rep.prefill_samples.add(new_tokens=e, context_tokens=c, seconds=t)
+        rt = self.engine.kv_runtime
+        if rt is not None:
+            for link, r in sorted(rt.meter.rates().items()):
+                rep.link_rates.add(link=link, bytes_per_s=r.bytes_per_s, samples=r.samples)
         return rep
 
     async def Info(self, request, context):
@@ -310,6 +361,14 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
 
 class _EngineError(Exception):
     pass
+
+
+def _die_after(pieces: int):
+    async def hook(sent: int) -> None:
+        if sent >= pieces:
+            logger.error("fault injection: dying after sending %d pieces of a pull", sent)
+            os._exit(3)
+    return hook
 
 
 async def serve_node(config: NodeConfig, engine_config) -> None:

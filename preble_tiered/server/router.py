@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 import time
 import uuid
 from collections import Counter
@@ -28,7 +29,7 @@ from preble_tiered.hashing import BlockHasher
 from preble_tiered.scheduler.calibration import PrefillCalibrator
 from preble_tiered.scheduler.clock import Clock, MonotonicClock
 from preble_tiered.scheduler.core import Scheduler, SchedulerConfig, predicted_cached
-from preble_tiered.scheduler.cost_model import engine_cost_model
+from preble_tiered.scheduler.cost_model import Link, engine_cost_model
 from preble_tiered.scheduler.fair_queue import hit_group
 from preble_tiered.scheduler.policy import PolicyConfig
 from preble_tiered.scheduler.types import Decision, RouteRequest
@@ -96,6 +97,7 @@ class NodeLink:
     last_load_ok: float = 0.0
     behind_seq: int = 0  # a load report's event_seq we had not reached (seen once)
     events_call: object | None = None  # the live Events call (cancelled to force a resync)
+    rates: dict[str, float] = field(default_factory=dict)  # measured link bandwidths (bytes/s)
     resync_requested: bool = False
     tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -281,6 +283,7 @@ class Router:
                 self.metrics.inflight.labels(link.name).set(ns.n_inflight)
                 self._check_behind(link, rep.event_seq)
                 self._calibrate(rep)
+                self._update_links(link, rep)
             except (grpc.aio.AioRpcError, _NotReady) as e:
                 if link.alive and time.monotonic() - link.last_load_ok >= self.config.down_after_s:
                     why = "engine not ready" if isinstance(e, _NotReady) else f"load polls failing ({e.code().name})"
@@ -299,6 +302,31 @@ class Router:
                 link.events_call.cancel()
         else:
             link.behind_seq = node_seq
+
+    def _update_links(self, link: NodeLink, rep: node_pb2.LoadReport) -> None:
+        """Feed the nodes' measured bandwidths into the cost model: per kind ("dram", "disk",
+        "net"), the median over every node's (and, for net, every peer link's) EWMA. The
+        scheduler prices one link per kind, so per-link rates only shape that median."""
+        if not rep.link_rates:
+            return
+        link.rates = {r.link: r.bytes_per_s for r in rep.link_rates if r.bytes_per_s > 0}
+        by_kind: dict[str, list[float]] = {}
+        for lk in self.links.values():
+            for name, bps in lk.rates.items():
+                by_kind.setdefault(name.split(":", 1)[0], []).append(bps)
+        cost = self.scheduler.cluster.cost
+        links = cost.links
+        for kind, vals in by_kind.items():
+            old = getattr(links, kind, None)
+            if old is None:
+                continue
+            new = statistics.median(vals)
+            if abs(new - old.bandwidth) > 0.1 * old.bandwidth:  # skip noise-level updates
+                links = replace(links, **{kind: Link(new, old.latency_s)})
+        if links != cost.links:
+            self.scheduler.update_cost(cost.with_links(links))
+            logger.info("link bandwidths now dram %.2f GB/s, disk %.2f GB/s, net %.2f GB/s",
+                        links.dram.bandwidth / 1e9, links.disk.bandwidth / 1e9, links.net.bandwidth / 1e9)
 
     def _calibrate(self, rep: node_pb2.LoadReport) -> None:
         for s in rep.prefill_samples:
@@ -354,10 +382,10 @@ class Router:
             raise RequestError(grpc.StatusCode.ALREADY_EXISTS, f"request_id {rid!r} is already in flight")
         return rid, ids, params
 
-    def _schedule(self, rid: str, prompt: list[int], max_tokens: int) -> Decision:
+    def _schedule(self, rid: str, prompt: list[int], hashes: list[int], max_tokens: int) -> Decision:
         t = time.perf_counter()
         try:
-            d = self.scheduler.schedule(RouteRequest(rid, self.hasher(prompt), len(prompt), max_tokens))
+            d = self.scheduler.schedule(RouteRequest(rid, hashes, len(prompt), max_tokens))
         except RuntimeError as e:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, f"no node can take the request: {e}") from None
         self.metrics.decision.observe(time.perf_counter() - t)
@@ -392,10 +420,11 @@ class Router:
         while True:
             remaining = run.params.max_tokens - len(run.generated)
             prompt = run.ids + run.generated
-            decision = self._schedule(run.rid, prompt, remaining)
+            hashes = self.hasher(prompt)
+            decision = self._schedule(run.rid, prompt, hashes, remaining)
             link = self.links[decision.node]
             try:
-                async for msg in self._submit(run, link, decision, prompt, remaining):
+                async for msg in self._submit(run, link, decision, prompt, hashes, remaining):
                     yield msg
                 return
             except grpc.aio.AioRpcError as e:
@@ -414,14 +443,28 @@ class Router:
                 logger.info("re-routing %s after node %s failed (%d tokens already streamed)", run.rid,
                             link.name, len(run.generated))
 
-    async def _submit(self, run: _Run, link: NodeLink, decision: Decision, prompt: list[int], remaining: int):
+    def pull_plan(self, decision: Decision, hashes: list[int]) -> node_pb2.PullPlan | None:
+        """The plan's "pull these blocks from node m" for the chosen node, if it has one and m
+        is alive (a dead source would only cost the node a failed call)."""
+        plan = decision.plan
+        if plan.pull_from is None or plan.pull_blocks <= 0:
+            return None
+        src = self.links.get(plan.pull_from)
+        if src is None or not src.alive:
+            return None
+        blocks = hashes[plan.local_blocks:plan.local_blocks + plan.pull_blocks]
+        return node_pb2.PullPlan(source_address=src.address, source_name=src.name, hashes=blocks)
+
+    async def _submit(self, run: _Run, link: NodeLink, decision: Decision, prompt: list[int], hashes: list[int],
+                      remaining: int):
         plan = decision.plan
         predicted = predicted_cached(decision)
         # Preble's group by the plan's hit ratio, shifted by the client's priority.
         group = min(9, max(0, hit_group(min(1.0, plan.cached_tokens / len(prompt))) + run.priority))
         sub = node_pb2.SubmitRequest(request_id=run.rid, prompt_token_ids=prompt,
                                      sampling=convert.params_to_pb(replace(run.params, max_tokens=remaining)),
-                                     priority_group=group, expected_cached_tokens=convert.cached_to_pb(predicted))
+                                     priority_group=group, expected_cached_tokens=convert.cached_to_pb(predicted),
+                                     pull=self.pull_plan(decision, hashes))
         link.requests_total += 1
         call = link.stub.Submit(sub)
         try:

@@ -8,18 +8,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("request_id", "prompt_token_ids", "sampling", "priority_group", "expected_cached_tokens")
+    __slots__ = ("request_id", "prompt_token_ids", "sampling", "priority_group", "expected_cached_tokens", "pull")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_GROUP_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PULL_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     sampling: _common_pb2.SamplingParams
     priority_group: int
     expected_cached_tokens: _common_pb2.CachedTokens
-    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., priority_group: _Optional[int] = ..., expected_cached_tokens: _Optional[_Union[_common_pb2.CachedTokens, _Mapping]] = ...) -> None: ...
+    pull: PullPlan
+    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., priority_group: _Optional[int] = ..., expected_cached_tokens: _Optional[_Union[_common_pb2.CachedTokens, _Mapping]] = ..., pull: _Optional[_Union[PullPlan, _Mapping]] = ...) -> None: ...
+
+class PullPlan(_message.Message):
+    __slots__ = ("source_address", "source_name", "hashes")
+    SOURCE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_NAME_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    source_address: str
+    source_name: str
+    hashes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, source_address: _Optional[str] = ..., source_name: _Optional[str] = ..., hashes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TokenChunk(_message.Message):
     __slots__ = ("token_ids", "text")
@@ -124,7 +136,7 @@ class PrefillSample(_message.Message):
     def __init__(self, new_tokens: _Optional[int] = ..., context_tokens: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("ready", "running", "waiting", "kv_usage", "kv_used_tokens", "tpot_ms", "prefill_samples", "event_seq")
+    __slots__ = ("ready", "running", "waiting", "kv_usage", "kv_used_tokens", "tpot_ms", "prefill_samples", "event_seq", "link_rates")
     READY_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +145,7 @@ class LoadReport(_message.Message):
     TPOT_MS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     EVENT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LINK_RATES_FIELD_NUMBER: _ClassVar[int]
     ready: bool
     running: int
     waiting: int
@@ -141,7 +154,18 @@ class LoadReport(_message.Message):
     tpot_ms: float
     prefill_samples: _containers.RepeatedCompositeFieldContainer[PrefillSample]
     event_seq: int
-    def __init__(self, ready: _Optional[bool] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_usage: _Optional[float] = ..., kv_used_tokens: _Optional[int] = ..., tpot_ms: _Optional[float] = ..., prefill_samples: _Optional[_Iterable[_Union[PrefillSample, _Mapping]]] = ..., event_seq: _Optional[int] = ...) -> None: ...
+    link_rates: _containers.RepeatedCompositeFieldContainer[LinkRate]
+    def __init__(self, ready: _Optional[bool] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_usage: _Optional[float] = ..., kv_used_tokens: _Optional[int] = ..., tpot_ms: _Optional[float] = ..., prefill_samples: _Optional[_Iterable[_Union[PrefillSample, _Mapping]]] = ..., event_seq: _Optional[int] = ..., link_rates: _Optional[_Iterable[_Union[LinkRate, _Mapping]]] = ...) -> None: ...
+
+class LinkRate(_message.Message):
+    __slots__ = ("link", "bytes_per_s", "samples")
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    link: str
+    bytes_per_s: float
+    samples: int
+    def __init__(self, link: _Optional[str] = ..., bytes_per_s: _Optional[float] = ..., samples: _Optional[int] = ...) -> None: ...
 
 class NodeInfoRequest(_message.Message):
     __slots__ = ()

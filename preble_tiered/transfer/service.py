@@ -1,0 +1,105 @@
+"""The sending side of a pull: `preble.v1.Transfer` over a node's stored blocks.
+
+Per call: validate the `PullOpen`, then for each requested block read it from the source
+(in a worker thread: a disk read blocks), split it into pieces and send each piece only
+while credits remain, waiting for the receiver's `Credit` messages otherwise. So at most
+`window` pieces are ever in flight and one block is held in memory per call. A block the
+source no longer holds ends the call early with `PullEnd.missing` (the receiver recomputes
+the rest). Cancellation by the receiver stops the loop at its next await.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import grpc
+
+from preble_tiered.server.pb import transfer_pb2, transfer_pb2_grpc
+from preble_tiered.transfer.framing import DEFAULT_PIECE_BYTES, MAX_PIECE_BYTES, MIN_PIECE_BYTES, split
+
+logger = logging.getLogger(__name__)
+
+MAX_PULL_BLOCKS = 65536
+MAX_WINDOW = 64
+
+
+class BlockSource(Protocol):
+    namespace: str
+
+    def read_block(self, block_hash: int) -> tuple[int | None, bytes | memoryview] | None:
+        """(parent, data) of a held block, else None. May block (disk); called off the loop."""
+        ...
+
+
+class TransferService(transfer_pb2_grpc.TransferServicer):
+    """Args:
+        source: returns the node's block source, or None while it has none (no KV store yet).
+        after_piece: test hook, awaited with the number of pieces sent so far (fault injection).
+    """
+
+    def __init__(self, source: Callable[[], BlockSource | None],
+                 after_piece: Callable[[int], Awaitable[None]] | None = None) -> None:
+        self._source = source
+        self._after_piece = after_piece
+        self.stats: Counter[str] = Counter()
+
+    async def Pull(self, request_iterator, context: grpc.aio.ServicerContext):
+        it = request_iterator.__aiter__()
+        first = await anext(it, None)
+        if first is None or first.WhichOneof("kind") != "open":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a Pull starts with a PullOpen message")
+        op = first.open
+        src = self._source()
+        if src is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node has no KV store to pull from")
+        if op.namespace != src.namespace:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"namespace {op.namespace!r} is not this node's {src.namespace!r} (another model)")
+        if not 0 < len(op.hashes) <= MAX_PULL_BLOCKS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"ask for 1 to {MAX_PULL_BLOCKS} blocks, not {len(op.hashes)}")
+        if not 0 < op.window <= MAX_WINDOW:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"window must be in [1, {MAX_WINDOW}], got {op.window}")
+        piece_max = op.max_piece_bytes or DEFAULT_PIECE_BYTES
+        if not MIN_PIECE_BYTES <= piece_max <= MAX_PIECE_BYTES:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"max_piece_bytes must be in [{MIN_PIECE_BYTES}, {MAX_PIECE_BYTES}], got {piece_max}")
+        self.stats["calls"] += 1
+        credits, sent_pieces, sent_blocks = op.window, 0, 0
+        try:
+            for h in op.hashes:
+                got = await asyncio.to_thread(src.read_block, h)
+                if got is None:
+                    self.stats["missing"] += 1
+                    yield transfer_pb2.PullServerMessage(end=transfer_pb2.PullEnd(
+                        blocks_sent=sent_blocks, missing=f"block {h:016x} is not held here"))
+                    return
+                parent, data = got
+                for p in split(h, parent, data, piece_max):
+                    while credits <= 0:
+                        msg = await anext(it, None)
+                        if msg is None:  # the receiver half-closed without granting more
+                            self.stats["abandoned"] += 1
+                            return
+                        if msg.WhichOneof("kind") == "credit":
+                            credits += msg.credit.pieces
+                    credits -= 1
+                    piece = transfer_pb2.BlockPiece(hash=h, total_bytes=p.total_bytes, offset=p.offset,
+                                                    data=p.data, checksum=p.checksum)
+                    if p.offset == 0 and parent is not None:
+                        piece.parent = parent
+                    yield transfer_pb2.PullServerMessage(piece=piece)
+                    sent_pieces += 1
+                    self.stats["bytes"] += len(p.data)
+                    if self._after_piece is not None:
+                        await self._after_piece(sent_pieces)
+                sent_blocks += 1
+            self.stats["blocks"] += sent_blocks
+            yield transfer_pb2.PullServerMessage(end=transfer_pb2.PullEnd(blocks_sent=sent_blocks))
+        except asyncio.CancelledError:
+            self.stats["cancelled"] += 1
+            raise
