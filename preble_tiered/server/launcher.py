@@ -37,6 +37,11 @@ class ClusterSpec:
     kv_cache_bytes: int = 256 << 20
     max_num_seqs: int = 16
     max_model_len: int | None = None
+    dram_bytes: int | None = None
+    """Each node's DRAM KV tier in bytes (None: no tier below the engine's cache)."""
+    disk_dir: str | None = None
+    """Parent directory of the nodes' disk tiers (node i uses DIR/node{i}); None: no disk tier."""
+    disk_bytes: int | None = None
     log_dir: str | None = None
     node_env: dict[str, str] = field(default_factory=dict)
     router_args: tuple[str, ...] = ()
@@ -88,6 +93,12 @@ class LocalCluster:
                     str(s.kv_cache_bytes), "--max-num-seqs", str(s.max_num_seqs), "--cpu-core", str(i % ncpu)]
             if s.max_model_len:
                 args += ["--max-model-len", str(s.max_model_len)]
+            if s.dram_bytes:
+                args += ["--dram-bytes", str(s.dram_bytes)]
+            if s.disk_dir:
+                args += ["--disk-path", str(Path(s.disk_dir) / f"node{i}")]
+                if s.disk_bytes:
+                    args += ["--disk-bytes", str(s.disk_bytes)]
             self.nodes.append(self._spawn(f"node{i}", args, s.node_env))
         progress(f"starting {s.nodes} node(s); logs in {self.log_dir}")
         self.wait_nodes(s.nodes, progress)

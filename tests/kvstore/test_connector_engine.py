@@ -107,6 +107,60 @@ def test_tiers_report_residency_with_the_routers_hashes(runner, baseline):
     assert {(Tier.DISK, h) for h in hashes} <= {(t, h) for t, h, _ in snap}
 
 
+def test_prefix_pulled_from_another_node_is_loaded_as_remote(runner, baseline):
+    """The fifth case: the prefix exists only on another node, is pulled over gRPC into this
+    node's DRAM (pinned for the request) and loaded from there."""
+    import asyncio
+
+    import grpc
+
+    from preble_tiered.kvstore.config import KVStoreConfig, build_store
+    from preble_tiered.kvstore.runtime import NodeKVRuntime
+    from preble_tiered.server.pb import transfer_pb2_grpc
+    from preble_tiered.transfer.puller import pull_blocks
+    from preble_tiered.transfer.service import TransferService
+
+    rt = runner.engine.kv_runtime
+    hashes = BlockHasher(32)(PROMPT)[: FULL // 32]
+    other = NodeKVRuntime(build_store(KVStoreConfig(dram_bytes=64 << 20, namespace=rt.namespace)), rt.hasher, rt.cost)
+    with rt.lock:  # "another node" holds the prefix: a copy of this node's blocks
+        for h in hashes:
+            block, _ = rt.store.get(rt.store.key(h))
+            other.store.put(block)
+        for h in hashes:  # ... and this node forgets it everywhere
+            for tier in rt.store.tiers:
+                if tier.contains(rt.store.key(h)):
+                    tier.remove(rt.store.key(h))
+    runner.evict_hbm()
+    rid = f"r{runner.n + 1}"  # the id runner.run() gives the next request
+
+    async def pull():
+        server = grpc.aio.server()
+        transfer_pb2_grpc.add_TransferServicer_to_server(TransferService(lambda: other), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                async def sink(block):
+                    return rt.store_pulled(rid, block)
+                return await pull_blocks(ch, rt.namespace, hashes, sink)
+        finally:
+            await server.stop(0)
+
+    res = asyncio.run(pull())
+    assert res.complete and res.stored == hashes
+    try:
+        tokens, cached = runner.run()
+    finally:
+        rt.release_pulled(rid)
+    assert tokens == baseline
+    assert cached == {"hbm": 0, "dram": 0, "disk": 0, "remote": FULL}
+    assert rt.meter.rate("dram") is not None  # loads were metered
+    with rt.lock:  # put the prefix back on disk for the tests after this one
+        for h in hashes:
+            rt.store.store_in_disk(other.store.get(other.store.key(h))[0])
+
+
 def test_corrupted_disk_block_is_dropped_and_recomputed(runner, baseline):
     runner.evict_hbm()
     runner.drop_dram()

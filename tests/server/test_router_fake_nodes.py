@@ -41,6 +41,7 @@ class FakeNode(node_pb2_grpc.NodeServicer):
         self.changed = asyncio.Event()
         self.server: grpc.aio.Server | None = None
         self.address = ""
+        self.link_rates: dict[str, float] = {}
 
     async def start(self, router_addr: str) -> None:
         self.server = grpc.aio.server()
@@ -99,7 +100,10 @@ class FakeNode(node_pb2_grpc.NodeServicer):
         return convert.snapshot_to_pb(self.seq, [(Tier.HBM, h, p) for h, p in self.blocks.items()])
 
     async def Load(self, request, context):
-        return node_pb2.LoadReport(ready=True, event_seq=self.seq)
+        rep = node_pb2.LoadReport(ready=True, event_seq=self.seq)
+        for link, bps in self.link_rates.items():
+            rep.link_rates.add(link=link, bytes_per_s=bps, samples=3)
+        return rep
 
     async def Info(self, request, context):
         return self.info()
@@ -360,4 +364,44 @@ def test_node_with_another_block_size_is_refused():
                     await node_pb2_grpc.RegistryStub(ch).Register(node_pb2.RegisterRequest(address="x:1", info=info))
             assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "--block-size" in ei.value.details()
             assert h.router.links == {}
+    run(body())
+
+
+def test_hot_prefix_on_a_busy_node_is_replicated_by_a_pull_plan():
+    """e2_tiered copies a hot prefix to an idle node when the holder's queue makes that
+    clearly sooner: the submit to the idle node names the holder and the blocks to pull."""
+    async def body():
+        async with Harness(policy="e2_tiered") as h:
+            a, b = FakeNode("a", delay_s=0.3), FakeNode("b", delay_s=0.3)
+            await h.add_nodes(a, b)
+            document = doc(20, 640)
+            b.store(document)
+            await h.until(lambda: h.router.links[1].event_seq == 1)
+            reqs = [h.inference.GenerateOnce(ids_request(document + doc(200 + i, 20), max_tokens=2))
+                    for i in range(10)]
+            done = await asyncio.gather(*reqs)
+            pulls = [s for s in a.submitted if s.HasField("pull")]
+            assert pulls, f"no pull plan sent; branches {[d.usage.branch for d in done]}"
+            for s in pulls:
+                assert s.pull.source_address == b.address and s.pull.source_name == "b"
+                assert list(s.pull.hashes) == HASH(document)[:20]
+                assert s.expected_cached_tokens.remote == 640
+            assert "replicate" in {d.usage.branch for d in done}
+            assert not any(s.HasField("pull") for s in b.submitted)  # the holder pulls nothing
+    run(body())
+
+
+def test_measured_link_rates_replace_the_cost_models_presets():
+    async def body():
+        async with Harness() as h:
+            a, b = FakeNode("a"), FakeNode("b")
+            await h.add_nodes(a, b)
+            links = h.router.scheduler.cluster.cost.links
+            assert links.net.bandwidth == 12.5e9  # preset until measured
+            a.link_rates = {"dram": 2e9, "disk": 1e9, "net:b": 0.8e9}
+            b.link_rates = {"dram": 4e9, "net:a": 1.2e9}
+            await h.until(lambda: h.router.scheduler.cluster.cost.links.dram.bandwidth == 3e9)
+            links = h.router.scheduler.cluster.cost.links
+            assert (links.dram.bandwidth, links.disk.bandwidth, links.net.bandwidth) == (3e9, 1e9, 1e9)  # medians
+            assert h.router.scheduler.policy.planner.cost.links == links  # the planner prices with them
     run(body())
