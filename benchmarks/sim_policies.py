@@ -16,6 +16,9 @@ Targets (issue 'Scheduling core') are checked at every load and printed with eac
     python benchmarks/sim_policies.py                # full run (tens of minutes)
     python benchmarks/sim_policies.py --quick        # fewer requests, for a smoke check
     python benchmarks/sim_policies.py --only loogle --loads mid
+    python benchmarks/sim_policies.py --only loogle videoqa --no-scale \
+        --links benchmarks/results/tiers_bandwidth.json --out benchmarks/results/sim_measured_links
+        # link bandwidths as measured by tiers_bandwidth.py instead of the GPU presets
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from preble_tiered.scheduler.cost_model import cost_preset
+from preble_tiered.scheduler.cost_model import GB, Link, Links, cost_preset
 from preble_tiered.scheduler.policy import policy_names
 from preble_tiered.sim.simulator import SimConfig, Simulator
 from preble_tiered.workloads import WorkloadConfig, make_workload
@@ -83,10 +86,25 @@ def check(workload: str, runs: dict[str, dict]) -> list[dict]:
     return out
 
 
+def measured_links(path: str) -> Links:
+    """The preset links with tiers_bandwidth.py's measured bandwidths (DRAM and disk reads into
+    the engine's cache, node-to-node pulls); latencies stay the presets'."""
+    paths = json.loads(Path(path).read_text())["paths"]
+    base = Links()
+    return Links(dram=Link(paths["dram_read"]["gb_per_s"] * GB, base.dram.latency_s),
+                 disk=Link(paths["disk_read"]["gb_per_s"] * GB, base.disk.latency_s),
+                 net=Link(paths["pull"]["gb_per_s"] * GB, base.net.latency_s))
+
+
+LINKS: Links | None = None
+
+
 def run_one(workload: str, nodes: int, rps: float, requests: int | None, policies: list[str],
             seed: int) -> dict[str, dict]:
     reqs = make_workload(workload, WorkloadConfig(nodes=nodes, rps=rps, requests=requests, seed=seed))
     cost = cost_preset("mistral-7b-a6000")
+    if LINKS is not None:
+        cost = cost.with_links(LINKS)
     runs = {}
     for p in policies:
         t0 = time.time()
@@ -169,13 +187,20 @@ def main() -> int:
     ap.add_argument("--scale-only", action="store_true", help="only the 8/32/128-node sweep")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS / "sim_policies"), help="output path prefix (.json/.md/.png)")
+    ap.add_argument("--links", metavar="JSON", help="tiers_bandwidth.py results: use its measured bandwidths")
+    ap.add_argument("--policies", nargs="+", choices=policy_names(), help="policies to run (default: all)")
     args = ap.parse_args()
+    global LINKS
+    if args.links:
+        LINKS = measured_links(args.links)
     workloads = args.only or list(LOADS)
     loads = ["mid"] if args.quick else args.loads
-    policies = policy_names()
+    policies = args.policies or policy_names()
     nodes = 8
     doc: dict = {"command": "python " + " ".join(sys.argv), "nodes": nodes, "cost": "mistral-7b-a6000",
                  "grid": [], "scale": []}
+    if LINKS is not None:
+        doc["links_gb_per_s"] = {k: getattr(LINKS, k).bandwidth / GB for k in ("dram", "disk", "net")}
     for w in [] if args.scale_only else workloads:
         for load in loads:
             rps = LOADS[w].per_2gpu(load) * nodes / 2
