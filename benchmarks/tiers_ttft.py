@@ -67,7 +67,7 @@ class Bench:
         assert self.done[rid].wait(120)
         return (self.first[rid] - t0) * 1e3, self.cached[rid]
 
-    def remote_ttft(self, prompt: list[int], source_port: int) -> tuple[float, dict]:
+    def remote_ttft(self, prompt: list[int], source_port: int, side_port: int) -> tuple[float, dict]:
         """Hand the prefix to the source node, forget it here, then pull it and run."""
         import asyncio
 
@@ -81,7 +81,7 @@ class Bench:
         hashes = rt.hasher(prompt)[: (len(prompt) - 1) // 32]
         with rt.lock:
             blocks = [rt.store.get(rt.store.key(h))[0] for h in hashes]
-        give_to_source(source_port, blocks)
+        give_to_source(side_port, blocks)
         with rt.lock:
             for h in hashes:
                 for tier in rt.store.tiers:
@@ -113,10 +113,10 @@ class Bench:
                 rt.store.dram.remove(key)
 
 
-def give_to_source(port: int, blocks) -> None:
-    """Load blocks into the source node's store (its `Put` side door, below)."""
+def give_to_source(side_port: int, blocks) -> None:
+    """Load blocks into the source node's store through its side door (see `serve_source`)."""
     import pickle
-    with socket.create_connection(("127.0.0.1", port + 1)) as s:
+    with socket.create_connection(("127.0.0.1", side_port)) as s:
         s.sendall(pickle.dumps([(b.key.block_hash, b.parent, bytes(b.data)) for b in blocks]))
         s.shutdown(socket.SHUT_WR)
         assert s.recv(2) == b"ok"
@@ -124,7 +124,7 @@ def give_to_source(port: int, blocks) -> None:
 
 def serve_source(namespace: str) -> None:
     """Another node: a Transfer service over its own DRAM store, filled through a side socket
-    on port+1 (the benchmark's stand-in for that node having computed the prefix)."""
+    (the benchmark's stand-in for that node having computed the prefix). Prints both ports."""
     import asyncio
     import pickle
 
@@ -142,12 +142,7 @@ def serve_source(namespace: str) -> None:
     rt = NodeKVRuntime(build_store(KVStoreConfig(dram_bytes=1 << 30, namespace=namespace)), BlockHasher(32),
                        engine_cost_model("s", 8192, 1 << 16))
     side = socket.socket()
-    for port in range(20000, 60000, 2):  # a pair of free ports: gRPC on p, the side door on p+1
-        try:
-            side.bind(("127.0.0.1", port + 1))
-            break
-        except OSError:
-            continue
+    side.bind(("127.0.0.1", 0))
     side.listen()
 
     def fill() -> None:
@@ -165,9 +160,9 @@ def serve_source(namespace: str) -> None:
     async def main():
         server = grpc.aio.server(options=SERVER_OPTIONS)
         transfer_pb2_grpc.add_TransferServicer_to_server(TransferService(lambda: rt), server)
-        server.add_insecure_port(f"127.0.0.1:{port}")
+        port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
-        print(port, flush=True)
+        print(port, side.getsockname()[1], flush=True)
         await asyncio.to_thread(sys.stdin.read)
         await server.stop(0)
 
@@ -187,7 +182,7 @@ def main() -> int:
         b = Bench(str(Path(tmp) / "db"), args.tokens)
         source = subprocess.Popen([sys.executable, __file__, "--serve-source", b.engine.kv_runtime.namespace],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        source_port = int(source.stdout.readline())
+        source_port, side_port = map(int, source.stdout.readline().split())
         try:
             runs: dict[str, list[float]] = {"recompute": [], "hbm": [], "dram": [], "disk": [], "remote": []}
             seen: dict[str, dict] = {}
@@ -201,7 +196,7 @@ def main() -> int:
                         assert b.engine.reset_prefix_cache()
                         b.drop_dram()
                     if case == "remote":
-                        ms, cached = b.remote_ttft(p, source_port)
+                        ms, cached = b.remote_ttft(p, source_port, side_port)
                         runs[case].append(ms)
                         seen[case] = cached
                         continue
