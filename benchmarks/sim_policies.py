@@ -96,15 +96,12 @@ def measured_links(path: str) -> Links:
                  net=Link(paths["pull"]["gb_per_s"] * GB, base.net.latency_s))
 
 
-LINKS: Links | None = None
-
-
 def run_one(workload: str, nodes: int, rps: float, requests: int | None, policies: list[str],
-            seed: int) -> dict[str, dict]:
+            seed: int, links: Links | None = None) -> dict[str, dict]:
     reqs = make_workload(workload, WorkloadConfig(nodes=nodes, rps=rps, requests=requests, seed=seed))
     cost = cost_preset("mistral-7b-a6000")
-    if LINKS is not None:
-        cost = cost.with_links(LINKS)
+    if links is not None:
+        cost = cost.with_links(links)
     runs = {}
     for p in policies:
         t0 = time.time()
@@ -190,23 +187,21 @@ def main() -> int:
     ap.add_argument("--links", metavar="JSON", help="tiers_bandwidth.py results: use its measured bandwidths")
     ap.add_argument("--policies", nargs="+", choices=policy_names(), help="policies to run (default: all)")
     args = ap.parse_args()
-    global LINKS
-    if args.links:
-        LINKS = measured_links(args.links)
+    links = measured_links(args.links) if args.links else None
     workloads = args.only or list(LOADS)
     loads = ["mid"] if args.quick else args.loads
     policies = args.policies or policy_names()
     nodes = 8
     doc: dict = {"command": "python " + " ".join(sys.argv), "nodes": nodes, "cost": "mistral-7b-a6000",
                  "grid": [], "scale": []}
-    if LINKS is not None:
-        doc["links_gb_per_s"] = {k: getattr(LINKS, k).bandwidth / GB for k in ("dram", "disk", "net")}
+    if links is not None:
+        doc["links_gb_per_s"] = {k: getattr(links, k).bandwidth / GB for k in ("dram", "disk", "net")}
     for w in [] if args.scale_only else workloads:
         for load in loads:
             rps = LOADS[w].per_2gpu(load) * nodes / 2
             from preble_tiered.workloads import SPECS
             n_req = SPECS[w].requests * nodes // 2 // (4 if args.quick else 1)
-            runs = run_one(w, nodes, rps, n_req, policies, args.seed)
+            runs = run_one(w, nodes, rps, n_req, policies, args.seed, links)
             targets = check(w, runs)
             for t in targets:
                 print(f"    {t['target']:32s} {t['ratio']:6.2f}x (need {t['required']}x) {'ok' if t['ok'] else 'MISSED'}")
@@ -217,7 +212,7 @@ def main() -> int:
                 continue
             for n in (8, 32, 128):
                 rps = LOADS[w].mid * n / 2
-                runs = run_one(w, n, rps, per_node * n, ["round_robin", "preble_e2", OURS], args.seed)
+                runs = run_one(w, n, rps, per_node * n, ["round_robin", "preble_e2", OURS], args.seed, links)
                 doc["scale"].append({"workload": w, "nodes": n, "rps": rps, "runs": runs})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

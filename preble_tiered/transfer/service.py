@@ -82,8 +82,8 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
                 for p in split(h, parent, data, piece_max):
                     while credits <= 0:
                         msg = await anext(it, None)
-                        if msg is None:  # the receiver half-closed without granting more
-                            self.stats["abandoned"] += 1
+                        if msg is None:  # cancelled, or half-closed with no credit left: it wants no more
+                            self.stats["cancelled"] += 1
                             return
                         if msg.WhichOneof("kind") == "credit":
                             credits += msg.credit.pieces

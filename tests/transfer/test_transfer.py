@@ -61,6 +61,14 @@ class Peer:
         await self.server.stop(0)
 
 
+async def wait_cancelled(service: TransferService, timeout_s: float = 1.0) -> None:
+    """Give the sender's loop time to see a cancellation (it counts it in `stats`)."""
+    for _ in range(int(timeout_s / 0.02)):
+        if service.stats["cancelled"]:
+            return
+        await asyncio.sleep(0.02)
+
+
 def sink_into(rt: NodeKVRuntime, rid: str = "req"):
     async def sink(block) -> bool:
         return rt.store_pulled(rid, block)
@@ -173,10 +181,7 @@ def test_sender_never_runs_ahead_of_credits_and_stops_when_cancelled():
             q.put_nowait(transfer_pb2.PullClientMessage(credit=transfer_pb2.Credit(pieces=1)))
             third = await asyncio.wait_for(pending, 5)
             call.cancel()
-            for _ in range(50):
-                if peer.service.stats["cancelled"]:
-                    break
-                await asyncio.sleep(0.02)
+            await wait_cancelled(peer.service)
             return first, third, sent_before, dict(peer.service.stats)
 
     first, third, sent_before, stats = asyncio.run(go())
@@ -263,10 +268,7 @@ def test_caller_cancelling_the_pull_stops_the_sender():
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            for _ in range(50):
-                if peer.service.stats["cancelled"]:
-                    break
-                await asyncio.sleep(0.02)
+            await wait_cancelled(peer.service)
             return dict(peer.service.stats)
 
     stats = asyncio.run(go())
