@@ -70,11 +70,13 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
                                 f"max_piece_bytes must be in [{MIN_PIECE_BYTES}, {MAX_PIECE_BYTES}], got {piece_max}")
         self.stats["calls"] += 1
         credits, sent_pieces, sent_blocks = op.window, 0, 0
+        ended = False  # set once the call reaches a PullEnd; anything else is a cancellation
         try:
             for h in op.hashes:
                 got = await asyncio.to_thread(src.read_block, h)
                 if got is None:
                     self.stats["missing"] += 1
+                    ended = True
                     yield transfer_pb2.PullServerMessage(end=transfer_pb2.PullEnd(
                         blocks_sent=sent_blocks, missing=f"block {h:016x} is not held here"))
                     return
@@ -83,7 +85,6 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
                     while credits <= 0:
                         msg = await anext(it, None)
                         if msg is None:  # cancelled, or half-closed with no credit left: it wants no more
-                            self.stats["cancelled"] += 1
                             return
                         if msg.WhichOneof("kind") == "credit":
                             credits += msg.credit.pieces
@@ -99,7 +100,10 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
                         await self._after_piece(sent_pieces)
                 sent_blocks += 1
             self.stats["blocks"] += sent_blocks
+            ended = True
             yield transfer_pb2.PullServerMessage(end=transfer_pb2.PullEnd(blocks_sent=sent_blocks))
-        except asyncio.CancelledError:
-            self.stats["cancelled"] += 1
-            raise
+        finally:
+            # The receiver went away: its stream ended, the task was cancelled, or grpc closed
+            # this generator while it waited at a yield (GeneratorExit). All three land here.
+            if not ended:
+                self.stats["cancelled"] += 1

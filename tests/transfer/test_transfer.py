@@ -61,7 +61,7 @@ class Peer:
         await self.server.stop(0)
 
 
-async def wait_cancelled(service: TransferService, timeout_s: float = 1.0) -> None:
+async def wait_cancelled(service: TransferService, timeout_s: float = 10.0) -> None:
     """Give the sender's loop time to see a cancellation (it counts it in `stats`)."""
     for _ in range(int(timeout_s / 0.02)):
         if service.stats["cancelled"]:
