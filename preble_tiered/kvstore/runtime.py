@@ -38,6 +38,8 @@ class NodeKVRuntime:
     """Measured "dram"/"disk" load bandwidth (connector) and "net:<peer>" pulls (agent)."""
     pulled: dict[str, set[int]] = field(default_factory=dict)
     """request id -> blocks pulled from another node for it, pinned until `release_pulled`."""
+    owner_pins: dict[str, list[tuple[int, Tier]]] = field(default_factory=dict)
+    """admin pin owner (a pinned prefix's name) -> the (block, tier) pins it holds here."""
 
     @property
     def namespace(self) -> str:
@@ -83,6 +85,83 @@ class NodeKVRuntime:
         with self.lock:
             for h in self.pulled.pop(request_id, ()):
                 self.store.unpin(self.store.key(h))
+
+    # -- admin pins and eviction (the node agent's PinBlocks / EvictBlocks) ----------------
+    def set_pins(self, owner: str, hashes: list[int], tier: Tier) -> tuple[int, list[int]]:
+        """Make `owner` pin exactly `hashes` in `tier` (DRAM or DISK), replacing what it
+        pinned before. A block held only in the other tier is copied into `tier` first.
+
+        Returns:
+            (blocks pinned, blocks this node does not hold or could not place in `tier`).
+
+        Raises:
+            ValueError: `tier` is DISK and this node has no disk tier, or `tier` is HBM.
+        """
+        store = self.store
+        if tier is Tier.HBM:
+            raise ValueError("the engine's own cache cannot be pinned; pin in dram or disk")
+        if tier is Tier.DISK and store.disk is None:
+            raise ValueError("this node has no disk tier (start it with --disk-path)")
+        target = store.dram if tier is Tier.DRAM else store.disk
+        other = store.disk if tier is Tier.DRAM else store.dram
+        held: list[tuple[int, Tier]] = []
+        missing: list[int] = []
+        with self.lock:
+            self._release_owner(owner)
+            for h in hashes:
+                key = store.key(h)
+                if not target.contains(key):
+                    block = other.get(key) if other is not None else None
+                    placed = block is not None and (store.store_in_dram(block) if tier is Tier.DRAM
+                                                     else store.store_in_disk(block))
+                    if not placed:
+                        missing.append(h)
+                        continue
+                if target.pin(key):
+                    held.append((h, tier))
+                else:
+                    missing.append(h)
+            if held:
+                self.owner_pins[owner] = held
+        return len(held), missing
+
+    def _release_owner(self, owner: str) -> None:
+        for h, tier in self.owner_pins.pop(owner, ()):
+            backend = self.store.dram if tier is Tier.DRAM else self.store.disk
+            if backend is not None:
+                backend.unpin(self.store.key(h))
+
+    def evict(self, hashes: list[int], tier: Tier | None) -> tuple[int, int]:
+        """Drop copies of `hashes` from `tier` (None: DRAM and disk); pinned copies stay.
+
+        Returns:
+            (copies removed, copies kept because they are pinned).
+        """
+        if tier is Tier.HBM:
+            raise ValueError("the engine's own cache evicts by itself; evict from dram or disk")
+        removed = kept = 0
+        with self.lock:
+            for backend in self.store.tiers:
+                if tier is not None and backend.tier is not tier:
+                    continue
+                for h in hashes:
+                    key = self.store.key(h)
+                    if not backend.contains(key):
+                        continue
+                    if backend.pin_count(key) > 0:
+                        kept += 1
+                    elif backend.remove(key):
+                        removed += 1
+        return removed, kept
+
+    def tier_usage(self) -> list[tuple[Tier, int, int, int, int]]:
+        """(tier, used bytes, capacity bytes, blocks, pinned blocks) per tier."""
+        with self.lock:
+            out = []
+            for t in self.store.tiers:
+                st = t.stats()
+                out.append((t.tier, t.used_bytes, t.capacity_bytes, st.get("blocks", 0), st.get("pinned", 0)))
+            return out
 
     def refresh_links(self) -> None:
         """Price loads with the measured tier bandwidths (latencies stay the presets')."""

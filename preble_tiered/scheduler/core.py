@@ -19,7 +19,7 @@ from preble_tiered.scheduler.cluster import ClusterState, Inflight
 from preble_tiered.scheduler.cost_model import CostModel
 from preble_tiered.scheduler.index import PrefixIndex
 from preble_tiered.scheduler.policy import Policy, PolicyConfig, make_policy
-from preble_tiered.scheduler.types import Action, Decision, RouteRequest
+from preble_tiered.scheduler.types import Action, Decision, Plan, RouteRequest
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,13 @@ class Scheduler:
             self._promised[req.request_id] = (decision.node, req.block_hashes)
         self.branch_counts[decision.branch.value] += 1
         return decision
+
+    def plan_on(self, node: int, req: RouteRequest) -> Plan:
+        """The cheapest plan for serving `req` on `node` (a pinned prefix's warm-up): read
+        only, nothing counted as demand or dispatched."""
+        planner = self.policy.planner
+        pc = planner.prepare(req, self.index.match(req.block_hashes))
+        return planner.build(node, pc)
 
     def apply(self, event: ResidencyEvent) -> None:
         now = self.clock.now()

@@ -413,11 +413,18 @@ class PrefixIndex:
         return {h for h, e in self._entries.items() if e.mask(tier) & bit}
 
     def pin(self, hashes: Iterable[int], now: float) -> None:
+        """Count one pin per block of a chain (entries created as needed, with chain parents)."""
+        parent = None
         for h in hashes:
             e = self._entries.get(h)
             if e is None:
-                e = self._entries[h] = BlockEntry(None)
+                e = self._entries[h] = BlockEntry(parent)
             e.pins += 1
+            parent = h
+
+    def items(self) -> Iterator[tuple[int, BlockEntry]]:
+        """Every (hash, entry) (admin listings; O(entries))."""
+        return iter(self._entries.items())
 
     def unpin(self, hashes: Iterable[int], now: float) -> None:
         """Release one pin per block. Raises ValueError if a block is not pinned."""

@@ -41,13 +41,15 @@ def enable_reflection(server: grpc.aio.Server, full_names: list[str]) -> None:
     reflection.enable_server_reflection([*full_names, "grpc.health.v1.Health", reflection.SERVICE_NAME], server)
 
 
-def bind(server: grpc.aio.Server, host: str, port: int) -> int:
-    """Listen on host:port (port 0: any free port); returns the port.
+def bind(server: grpc.aio.Server, host: str, port: int, credentials: grpc.ServerCredentials | None = None) -> int:
+    """Listen on host:port (port 0: any free port), with TLS when `credentials` are given;
+    returns the port.
 
     Raises:
         OSError: when the address cannot be bound (in use, bad host).
     """
-    got = server.add_insecure_port(f"{host}:{port}")
+    addr = f"{host}:{port}"
+    got = server.add_secure_port(addr, credentials) if credentials is not None else server.add_insecure_port(addr)
     if got == 0:
         raise OSError(f"cannot listen on {host}:{port} (in use?); pick another --port")
     return got

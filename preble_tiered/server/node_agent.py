@@ -31,8 +31,11 @@ from preble_tiered.server.metrics import NodeMetrics, serve_metrics
 from preble_tiered.server.pb import node_pb2, node_pb2_grpc, transfer_pb2_grpc
 from preble_tiered.transfer.puller import pull_blocks
 from preble_tiered.transfer.service import TransferService
+from preble_tiered.types import Tier
 
 logger = logging.getLogger(__name__)
+
+MAX_PIN_BLOCKS = 65536
 
 FAULT_DROP_EVENT_SEQ = "PREBLE_FAULT_DROP_EVENT_SEQ"
 """Test-only fault injection: the agent never publishes the event batch with this sequence
@@ -318,7 +321,44 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
         if rt is not None:
             for link, r in sorted(rt.meter.rates().items()):
                 rep.link_rates.add(link=link, bytes_per_s=r.bytes_per_s, samples=r.samples)
+            for tier, used, cap, blocks, pinned in rt.tier_usage():
+                rep.tiers.add(tier=convert.tier_to_pb(tier), used_bytes=used, capacity_bytes=cap, blocks=blocks,
+                              pinned_blocks=pinned)
         return rep
+
+    async def PinBlocks(self, request: node_pb2.PinBlocksRequest, context: grpc.aio.ServicerContext):
+        rt = self._kv_if_ready()
+        if rt is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"node {self.config.name} has no DRAM/disk tier to pin in (start it with --dram-bytes)")
+        if not request.owner or len(request.owner) > 128:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "owner must be 1-128 characters")
+        if len(request.hashes) > MAX_PIN_BLOCKS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"at most {MAX_PIN_BLOCKS} blocks per pin, got {len(request.hashes)}")
+        try:
+            tier = convert.tier_from_pb(request.tier) or Tier.DRAM
+            if tier is Tier.HBM:
+                tier = Tier.DRAM  # the engine cache cannot pin: keep its DRAM copy (the router re-warms HBM)
+            pinned, missing = await asyncio.to_thread(rt.set_pins, request.owner, list(request.hashes), tier)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return node_pb2.PinBlocksResponse(pinned=pinned, missing=missing)
+
+    async def EvictBlocks(self, request: node_pb2.EvictBlocksRequest, context: grpc.aio.ServicerContext):
+        rt = self._kv_if_ready()
+        if rt is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"node {self.config.name} has no DRAM/disk tier (the engine's cache evicts by itself)")
+        try:
+            evicted, kept = await asyncio.to_thread(rt.evict, list(request.hashes),
+                                                    convert.tier_from_pb(request.tier))
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return node_pb2.EvictBlocksResponse(evicted=evicted, pinned_kept=kept)
+
+    def _kv_if_ready(self):
+        return self.engine.kv_runtime if self.engine.ready else None
 
     async def Info(self, request, context):
         if self.info is None:

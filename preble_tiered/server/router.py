@@ -35,7 +35,10 @@ from preble_tiered.scheduler.policy import PolicyConfig
 from preble_tiered.scheduler.types import Decision, RouteRequest
 from preble_tiered.server import convert
 from preble_tiered.server.grpc_util import CHANNEL_OPTIONS
+from preble_tiered.server.admin_state import AdminState
+from preble_tiered.server.decisions import DecisionRecord, DecisionRing
 from preble_tiered.server.metrics import RouterMetrics
+from preble_tiered.server.prefix_admin import PrefixAdmin
 from preble_tiered.server.pb import inference_pb2, node_pb2, node_pb2_grpc
 from preble_tiered.types import NodeId
 
@@ -62,7 +65,17 @@ class RouterConfig:
     """A node whose load polls fail this long is marked down."""
     max_reroutes: int = 3
     metrics_port: int = 0
-    policy_config: PolicyConfig = field(default_factory=PolicyConfig)
+    policy_config: PolicyConfig = field(default_factory=lambda: PolicyConfig(explain=True))
+    state_path: str | None = None
+    """JSON file of named prefixes and pins (None: kept in memory, lost at exit)."""
+    pin_interval_s: float = 1.0
+    """Seconds between pin reconcile rounds."""
+    admin_token: str | None = field(default=None, repr=False)
+    """Bearer token the Admin service requires (None: Admin is open; say so in the log)."""
+    inference_token: str | None = field(default=None, repr=False)
+    """Bearer token the Inference service requires (None: open)."""
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_nodes <= 4096:
@@ -71,6 +84,10 @@ class RouterConfig:
             raise ValueError(f"max_outstanding must be positive, got {self.max_outstanding}")
         if self.load_interval_s <= 0 or self.down_after_s <= 0:
             raise ValueError("load_interval_s and down_after_s must be positive")
+        if self.pin_interval_s <= 0:
+            raise ValueError(f"pin_interval_s must be positive, got {self.pin_interval_s}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate and a key")
 
 
 class RequestError(Exception):
@@ -155,6 +172,13 @@ class Router:
         self._active: set[str] = set()
         self.stats = RouterStats()
         self._closing = False
+        self.decisions = DecisionRing()
+        self.admin = PrefixAdmin(self, AdminState(Path(config.state_path) if config.state_path else None),
+                                 interval_s=config.pin_interval_s)
+
+    def start(self) -> None:
+        """Start the background work that is not per node (pin reconciliation)."""
+        self.admin.start()
 
     # ------------------------------------------------------------------ registry
     async def register(self, req: node_pb2.RegisterRequest) -> NodeId:
@@ -263,6 +287,7 @@ class Router:
             return
         link.alive = False
         lost = self.scheduler.mark_down(link.node_id)
+        self.admin.on_node_down(link.node_id)
         self.metrics.nodes_alive.set(sum(lk.alive for lk in self.links.values()))
         logger.warning("node %d (%s) is down (%s); %d requests will be re-routed", link.node_id, link.name,
                        why, len(lost))
@@ -411,6 +436,8 @@ class Router:
             self.metrics.requests.labels(e.code.name.lower()).inc()
             raise
         finally:
+            if run.record is not None and not run.finished:
+                run.record.state = "failed"
             self._active.discard(rid)
             self.metrics.outstanding.set(len(self._active))
             if not run.finished:
@@ -422,6 +449,8 @@ class Router:
             prompt = run.ids + run.generated
             hashes = self.hasher(prompt)
             decision = self._schedule(run.rid, prompt, hashes, remaining)
+            run.hashes = hashes
+            run.record = self.decisions.record(run.rid, time.time(), decision, prompt, predicted_cached(decision))
             link = self.links[decision.node]
             try:
                 async for msg in self._submit(run, link, decision, prompt, hashes, remaining):
@@ -458,7 +487,7 @@ class Router:
     async def _submit(self, run: _Run, link: NodeLink, decision: Decision, prompt: list[int], hashes: list[int],
                       remaining: int):
         plan = decision.plan
-        predicted = predicted_cached(decision)
+        predicted = run.record.predicted if run.record is not None else predicted_cached(decision)
         # Preble's group by the plan's hit ratio, shifted by the client's priority.
         group = min(9, max(0, hit_group(min(1.0, plan.cached_tokens / len(prompt))) + run.priority))
         sub = node_pb2.SubmitRequest(request_id=run.rid, prompt_token_ids=prompt,
@@ -473,6 +502,8 @@ class Router:
                     if run.first_token_at is None:
                         run.first_token_at = time.monotonic()
                         self.scheduler.on_first_token(run.rid)
+                        if run.record is not None:
+                            run.record.ttft_ms = (run.first_token_at - run.t0) * 1e3
                     run.generated.extend(resp.chunk.token_ids)
                     run.text.append(resp.chunk.text)
                     yield inference_pb2.GenerateResponse(chunk=inference_pb2.GenerateChunk(
@@ -513,11 +544,16 @@ class Router:
         for k, v in cached.items():
             if v:
                 m.cached_tokens.labels(k).inc(v)
+        if run.record is not None:
+            run.record.state, run.record.actual = "done", cached
+            run.record.ttft_ms = (first - run.t0) * 1e3
+        self.admin.on_complete(run.hashes, link.node_id, total_cached)
         return inference_pb2.GenerateComplete(text="".join(run.text), token_ids=run.generated, usage=usage)
 
     # ------------------------------------------------------------------ lifecycle
     async def close(self) -> None:
         self._closing = True
+        await self.admin.close()
         for link in self.links.values():
             for t in link.tasks:
                 t.cancel()
@@ -536,6 +572,8 @@ class _Run:
     priority: int = 0
     reroutes: int = 0
     finished: bool = False
+    hashes: list[int] = field(default_factory=list)
+    record: DecisionRecord | None = None
 
 
 class _StreamEnded(Exception):

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from preble_tiered.server.pb import common_pb2 as preble_dot_v1_dot_common__pb2
+from preble_tiered.server.pb import node_pb2 as preble_dot_v1_dot_node__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15preble/v1/admin.proto\x12\tpreble.v1\x1a\x16preble/v1/common.proto\"F\n\x14NodeResidencyRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x1d\n\x04tier\x18\x02 \x01(\x0e\x32\x0f.preble.v1.Tier\"b\n\rNodeResidency\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x1d\n\x04tier\x18\x02 \x01(\x0e\x32\x0f.preble.v1.Tier\x12\x0e\n\x06hashes\x18\x03 \x03(\x06\x12\x11\n\tevent_seq\x18\x04 \x01(\x04\"\x12\n\x10ListNodesRequest\"\x8e\x02\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\r\n\x05\x61live\x18\x04 \x01(\x08\x12\x0f\n\x07running\x18\x05 \x01(\r\x12\x0f\n\x07waiting\x18\x06 \x01(\r\x12\x10\n\x08inflight\x18\x07 \x01(\r\x12\x10\n\x08kv_usage\x18\x08 \x01(\x01\x12\x1a\n\x12kv_capacity_tokens\x18\t \x01(\x04\x12\x12\n\nhbm_blocks\x18\n \x01(\x04\x12\x0f\n\x07tpot_ms\x18\x0b \x01(\x01\x12\x16\n\x0erequests_total\x18\x0c \x01(\x04\x12\x11\n\tevent_seq\x18\r \x01(\x04\x12\x0f\n\x07resyncs\x18\x0e \x01(\x04\"9\n\x11ListNodesResponse\x12$\n\x05nodes\x18\x01 \x03(\x0b\x32\x15.preble.v1.NodeStatus\"\x15\n\x13\x43lusterStatsRequest\"\xc9\x03\n\x14\x43lusterStatsResponse\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0bnodes_alive\x18\x03 \x01(\r\x12\x13\n\x0bnodes_total\x18\x04 \x01(\r\x12\x16\n\x0erequests_total\x18\x05 \x01(\x04\x12\x17\n\x0frequests_failed\x18\x06 \x01(\x04\x12\x19\n\x11requests_rerouted\x18\x07 \x01(\x04\x12H\n\rbranch_counts\x18\x08 \x03(\x0b\x32\x31.preble.v1.ClusterStatsResponse.BranchCountsEntry\x12\x1b\n\x13prompt_tokens_total\x18\t \x01(\x04\x12\x34\n\x13\x63\x61\x63hed_tokens_total\x18\n \x01(\x0b\x32\x17.preble.v1.CachedTokens\x12\x1f\n\x17recomputed_tokens_total\x18\x0b \x01(\x04\x12\x15\n\rindex_entries\x18\x0c \x01(\x04\x12\x12\n\ncost_model\x18\r \x01(\t\x1a\x33\n\x11\x42ranchCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32\xef\x01\n\x05\x41\x64min\x12\x46\n\tListNodes\x12\x1b.preble.v1.ListNodesRequest\x1a\x1c.preble.v1.ListNodesResponse\x12O\n\x0c\x43lusterStats\x12\x1e.preble.v1.ClusterStatsRequest\x1a\x1f.preble.v1.ClusterStatsResponse\x12M\n\x10GetNodeResidency\x12\x1f.preble.v1.NodeResidencyRequest\x1a\x18.preble.v1.NodeResidencyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15preble/v1/admin.proto\x12\tpreble.v1\x1a\x16preble/v1/common.proto\x1a\x14preble/v1/node.proto\"\x18\n\tPrefixRef\x12\x0b\n\x03key\x18\x01 \x01(\t\"\x8d\x01\n\x13ListPrefixesRequest\x12\x14\n\x07node_id\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x1d\n\x04tier\x18\x02 \x01(\x0e\x32\x0f.preble.v1.Tier\x12\x12\n\nmin_tokens\x18\x03 \x01(\r\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x12\n\nnamed_only\x18\x05 \x01(\x08\x42\n\n\x08_node_id\"\x93\x01\n\x0fPrefixPlacement\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x1d\n\x04tier\x18\x03 \x01(\x0e\x32\x0f.preble.v1.Tier\x12\x0e\n\x06\x62locks\x18\x04 \x01(\r\x12\r\n\x05\x62ytes\x18\x05 \x01(\x04\x12\x15\n\rlast_use_unix\x18\x06 \x01(\x01\x12\x0c\n\x04hits\x18\x07 \x01(\x04\"\xaa\x01\n\nPrefixInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04hash\x18\x02 \x01(\x06\x12\x0e\n\x06tokens\x18\x03 \x01(\r\x12\x0e\n\x06\x62locks\x18\x04 \x01(\r\x12)\n\x05where\x18\x05 \x03(\x0b\x32\x1a.preble.v1.PrefixPlacement\x12\x0e\n\x06\x64\x65mand\x18\x06 \x01(\x01\x12\x0e\n\x06pinned\x18\x07 \x01(\x08\x12\x15\n\rlast_use_unix\x18\x08 \x01(\x01\"N\n\x14ListPrefixesResponse\x12\'\n\x08prefixes\x18\x01 \x03(\x0b\x32\x15.preble.v1.PrefixInfo\x12\r\n\x05total\x18\x02 \x01(\r\"\x8c\x01\n\x11NamePrefixRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x13.preble.v1.TokenIdsH\x00\x12\x14\n\nrequest_id\x18\x04 \x01(\tH\x00\x12\x0f\n\x07replace\x18\x05 \x01(\x08\x42\x08\n\x06source\"V\n\x0cPrefixDetail\x12%\n\x06prefix\x18\x01 \x01(\x0b\x32\x15.preble.v1.PrefixInfo\x12\x1f\n\x03pin\x18\x02 \x01(\x0b\x32\x12.preble.v1.PinInfo\"`\n\x10PinPrefixRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\r\x12\x1d\n\x04tier\x18\x03 \x01(\x0e\x32\x0f.preble.v1.Tier\x12\r\n\x05ttl_s\x18\x04 \x01(\x01\"O\n\nPinReplica\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x13\n\x0b\x62locks_held\x18\x04 \x01(\r\"\xac\x01\n\x07PinInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1d\n\x04tier\x18\x02 \x01(\x0e\x32\x0f.preble.v1.Tier\x12\x10\n\x08replicas\x18\x03 \x01(\r\x12\x14\n\x0c\x63reated_unix\x18\x04 \x01(\x01\x12\x14\n\x0c\x65xpires_unix\x18\x05 \x01(\x01\x12$\n\x05nodes\x18\x06 \x03(\x0b\x32\x15.preble.v1.PinReplica\x12\x10\n\x08released\x18\x07 \x01(\x08\"b\n\x12\x45victPrefixRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x07node_id\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x1d\n\x04tier\x18\x03 \x01(\x0e\x32\x0f.preble.v1.TierB\n\n\x08_node_id\"J\n\x13\x45victPrefixResponse\x12\x0f\n\x07\x65victed\x18\x01 \x01(\r\x12\x13\n\x0bpinned_kept\x18\x02 \x01(\r\x12\r\n\x05nodes\x18\x03 \x03(\r\"2\n\x11WarmPrefixRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08node_ids\x18\x02 \x03(\r\"\x91\x01\n\nWarmResult\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x0c\n\x04node\x18\x02 \x01(\t\x12.\n\rcached_tokens\x18\x03 \x01(\x0b\x32\x17.preble.v1.CachedTokens\x12\x19\n\x11recomputed_tokens\x18\x04 \x01(\r\x12\n\n\x02ms\x18\x05 \x01(\x01\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"<\n\x12WarmPrefixResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.preble.v1.WarmResult\"$\n\x0e\x45xplainRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"p\n\rCandidateCost\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x0e\n\x06load_s\x18\x03 \x01(\x01\x12\x0f\n\x07\x65vict_s\x18\x04 \x01(\x01\x12\x0e\n\x06plan_s\x18\x05 \x01(\x01\x12\x0f\n\x07total_s\x18\x06 \x01(\x01\"\x8c\x01\n\x0bPlanSegment\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x0e\n\x06\x62locks\x18\x02 \x01(\r\x12\x0e\n\x06tokens\x18\x03 \x01(\r\x12\x1d\n\x04tier\x18\x04 \x01(\x0e\x32\x0f.preble.v1.Tier\x12\x1b\n\x0esource_node_id\x18\x05 \x01(\rH\x00\x88\x01\x01\x42\x11\n\x0f_source_node_id\"\x86\x03\n\x0e\x44\x65\x63isionRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61t_unix\x18\x02 \x01(\x01\x12\x0e\n\x06\x62ranch\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\r\x12\x0c\n\x04node\x18\x05 \x01(\t\x12\x15\n\rprompt_tokens\x18\x06 \x01(\r\x12,\n\ncandidates\x18\x07 \x03(\x0b\x32\x18.preble.v1.CandidateCost\x12$\n\x04plan\x18\x08 \x03(\x0b\x32\x16.preble.v1.PlanSegment\x12\x13\n\x0b\x65st_ttft_ms\x18\t \x01(\x01\x12\x38\n\x17predicted_cached_tokens\x18\n \x01(\x0b\x32\x17.preble.v1.CachedTokens\x12\x35\n\x14\x61\x63tual_cached_tokens\x18\x0b \x01(\x0b\x32\x17.preble.v1.CachedTokens\x12\x0f\n\x07ttft_ms\x18\x0c \x01(\x01\x12\r\n\x05state\x18\r \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0e \x01(\r\"F\n\x14NodeResidencyRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x1d\n\x04tier\x18\x02 \x01(\x0e\x32\x0f.preble.v1.Tier\"b\n\rNodeResidency\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x1d\n\x04tier\x18\x02 \x01(\x0e\x32\x0f.preble.v1.Tier\x12\x0e\n\x06hashes\x18\x03 \x03(\x06\x12\x11\n\tevent_seq\x18\x04 \x01(\x04\"\x12\n\x10ListNodesRequest\"\xf6\x02\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\r\n\x05\x61live\x18\x04 \x01(\x08\x12\x0f\n\x07running\x18\x05 \x01(\r\x12\x0f\n\x07waiting\x18\x06 \x01(\r\x12\x10\n\x08inflight\x18\x07 \x01(\r\x12\x10\n\x08kv_usage\x18\x08 \x01(\x01\x12\x1a\n\x12kv_capacity_tokens\x18\t \x01(\x04\x12\x12\n\nhbm_blocks\x18\n \x01(\x04\x12\x0f\n\x07tpot_ms\x18\x0b \x01(\x01\x12\x16\n\x0erequests_total\x18\x0c \x01(\x04\x12\x11\n\tevent_seq\x18\r \x01(\x04\x12\x0f\n\x07resyncs\x18\x0e \x01(\x04\x12\x13\n\x0b\x64ram_blocks\x18\x0f \x01(\x04\x12\x13\n\x0b\x64isk_blocks\x18\x10 \x01(\x04\x12#\n\x05tiers\x18\x11 \x03(\x0b\x32\x14.preble.v1.TierUsage\x12\x17\n\x0fpinned_prefixes\x18\x12 \x01(\r\"9\n\x11ListNodesResponse\x12$\n\x05nodes\x18\x01 \x03(\x0b\x32\x15.preble.v1.NodeStatus\"\x15\n\x13\x43lusterStatsRequest\"\xc9\x03\n\x14\x43lusterStatsResponse\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0bnodes_alive\x18\x03 \x01(\r\x12\x13\n\x0bnodes_total\x18\x04 \x01(\r\x12\x16\n\x0erequests_total\x18\x05 \x01(\x04\x12\x17\n\x0frequests_failed\x18\x06 \x01(\x04\x12\x19\n\x11requests_rerouted\x18\x07 \x01(\x04\x12H\n\rbranch_counts\x18\x08 \x03(\x0b\x32\x31.preble.v1.ClusterStatsResponse.BranchCountsEntry\x12\x1b\n\x13prompt_tokens_total\x18\t \x01(\x04\x12\x34\n\x13\x63\x61\x63hed_tokens_total\x18\n \x01(\x0b\x32\x17.preble.v1.CachedTokens\x12\x1f\n\x17recomputed_tokens_total\x18\x0b \x01(\x04\x12\x15\n\rindex_entries\x18\x0c \x01(\x04\x12\x12\n\ncost_model\x18\r \x01(\t\x1a\x33\n\x11\x42ranchCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32\x91\x06\n\x05\x41\x64min\x12\x46\n\tListNodes\x12\x1b.preble.v1.ListNodesRequest\x1a\x1c.preble.v1.ListNodesResponse\x12O\n\x0c\x43lusterStats\x12\x1e.preble.v1.ClusterStatsRequest\x1a\x1f.preble.v1.ClusterStatsResponse\x12M\n\x10GetNodeResidency\x12\x1f.preble.v1.NodeResidencyRequest\x1a\x18.preble.v1.NodeResidency\x12O\n\x0cListPrefixes\x12\x1e.preble.v1.ListPrefixesRequest\x1a\x1f.preble.v1.ListPrefixesResponse\x12\x41\n\nNamePrefix\x12\x1c.preble.v1.NamePrefixRequest\x1a\x15.preble.v1.PrefixInfo\x12;\n\nShowPrefix\x12\x14.preble.v1.PrefixRef\x1a\x17.preble.v1.PrefixDetail\x12<\n\tPinPrefix\x12\x1b.preble.v1.PinPrefixRequest\x1a\x12.preble.v1.PinInfo\x12\x37\n\x0bUnpinPrefix\x12\x14.preble.v1.PrefixRef\x1a\x12.preble.v1.PinInfo\x12L\n\x0b\x45victPrefix\x12\x1d.preble.v1.EvictPrefixRequest\x1a\x1e.preble.v1.EvictPrefixResponse\x12I\n\nWarmPrefix\x12\x1c.preble.v1.WarmPrefixRequest\x1a\x1d.preble.v1.WarmPrefixResponse\x12?\n\x07\x45xplain\x12\x19.preble.v1.ExplainRequest\x1a\x19.preble.v1.DecisionRecordb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,22 +35,60 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CLUSTERSTATSRESPONSE_BRANCHCOUNTSENTRY']._loaded_options = None
   _globals['_CLUSTERSTATSRESPONSE_BRANCHCOUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_NODERESIDENCYREQUEST']._serialized_start=60
-  _globals['_NODERESIDENCYREQUEST']._serialized_end=130
-  _globals['_NODERESIDENCY']._serialized_start=132
-  _globals['_NODERESIDENCY']._serialized_end=230
-  _globals['_LISTNODESREQUEST']._serialized_start=232
-  _globals['_LISTNODESREQUEST']._serialized_end=250
-  _globals['_NODESTATUS']._serialized_start=253
-  _globals['_NODESTATUS']._serialized_end=523
-  _globals['_LISTNODESRESPONSE']._serialized_start=525
-  _globals['_LISTNODESRESPONSE']._serialized_end=582
-  _globals['_CLUSTERSTATSREQUEST']._serialized_start=584
-  _globals['_CLUSTERSTATSREQUEST']._serialized_end=605
-  _globals['_CLUSTERSTATSRESPONSE']._serialized_start=608
-  _globals['_CLUSTERSTATSRESPONSE']._serialized_end=1065
-  _globals['_CLUSTERSTATSRESPONSE_BRANCHCOUNTSENTRY']._serialized_start=1014
-  _globals['_CLUSTERSTATSRESPONSE_BRANCHCOUNTSENTRY']._serialized_end=1065
-  _globals['_ADMIN']._serialized_start=1068
-  _globals['_ADMIN']._serialized_end=1307
+  _globals['_PREFIXREF']._serialized_start=82
+  _globals['_PREFIXREF']._serialized_end=106
+  _globals['_LISTPREFIXESREQUEST']._serialized_start=109
+  _globals['_LISTPREFIXESREQUEST']._serialized_end=250
+  _globals['_PREFIXPLACEMENT']._serialized_start=253
+  _globals['_PREFIXPLACEMENT']._serialized_end=400
+  _globals['_PREFIXINFO']._serialized_start=403
+  _globals['_PREFIXINFO']._serialized_end=573
+  _globals['_LISTPREFIXESRESPONSE']._serialized_start=575
+  _globals['_LISTPREFIXESRESPONSE']._serialized_end=653
+  _globals['_NAMEPREFIXREQUEST']._serialized_start=656
+  _globals['_NAMEPREFIXREQUEST']._serialized_end=796
+  _globals['_PREFIXDETAIL']._serialized_start=798
+  _globals['_PREFIXDETAIL']._serialized_end=884
+  _globals['_PINPREFIXREQUEST']._serialized_start=886
+  _globals['_PINPREFIXREQUEST']._serialized_end=982
+  _globals['_PINREPLICA']._serialized_start=984
+  _globals['_PINREPLICA']._serialized_end=1063
+  _globals['_PININFO']._serialized_start=1066
+  _globals['_PININFO']._serialized_end=1238
+  _globals['_EVICTPREFIXREQUEST']._serialized_start=1240
+  _globals['_EVICTPREFIXREQUEST']._serialized_end=1338
+  _globals['_EVICTPREFIXRESPONSE']._serialized_start=1340
+  _globals['_EVICTPREFIXRESPONSE']._serialized_end=1414
+  _globals['_WARMPREFIXREQUEST']._serialized_start=1416
+  _globals['_WARMPREFIXREQUEST']._serialized_end=1466
+  _globals['_WARMRESULT']._serialized_start=1469
+  _globals['_WARMRESULT']._serialized_end=1614
+  _globals['_WARMPREFIXRESPONSE']._serialized_start=1616
+  _globals['_WARMPREFIXRESPONSE']._serialized_end=1676
+  _globals['_EXPLAINREQUEST']._serialized_start=1678
+  _globals['_EXPLAINREQUEST']._serialized_end=1714
+  _globals['_CANDIDATECOST']._serialized_start=1716
+  _globals['_CANDIDATECOST']._serialized_end=1828
+  _globals['_PLANSEGMENT']._serialized_start=1831
+  _globals['_PLANSEGMENT']._serialized_end=1971
+  _globals['_DECISIONRECORD']._serialized_start=1974
+  _globals['_DECISIONRECORD']._serialized_end=2364
+  _globals['_NODERESIDENCYREQUEST']._serialized_start=2366
+  _globals['_NODERESIDENCYREQUEST']._serialized_end=2436
+  _globals['_NODERESIDENCY']._serialized_start=2438
+  _globals['_NODERESIDENCY']._serialized_end=2536
+  _globals['_LISTNODESREQUEST']._serialized_start=2538
+  _globals['_LISTNODESREQUEST']._serialized_end=2556
+  _globals['_NODESTATUS']._serialized_start=2559
+  _globals['_NODESTATUS']._serialized_end=2933
+  _globals['_LISTNODESRESPONSE']._serialized_start=2935
+  _globals['_LISTNODESRESPONSE']._serialized_end=2992
+  _globals['_CLUSTERSTATSREQUEST']._serialized_start=2994
+  _globals['_CLUSTERSTATSREQUEST']._serialized_end=3015
+  _globals['_CLUSTERSTATSRESPONSE']._serialized_start=3018
+  _globals['_CLUSTERSTATSRESPONSE']._serialized_end=3475
+  _globals['_CLUSTERSTATSRESPONSE_BRANCHCOUNTSENTRY']._serialized_start=3424
+  _globals['_CLUSTERSTATSRESPONSE_BRANCHCOUNTSENTRY']._serialized_end=3475
+  _globals['_ADMIN']._serialized_start=3478
+  _globals['_ADMIN']._serialized_end=4263
 # @@protoc_insertion_point(module_scope)

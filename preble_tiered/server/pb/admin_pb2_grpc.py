@@ -49,6 +49,46 @@ class AdminStub:
                 request_serializer=preble_dot_v1_dot_admin__pb2.NodeResidencyRequest.SerializeToString,
                 response_deserializer=preble_dot_v1_dot_admin__pb2.NodeResidency.FromString,
                 _registered_method=True)
+        self.ListPrefixes = channel.unary_unary(
+                '/preble.v1.Admin/ListPrefixes',
+                request_serializer=preble_dot_v1_dot_admin__pb2.ListPrefixesRequest.SerializeToString,
+                response_deserializer=preble_dot_v1_dot_admin__pb2.ListPrefixesResponse.FromString,
+                _registered_method=True)
+        self.NamePrefix = channel.unary_unary(
+                '/preble.v1.Admin/NamePrefix',
+                request_serializer=preble_dot_v1_dot_admin__pb2.NamePrefixRequest.SerializeToString,
+                response_deserializer=preble_dot_v1_dot_admin__pb2.PrefixInfo.FromString,
+                _registered_method=True)
+        self.ShowPrefix = channel.unary_unary(
+                '/preble.v1.Admin/ShowPrefix',
+                request_serializer=preble_dot_v1_dot_admin__pb2.PrefixRef.SerializeToString,
+                response_deserializer=preble_dot_v1_dot_admin__pb2.PrefixDetail.FromString,
+                _registered_method=True)
+        self.PinPrefix = channel.unary_unary(
+                '/preble.v1.Admin/PinPrefix',
+                request_serializer=preble_dot_v1_dot_admin__pb2.PinPrefixRequest.SerializeToString,
+                response_deserializer=preble_dot_v1_dot_admin__pb2.PinInfo.FromString,
+                _registered_method=True)
+        self.UnpinPrefix = channel.unary_unary(
+                '/preble.v1.Admin/UnpinPrefix',
+                request_serializer=preble_dot_v1_dot_admin__pb2.PrefixRef.SerializeToString,
+                response_deserializer=preble_dot_v1_dot_admin__pb2.PinInfo.FromString,
+                _registered_method=True)
+        self.EvictPrefix = channel.unary_unary(
+                '/preble.v1.Admin/EvictPrefix',
+                request_serializer=preble_dot_v1_dot_admin__pb2.EvictPrefixRequest.SerializeToString,
+                response_deserializer=preble_dot_v1_dot_admin__pb2.EvictPrefixResponse.FromString,
+                _registered_method=True)
+        self.WarmPrefix = channel.unary_unary(
+                '/preble.v1.Admin/WarmPrefix',
+                request_serializer=preble_dot_v1_dot_admin__pb2.WarmPrefixRequest.SerializeToString,
+                response_deserializer=preble_dot_v1_dot_admin__pb2.WarmPrefixResponse.FromString,
+                _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/preble.v1.Admin/Explain',
+                request_serializer=preble_dot_v1_dot_admin__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=preble_dot_v1_dot_admin__pb2.DecisionRecord.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -73,6 +113,58 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPrefixes(self, request, context):
+        """Cached prefixes: named ones and the unnamed prefix trees the index holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def NamePrefix(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShowPrefix(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PinPrefix(self, request, context):
+        """Pins are desired state: the router warms, pins and re-warms replicas until unpinned
+        or the TTL passes; they are persisted and survive a router restart.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnpinPrefix(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvictPrefix(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WarmPrefix(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Explain(self, request, context):
+        """The routing decision of a recent request (a bounded ring of decisions).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +182,46 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetNodeResidency,
                     request_deserializer=preble_dot_v1_dot_admin__pb2.NodeResidencyRequest.FromString,
                     response_serializer=preble_dot_v1_dot_admin__pb2.NodeResidency.SerializeToString,
+            ),
+            'ListPrefixes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPrefixes,
+                    request_deserializer=preble_dot_v1_dot_admin__pb2.ListPrefixesRequest.FromString,
+                    response_serializer=preble_dot_v1_dot_admin__pb2.ListPrefixesResponse.SerializeToString,
+            ),
+            'NamePrefix': grpc.unary_unary_rpc_method_handler(
+                    servicer.NamePrefix,
+                    request_deserializer=preble_dot_v1_dot_admin__pb2.NamePrefixRequest.FromString,
+                    response_serializer=preble_dot_v1_dot_admin__pb2.PrefixInfo.SerializeToString,
+            ),
+            'ShowPrefix': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShowPrefix,
+                    request_deserializer=preble_dot_v1_dot_admin__pb2.PrefixRef.FromString,
+                    response_serializer=preble_dot_v1_dot_admin__pb2.PrefixDetail.SerializeToString,
+            ),
+            'PinPrefix': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinPrefix,
+                    request_deserializer=preble_dot_v1_dot_admin__pb2.PinPrefixRequest.FromString,
+                    response_serializer=preble_dot_v1_dot_admin__pb2.PinInfo.SerializeToString,
+            ),
+            'UnpinPrefix': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnpinPrefix,
+                    request_deserializer=preble_dot_v1_dot_admin__pb2.PrefixRef.FromString,
+                    response_serializer=preble_dot_v1_dot_admin__pb2.PinInfo.SerializeToString,
+            ),
+            'EvictPrefix': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvictPrefix,
+                    request_deserializer=preble_dot_v1_dot_admin__pb2.EvictPrefixRequest.FromString,
+                    response_serializer=preble_dot_v1_dot_admin__pb2.EvictPrefixResponse.SerializeToString,
+            ),
+            'WarmPrefix': grpc.unary_unary_rpc_method_handler(
+                    servicer.WarmPrefix,
+                    request_deserializer=preble_dot_v1_dot_admin__pb2.WarmPrefixRequest.FromString,
+                    response_serializer=preble_dot_v1_dot_admin__pb2.WarmPrefixResponse.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=preble_dot_v1_dot_admin__pb2.ExplainRequest.FromString,
+                    response_serializer=preble_dot_v1_dot_admin__pb2.DecisionRecord.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,6 +305,222 @@ class Admin:
             '/preble.v1.Admin/GetNodeResidency',
             preble_dot_v1_dot_admin__pb2.NodeResidencyRequest.SerializeToString,
             preble_dot_v1_dot_admin__pb2.NodeResidency.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPrefixes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/preble.v1.Admin/ListPrefixes',
+            preble_dot_v1_dot_admin__pb2.ListPrefixesRequest.SerializeToString,
+            preble_dot_v1_dot_admin__pb2.ListPrefixesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NamePrefix(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/preble.v1.Admin/NamePrefix',
+            preble_dot_v1_dot_admin__pb2.NamePrefixRequest.SerializeToString,
+            preble_dot_v1_dot_admin__pb2.PrefixInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShowPrefix(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/preble.v1.Admin/ShowPrefix',
+            preble_dot_v1_dot_admin__pb2.PrefixRef.SerializeToString,
+            preble_dot_v1_dot_admin__pb2.PrefixDetail.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinPrefix(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/preble.v1.Admin/PinPrefix',
+            preble_dot_v1_dot_admin__pb2.PinPrefixRequest.SerializeToString,
+            preble_dot_v1_dot_admin__pb2.PinInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnpinPrefix(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/preble.v1.Admin/UnpinPrefix',
+            preble_dot_v1_dot_admin__pb2.PrefixRef.SerializeToString,
+            preble_dot_v1_dot_admin__pb2.PinInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvictPrefix(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/preble.v1.Admin/EvictPrefix',
+            preble_dot_v1_dot_admin__pb2.EvictPrefixRequest.SerializeToString,
+            preble_dot_v1_dot_admin__pb2.EvictPrefixResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WarmPrefix(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/preble.v1.Admin/WarmPrefix',
+            preble_dot_v1_dot_admin__pb2.WarmPrefixRequest.SerializeToString,
+            preble_dot_v1_dot_admin__pb2.WarmPrefixResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/preble.v1.Admin/Explain',
+            preble_dot_v1_dot_admin__pb2.ExplainRequest.SerializeToString,
+            preble_dot_v1_dot_admin__pb2.DecisionRecord.FromString,
             options,
             channel_credentials,
             insecure,

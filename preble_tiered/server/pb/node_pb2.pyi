@@ -136,7 +136,7 @@ class PrefillSample(_message.Message):
     def __init__(self, new_tokens: _Optional[int] = ..., context_tokens: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("ready", "running", "waiting", "kv_usage", "kv_used_tokens", "tpot_ms", "prefill_samples", "event_seq", "link_rates")
+    __slots__ = ("ready", "running", "waiting", "kv_usage", "kv_used_tokens", "tpot_ms", "prefill_samples", "event_seq", "link_rates", "tiers")
     READY_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +146,7 @@ class LoadReport(_message.Message):
     PREFILL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     EVENT_SEQ_FIELD_NUMBER: _ClassVar[int]
     LINK_RATES_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
     ready: bool
     running: int
     waiting: int
@@ -155,7 +156,22 @@ class LoadReport(_message.Message):
     prefill_samples: _containers.RepeatedCompositeFieldContainer[PrefillSample]
     event_seq: int
     link_rates: _containers.RepeatedCompositeFieldContainer[LinkRate]
-    def __init__(self, ready: _Optional[bool] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_usage: _Optional[float] = ..., kv_used_tokens: _Optional[int] = ..., tpot_ms: _Optional[float] = ..., prefill_samples: _Optional[_Iterable[_Union[PrefillSample, _Mapping]]] = ..., event_seq: _Optional[int] = ..., link_rates: _Optional[_Iterable[_Union[LinkRate, _Mapping]]] = ...) -> None: ...
+    tiers: _containers.RepeatedCompositeFieldContainer[TierUsage]
+    def __init__(self, ready: _Optional[bool] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_usage: _Optional[float] = ..., kv_used_tokens: _Optional[int] = ..., tpot_ms: _Optional[float] = ..., prefill_samples: _Optional[_Iterable[_Union[PrefillSample, _Mapping]]] = ..., event_seq: _Optional[int] = ..., link_rates: _Optional[_Iterable[_Union[LinkRate, _Mapping]]] = ..., tiers: _Optional[_Iterable[_Union[TierUsage, _Mapping]]] = ...) -> None: ...
+
+class TierUsage(_message.Message):
+    __slots__ = ("tier", "used_bytes", "capacity_bytes", "blocks", "pinned_blocks")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    PINNED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    tier: _common_pb2.Tier
+    used_bytes: int
+    capacity_bytes: int
+    blocks: int
+    pinned_blocks: int
+    def __init__(self, tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., used_bytes: _Optional[int] = ..., capacity_bytes: _Optional[int] = ..., blocks: _Optional[int] = ..., pinned_blocks: _Optional[int] = ...) -> None: ...
 
 class LinkRate(_message.Message):
     __slots__ = ("link", "bytes_per_s", "samples")
@@ -204,3 +220,37 @@ class RegisterResponse(_message.Message):
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     def __init__(self, node_id: _Optional[int] = ...) -> None: ...
+
+class PinBlocksRequest(_message.Message):
+    __slots__ = ("owner", "hashes", "tier")
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    owner: str
+    hashes: _containers.RepeatedScalarFieldContainer[int]
+    tier: _common_pb2.Tier
+    def __init__(self, owner: _Optional[str] = ..., hashes: _Optional[_Iterable[int]] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ...) -> None: ...
+
+class PinBlocksResponse(_message.Message):
+    __slots__ = ("pinned", "missing")
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    pinned: int
+    missing: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, pinned: _Optional[int] = ..., missing: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class EvictBlocksRequest(_message.Message):
+    __slots__ = ("hashes", "tier")
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    hashes: _containers.RepeatedScalarFieldContainer[int]
+    tier: _common_pb2.Tier
+    def __init__(self, hashes: _Optional[_Iterable[int]] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ...) -> None: ...
+
+class EvictBlocksResponse(_message.Message):
+    __slots__ = ("evicted", "pinned_kept")
+    EVICTED_FIELD_NUMBER: _ClassVar[int]
+    PINNED_KEPT_FIELD_NUMBER: _ClassVar[int]
+    evicted: int
+    pinned_kept: int
+    def __init__(self, evicted: _Optional[int] = ..., pinned_kept: _Optional[int] = ...) -> None: ...

@@ -59,6 +59,16 @@ class NodeStub:
                 request_serializer=preble_dot_v1_dot_node__pb2.NodeInfoRequest.SerializeToString,
                 response_deserializer=preble_dot_v1_dot_node__pb2.NodeInfo.FromString,
                 _registered_method=True)
+        self.PinBlocks = channel.unary_unary(
+                '/preble.v1.Node/PinBlocks',
+                request_serializer=preble_dot_v1_dot_node__pb2.PinBlocksRequest.SerializeToString,
+                response_deserializer=preble_dot_v1_dot_node__pb2.PinBlocksResponse.FromString,
+                _registered_method=True)
+        self.EvictBlocks = channel.unary_unary(
+                '/preble.v1.Node/EvictBlocks',
+                request_serializer=preble_dot_v1_dot_node__pb2.EvictBlocksRequest.SerializeToString,
+                response_deserializer=preble_dot_v1_dot_node__pb2.EvictBlocksResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -94,6 +104,20 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PinBlocks(self, request, context):
+        """Admin pins: set the blocks one owner (a pinned prefix) keeps on this node's tiers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvictBlocks(self, request, context):
+        """Admin eviction from the node's DRAM/disk tiers (pinned blocks stay).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +145,16 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=preble_dot_v1_dot_node__pb2.NodeInfoRequest.FromString,
                     response_serializer=preble_dot_v1_dot_node__pb2.NodeInfo.SerializeToString,
+            ),
+            'PinBlocks': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinBlocks,
+                    request_deserializer=preble_dot_v1_dot_node__pb2.PinBlocksRequest.FromString,
+                    response_serializer=preble_dot_v1_dot_node__pb2.PinBlocksResponse.SerializeToString,
+            ),
+            'EvictBlocks': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvictBlocks,
+                    request_deserializer=preble_dot_v1_dot_node__pb2.EvictBlocksRequest.FromString,
+                    response_serializer=preble_dot_v1_dot_node__pb2.EvictBlocksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +292,60 @@ class Node:
             '/preble.v1.Node/Info',
             preble_dot_v1_dot_node__pb2.NodeInfoRequest.SerializeToString,
             preble_dot_v1_dot_node__pb2.NodeInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinBlocks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/preble.v1.Node/PinBlocks',
+            preble_dot_v1_dot_node__pb2.PinBlocksRequest.SerializeToString,
+            preble_dot_v1_dot_node__pb2.PinBlocksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvictBlocks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/preble.v1.Node/EvictBlocks',
+            preble_dot_v1_dot_node__pb2.EvictBlocksRequest.SerializeToString,
+            preble_dot_v1_dot_node__pb2.EvictBlocksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,83 @@
+"""The router's persisted admin state: named prefixes and pins, in one JSON file.
+
+Writes are atomic (temporary file, fsync, rename), so a crash leaves the old or the new
+state, never a torn one. A file that cannot be parsed is moved aside (`.corrupt-<time>`)
+and the router starts with no pins, saying so, rather than refusing to start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+from preble_tiered.scheduler.pins import NamedPrefix, PinSpec
+from preble_tiered.types import Tier
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
+MAX_PREFIXES = 4096
+MAX_PREFIX_TOKENS = 1 << 20
+MAX_REPLICAS = 64
+MAX_TTL_S = 365 * 86400.0
+
+
+def check_name(name: str) -> None:
+    if not NAME_RE.match(name or ""):
+        raise ValueError(f"bad prefix name {name!r}: use 1-64 characters of letters, digits and ._:/- "
+                         "starting with a letter or digit")
+
+
+class AdminState:
+    """Named prefixes and pins; `path` None keeps them in memory only."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.prefixes: dict[str, NamedPrefix] = {}
+        self.pins: dict[str, PinSpec] = {}
+        if path is not None and path.exists():
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            doc = json.loads(path.read_text())
+            if doc.get("version") != FORMAT_VERSION:
+                raise ValueError(f"format version {doc.get('version')!r}, expected {FORMAT_VERSION}")
+            for p in doc["prefixes"]:
+                self.prefixes[p["name"]] = NamedPrefix(p["name"], tuple(p["token_ids"]),
+                                                       tuple(int(h, 16) for h in p["hashes"]), p["created"])
+            for p in doc["pins"]:
+                self.pins[p["name"]] = PinSpec(p["name"], Tier[p["tier"]], p["replicas"], p["created"],
+                                               p.get("expires"))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            os.replace(path, aside)
+            self.prefixes.clear()
+            self.pins.clear()
+            logger.error("admin state %s is unreadable (%s); moved to %s, starting with no names or pins",
+                         path, e, aside)
+            return
+        logger.info("admin state: %d named prefixes, %d pins from %s", len(self.prefixes), len(self.pins), path)
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        doc = {
+            "version": FORMAT_VERSION,
+            "prefixes": [{"name": p.name, "token_ids": list(p.token_ids), "hashes": [f"{h:016x}" for h in p.hashes],
+                          "created": p.created} for p in self.prefixes.values()],
+            "pins": [{"name": s.name, "tier": s.tier.name, "replicas": s.replicas, "created": s.created,
+                      "expires": s.expires} for s in self.pins.values()],
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
