@@ -18,7 +18,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from preble_tiered import cli_serving
+from preble_tiered import cli_admin, cli_serving
 from preble_tiered.scheduler.cost_model import COST_PRESETS, cost_preset
 from preble_tiered.scheduler.policy import PolicyConfig, policy_names
 
@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     wsub.add_parser("list", help="list the built-in workloads")
     cli_serving.add_parsers(sub, _positive_int, _positive_float,
                             lambda p, trace: _add_workload_args(p, trace, nodes_default=None))
+    cli_admin.add_parser(sub)
     return ap
 
 
@@ -186,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_workload(args)
         if args.cmd == "bench":
             return cli_serving.cmd_bench(args, _load_requests)
+        if args.cmd == "admin":
+            return cli_admin.cmd_admin(args)
         handler = {"serve": cli_serving.cmd_serve, "router": cli_serving.cmd_router, "node": cli_serving.cmd_node,
                    "generate": cli_serving.cmd_generate}.get(args.cmd)
         if handler is not None:

@@ -29,6 +29,9 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     sv.add_argument("--max-model-len", type=positive_int, default=None,
                     help="longest prompt + output in tokens (default: the model's)")
     sv.add_argument("--log-dir", metavar="DIR", help="where the processes' logs go (default: under the cache dir)")
+    sv.add_argument("--dram-bytes", type=positive_int, default=None,
+                    help="each node's host-memory KV tier in bytes (default: none; pins need one)")
+    _add_security_args(sv)
 
     rt = sub.add_parser("router", help="run the router (global scheduler + client API)",
                         description="Serve preble.v1.Inference/Admin/Registry; nodes register with it.")
@@ -41,6 +44,7 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     rt.add_argument("--max-outstanding", type=positive_int, default=1024,
                     help="requests in flight before RESOURCE_EXHAUSTED (default: 1024)")
     rt.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (default: off)")
+    _add_security_args(rt)
 
     nd = sub.add_parser("node", help="run a node agent (one vLLM engine)",
                         description="Serve preble.v1.Node with an in-process vLLM engine and register with "
@@ -77,6 +81,9 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     gn.add_argument("--request-id", default="")
     gn.add_argument("--json", action="store_true", help="print the usage message as JSON, not the text")
     gn.add_argument("--timeout", type=positive_float, default=300.0, help="seconds (default: 300)")
+    gn.add_argument("--inference-token-file", metavar="FILE",
+                    help="file with the Inference API token (default: $PREBLE_INFERENCE_TOKEN)")
+    gn.add_argument("--tls-ca", metavar="PEM", help="CA (or server) certificate: connect with TLS")
 
     bn = sub.add_parser("bench", help="drive a running cluster with a workload or trace",
                         description="Open-loop load over the gRPC API; prints TTFT/latency/TPOT/throughput and "
@@ -86,6 +93,34 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     bn.add_argument("--max-output-tokens", type=positive_int, default=None, help="cap each request's output")
     bn.add_argument("--json", metavar="PATH", help="write the summary as JSON")
     bn.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_security_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state", metavar="FILE", default=None,
+                   help="JSON file of named prefixes and pins, kept across restarts "
+                        "(default: router-<port>-state.json under the cache dir)")
+    p.add_argument("--admin-token-file", metavar="FILE",
+                   help="file with the Admin API bearer token (default: $PREBLE_ADMIN_TOKEN; none: Admin is open)")
+    p.add_argument("--inference-token-file", metavar="FILE",
+                   help="file with the Inference API bearer token (default: $PREBLE_INFERENCE_TOKEN; none: open)")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (needs --tls-key)")
+    p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+
+
+def _security_config(args: argparse.Namespace) -> dict:
+    """RouterConfig fields from the security flags (tokens read now: a bad file fails fast)."""
+    import os
+    from pathlib import Path
+
+    from preble_tiered.server.auth import ADMIN_TOKEN_ENV, INFERENCE_TOKEN_ENV, load_token
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    base = Path(os.environ.get("PREBLE_CACHE_DIR") or Path.home() / ".cache" / "preble_tiered")
+    state = args.state or str(base / f"router-{args.port}-state.json")
+    return dict(state_path=state, admin_token=load_token(ADMIN_TOKEN_ENV, args.admin_token_file),
+                inference_token=load_token(INFERENCE_TOKEN_ENV, args.inference_token_file),
+                tls_cert=args.tls_cert, tls_key=args.tls_key)
 
 
 def _logging(level: str = "INFO") -> None:
@@ -99,7 +134,7 @@ def cmd_router(args: argparse.Namespace) -> int:
     _logging()
     cfg = RouterConfig(host=args.host, port=args.port, policy=args.policy, block_size=args.block_size,
                        tokenizer=args.tokenizer, max_nodes=args.max_nodes, max_outstanding=args.max_outstanding,
-                       metrics_port=args.metrics_port)
+                       metrics_port=args.metrics_port, **_security_config(args))
     asyncio.run(serve_router(cfg))
     return 0
 
@@ -136,9 +171,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from preble_tiered.server.launcher import ClusterSpec, LocalCluster
 
+    sec = _security_config(args)  # fail here, not in the router child, on a bad token file or TLS pair
+    router_args: list[str] = []
+    for flag in ("state", "admin_token_file", "inference_token_file", "tls_cert", "tls_key"):
+        value = getattr(args, flag)
+        if value:
+            router_args += ["--" + flag.replace("_", "-"), str(value)]
     spec = ClusterSpec(nodes=args.nodes, model=args.model, port=args.port, policy=args.policy,
                        kv_cache_bytes=args.kv_cache_bytes, block_size=args.block_size, log_dir=args.log_dir,
-                       max_model_len=args.max_model_len)
+                       max_model_len=args.max_model_len, dram_bytes=args.dram_bytes,
+                       router_args=tuple(router_args), inference_token=sec["inference_token"], tls_ca=args.tls_cert)
     cluster = LocalCluster(spec)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops as cleanly as Ctrl-C
     try:
@@ -167,10 +209,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from preble_tiered.client import Client, build_request, usage_dict
     from preble_tiered.engine.api import GenParams
 
+    from preble_tiered.server.auth import INFERENCE_TOKEN_ENV, load_token
+
     params = GenParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     req = build_request(args.text, params, args.request_id)
+    token = load_token(INFERENCE_TOKEN_ENV, args.inference_token_file)
     try:
-        with Client(args.addr, args.timeout) as c:
+        with Client(args.addr, args.timeout, token=token, tls_ca=args.tls_ca) as c:
             if args.json:
                 print(json.dumps(usage_dict(c.generate(req)), indent=2))
                 return 0

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-import grpc
 
 from preble_tiered.engine.api import GenParams
 from preble_tiered.server import convert
+from preble_tiered.server.auth import bearer, channel
 from preble_tiered.server.grpc_util import CHANNEL_OPTIONS
 from preble_tiered.server.pb import common_pb2, inference_pb2, inference_pb2_grpc
 
@@ -43,19 +43,27 @@ def usage_dict(complete: inference_pb2.GenerateComplete) -> dict:
 
 
 class Client:
-    def __init__(self, addr: str, timeout_s: float | None = None) -> None:
-        self.channel = grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
+    """Args:
+        token: the Inference API's bearer token, when the router requires one.
+        tls_ca: PEM of the CA (or the server's self-signed certificate): connect with TLS.
+    """
+
+    def __init__(self, addr: str, timeout_s: float | None = None, token: str | None = None,
+                 tls_ca: str | None = None) -> None:
+        self.channel = channel(addr, tls_ca, CHANNEL_OPTIONS)
         self.stub = inference_pb2_grpc.InferenceStub(self.channel)
         self.timeout_s = timeout_s
+        self.metadata = bearer(token) if token else ()
 
     def stream(self, req: inference_pb2.GenerateRequest) -> Iterator[inference_pb2.GenerateResponse]:
-        return self.stub.Generate(req, timeout=self.timeout_s)
+        return self.stub.Generate(req, timeout=self.timeout_s, metadata=self.metadata)
 
     def generate(self, req: inference_pb2.GenerateRequest) -> inference_pb2.GenerateComplete:
-        return self.stub.GenerateOnce(req, timeout=self.timeout_s)
+        return self.stub.GenerateOnce(req, timeout=self.timeout_s, metadata=self.metadata)
 
-    def model_info(self) -> inference_pb2.ModelInfo:
-        return self.stub.GetModelInfo(inference_pb2.ModelInfoRequest(), timeout=self.timeout_s or 10.0)
+    def model_info(self, timeout_s: float | None = None) -> inference_pb2.ModelInfo:
+        return self.stub.GetModelInfo(inference_pb2.ModelInfoRequest(), timeout=timeout_s or self.timeout_s or 10.0,
+                                      metadata=self.metadata)
 
     def close(self) -> None:
         self.channel.close()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-from preble_tiered.server.pb import inference_pb2, inference_pb2_grpc
+from preble_tiered.server.pb import inference_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,10 @@ class ClusterSpec:
     log_dir: str | None = None
     node_env: dict[str, str] = field(default_factory=dict)
     router_args: tuple[str, ...] = ()
+    inference_token: str | None = field(default=None, repr=False)
+    """The router's Inference token, when it requires one (start-up checks call it)."""
+    tls_ca: str | None = None
+    """PEM to verify the router's TLS certificate with, when it serves TLS."""
     start_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
@@ -150,9 +154,10 @@ class LocalCluster:
                                    f"see {self.log_dir / (name + '.log')}")
 
     def model_info(self, timeout: float = 5.0) -> inference_pb2.ModelInfo:
-        with grpc.insecure_channel(self.addr) as ch:
-            return inference_pb2_grpc.InferenceStub(ch).GetModelInfo(inference_pb2.ModelInfoRequest(),
-                                                                      timeout=timeout)
+        from preble_tiered.client import Client
+
+        with Client(self.addr, token=self.spec.inference_token, tls_ca=self.spec.tls_ca) as c:
+            return c.model_info(timeout)
 
     def processes(self) -> list[tuple[str, subprocess.Popen]]:
         out = [(f"node{i}", p) for i, p in enumerate(self.nodes)]
