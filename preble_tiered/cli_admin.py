@@ -244,17 +244,21 @@ def render(method: str, resp) -> None:
         return t
 
     if method == "ListNodes":
-        t = table("nodes", "id", "name", "address", "alive", "run", "wait", "inflight", "kv %", "hbm blk",
-                  "dram", "disk", "pins", "tpot ms")
+        t = table("nodes", "id", "name", "alive", "run", "wait", "infl", "kv %", "hbm blk", "dram", "disk",
+                  "pins", "tpot ms")
         for n in resp.nodes:
             tiers = {u.tier: u for u in n.tiers}
+
             def use(tier):
                 u = tiers.get(tier)
-                return f"{_bytes(u.used_bytes)}/{_bytes(u.capacity_bytes)} ({u.pinned_blocks} pinned)" if u else "-"
-            t.add_row(str(n.node_id), n.name, n.address, "yes" if n.alive else "DOWN", str(n.running), str(n.waiting),
+                if u is None:
+                    return "-"
+                return f"{u.used_bytes / 2**20:.0f}/{u.capacity_bytes / 2**20:.0f}M {u.blocks}b {u.pinned_blocks}p"
+            t.add_row(str(n.node_id), n.name, "yes" if n.alive else "DOWN", str(n.running), str(n.waiting),
                       str(n.inflight), f"{100 * n.kv_usage:.0f}", str(n.hbm_blocks), use(2), use(3),
                       str(n.pinned_prefixes), f"{n.tpot_ms:.1f}")
         con.print(t)
+        con.print("dram/disk: used/capacity MiB, blocks (b), pinned blocks (p)")
     elif method == "ClusterStats":
         t = table("cluster", "metric", "value")
         for k in ("policy", "model", "nodes_alive", "nodes_total", "requests_total", "requests_failed",
@@ -332,6 +336,6 @@ def _render_pin(con, table, pin) -> None:
     con.print(t)
 
 
-_NUMERIC = {"id", "run", "wait", "inflight", "kv %", "hbm blk", "pins", "tpot ms", "tokens", "demand", "blocks",
+_NUMERIC = {"id", "run", "wait", "infl", "kv %", "hbm blk", "pins", "tpot ms", "tokens", "demand", "blocks",
             "bytes", "hits", "value", "requests", "hbm", "dram", "disk", "remote", "recomputed", "ms", "load s",
             "evict s", "plan s", "total s", "blocks held", "share"}

@@ -86,9 +86,9 @@ class LocalCluster:
             self.model = str(ensure_tiny_model())
         self.log_dir.mkdir(parents=True, exist_ok=True)
         s = self.spec
-        self.router = self._spawn("router", ["router", "--host", s.host, "--port", str(s.port), "--policy", s.policy,
-                                             "--block-size", str(s.block_size), "--tokenizer", self.model,
-                                             *s.router_args], {})
+        self._router_args = ["router", "--host", s.host, "--port", str(s.port), "--policy", s.policy,
+                             "--block-size", str(s.block_size), "--tokenizer", self.model, *s.router_args]
+        self.router = self._spawn("router", self._router_args, {})
         self._wait_router()
         ncpu = os.cpu_count() or 1
         for i in range(s.nodes):
@@ -116,6 +116,19 @@ class LocalCluster:
                                     stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
         finally:
             log.close()
+
+    def restart_router(self, grace_s: float = 20.0) -> None:
+        """Stop the router (SIGTERM) and start it again with the same arguments; the nodes
+        re-register by themselves. Returns when it answers again."""
+        assert self.router is not None, "start() first"
+        _signal(self.router, signal.SIGTERM)
+        try:
+            self.router.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            _signal(self.router, signal.SIGKILL)
+            self.router.wait()
+        self.router = self._spawn("router", self._router_args, {})
+        self._wait_router()
 
     def _wait_router(self) -> None:
         deadline = time.monotonic() + 60

@@ -243,8 +243,11 @@ class PrefixAdmin:
             raise _invalid(f"limit must be in [0, {MAX_LIST}]")
         views = [self.view(p) for p in self.state.prefixes.values()]
         if not named_only:
-            named_roots = {p.hashes[0] for p in self.state.prefixes.values()}
-            views += [v for v in self.tree_views() if v.hash not in named_roots or v.where]
+            # An unnamed tree that is no more than a named prefix is that prefix: list it once.
+            named_roots: dict[int, int] = {}
+            for p in self.state.prefixes.values():
+                named_roots[p.hashes[0]] = max(named_roots.get(p.hashes[0], 0), len(p.hashes))
+            views += [v for v in self.tree_views() if v.blocks > named_roots.get(v.hash, 0)]
         views = [v for v in views if v.tokens >= min_tokens
                  and (node is None or any(pl.node == node for pl in v.where))
                  and (tier is None or any(pl.tier is tier for pl in v.where))]
