@@ -98,3 +98,21 @@ def test_console_script_help_lists_the_commands():
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
     assert "sim" in out.stdout and "workload" in out.stdout
+
+
+def test_admin_ttl_durations_parse_with_units_and_refuse_garbage():
+    import argparse
+
+    from preble_tiered.cli_admin import parse_duration
+
+    assert [parse_duration(s) for s in ("90", "90s", "15m", "2h", "1.5d")] == [90, 90, 900, 7200, 129600]
+    for bad in ("", "abc", "5y", "-3m", "0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_duration(bad)
+
+
+def test_admin_with_an_unreadable_token_file_exits_2_with_the_reason(capsys, tmp_path):
+    from preble_tiered.cli import main
+
+    assert main(["admin", "--admin-token-file", str(tmp_path / "nope"), "nodes"]) == 2
+    assert "cannot read token file" in capsys.readouterr().err
