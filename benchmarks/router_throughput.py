@@ -33,9 +33,11 @@ import numpy as np
 from preble_tiered.events import BlockRemoved, BlockStored
 from preble_tiered.hashing import BlockHasher
 from preble_tiered.scheduler.clock import ManualClock
-from preble_tiered.scheduler.core import Scheduler, SchedulerConfig
+from preble_tiered.scheduler.core import Scheduler, SchedulerConfig, predicted_cached
+from preble_tiered.scheduler.policy import PolicyConfig
 from preble_tiered.scheduler.cost_model import cost_preset
 from preble_tiered.scheduler.types import RouteRequest
+from preble_tiered.server.decisions import DecisionRing
 from preble_tiered.types import Tier
 
 PREFIX_TOKENS, QUESTION_TOKENS = 1536, 512
@@ -93,10 +95,15 @@ class PromptStream:
         return [np.concatenate([self.prefixes[k], q]) for k, q in zip(picks, questions)]
 
 
-def run(nodes: int, requests: int, rps: float, seed: int, policy: str, dram_x: float = 10, disk_x: float = 50) -> dict:
+def run(nodes: int, requests: int, rps: float, seed: int, policy: str, dram_x: float = 10, disk_x: float = 50,
+        explain: bool = False) -> dict:
+    """explain: what the real router adds per decision for `preble admin explain`: every
+    candidate's cost terms kept on the Decision, and a DecisionRing record (with the prompt)."""
     cost = cost_preset("mistral-7b-a6000")
     clock = ManualClock()
-    sched = Scheduler(SchedulerConfig(policy=policy, n_nodes=nodes), cost, clock)
+    sched = Scheduler(SchedulerConfig(policy=policy, n_nodes=nodes, policy_config=PolicyConfig(explain=explain)),
+                      cost, clock)
+    ring = DecisionRing() if explain else None
     hasher = BlockHasher()
     bs = hasher.block_size
     hbm = cost.hbm_tokens // bs
@@ -117,11 +124,14 @@ def run(nodes: int, requests: int, rps: float, seed: int, policy: str, dram_x: f
         if not batch:
             batch = stream.take(1000)[::-1]  # made outside the timed region
         toks = batch.pop()
+        prompt = toks.tolist() if ring is not None else None  # the router holds a list
         clock.advance(1.0 / rps)
         t0 = time.perf_counter()
         hashes = hasher(toks)
         t_h = time.perf_counter()
         d = sched.schedule(RouteRequest(f"r{i}", hashes, len(toks), 64))
+        if ring is not None:
+            ring.record(d.request_id, 0.0, d, prompt, predicted_cached(d))
         t_end = time.perf_counter()
         hash_times[i] = t_h - t0
         times[i] = t_end - t0
@@ -146,7 +156,7 @@ def run(nodes: int, requests: int, rps: float, seed: int, policy: str, dram_x: f
     quarters = [float(x.mean() * 1e6) for x in q]
     sched_only = times - hash_times
     return {
-        "policy": policy, "nodes": nodes, "requests": requests, "prompt_tokens": PREFIX_TOKENS + QUESTION_TOKENS,
+        "policy": policy, "explain": explain, "nodes": nodes, "requests": requests, "prompt_tokens": PREFIX_TOKENS + QUESTION_TOKENS,
         "decisions_per_s": requests / float(times.sum()),
         "decisions_per_s_excluding_hashing": requests / float(sched_only.sum()),
         "decision_us": {"mean": float(times.mean() * 1e6), "p50": float(np.percentile(times, 50) * 1e6),
@@ -170,13 +180,15 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dram-x", type=float, default=10.0, help="DRAM tier per node, in multiples of HBM")
     ap.add_argument("--disk-x", type=float, default=50.0, help="disk tier per node, in multiples of HBM")
+    ap.add_argument("--explain", action="store_true",
+                    help="also keep what `preble admin explain` needs (candidates + decision ring), as the router does")
     ap.add_argument("--json", default="benchmarks/results/router_throughput.json")
     args = ap.parse_args()
     runs = []
     for n in args.nodes:
-        r = run(n, args.requests, args.rps, args.seed, args.policy, args.dram_x, args.disk_x)
+        r = run(n, args.requests, args.rps, args.seed, args.policy, args.dram_x, args.disk_x, args.explain)
         runs.append(r)
-        print(f"{args.policy} nodes={n:4d} requests={r['requests']}: {r['decisions_per_s']:8.0f} decisions/s "
+        print(f"{args.policy}{' +explain' if args.explain else ''} nodes={n:4d} requests={r['requests']}: {r['decisions_per_s']:8.0f} decisions/s "
               f"with hashing ({r['decisions_per_s_excluding_hashing']:.0f}/s schedule() alone)  "
               f"mean {r['decision_us']['mean']:6.1f} us (hash {r['hash_us']['mean']:.1f})  p99 {r['decision_us']['p99']:6.1f} us  "
               f"quarters {' '.join(f'{x:.1f}' for x in r['quarter_mean_us'])} us (last/first {r['last_over_first']:.2f})  "
