@@ -109,7 +109,7 @@ def run(nodes: int, requests: int, rps: float, seed: int, policy: str, dram_x: f
     hbm = cost.hbm_tokens // bs
     caches = [NodeCache(n, hbm, int(dram_x * hbm), int(disk_x * hbm)) for n in range(nodes)]
     stream = PromptStream(n_prefixes=25 * nodes, seed=seed)
-    inflight: deque[tuple[str, int]] = deque()
+    inflight: deque[tuple[str, list[int]]] = deque()
     depth = 16 * nodes  # requests in flight (each finishes `depth` decisions later)
     times = np.empty(requests)
     hash_times = np.empty(requests)
@@ -124,7 +124,7 @@ def run(nodes: int, requests: int, rps: float, seed: int, policy: str, dram_x: f
         if not batch:
             batch = stream.take(1000)[::-1]  # made outside the timed region
         toks = batch.pop()
-        prompt = toks.tolist() if ring is not None else None  # the router holds a list
+        prompt = toks.tolist()  # a router holds each in-flight request's prompt as a list
         clock.advance(1.0 / rps)
         t0 = time.perf_counter()
         hashes = hasher(toks)
@@ -139,11 +139,17 @@ def run(nodes: int, requests: int, rps: float, seed: int, policy: str, dram_x: f
         for ev in caches[d.node].store(hashes):
             sched.apply(ev)
             n_events += 1
-        inflight.append((d.request_id, 64))
+        inflight.append((d.request_id, prompt))
         if len(inflight) > depth:
-            rid, out = inflight.popleft()
+            rid, _ = inflight.popleft()
             sched.on_first_token(rid)
-            sched.on_finish(rid, out)
+            sched.on_finish(rid, 64)
+            if ring is not None:  # at completion, as the router does
+                rec = ring.get(rid)
+                if rec is not None:
+                    ring.finish(rec, "done")
+        if ring is not None and i % int(rps) == 0:
+            ring.trim()  # the router's once-a-second housekeeping (simulated clock: rps decisions)
         apply_s += time.perf_counter() - t1
         if i % 20000 == 19999:
             gc.collect()

@@ -262,7 +262,7 @@ class PrebleE2(Policy):
                   costs: "_Costs") -> Decision:
         node = costs.nodes[best]
         plan = self.planner.build(node, pc)
-        return Decision(req.request_id, node, plan, branch, costs.candidates() if self.config.explain else [])
+        return Decision(req.request_id, node, plan, branch, costs if self.config.explain else None)
 
     def _prefix_key(self, req: RouteRequest, now: float) -> int | None:
         """The request's shared prefix: its deepest block requested at least twice in the

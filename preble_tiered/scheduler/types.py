@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
 from preble_tiered.types import NodeId, Tier
 
@@ -102,10 +103,26 @@ class CandidateCost:
         return self.load_s + self.evict_s + self.plan_s
 
 
+class CostTerms(Protocol):
+    """Every candidate's cost terms, as the policy computed them (parallel lists)."""
+
+    def candidates(self) -> list[CandidateCost]: ...
+
+
 @dataclass(slots=True)
 class Decision:
+    """Attributes:
+        terms: the candidates' cost terms, kept as the policy's own parallel lists when
+            `PolicyConfig.explain` is set (no per-candidate objects on the decision path);
+            `candidates` builds the objects when asked (`explain`).
+    """
+
     request_id: str
     node: NodeId
     plan: Plan
     branch: Branch
-    candidates: list[CandidateCost] = field(default_factory=list)
+    terms: CostTerms | None = None
+
+    @property
+    def candidates(self) -> list[CandidateCost]:
+        return self.terms.candidates() if self.terms is not None else []

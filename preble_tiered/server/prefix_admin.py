@@ -334,6 +334,7 @@ class PrefixAdmin:
 
     def _round(self) -> None:
         r = self.router
+        r.decisions.trim()  # the decision ring's housekeeping rides on this once-a-second loop
         mono = time.monotonic()
         alive = [n for n, lk in r.links.items() if lk.alive]
         acked = {n: pins for n, pins in self.acked.items() if n in alive}

@@ -436,8 +436,8 @@ class Router:
             self.metrics.requests.labels(e.code.name.lower()).inc()
             raise
         finally:
-            if run.record is not None and not run.finished:
-                run.record.state = "failed"
+            if run.record is not None:
+                self.decisions.finish(run.record, "done" if run.finished else "failed")
             self._active.discard(rid)
             self.metrics.outstanding.set(len(self._active))
             if not run.finished:

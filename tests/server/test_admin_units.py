@@ -116,14 +116,24 @@ def decision(rid: str) -> Decision:
 
 
 def test_ring_keeps_the_last_requests_and_prompts_within_budget():
-    ring = DecisionRing(capacity=3, token_budget=10)
-    for i in range(5):
+    ring = DecisionRing(capacity=3, token_budget=1000)
+    for i in range(6):
         ring.record(f"r{i}", float(i), decision(f"r{i}"), [i] * 4, {})
-    assert len(ring) == 3 and ring.get("r1") is None and ring.get("r4") is not None
-    kept = [r for r in ("r2", "r3", "r4") if ring.get(r).prompt is not None]
-    assert kept == ["r3", "r4"]  # 8 tokens fit in 10; the oldest prompt went first
-    rec = ring.record("r4", 9.0, decision("r4"), [1], {})  # a re-route: same record, next attempt
+    assert len(ring) == 6  # trimming is housekeeping, off the decision path ...
+    ring.record("r6", 6.0, decision("r6"), [6] * 4, {})
+    assert len(ring) == 3  # ... unless it falls behind by twice the bound
+    assert [r for r in ("r3", "r4", "r5", "r6") if ring.get(r)] == ["r4", "r5", "r6"]
+
+    ring = DecisionRing(capacity=3, token_budget=10)
+    for i in range(3):
+        ring.record(f"r{i}", float(i), decision(f"r{i}"), [i] * 4, {})
+    ring.trim()
+    kept = [r for r in ("r0", "r1", "r2") if ring.get(r).prompt is not None]
+    assert kept == ["r1", "r2"]  # 8 tokens fit in 10; the oldest prompt went first
+    rec = ring.record("r2", 9.0, decision("r2"), [1], {})  # a re-route: same record, next attempt
     assert rec.attempt == 1 and len(ring) == 3
+    ring.finish(rec, "done")
+    assert rec.state == "done" and list(rec.prompt) == [1] and not isinstance(rec.prompt, list)
 
 
 # ---------------------------------------------------------------- tokens
