@@ -47,7 +47,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return out
 
     @staticmethod
-    def _tier(value: int, context) -> Tier | None:
+    def _tier(value: int) -> Tier | None:
         try:
             return convert.tier_from_pb(value)
         except ValueError as e:
@@ -106,7 +106,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         node = request.node_id if request.HasField("node_id") else None
         if node is not None and node not in self.router.links:
             raise AdminError(grpc.StatusCode.NOT_FOUND, f"no node {node}; known: {sorted(self.router.links)}")
-        views, total = self.admin.list(node, self._tier(request.tier, None), request.min_tokens,
+        views, total = self.admin.listing(node, self._tier(request.tier), request.min_tokens,
                                        request.named_only, request.limit)
         return admin_pb2.ListPrefixesResponse(prefixes=[self._prefix_pb(v) for v in views], total=total)
 
@@ -156,7 +156,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return await self._call(context, self._pin, request)
 
     def _pin(self, request):
-        tier = self._tier(request.tier, None) or Tier.DRAM
+        tier = self._tier(request.tier) or Tier.DRAM
         self.admin.pin(request.name, request.replicas or 1, tier, request.ttl_s)
         return self._pin_pb(request.name)
 
@@ -172,7 +172,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def _evict(self, request):
         node = request.node_id if request.HasField("node_id") else None
-        evicted, kept, nodes = await self.admin.evict(request.key, node, self._tier(request.tier, None))
+        evicted, kept, nodes = await self.admin.evict(request.key, node, self._tier(request.tier))
         return admin_pb2.EvictPrefixResponse(evicted=evicted, pinned_kept=kept, nodes=nodes)
 
     async def WarmPrefix(self, request, context):

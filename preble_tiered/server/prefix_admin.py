@@ -237,7 +237,7 @@ class PrefixAdmin:
             out.append(PrefixView("", r, depth_max * bs, n_blocks, where, idx.demand(r, now), pinned, self._wall(last)))
         return out
 
-    def list(self, node: NodeId | None, tier: Tier | None, min_tokens: int, named_only: bool,
+    def listing(self, node: NodeId | None, tier: Tier | None, min_tokens: int, named_only: bool,
              limit: int) -> tuple[list[PrefixView], int]:
         if not 0 <= limit <= MAX_LIST:
             raise _invalid(f"limit must be in [0, {MAX_LIST}]")
