@@ -285,5 +285,8 @@ class DiskTier(LruTier):
             self._db.flush()
         except Exception as exc:
             logger.warning("disk tier at %s: flush on close failed (%s)", self.path, exc)
-        self._db.close()
+        try:
+            self._db.close()
+        except Exception as exc:  # a full disk fails the final flush again: the node still stops cleanly
+            logger.warning("disk tier at %s: close failed (%s); blocks not yet flushed are lost", self.path, exc)
         self._db = None

@@ -334,3 +334,38 @@ def test_disk_large_blocks_survive_restart(tmp_path):
     assert [bytes(t.get(b.key).data) for b in blocks] == [b.data for b in blocks]
     assert t.stats()["corrupt"] == 0
     t.close()
+
+
+_FULL_DISK_SCRIPT = r"""
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (3 << 20, 3 << 20))  # every file this process writes: <= 3 MiB
+from preble_tiered.kvstore.base import BlockKey, StoredBlock
+from preble_tiered.kvstore.disk import DiskTier
+t = DiskTier(sys.argv[1], 256 << 20, "ns")
+accepted = 0
+for i in range(600):  # 150 MiB of blocks: RocksDB's memtable flushes fail long before that
+    if t.put(StoredBlock(BlockKey("ns", i + 1), None, bytes([i % 251]) * (256 << 10))) is None:
+        break
+    accepted += 1
+first = t.get(BlockKey("ns", 1))
+print(accepted, int(t.degraded), t.stats()["write_errors"], int(first is not None and bytes(first.data[:1]) == b"\0"))
+t.close()  # must not raise on the full disk
+print("closed")
+"""
+
+
+def test_a_really_full_disk_degrades_the_tier_and_close_still_succeeds(tmp_path):
+    """Not a fake: RocksDB itself hits EFBIG (a per-process file-size limit stands in for a
+    full disk, no root needed), its flush fails, and the tier turns degraded."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _FULL_DISK_SCRIPT, str(tmp_path / "db")], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.split()
+    accepted, degraded, errors, readable = map(int, lines[:4])
+    assert degraded == 1 and errors >= 1 and 0 < accepted < 600
+    assert readable == 1  # what was accepted stays readable while the process lives
+    assert lines[4] == "closed" and "disabling disk writes" in out.stderr
