@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import grpc
 
 from preble_tiered.server import convert
@@ -58,9 +60,6 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         r = self.router
         idx = r.scheduler.index
         out = admin_pb2.ListNodesResponse()
-        pinned_on: dict[int, int] = {}
-        for node, pins in self.admin.acked.items():
-            pinned_on[node] = len(pins)
         for link in r.links.values():
             ns = r.scheduler.cluster.nodes[link.node_id]
             n = link.node_id
@@ -70,7 +69,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                                hbm_blocks=idx.held_blocks(n, Tier.HBM), dram_blocks=idx.held_blocks(n, Tier.DRAM),
                                disk_blocks=idx.held_blocks(n, Tier.DISK), tpot_ms=link.load.tpot_ms,
                                requests_total=link.requests_total, event_seq=link.event_seq, resyncs=link.resyncs,
-                               pinned_prefixes=pinned_on.get(n, 0))
+                               pinned_prefixes=len(self.admin.acked.get(n, {})))
             st.tiers.extend(link.load.tiers)
         return out
 
@@ -223,9 +222,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def _call(context, fn, request):
         try:
             out = fn(request)
-            if hasattr(out, "__await__"):
-                out = await out
-            return out
+            return await out if inspect.isawaitable(out) else out
         except AdminError as e:
             await context.abort(e.code, e.message)
         except ValueError as e:

@@ -22,6 +22,7 @@ import grpc
 from preble_tiered.engine.api import GenParams
 from preble_tiered.scheduler.pins import (NamedPrefix, NodePin, PinOp, PinSpec, held_counts, pin_targets,
                                           reconcile, replica_state, storage_tier)
+from preble_tiered.scheduler.index import BlockEntry, iter_bits
 from preble_tiered.scheduler.types import Branch, Decision, RouteRequest
 from preble_tiered.server import convert
 from preble_tiered.server.admin_state import (MAX_PREFIX_TOKENS, MAX_PREFIXES, MAX_REPLICAS, MAX_TTL_S,
@@ -202,40 +203,44 @@ class PrefixAdmin:
     def tree_views(self) -> list[PrefixView]:
         """Unnamed prefixes: one view per root block of the index, over its whole subtree
         (tokens: the deepest chain; placement: blocks of the subtree per node and tier)."""
-        idx = self.router.scheduler.index
+        entries, children, roots = self._forest()
+        return [self._tree_view(r, entries, children) for r in roots]
+
+    def subtree_view(self, root: int) -> PrefixView:
+        """The unnamed prefix tree under block `root` (a root or an inner block)."""
+        entries, children, _ = self._forest()
+        return self._tree_view(root, entries, children)
+
+    def _forest(self) -> tuple[dict[int, BlockEntry], dict[int, list[int]], list[int]]:
+        """(entries, children of each block, root blocks) of the index. O(entries)."""
+        entries = dict(self.router.scheduler.index.items())
         children: dict[int, list[int]] = {}
         roots: list[int] = []
-        entries = dict(idx.items())
         for h, e in entries.items():
             if e.parent is None or e.parent not in entries:
                 roots.append(h)
             else:
                 children.setdefault(e.parent, []).append(h)
-        now = self.router.clock.now()
-        bs = self.router.config.block_size
-        out = []
-        for r in roots:
-            counts: dict[tuple[NodeId, Tier], int] = {}
-            depth_max, pinned, last, n_blocks = 0, False, float("-inf"), 0
-            stack = [(r, 1)]
-            while stack:
-                h, d = stack.pop()
-                e = entries[h]
-                n_blocks += 1
-                depth_max = max(depth_max, d)
-                pinned = pinned or e.pins > 0
-                last = max(last, e.last_access)
-                for tier in (Tier.HBM, Tier.DRAM, Tier.DISK):
-                    m = e.mask(tier)
-                    while m:
-                        low = m & -m
-                        key = (low.bit_length() - 1, tier)
-                        counts[key] = counts.get(key, 0) + 1
-                        m ^= low
-                stack.extend((c, d + 1) for c in children.get(h, ()))
-            where = [Placement(n, t, c) for (n, t), c in sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1].value))]
-            out.append(PrefixView("", r, depth_max * bs, n_blocks, where, idx.demand(r, now), pinned, self._wall(last)))
-        return out
+        return entries, children, roots
+
+    def _tree_view(self, root: int, entries: dict[int, BlockEntry], children: dict[int, list[int]]) -> PrefixView:
+        counts: dict[tuple[NodeId, Tier], int] = {}
+        depth_max, pinned, last, n_blocks = 0, False, float("-inf"), 0
+        stack = [(root, 1)]
+        while stack:
+            h, d = stack.pop()
+            e = entries[h]
+            n_blocks += 1
+            depth_max = max(depth_max, d)
+            pinned = pinned or e.pins > 0
+            last = max(last, e.last_access)
+            for tier in (Tier.HBM, Tier.DRAM, Tier.DISK):
+                for node in iter_bits(e.mask(tier)):
+                    counts[(node, tier)] = counts.get((node, tier), 0) + 1
+            stack.extend((c, d + 1) for c in children.get(h, ()))
+        where = [Placement(n, t, c) for (n, t), c in sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1].value))]
+        return PrefixView("", root, depth_max * self.router.config.block_size, n_blocks, where,
+                          self.router.scheduler.index.demand(root, self.router.clock.now()), pinned, self._wall(last))
 
     def listing(self, node: NodeId | None, tier: Tier | None, min_tokens: int, named_only: bool,
              limit: int) -> tuple[list[PrefixView], int]:
@@ -449,36 +454,9 @@ class PrefixAdmin:
             done.append(n)
         return evicted, kept, done
 
-    def subtree_view(self, root: int) -> PrefixView:
-        """The unnamed prefix tree under block `root` (a root or an inner block)."""
-        idx = self.router.scheduler.index
-        sub = self._subtree(root)
-        counts: dict[tuple[NodeId, Tier], int] = {}
-        depth: dict[int, int] = {root: 1}
-        last = float("-inf")
-        for b in sub:
-            e = idx.entry(b)
-            if e is None:
-                continue
-            if b != root:
-                depth[b] = depth.get(e.parent, 0) + 1
-            last = max(last, e.last_access)
-            for tier in (Tier.HBM, Tier.DRAM, Tier.DISK):
-                for n in self.router.links:
-                    if e.mask(tier) >> n & 1:
-                        counts[(n, tier)] = counts.get((n, tier), 0) + 1
-        where = [Placement(n, t, c) for (n, t), c in sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1].value))]
-        e = idx.entry(root)
-        return PrefixView("", root, max(depth.values()) * self.router.config.block_size, len(sub), where,
-                          idx.demand(root, self.router.clock.now()), bool(e and e.pins), self._wall(last))
-
     def _subtree(self, root: int) -> list[int]:
         """`root` and its descendants in the index, parents before children."""
-        idx = self.router.scheduler.index
-        children: dict[int, list[int]] = {}
-        for h, e in idx.items():
-            if e.parent is not None:
-                children.setdefault(e.parent, []).append(h)
+        _, children, _ = self._forest()
         out, stack = [], [root]
         while stack:
             h = stack.pop()

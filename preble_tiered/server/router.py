@@ -544,7 +544,7 @@ class Router:
         for k, v in cached.items():
             if v:
                 m.cached_tokens.labels(k).inc(v)
-        if run.record is not None:
+        if run.record is not None:  # "done" now: GenerateOnce returns before generate's `finally` runs
             run.record.state, run.record.actual = "done", cached
             run.record.ttft_ms = (first - run.t0) * 1e3
         self.admin.on_complete(run.hashes, link.node_id, total_cached)
