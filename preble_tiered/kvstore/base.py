@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from preble_tiered.events import ResidencyEvent
 from preble_tiered.types import Tier
@@ -18,9 +19,12 @@ PLACEHOLDER_NODE = 0
 """Events carry node 0; the node agent replaces it with its own id."""
 
 
-@dataclass(frozen=True)
-class BlockKey:
-    """A block's identity: the model namespace (as in hashing) and the router block hash."""
+class BlockKey(NamedTuple):
+    """A block's identity: the model namespace (as in hashing) and the router block hash.
+
+    A named tuple, not a dataclass: keys are hashed on every tier operation, and a tuple's
+    hash and equality run in C.
+    """
 
     namespace: str
     block_hash: int

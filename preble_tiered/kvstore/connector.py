@@ -16,9 +16,7 @@ order. A load whose block vanished from the store is reported through
 from __future__ import annotations
 
 import logging
-import math
 import time
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +27,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (KVConnectorBase_V
 
 from preble_tiered.kvstore import runtime
 from preble_tiered.kvstore.base import StoredBlock
+from preble_tiered.kvstore.block_copy import BlockLayout
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +62,7 @@ class PrebleTieredConnector(KVConnectorBase_V1):
         self.block_size = vllm_config.cache_config.block_size
         self._reqs: dict[str, _ReqState] = {}
         self._caches: list[tuple[str, torch.Tensor, int]] = []  # (layer, cache, block dim)
+        self._layout: BlockLayout | None = None
         self._load_errors: set[int] = set()
 
     # ------------------------------------------------------------------ scheduler role
@@ -173,6 +173,7 @@ class PrebleTieredConnector(KVConnectorBase_V1):
                 raise RuntimeError(f"cannot find the block dimension of {name}: shape {tuple(cache.shape)}, "
                                    f"{n_blocks} blocks")
             self._caches.append((name, cache, dims[0]))
+        self._layout = BlockLayout(self._caches)
         logger.info("KV connector: %d layers, block dim %d, cache shape %s", len(self._caches),
                     self._caches[0][2] if self._caches else -1,
                     tuple(self._caches[0][1].shape) if self._caches else ())
@@ -209,7 +210,7 @@ class PrebleTieredConnector(KVConnectorBase_V1):
             moved[src] += got[0].nbytes
             took[src] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        write_blocks(self._caches, ids, datas)
+        self._layout.write(ids, datas)
         copy_s = time.perf_counter() - t0
         total = sum(moved.values())
         for src, nbytes in moved.items():  # the copy's time shared by bytes
@@ -228,7 +229,7 @@ class PrebleTieredConnector(KVConnectorBase_V1):
         if not isinstance(meta, PrebleConnectorMetadata) or not meta.saves:
             return
         rt = self.rt
-        datas = read_blocks(self._caches, [block_id for block_id, _, _ in meta.saves])
+        datas = self._layout.read([block_id for block_id, _, _ in meta.saves])
         with rt.lock:
             for (_, h, parent), data in zip(meta.saves, datas):
                 stored = rt.store.put(StoredBlock(rt.store.key(h), parent, data))
@@ -237,55 +238,3 @@ class PrebleTieredConnector(KVConnectorBase_V1):
     def get_block_ids_with_load_errors(self) -> set[int]:
         out, self._load_errors = self._load_errors, set()
         return out
-
-
-
-def _slab(cache: torch.Tensor, dim: int) -> tuple[int, ...]:
-    return tuple(cache.shape[:dim]) + tuple(cache.shape[dim + 1:])
-
-
-def block_bytes(caches: list[tuple[str, torch.Tensor, int]]) -> int:
-    """Bytes of one block across every layer."""
-    return sum(math.prod(_slab(c, d)) * c.element_size() for _, c, d in caches)
-
-
-def read_blocks(caches: list[tuple[str, torch.Tensor, int]], block_ids: list[int]) -> list[bytes]:
-    """Blocks' bytes out of the engine's caches: per block, every layer's slab in layer order.
-
-    One gather per layer for all blocks, then one copy per block into its own buffer (a
-    block must own its memory: the DRAM tier frees it alone).
-    """
-    if not block_ids:
-        return []
-    ids = torch.tensor(block_ids, dtype=torch.long)
-    out = torch.empty((len(block_ids), block_bytes(caches)), dtype=torch.uint8)
-    off = 0
-    for _, cache, dim in caches:
-        rows = cache.movedim(dim, 0)[ids]  # [n, *slab], contiguous
-        n = rows[0].numel() * rows.element_size()
-        out[:, off:off + n] = rows.reshape(len(block_ids), -1).view(torch.uint8)
-        off += n
-    arr = out.numpy()
-    return [arr[i].tobytes() for i in range(len(block_ids))]
-
-
-def write_blocks(caches: list[tuple[str, torch.Tensor, int]], block_ids: list[int],
-                 datas: list[bytes | memoryview]) -> None:
-    """The inverse of `read_blocks`: copy stored blocks into every layer's cache, one
-    scatter per layer for all blocks."""
-    if not block_ids:
-        return
-    size = block_bytes(caches)
-    for d in datas:
-        if memoryview(d).nbytes != size:
-            raise RuntimeError(f"stored block has {memoryview(d).nbytes} bytes, the engine's layout needs {size}")
-    with warnings.catch_warnings():  # read-only is fine: the buffer is only read from
-        warnings.simplefilter("ignore", UserWarning)
-        src = torch.frombuffer(b"".join(datas), dtype=torch.uint8).view(len(block_ids), size)
-    ids = torch.tensor(block_ids, dtype=torch.long)
-    off = 0
-    for _, cache, dim in caches:
-        slab = _slab(cache, dim)
-        n = math.prod(slab) * cache.element_size()
-        cache.movedim(dim, 0)[ids] = src[:, off:off + n].view(cache.dtype).view(len(block_ids), *slab)
-        off += n

@@ -44,13 +44,16 @@ def test_asking_again_does_not_double_pin_or_double_count():
 def test_blocks_round_trip_through_bytes_in_any_block_dimension(dim):
     import torch
 
-    from preble_tiered.kvstore.connector import block_bytes, read_blocks, write_blocks
+    from preble_tiered.kvstore.block_copy import BlockLayout, block_bytes, read_blocks, write_blocks
 
     shape = [2, 6, 4, 3] if dim == 1 else [6, 2, 4, 3]
     caches = [(f"l{i}", torch.randn(*shape, dtype=torch.float32 if i else torch.bfloat16), dim) for i in range(3)]
     datas = read_blocks(caches, [4, 1])
     assert [len(d) for d in datas] == [block_bytes(caches)] * 2
     assert datas[0] != datas[1]
+    # The layout: layer by layer, each the block's slab in the cache's element order.
+    expect = b"".join(c.select(d, 4).contiguous().view(torch.uint8).numpy().tobytes() for _, c, d in caches)
+    assert bytes(datas[0]) == expect
     fresh = [(n, torch.zeros_like(c), d) for n, c, d in caches]
     write_blocks(fresh, [0, 5], datas)
     for (_, c, d), (_, f, _) in zip(caches, fresh):
@@ -58,3 +61,25 @@ def test_blocks_round_trip_through_bytes_in_any_block_dimension(dim):
         assert not f.select(d, 2).any()  # nothing else written
     with pytest.raises(RuntimeError, match="layout needs"):
         write_blocks(fresh, [0], [datas[0][:-4]])
+    layout = BlockLayout(fresh)
+    with pytest.raises(IndexError, match="outside the cache"):
+        layout.read([6])
+    with pytest.raises(IndexError, match="outside the cache"):
+        layout.write([-1], [datas[0]])
+    assert not fresh[0][1].select(fresh[0][2], 3).any()  # a refused write copied nothing
+
+
+def test_non_contiguous_caches_take_the_numpy_path_with_the_same_bytes():
+    import torch
+
+    from preble_tiered.kvstore.block_copy import BlockLayout
+
+    base = torch.randn(6, 2, 3, 4)
+    strided = [("l0", base.transpose(2, 3), 0)]  # inner dims not contiguous: no raw plan
+    contiguous = [("l0", base.transpose(2, 3).contiguous(), 0)]
+    slow, fast = BlockLayout(strided), BlockLayout(contiguous)
+    assert slow._pieces is None and fast._pieces is not None
+    assert [bytes(b) for b in slow.read([5, 2])] == [bytes(b) for b in fast.read([5, 2])]
+    target = torch.zeros_like(base).transpose(2, 3)
+    BlockLayout([("l0", target, 0)]).write([1], fast.read([5]))
+    assert torch.equal(target[1], base.transpose(2, 3)[5])
