@@ -127,7 +127,7 @@ def run(nodes: int, requests: int, rps: float, seed: int, policy: str, dram_x: f
         prompt = toks.tolist()  # a router holds each in-flight request's prompt as a list
         clock.advance(1.0 / rps)
         t0 = time.perf_counter()
-        hashes = hasher(toks)
+        hashes = hasher(prompt)  # the list, as the router hashes run.ids + run.generated
         t_h = time.perf_counter()
         d = sched.schedule(RouteRequest(f"r{i}", hashes, len(toks), 64))
         if ring is not None:

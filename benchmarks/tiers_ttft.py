@@ -136,8 +136,7 @@ def serve_source(namespace: str) -> None:
     from preble_tiered.kvstore.runtime import NodeKVRuntime
     from preble_tiered.scheduler.cost_model import engine_cost_model
     from preble_tiered.server.grpc_util import SERVER_OPTIONS
-    from preble_tiered.server.pb import transfer_pb2_grpc
-    from preble_tiered.transfer.service import TransferService
+    from preble_tiered.transfer.service import TransferService, add_transfer_service
 
     rt = NodeKVRuntime(build_store(KVStoreConfig(dram_bytes=1 << 30, namespace=namespace)), BlockHasher(32),
                        engine_cost_model("s", 8192, 1 << 16))
@@ -159,7 +158,7 @@ def serve_source(namespace: str) -> None:
 
     async def main():
         server = grpc.aio.server(options=SERVER_OPTIONS)
-        transfer_pb2_grpc.add_TransferServicer_to_server(TransferService(lambda: rt), server)
+        add_transfer_service(TransferService(lambda: rt), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         print(port, side.getsockname()[1], flush=True)

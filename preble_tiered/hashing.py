@@ -12,6 +12,8 @@ share a block hash.
 
 from __future__ import annotations
 
+import array
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +24,7 @@ DEFAULT_SEED = 0x5052_4542_4C45  # "PREBLE"
 DEFAULT_BLOCK_SIZE = 32
 
 _PARENT_NONE = (0).to_bytes(8, "little")
+_U32 = next(code for code in "IL" if array.array(code).itemsize == 4)
 
 
 def namespace_seed(namespace: str = "", seed: int = DEFAULT_SEED) -> int:
@@ -29,6 +32,28 @@ def namespace_seed(namespace: str = "", seed: int = DEFAULT_SEED) -> int:
     if not namespace:
         return seed
     return xxhash.xxh3_64_intdigest(namespace.encode("utf-8"), seed=seed)
+
+
+def _u32_bytes(token_ids: Sequence[int] | np.ndarray, n: int) -> bytes:
+    """The first `n` token ids as little-endian uint32 bytes.
+
+    A list (what the router holds) goes through `array.array`, about 4x faster than numpy's
+    conversion of Python ints; an array is cast by numpy.
+    """
+    if not isinstance(token_ids, np.ndarray):
+        try:
+            arr = array.array(_U32, token_ids if len(token_ids) == n else token_ids[:n])
+        except OverflowError:
+            raise ValueError("token ids must be in [0, 2**32)") from None
+        if sys.byteorder != "little":
+            arr.byteswap()
+        return arr.tobytes()
+    arr = token_ids[:n]
+    if arr.dtype != np.dtype("<u4"):
+        if arr.size and (arr.min() < 0 or arr.max() > 0xFFFF_FFFF):
+            raise ValueError("token ids must be in [0, 2**32)")
+        arr = arr.astype("<u4")
+    return arr.tobytes()
 
 
 def block_hashes(
@@ -53,15 +78,10 @@ def block_hashes(
     """
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
-    arr = np.asarray(token_ids)
-    n_blocks = arr.shape[0] // block_size
+    n_blocks = len(token_ids) // block_size
     if n_blocks == 0:
         return []
-    if arr.dtype != np.dtype("<u4"):
-        if arr.size and (arr.min() < 0 or arr.max() > 0xFFFF_FFFF):
-            raise ValueError("token ids must be in [0, 2**32)")
-        arr = arr.astype("<u4")
-    data = arr[: n_blocks * block_size].tobytes()
+    data = _u32_bytes(token_ids, n_blocks * block_size)
     step = block_size * 4
     digest = xxhash.xxh3_64_intdigest
     out = [0] * n_blocks

@@ -113,6 +113,8 @@ def test_out_of_range_tokens_raise(bad):
     toks[5] = bad
     with pytest.raises(ValueError, match=r"2\*\*32"):
         block_hashes(toks, 8)
+    with pytest.raises(ValueError, match=r"2\*\*32"):
+        block_hashes(np.array(toks), 8)
 
 
 def test_largest_uint32_token_is_accepted():

@@ -63,22 +63,42 @@ class NodeKVRuntime:
             got = self.store.get(self.store.key(block_hash))
         return None if got is None else (got[0].parent, got[0].data)
 
+    def read_block_nowait(self, block_hash: int) -> tuple[int | None, bytes | memoryview] | None:
+        """`read_block` for a DRAM-resident block when the store is free; else None (without
+        waiting: the caller is an event loop, and falls back to `read_block` in a thread)."""
+        if not self.lock.acquire(blocking=False):
+            return None
+        try:
+            key = self.store.key(block_hash)
+            got = self.store.dram.get(key) if self.store.dram.contains(key) else None
+        finally:
+            self.lock.release()
+        return None if got is None else (got.parent, got.data)
+
     def missing(self, hashes: list[int]) -> list[int]:
         """The blocks of `hashes` no tier here holds (what a pull should fetch)."""
         with self.lock:
             return [h for h in hashes if not any(t.contains(self.store.key(h)) for t in self.store.tiers)]
 
-    def store_pulled(self, request_id: str, block: Block) -> bool:
-        """Keep a pulled block in DRAM, pinned until `release_pulled(request_id)`."""
+    def store_pulled(self, request_id: str, block: Block, *, blocking: bool = True) -> bool | None:
+        """Keep a pulled block in DRAM, pinned until `release_pulled(request_id)`.
+
+        Returns whether it is stored; with `blocking=False`, None (nothing done) when the
+        store is busy, so an event loop can retry in a thread instead of waiting.
+        """
         store = self.store
         key = store.key(block.block_hash)
-        with self.lock:
+        if not self.lock.acquire(blocking=blocking):
+            return None
+        try:
             if not any(t.contains(key) for t in store.tiers):
                 if not store.store_in_dram(StoredBlock(key, block.parent, block.data)):
                     return False
             if not store.pin(key):
                 return False
             self.pulled.setdefault(request_id, set()).add(block.block_hash)
+        finally:
+            self.lock.release()
         return True
 
     def release_pulled(self, request_id: str) -> None:

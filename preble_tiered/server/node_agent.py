@@ -28,9 +28,9 @@ from preble_tiered.events import ResidencyEvent
 from preble_tiered.server import convert
 from preble_tiered.server.grpc_util import CHANNEL_OPTIONS, SERVER_OPTIONS, ServingHealth, bind, enable_reflection
 from preble_tiered.server.metrics import NodeMetrics, serve_metrics
-from preble_tiered.server.pb import node_pb2, node_pb2_grpc, transfer_pb2_grpc
+from preble_tiered.server.pb import node_pb2, node_pb2_grpc
 from preble_tiered.transfer.puller import pull_blocks
-from preble_tiered.transfer.service import TransferService
+from preble_tiered.transfer.service import TransferService, add_transfer_service
 from preble_tiered.types import Tier
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
         self._ring.changed = asyncio.Event()
         server = self._server = grpc.aio.server(options=SERVER_OPTIONS)
         node_pb2_grpc.add_NodeServicer_to_server(self, server)
-        transfer_pb2_grpc.add_TransferServicer_to_server(self.transfer, server)
+        add_transfer_service(self.transfer, server)
         self._health = ServingHealth(server, ["preble.v1.Node", "preble.v1.Transfer"])
         enable_reflection(server, ["preble.v1.Node", "preble.v1.Transfer"])
         port = bind(server, self.config.host, self.config.port)
@@ -231,8 +231,9 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
             ch = self._peers[plan.source_address] = grpc.aio.insecure_channel(plan.source_address,
                                                                              options=CHANNEL_OPTIONS)
 
-        async def sink(block) -> bool:
-            return await asyncio.to_thread(rt.store_pulled, rid, block)
+        async def sink(block) -> bool:  # inline when the store is free, else off the loop
+            done = rt.store_pulled(rid, block, blocking=False)
+            return done if done is not None else await asyncio.to_thread(rt.store_pulled, rid, block)
 
         res = await pull_blocks(ch, rt.namespace, want, sink, window=self.config.pull_window,
                                 timeout_s=self.config.pull_timeout_s)

@@ -5,6 +5,12 @@ block's xxh3 checksum. The `Assembler` accepts pieces only for the block it expe
 (the requested chain order, skipping none), keeps at most one partial block, and returns a
 block only when it is whole and its checksum matches: a transfer cut anywhere leaves only
 whole, verified blocks behind.
+
+On the wire a piece is a `PullServerMessage{piece: BlockPiece}` (transfer.proto). The hot
+path encodes and decodes that message by hand (`encode_piece`, `decode_piece`): the bytes
+are exactly what protobuf would write, so any gRPC client of transfer.proto can still pull,
+but a piece costs one copy of its data on each side instead of three (no message object
+holds the data; the receiver's block is a view into the received buffer).
 """
 
 from __future__ import annotations
@@ -37,8 +43,109 @@ class Piece:
     parent: int | None
     total_bytes: int
     offset: int
-    data: bytes
+    data: bytes | memoryview
     checksum: int
+
+
+# Tags of transfer.proto's PullServerMessage / BlockPiece fields: (field number << 3) | wire type.
+_TAG_PIECE = 0x0A  # PullServerMessage.piece, length-delimited
+_TAG_HASH, _TAG_PARENT, _TAG_TOTAL, _TAG_OFFSET, _TAG_DATA, _TAG_CHECKSUM = 0x09, 0x11, 0x18, 0x20, 0x2A, 0x31
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _read_varint(buf: memoryview, i: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise TransferError("truncated or oversized varint in a piece message")
+        b = buf[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return n, i
+        shift += 7
+
+
+def encode_piece(p: Piece) -> bytes:
+    """`PullServerMessage(piece=BlockPiece(...)).SerializeToString()`, with one copy of the data."""
+    head = bytearray()
+    if p.block_hash:
+        head += b"\x09" + p.block_hash.to_bytes(8, "little")
+    if p.parent is not None:
+        head += b"\x11" + p.parent.to_bytes(8, "little")
+    if p.total_bytes:
+        head += b"\x18" + _varint(p.total_bytes)
+    if p.offset:
+        head += b"\x20" + _varint(p.offset)
+    n = memoryview(p.data).nbytes
+    tail = b"\x31" + p.checksum.to_bytes(8, "little") if p.checksum else b""
+    data_head = b"\x2a" + _varint(n) if n else b""
+    inner = len(head) + len(data_head) + n + len(tail)
+    return b"".join((b"\x0a", _varint(inner), head, data_head, p.data if n else b"", tail))
+
+
+def decode_piece(buf: bytes) -> Piece | None:
+    """The piece in a serialized `PullServerMessage`; None if it holds something else (an
+    end: parse it with protobuf). Unknown fields are skipped, as protobuf does; `data` is a
+    view into `buf` (no copy).
+
+    Raises:
+        TransferError: the bytes are not a well-formed message.
+    """
+    view = memoryview(buf)
+    if not view or view[0] != _TAG_PIECE:
+        return None
+    size, i = _read_varint(view, 1)
+    if i + size != len(view):
+        return None  # more than one top-level field: leave it to protobuf
+    h = total = off = checksum = 0
+    parent = None
+    data: memoryview = view[0:0]
+    end = i + size
+    while i < end:
+        tag, i = _read_varint(view, i)
+        wire = tag & 7
+        if wire == 1:  # fixed64
+            if i + 8 > end:
+                raise TransferError("truncated fixed64 field in a piece message")
+            v = int.from_bytes(view[i:i + 8], "little")
+            i += 8
+            if tag == _TAG_HASH:
+                h = v
+            elif tag == _TAG_PARENT:
+                parent = v
+            elif tag == _TAG_CHECKSUM:
+                checksum = v
+        elif wire == 0:
+            v, i = _read_varint(view, i)
+            if tag == _TAG_TOTAL:
+                total = v
+            elif tag == _TAG_OFFSET:
+                off = v
+        elif wire == 2:
+            n, i = _read_varint(view, i)
+            if i + n > end:
+                raise TransferError("truncated bytes field in a piece message")
+            if tag == _TAG_DATA:
+                data = view[i:i + n]
+            i += n
+        elif wire == 5:
+            i += 4
+            if i > end:
+                raise TransferError("truncated fixed32 field in a piece message")
+        else:
+            raise TransferError(f"unsupported wire type {wire} in a piece message")
+    if i != end:
+        raise TransferError("a piece message's fields overrun it")
+    return Piece(h, parent, total, off, data, checksum)
 
 
 def split(block_hash: int, parent: int | None, data: bytes | memoryview, max_piece_bytes: int) -> Iterator[Piece]:
@@ -49,10 +156,10 @@ def split(block_hash: int, parent: int | None, data: bytes | memoryview, max_pie
     total = view.nbytes
     csum = block_checksum(view)
     if total <= max_piece_bytes:
-        yield Piece(block_hash, parent, total, 0, bytes(view) if not isinstance(data, bytes) else data, csum)
+        yield Piece(block_hash, parent, total, 0, view, csum)
         return
     for off in range(0, total, max_piece_bytes):
-        yield Piece(block_hash, parent, total, off, bytes(view[off:off + max_piece_bytes]), csum)
+        yield Piece(block_hash, parent, total, off, view[off:off + max_piece_bytes], csum)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +168,7 @@ class Block:
 
     block_hash: int
     parent: int | None
-    data: bytes
+    data: bytes | memoryview
 
 
 class Assembler:
@@ -120,11 +227,11 @@ class Assembler:
         self._filled += len(p.data)
         if self._filled < p.total_bytes:
             return None
-        data = bytes(self._buf)
+        data = memoryview(self._buf).toreadonly()  # the block owns this buffer now: no copy
         self._buf, self._first, self._filled = None, None, 0
         return self._finish(first, data)
 
-    def _finish(self, p: Piece, data: bytes) -> Block:
+    def _finish(self, p: Piece, data: bytes | memoryview) -> Block:
         if block_checksum(data) != p.checksum:
             raise TransferError(f"block {p.block_hash:016x} failed its checksum ({len(data)} bytes)")
         self._next += 1

@@ -16,8 +16,15 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from preble_tiered.server.pb import transfer_pb2, transfer_pb2_grpc
-from preble_tiered.transfer.framing import DEFAULT_PIECE_BYTES, Assembler, Block, Piece, TransferError
+from preble_tiered.server.pb import transfer_pb2
+from preble_tiered.transfer.framing import DEFAULT_PIECE_BYTES, Assembler, Block, Piece, TransferError, decode_piece
+
+PULL_METHOD = "/preble.v1.Transfer/Pull"
+
+
+def _decode(buf: bytes) -> Piece | transfer_pb2.PullServerMessage:
+    """A piece without copying its data (the hot path), anything else through protobuf."""
+    return decode_piece(buf) or transfer_pb2.PullServerMessage.FromString(buf)
 
 
 @dataclass
@@ -63,16 +70,21 @@ async def pull_blocks(channel: grpc.aio.Channel, namespace: str, hashes: Sequenc
     grant = max(1, window // 2)
     consumed = 0
     t0 = time.perf_counter()
-    call = transfer_pb2_grpc.TransferStub(channel).Pull(requests(), timeout=timeout_s)
+    pull = channel.stream_stream(PULL_METHOD, request_serializer=transfer_pb2.PullClientMessage.SerializeToString,
+                                 response_deserializer=_decode)
+    call = pull(requests(), timeout=timeout_s)
     try:
         async for msg in call:
-            if msg.WhichOneof("kind") == "end":
-                if msg.end.missing:
-                    res.error = f"peer stopped after {msg.end.blocks_sent} blocks: {msg.end.missing}"
-                break
-            p = msg.piece
-            block = asm.feed(Piece(p.hash, p.parent if p.HasField("parent") else None, p.total_bytes, p.offset,
-                                   p.data, p.checksum))
+            if not isinstance(msg, Piece):
+                if msg.WhichOneof("kind") == "piece":  # a piece protobuf wrote differently
+                    p = msg.piece
+                    msg = Piece(p.hash, p.parent if p.HasField("parent") else None, p.total_bytes, p.offset,
+                                p.data, p.checksum)
+                else:
+                    if msg.end.missing:
+                        res.error = f"peer stopped after {msg.end.blocks_sent} blocks: {msg.end.missing}"
+                    break
+            block = asm.feed(msg)
             consumed += 1
             if consumed >= grant:
                 outbox.put_nowait(transfer_pb2.PullClientMessage(credit=transfer_pb2.Credit(pieces=consumed)))

@@ -1,17 +1,23 @@
 """The sending side of a pull: `preble.v1.Transfer` over a node's stored blocks.
 
 Per call: validate the `PullOpen`, then for each requested block read it from the source
-(in a worker thread: a disk read blocks), split it into pieces and send each piece only
+(inline when it is in DRAM and the store is free, else in a worker thread: a disk read or a
+busy engine blocks), split it into pieces and send each piece only
 while credits remain, waiting for the receiver's `Credit` messages otherwise. So at most
 `window` pieces are ever in flight and one block is held in memory per call. A block the
 source no longer holds ends the call early with `PullEnd.missing` (the receiver recomputes
 the rest). Cancellation by the receiver stops the loop at its next await.
+
+Pieces leave as bytes encoded by `framing.encode_piece` (the proto's own wire format, one
+copy of the data); register the service with `add_transfer_service`, which passes them
+through, not with the generated `add_TransferServicer_to_server`, which would re-serialize.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -19,7 +25,7 @@ from typing import Protocol
 import grpc
 
 from preble_tiered.server.pb import transfer_pb2, transfer_pb2_grpc
-from preble_tiered.transfer.framing import DEFAULT_PIECE_BYTES, MAX_PIECE_BYTES, MIN_PIECE_BYTES, split
+from preble_tiered.transfer.framing import DEFAULT_PIECE_BYTES, MAX_PIECE_BYTES, MIN_PIECE_BYTES, encode_piece, split
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +38,11 @@ class BlockSource(Protocol):
 
     def read_block(self, block_hash: int) -> tuple[int | None, bytes | memoryview] | None:
         """(parent, data) of a held block, else None. May block (disk); called off the loop."""
+        ...
+
+    def read_block_nowait(self, block_hash: int) -> tuple[int | None, bytes | memoryview] | None:
+        """The same, but only if that needs no waiting (in DRAM, store not busy); else None
+        (then `read_block` gives the answer). Called on the event loop."""
         ...
 
 
@@ -73,7 +84,7 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
         ended = False  # set once the call reaches a PullEnd; anything else is a cancellation
         try:
             for h in op.hashes:
-                got = await asyncio.to_thread(src.read_block, h)
+                got = src.read_block_nowait(h) or await asyncio.to_thread(src.read_block, h)
                 if got is None:
                     self.stats["missing"] += 1
                     ended = True
@@ -89,13 +100,11 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
                         if msg.WhichOneof("kind") == "credit":
                             credits += msg.credit.pieces
                     credits -= 1
-                    piece = transfer_pb2.BlockPiece(hash=h, total_bytes=p.total_bytes, offset=p.offset,
-                                                    data=p.data, checksum=p.checksum)
-                    if p.offset == 0 and parent is not None:
-                        piece.parent = parent
-                    yield transfer_pb2.PullServerMessage(piece=piece)
+                    if p.offset:  # the parent travels with a block's first piece only
+                        p = replace(p, parent=None)
+                    yield encode_piece(p)
                     sent_pieces += 1
-                    self.stats["bytes"] += len(p.data)
+                    self.stats["bytes"] += memoryview(p.data).nbytes
                     if self._after_piece is not None:
                         await self._after_piece(sent_pieces)
                 sent_blocks += 1
@@ -107,3 +116,14 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
             # this generator while it waited at a yield (GeneratorExit). All three land here.
             if not ended:
                 self.stats["cancelled"] += 1
+
+
+def _serialize(msg: transfer_pb2.PullServerMessage | bytes) -> bytes:
+    return msg if isinstance(msg, bytes) else msg.SerializeToString()
+
+
+def add_transfer_service(service: TransferService, server: grpc.aio.Server) -> None:
+    """Register `service` as `preble.v1.Transfer`, passing pre-encoded pieces through."""
+    handler = grpc.stream_stream_rpc_method_handler(
+        service.Pull, request_deserializer=transfer_pb2.PullClientMessage.FromString, response_serializer=_serialize)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("preble.v1.Transfer", {"Pull": handler}),))

@@ -116,9 +116,8 @@ def test_prefix_pulled_from_another_node_is_loaded_as_remote(runner, baseline):
 
     from preble_tiered.kvstore.config import KVStoreConfig, build_store
     from preble_tiered.kvstore.runtime import NodeKVRuntime
-    from preble_tiered.server.pb import transfer_pb2_grpc
     from preble_tiered.transfer.puller import pull_blocks
-    from preble_tiered.transfer.service import TransferService
+    from preble_tiered.transfer.service import TransferService, add_transfer_service
 
     rt = runner.engine.kv_runtime
     hashes = BlockHasher(32)(PROMPT)[: FULL // 32]
@@ -136,7 +135,7 @@ def test_prefix_pulled_from_another_node_is_loaded_as_remote(runner, baseline):
 
     async def pull():
         server = grpc.aio.server()
-        transfer_pb2_grpc.add_TransferServicer_to_server(TransferService(lambda: other), server)
+        add_transfer_service(TransferService(lambda: other), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         try:

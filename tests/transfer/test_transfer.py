@@ -16,10 +16,11 @@ from preble_tiered.kvstore.store import TieredStore
 from preble_tiered.kvstore.dram import DramTier
 from preble_tiered.scheduler.cost_model import engine_cost_model
 from preble_tiered.server.pb import transfer_pb2, transfer_pb2_grpc
-from preble_tiered.transfer.framing import Assembler, Piece, TransferError, block_checksum, split
+from preble_tiered.transfer.framing import (Assembler, Piece, TransferError, block_checksum, decode_piece, encode_piece,
+                                            split)
 from preble_tiered.transfer.meter import BandwidthMeter
 from preble_tiered.transfer.puller import pull_blocks
-from preble_tiered.transfer.service import TransferService
+from preble_tiered.transfer.service import TransferService, add_transfer_service
 from preble_tiered.types import Tier
 
 NS = "tiny"
@@ -50,7 +51,7 @@ class Peer:
 
     async def __aenter__(self) -> "Peer":
         self.server = grpc.aio.server()
-        transfer_pb2_grpc.add_TransferServicer_to_server(self.service, self.server)
+        add_transfer_service(self.service, self.server)
         self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
         await self.server.start()
         self.channel = grpc.aio.insecure_channel(self.address)
@@ -119,6 +120,45 @@ def test_partial_block_is_never_returned():
     asm = Assembler([9])
     assert [asm.feed(p) for p in pieces[:-1]] == [None] * (len(pieces) - 1)
     assert asm.complete_blocks == 0 and asm.partial_bytes == 900
+
+
+@pytest.mark.parametrize("piece", [
+    Piece(0xFEDCBA9876543210, 7, 300_000, 131072, os.urandom(1000), 0x0123456789ABCDEF),
+    Piece(5, None, 3, 0, b"abc", 99),  # no parent, offset 0 (omitted on the wire)
+    Piece(0, 0, 0, 0, b"", 0),  # every default: only the parent's presence is written
+    Piece(1, None, 1 << 40, (1 << 40) - 1, b"\x00" * 200, 1 << 63),  # long varints
+])
+def test_piece_codec_writes_what_protobuf_writes_and_reads_it_back(piece):
+    pb = transfer_pb2.BlockPiece(hash=piece.block_hash, total_bytes=piece.total_bytes, offset=piece.offset,
+                                 data=bytes(piece.data), checksum=piece.checksum)
+    if piece.parent is not None:
+        pb.parent = piece.parent
+    wire = transfer_pb2.PullServerMessage(piece=pb).SerializeToString()
+    assert encode_piece(piece) == wire
+    got = decode_piece(wire)
+    assert got == piece and isinstance(got.data, memoryview)
+
+
+def test_piece_decoder_skips_unknown_fields_and_refuses_broken_bytes():
+    piece = Piece(5, 4, 3, 0, b"abc", 99)
+    wire = encode_piece(piece)
+    inner = wire[2:] + b"\x38\x96\x01" + b"\x45abcd" + b"\x52\x02zz"  # fields 7 (varint), 8 (fixed32), 10 (bytes)
+    extended = b"\x0a" + bytes([len(inner)]) + inner
+    assert transfer_pb2.PullServerMessage.FromString(extended).piece.data == b"abc"  # protobuf agrees it is valid
+    assert decode_piece(extended) == piece
+    end = transfer_pb2.PullServerMessage(end=transfer_pb2.PullEnd(blocks_sent=3)).SerializeToString()
+    assert decode_piece(end) is None and decode_piece(b"") is None  # not a piece: protobuf's job
+    # A length prefix that does not cover the message exactly: left to protobuf, which refuses it.
+    assert decode_piece(wire[:-3]) is None
+    with pytest.raises(Exception):
+        transfer_pb2.PullServerMessage.FromString(wire[:-3])
+    # A well-framed message whose fields are broken: refused here.
+    for broken in (b"\x0a\x04\x2a\x05ab",  # bytes field longer than the message
+                   b"\x0a\x05\x09abcd",  # truncated fixed64
+                   b"\x0a\x02\x0b\x00",  # a group (wire type 3): never in this proto
+                   b"\x0a\x0b\x18" + b"\xff" * 10):  # a varint that never ends
+        with pytest.raises(TransferError):
+            decode_piece(broken)
 
 
 # ---------------------------------------------------------------- meter
