@@ -16,7 +16,9 @@ O(blocks + nodes) for the prefix shapes caches produce.
 Memory stays bounded: an entry that may have become idle (created by a request, or its last
 residency, pending mark or pin gone) is appended to `_idle`, a plain deque of hashes; a sweep
 of a few entries per mutating call drops those idle (no residency, pending or pin) and
-unrequested for a whole window, lets go of those held again, and re-queues the rest. No
+unrequested for a whole window, lets go of those held again, and re-queues the rest. Entries
+are queued in time order, so an entry not yet due means those behind it are mostly not due
+either: the sweep stops after a few of those instead of re-queueing its whole batch. No
 per-touch reordering, 8 bytes per queued entry. Demand is a two-bucket sliding window (requests in the last `window_s` seconds,
 interpolated), O(1) per access.
 
@@ -34,6 +36,7 @@ from functools import lru_cache
 from preble_tiered.types import NodeId, Tier
 
 _EXPIRE_BATCH = 32  # queued entries examined per mutating call: twice a request's ~16 new blocks
+_EXPIRE_FRESH = 4  # ... stopping after this many not yet due
 
 
 def iter_bits(mask: int) -> Iterator[int]:
@@ -184,14 +187,15 @@ class PrefixIndex:
         alive_hbm = (e.hbm | e.pending) & alive
         cur = _best_tiers(e.hbm, e.pending, e.dram, alive)
         since: list[dict[int, int]] = [dict.fromkeys(bits(m), 0) for m in cur]
-        raw = (e.hbm, e.pending, e.dram, e.disk)
+        r_hbm, r_pend, r_dram, r_disk = e.hbm, e.pending, e.dram, e.disk
         walked = [e] if record else None
+        append = walked.append if record else None
         i, n_hashes = 1, len(hashes)
         while i < n_hashes:
             e = get(hashes[i])
             if e is None:
                 if record:
-                    walked.append(self._touch(None, hashes[i], hashes[i - 1], now, bucket))  # type: ignore[union-attr]
+                    append(self._touch(None, hashes[i], hashes[i - 1], now, bucket))  # type: ignore[misc]
                 break
             if record:
                 # `_touch` inlined for an existing entry: the hottest loop of a decision.
@@ -201,18 +205,18 @@ class PrefixIndex:
                     e.bucket = bucket
                 e.demand_cur += 1
                 e.last_access = now
-                walked.append(e)  # type: ignore[union-attr]
+                append(e)  # type: ignore[misc]
                 # An idle entry stays queued in `_idle`; the sweep re-checks last_access.
-            if (e.hbm, e.pending, e.dram, e.disk) == raw:
+            if e.hbm == r_hbm and e.pending == r_pend and e.dram == r_dram and e.disk == r_disk:
                 i += 1  # same residency as the previous block: nothing flips
                 continue
-            raw = (e.hbm, e.pending, e.dram, e.disk)
-            new_alive = alive & (e.hbm | e.dram | e.disk | e.pending)
-            new_hbm = alive_hbm & (e.hbm | e.pending)
+            r_hbm, r_pend, r_dram, r_disk = e.hbm, e.pending, e.dram, e.disk
+            new_alive = alive & (r_hbm | r_dram | r_disk | r_pend)
+            new_hbm = alive_hbm & (r_hbm | r_pend)
             for n in bits(alive_hbm & ~new_hbm):
                 hbm_prefix[n] = i
             alive_hbm = new_hbm
-            new = _best_tiers(e.hbm, e.pending, e.dram, new_alive)
+            new = _best_tiers(r_hbm, r_pend, r_dram, new_alive)
             for t in range(4):
                 flips = cur[t] ^ new[t]
                 if flips:
@@ -452,6 +456,7 @@ class PrefixIndex:
         re-queue the rest. Amortized O(1) per mutating call."""
         idle, entries = self._idle, self._entries
         cutoff = now - self.window_s
+        fresh = 0
         for _ in range(min(_EXPIRE_BATCH, len(idle))):
             h = idle.popleft()
             e = entries.get(h)
@@ -461,6 +466,9 @@ class PrefixIndex:
                 del entries[h]
             else:
                 idle.append(h)
+                fresh += 1
+                if fresh == _EXPIRE_FRESH:
+                    return  # the queue behind is newer still
 
     def expire_all(self, now: float) -> None:
         """Exact expiry of everything due (tests and periodic housekeeping). O(queue)."""
