@@ -337,7 +337,7 @@ def main() -> int:
     for k, r in rows.items():
         print(f"{k:<11} {r['gb_per_s']:>7.2f}  {r['ceiling']:<10} {r['ceiling_gb_per_s']:>7.2f}  "
               f"{r['share_of_ceiling']:.0%}")
-    print(f"(a bare gRPC stream of 1 MiB messages, no project code: {gbps['bare_grpc']:.2f} GB/s; the pull "
+    print(f"(a bare gRPC stream of raw 1 MiB messages, no protobuf, no project code: {gbps['bare_grpc']:.2f} GB/s; the pull "
           f"reaches {gbps['pull'] / gbps['bare_grpc']:.0%} of it)")
     print(f"wrote {args.json}")
     return 0
