@@ -58,7 +58,7 @@ class BlockLayout:
         if any(c.device.type != "cpu" for _, c, _ in self.caches):
             raise ValueError("block copies need the caches in host memory")
         self.num_blocks = counts.pop() if counts else 0
-        self.block_bytes = sum(math.prod(_slab(c, d)) * c.element_size() for _, c, d in self.caches)
+        self.block_bytes = block_bytes(self.caches)
         # Raw plan: (address of block 0's piece, block stride in bytes, piece bytes), in byte order.
         self._pieces: list[tuple[int, int, int]] | None = []
         for _, c, d in self.caches:

@@ -78,18 +78,22 @@ def encode_piece(p: Piece) -> bytes:
     """`PullServerMessage(piece=BlockPiece(...)).SerializeToString()`, with one copy of the data."""
     head = bytearray()
     if p.block_hash:
-        head += b"\x09" + p.block_hash.to_bytes(8, "little")
+        head.append(_TAG_HASH)
+        head += p.block_hash.to_bytes(8, "little")
     if p.parent is not None:
-        head += b"\x11" + p.parent.to_bytes(8, "little")
+        head.append(_TAG_PARENT)
+        head += p.parent.to_bytes(8, "little")
     if p.total_bytes:
-        head += b"\x18" + _varint(p.total_bytes)
+        head.append(_TAG_TOTAL)
+        head += _varint(p.total_bytes)
     if p.offset:
-        head += b"\x20" + _varint(p.offset)
+        head.append(_TAG_OFFSET)
+        head += _varint(p.offset)
     n = memoryview(p.data).nbytes
-    tail = b"\x31" + p.checksum.to_bytes(8, "little") if p.checksum else b""
-    data_head = b"\x2a" + _varint(n) if n else b""
+    tail = bytes((_TAG_CHECKSUM,)) + p.checksum.to_bytes(8, "little") if p.checksum else b""
+    data_head = bytes((_TAG_DATA,)) + _varint(n) if n else b""
     inner = len(head) + len(data_head) + n + len(tail)
-    return b"".join((b"\x0a", _varint(inner), head, data_head, p.data if n else b"", tail))
+    return b"".join((bytes((_TAG_PIECE,)), _varint(inner), head, data_head, p.data if n else b"", tail))
 
 
 def decode_piece(buf: bytes) -> Piece | None:
