@@ -190,3 +190,33 @@ def test_disk_tier_survives_a_restart(runner, baseline, tmp_path_factory):
         assert cached["disk"] >= 5 * 32  # at least the blocks before the corrupted (dropped) one
     finally:
         again.engine.shutdown()
+
+
+def test_a_really_full_disk_under_the_running_engine_degrades_to_dram_with_the_same_output(tmp_path, caplog):
+    """RocksDB itself runs out of room while the engine saves blocks (a per-process file-size
+    limit stands in for a full disk: its memtable flush fails with EFBIG), the disk tier turns
+    degraded with one warning, and the node keeps serving from DRAM with identical output."""
+    import logging
+    import resource
+    import signal
+
+    r = Runner(str(tmp_path / "db"))
+    prompts = [[(i * 31 + k * 7) % 250 + 4 for i in range(3000)] for k in range(6)]  # 93 blocks each
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit: EFBIG
+    try:
+        first = r.run(prompts[0])[0]
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, old_limit[1]))  # no file may grow past 2 MiB
+        with caplog.at_level(logging.WARNING, logger="preble_tiered.kvstore.disk"):
+            outs = [r.run(p)[0] for p in prompts[1:]]  # ~150 MiB of blocks: the 64 MiB memtable must flush
+            disk = r.store.disk.stats()
+            assert r.store.disk.degraded and disk["write_errors"] >= 1
+            assert caplog.text.count("disabling disk writes") == 1
+            r.evict_hbm()
+            tokens, cached = r.run(prompts[-1])  # the latest blocks are still in DRAM
+            assert tokens == outs[-1] and cached["dram"] == (3000 - 1) // 32 * 32
+            assert r.run(prompts[0])[0] == first  # long gone from DRAM, never on disk: recomputed
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+        r.engine.shutdown()  # close on the full disk logs and returns
