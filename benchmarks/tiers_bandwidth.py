@@ -156,6 +156,7 @@ def dram_paths(n: int, reps: int) -> dict:
     from preble_tiered.kvstore.base import StoredBlock
     from preble_tiered.kvstore.block_copy import BlockLayout
     from preble_tiered.kvstore.dram import DramTier
+    from preble_tiered.kvstore.pool import BlockPool
     from preble_tiered.kvstore.store import TieredStore
 
     caches = [(f"layer{i}", torch.from_numpy(np.frombuffer(
@@ -173,11 +174,12 @@ def dram_paths(n: int, reps: int) -> dict:
     # Steady state, as on a serving node: the DRAM tier is full, so every save evicts one
     # block (and the allocator reuses its memory). Pass 0 fills the tier and is not timed.
     store = TieredStore(DramTier(n * BLOCK_BYTES), namespace=NS)
+    pool = BlockPool.for_tier(BLOCK_BYTES, n * BLOCK_BYTES)  # as the connector makes at register_kv_caches
 
     def save(base: int):  # as the connector saves: one batch of blocks per engine step
         for lo in range(0, n, STEP_BLOCKS):
             ids = list(range(lo, min(n, lo + STEP_BLOCKS)))
-            for i, data in zip(ids, layout.read(ids)):
+            for i, data in zip(ids, layout.read(ids, pool.take)):
                 h = base + i + 1
                 store.put(StoredBlock(store.key(h), h - 1 if i else None, data))
 
@@ -192,6 +194,7 @@ def dram_paths(n: int, reps: int) -> dict:
         out["dram_write"].append(timed(lambda: save(r * n)))
         assert store.dram.stats()["blocks"] == n and store.dram.stats()["evictions"] == r * n
         out["dram_read"].append(timed(lambda: load(r * n)))
+    assert pool.fallbacks == 0, f"{pool.fallbacks} saves found no free pool slot"  # slots were recycled
     store.close()
     return out
 

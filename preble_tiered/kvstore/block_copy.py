@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -76,21 +76,32 @@ class BlockLayout:
             if not 0 <= b < self.num_blocks:
                 raise IndexError(f"block id {b} is outside the cache's {self.num_blocks} blocks")
 
-    def read(self, block_ids: Sequence[int]) -> list[memoryview]:
-        """The blocks' bytes, each in its own new buffer (a block owns its memory: the DRAM
-        tier frees it alone), returned as read-only views."""
+    def read(self, block_ids: Sequence[int],
+             take: Callable[[], tuple[int, memoryview] | None] | None = None) -> list[memoryview]:
+        """The blocks' bytes, each in its own buffer, returned as read-only views.
+
+        Args:
+            take: where buffers come from (`BlockPool.take`: an address to write
+                `block_bytes` into and the view to return); None, or a None from it, gives
+                the block a new buffer of its own. Only the raw-copy plan uses it.
+        """
         self._check(block_ids)
         out = []
+        pieces = self._pieces
         for b in block_ids:
-            buf = np.empty(self.block_bytes, dtype=np.uint8)
-            if self._pieces is None:
+            slot = take() if take is not None and pieces is not None else None
+            if slot is not None:
+                dst, view = slot
+            else:
+                buf = np.empty(self.block_bytes, dtype=np.uint8)
+                dst, view = buf.ctypes.data, None
+            if pieces is None:
                 self._copy_numpy(b, buf, into_cache=False)
             else:
-                dst = buf.ctypes.data
-                for base, stride, n in self._pieces:
+                for base, stride, n in pieces:
                     _memmove(dst, base + b * stride, n)
                     dst += n
-            out.append(memoryview(buf).toreadonly())
+            out.append(memoryview(buf).toreadonly() if view is None else view)
         return out
 
     def write(self, block_ids: Sequence[int], datas: Sequence[bytes | memoryview]) -> None:

@@ -28,6 +28,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (KVConnectorBase_V
 from preble_tiered.kvstore import runtime
 from preble_tiered.kvstore.base import StoredBlock
 from preble_tiered.kvstore.block_copy import BlockLayout
+from preble_tiered.kvstore.pool import BlockPool
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class PrebleTieredConnector(KVConnectorBase_V1):
         self._reqs: dict[str, _ReqState] = {}
         self._caches: list[tuple[str, torch.Tensor, int]] = []  # (layer, cache, block dim)
         self._layout: BlockLayout | None = None
+        self._pool: BlockPool | None = None
         self._load_errors: set[int] = set()
 
     # ------------------------------------------------------------------ scheduler role
@@ -174,6 +176,10 @@ class PrebleTieredConnector(KVConnectorBase_V1):
                                    f"{n_blocks} blocks")
             self._caches.append((name, cache, dims[0]))
         self._layout = BlockLayout(self._caches)
+        dram = self.rt.store.dram
+        # Saves copy into reused slots of one arena instead of a new buffer per block.
+        self._pool = BlockPool.for_tier(self._layout.block_bytes, dram.capacity_bytes) \
+            if self._layout.block_bytes else None
         logger.info("KV connector: %d layers, block dim %d, cache shape %s", len(self._caches),
                     self._caches[0][2] if self._caches else -1,
                     tuple(self._caches[0][1].shape) if self._caches else ())
@@ -229,7 +235,8 @@ class PrebleTieredConnector(KVConnectorBase_V1):
         if not isinstance(meta, PrebleConnectorMetadata) or not meta.saves:
             return
         rt = self.rt
-        datas = self._layout.read([block_id for block_id, _, _ in meta.saves])
+        take = self._pool.take if self._pool is not None else None
+        datas = self._layout.read([block_id for block_id, _, _ in meta.saves], take)
         with rt.lock:
             for (_, h, parent), data in zip(meta.saves, datas):
                 stored = rt.store.put(StoredBlock(rt.store.key(h), parent, data))
