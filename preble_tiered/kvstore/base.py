@@ -47,7 +47,10 @@ class StoredBlock:
 
     @property
     def nbytes(self) -> int:
-        return memoryview(self.data).nbytes
+        data = self.data
+        if type(data) is memoryview:  # what saves hand in: no new view just to ask its size
+            return data.nbytes
+        return len(data) if type(data) is bytes else memoryview(data).nbytes
 
 
 class TierBackend(ABC):

@@ -177,7 +177,7 @@ class TieredStore:
         """
         if block.key.namespace != self.namespace:
             raise ValueError(f"block namespace {block.key.namespace!r} is not the store's {self.namespace!r}")
-        if not any(t.fits(block) for t in self.tiers):
+        if not self.dram.fits(block) and (self.disk is None or not self.disk.fits(block)):
             raise ValueError(f"a block of {block.nbytes} bytes fits in no tier; raise dram_bytes or disk_bytes")
         return self.write_policy.put(self, block)
 
