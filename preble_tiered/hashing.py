@@ -86,10 +86,13 @@ def block_hashes(
     digest = xxhash.xxh3_64_intdigest
     out = [0] * n_blocks
     prev = _PARENT_NONE if parent is None else parent.to_bytes(8, "little")
-    for i in range(n_blocks):
-        h = digest(prev + data[i * step : (i + 1) * step], seed=seed)
+    lo = 0
+    for i in range(n_blocks):  # the seed passed by position: keyword parsing is ~10% of a step
+        hi = lo + step
+        h = digest(prev + data[lo:hi], seed)
         out[i] = h
         prev = h.to_bytes(8, "little")
+        lo = hi
     return out
 
 
