@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import time
 
 import grpc
 import pytest
+from ports import free_port
 
 from preble_tiered import cli
 from preble_tiered.hashing import BlockHasher
@@ -35,12 +35,6 @@ DRAM_BYTES = 8 << 20  # 32 blocks of the tiny model (256 KiB each)
 def doc(seed: int, blocks: int) -> list[int]:
     rng = random.Random(seed)
     return [rng.randrange(4, 250) for _ in range(blocks * 32 + 1)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def until(cond, timeout: float = 60.0, what: str = "condition"):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ import urllib.request
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from ports import free_port
 
 from preble_tiered.server.launcher import ClusterSpec, LocalCluster
 from preble_tiered.server.node_agent import FAULT_DROP_EVENT_SEQ
@@ -30,12 +30,6 @@ from preble_tiered.server.pb import (admin_pb2, admin_pb2_grpc, common_pb2, infe
 pytestmark = pytest.mark.slow
 
 DOC = ("The committee met on a grey morning to discuss the harbour, the new lighthouse and the budget. " * 20)[:1600]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

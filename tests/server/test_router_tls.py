@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import socket
 import subprocess
 import sys
 import time
 
 import grpc
 import pytest
+from ports import free_port
 
 from preble_tiered.client import Client
 
@@ -38,12 +38,6 @@ def self_signed(dirpath):
                                                         serialization.PrivateFormat.PKCS8,
                                                         serialization.NoEncryption()))
     return str(dirpath / "cert.pem"), str(dirpath / "key.pem")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

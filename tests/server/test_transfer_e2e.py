@@ -8,11 +8,11 @@ of one call): node1 recomputes what did not arrive and still answers with the sa
 
 from __future__ import annotations
 
-import socket
 import time
 
 import grpc
 import pytest
+from ports import free_port
 
 from preble_tiered.hashing import BlockHasher
 from preble_tiered.server.launcher import ClusterSpec, LocalCluster
@@ -24,12 +24,6 @@ pytestmark = pytest.mark.slow
 HASH = BlockHasher(32)
 SHORT = [(i * 37) % 250 + 4 for i in range(600)]  # 18 usable blocks: fewer pieces than the fault's 40
 LONG = [(i * 53 + 11) % 250 + 4 for i in range(2900)]  # 90 blocks: node0 dies in the middle
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
