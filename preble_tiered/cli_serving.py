@@ -66,6 +66,9 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
                     help="host-memory KV tier under the engine's cache, bytes (default: none)")
     nd.add_argument("--disk-path", metavar="DIR", help="RocksDB directory of the disk KV tier (default: none)")
     nd.add_argument("--disk-bytes", type=positive_int, default=None, help="disk KV tier budget, bytes")
+    nd.add_argument("--disk-mmap-reads", action="store_true",
+                    help="map the disk tier's files for reads: faster loads, but a truncated file or a "
+                         "disk read error kills the node (SIGBUS) instead of costing a miss")
     nd.add_argument("--write-policy", choices=["write_back", "write_through"], default="write_back",
                     help="write_back: DRAM, demoted to disk on DRAM eviction; write_through: DRAM and disk")
     nd.add_argument("--metrics-port", type=int, default=0)
@@ -151,7 +154,7 @@ def cmd_node(args: argparse.Namespace) -> int:
 
         kv = KVStoreConfig(dram_bytes=args.dram_bytes or (256 << 20), disk_path=args.disk_path,
                            disk_bytes=args.disk_bytes or ((4 << 30) if args.disk_path else 0),
-                           write_policy=args.write_policy)
+                           write_policy=args.write_policy, disk_mmap_reads=args.disk_mmap_reads)
     ecfg = EngineConfig(kv_store=kv, model=args.model, block_size=args.block_size, kv_cache_bytes=args.kv_cache_bytes,
                         max_num_seqs=args.max_num_seqs, cpu_core=args.cpu_core,
                         max_model_len=args.max_model_len)

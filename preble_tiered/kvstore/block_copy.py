@@ -88,11 +88,14 @@ class BlockLayout:
         self._check(block_ids)
         out = []
         pieces = self._pieces
+        if pieces is None:
+            take = None
         for b in block_ids:
-            slot = take() if take is not None and pieces is not None else None
+            slot = take() if take is not None else None
             if slot is not None:
                 dst, view = slot
             else:
+                take = None  # every slot is held: don't scan the pool again for this batch
                 buf = np.empty(self.block_bytes, dtype=np.uint8)
                 dst, view = buf.ctypes.data, None
             if pieces is None:

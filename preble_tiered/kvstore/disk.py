@@ -89,7 +89,7 @@ def decode_value(db_key: bytes, value: bytes) -> tuple[int | None, memoryview] |
     return header.parent, data
 
 
-def _db_options() -> Options:
+def _db_options(mmap_reads: bool = False) -> Options:
     opts = Options(raw_mode=True)
     opts.create_if_missing(True)
     # KV tensors barely compress; compression would only cost CPU on the load path.
@@ -98,10 +98,11 @@ def _db_options() -> Options:
     # cache warm), blob files read at 1.0 GB/s and write at 0.5 GB/s, SSTs at 2.9 and 0.75 GB/s
     # (benchmarks/tiers_bandwidth.py). Loads are on the TTFT path; compaction's rewrites are not.
     opts.set_keep_log_file_num(2)
-    # Reads map the SST files instead of copying each block into a heap buffer first: with the
-    # block-read verification below skipped, a get is one copy out of the page cache
-    # (disk read 3.7 -> 8+ GB/s on 256 KiB blocks, benchmarks/tiers_bandwidth.py).
-    opts.set_allow_mmap_reads(True)
+    # Opt-in: map the SST files, so a get is one copy out of the page cache instead of a read
+    # into a heap buffer and a copy out of it (4.8 -> 5.9 GB/s here). Off by default: a
+    # mapped file that is truncated underneath, or a page the disk fails to read, raises
+    # SIGBUS and kills the node, where a read() fails and the tier counts a miss.
+    opts.set_allow_mmap_reads(mmap_reads)
     return opts
 
 
@@ -138,10 +139,12 @@ class DiskTier(LruTier):
             are left alone.
         disable_wal: skip RocksDB's write-ahead log (no second write of every block). A clean `close`
             flushes; a crash loses only the most recent blocks, which is fine for a cache.
+        mmap_reads: map the SST files for reads (faster; a truncated file or a disk read
+            error then kills the process with SIGBUS instead of costing a miss).
     """
 
     def __init__(self, path: str | os.PathLike[str], capacity_bytes: int, namespace: str = "", *,
-                 disable_wal: bool = True) -> None:
+                 disable_wal: bool = True, mmap_reads: bool = False) -> None:
         if _DATA_SEP.decode() in namespace or _META_SEP.decode() in namespace:
             raise ValueError(f"namespace {namespace!r} must not contain \\x00 or \\x01 (they separate db keys)")
         super().__init__(Tier.DISK, capacity_bytes)
@@ -152,7 +155,7 @@ class DiskTier(LruTier):
         self._write_opts = WriteOptions()
         self._write_opts.disable_wal = disable_wal
         self._get_opts = _get_options()
-        self._db: Rdict | None = Rdict(self.path, _db_options())
+        self._db: Rdict | None = Rdict(self.path, _db_options(mmap_reads))
         self._rebuild()
 
     # -- keys -----------------------------------------------------------------------------
@@ -245,16 +248,33 @@ class DiskTier(LruTier):
     def _scan_metadata(self) -> tuple[list[tuple[BlockKey, int | None]], dict[BlockKey, int]]:
         """(key, parent) and sizes of every block of this namespace, from the 32-byte records.
 
-        The scan skips RocksDB's block checksums like the gets do: a damaged data block that
-        shares an SST block range with the first metadata records would otherwise end the
-        scan at the seek and silently forget every block on disk. A damaged record is caught
-        at its first read instead (`_read` checks the value against the record).
+        The scan reads with RocksDB's block checksums on, so damaged records are caught. If
+        RocksDB reports damage (a damaged data block that the seek to the first record lands
+        in ends the scan too, which used to reopen the tier silently empty and leak every
+        block on disk), it scans again without them. Records are then checked for sense only
+        (a length no block of this tier can have is dropped as corrupt); any other damage to a
+        record is caught at the block's first read, which checks the value against it.
         """
+        pairs, sizes, bad, err = self._scan_pass(ReadOptions())
+        if err is not None:
+            logger.warning("disk tier at %s: RocksDB reports damage in the metadata scan (%s); "
+                           "rescanning without its block checksums", self.path, err)
+            pairs, sizes, bad, err = self._scan_pass(self._get_opts)
+            if err is not None:  # an I/O error mid-scan: come back with what was read
+                logger.warning("disk tier at %s: metadata scan stopped early (%s); %d blocks indexed",
+                               self.path, err, len(pairs))
+        if bad:
+            self._counters["corrupt"] += len(bad)
+            logger.warning("disk tier at %s: %d unreadable metadata records dropped", self.path, len(bad))
+            self._erase_many(bad)
+        return pairs, sizes
+
+    def _scan_pass(self, read_opts: ReadOptions) -> tuple[list, dict, list, Exception | None]:
         prefix = self._ns + _META_SEP
         pairs: list[tuple[BlockKey, int | None]] = []
         sizes: dict[BlockKey, int] = {}
         bad: list[BlockKey] = []
-        it = self._open_db().iter(self._get_opts)
+        it = self._open_db().iter(read_opts)
         it.seek(prefix)
         while it.valid():
             mkey = it.key()
@@ -263,22 +283,17 @@ class DiskTier(LruTier):
             if len(mkey) == len(prefix) + 8:  # else not a key this module writes; leave it alone
                 key = BlockKey(self.namespace, int.from_bytes(mkey[len(prefix):], "big"))
                 header = decode_header(it.value())
-                if header is None:
-                    bad.append(key)
+                if header is None or HEADER_SIZE + header.length > self._capacity:
+                    bad.append(key)  # malformed, or a length no block here can have
                 else:
                     pairs.append((key, header.parent))
                     sizes[key] = HEADER_SIZE + header.length
             it.next()
         try:
             it.status()
-        except Exception as exc:  # an I/O error mid-scan: come back with what was read
-            logger.warning("disk tier at %s: metadata scan stopped early (%s); %d blocks indexed",
-                           self.path, exc, len(pairs))
-        if bad:
-            self._counters["corrupt"] += len(bad)
-            logger.warning("disk tier at %s: %d unreadable metadata records dropped", self.path, len(bad))
-            self._erase_many(bad)
-        return pairs, sizes
+        except Exception as exc:
+            return pairs, sizes, bad, exc
+        return pairs, sizes, bad, None
 
     def _rebuild(self) -> None:
         pairs, sizes = self._scan_metadata()

@@ -55,7 +55,10 @@ class BlockPool:
         # 4K-aliasing stalls (loads into the cache measured 5.3 GB/s from page-aligned slots,
         # 8 GB/s from these).
         pitch = -(-slot_bytes // _PAGE) * _PAGE
-        self._arena = mmap.mmap(-1, pitch * n_slots + _PAGE)
+        # Private and anonymous (a plain mmap(-1) is shared memory, which gets no transparent
+        # huge pages), not counted against overcommit until written.
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+        self._arena = mmap.mmap(-1, pitch * n_slots + _PAGE, flags=flags)
         if hasattr(mmap, "MADV_HUGEPAGE"):
             try:
                 self._arena.madvise(mmap.MADV_HUGEPAGE)

@@ -99,6 +99,22 @@ def test_a_pool_for_a_tier_backs_every_block_it_holds_plus_bounded_headroom():
     assert BlockPool.for_tier(64 << 20, 64 << 20).n_slots == 1 + 16
 
 
+def test_a_batch_stops_asking_an_exhausted_pool_after_the_first_refusal():
+    """A refused take scans every slot; a step saving more blocks than are free pays it once."""
+    cache = torch.randn(2, 8, 4, 4)
+    layout = BlockLayout([("l0", cache, 1)])
+    pool = BlockPool(layout.block_bytes, 2)
+    calls = []
+
+    def take():
+        calls.append(1)
+        return pool.take()
+
+    out = layout.read(list(range(8)), take)
+    assert len(calls) == 3 and pool.fallbacks == 1  # two slots, one refusal, then fresh buffers
+    assert [bytes(b) for b in out] == [bytes(b) for b in layout.read(list(range(8)))]
+
+
 def test_bad_sizes_are_refused():
     with pytest.raises(ValueError, match="positive"):
         BlockPool(0, 4)

@@ -253,6 +253,58 @@ def test_disk_metadata_record_that_disagrees_with_its_block_is_dropped_on_read(t
     t.close()
 
 
+def test_disk_metadata_record_with_an_impossible_length_is_dropped_not_trimmed_against(tmp_path):
+    """A record claiming a block larger than the whole tier would make the reopen trim every
+    block ahead of it to "fit"; it is dropped as corrupt instead and the rest survive."""
+    path = str(tmp_path / "db")
+    t = DiskTier(path, disk_cap(8), NS)
+    for h, p in ((1, None), (2, 1), (3, 2)):
+        t.put(make_block(h, p))
+    dkey, mkey = t._data_key(key(1)), t._meta_key(key(1))
+    t.close()
+    db = Rdict(path, Options(raw_mode=True))
+    raw = bytearray(db.get(mkey))
+    raw[21] ^= 0x01  # a high byte of the length field: ~1 TB
+    db.put(mkey, bytes(raw))
+    db.close()
+    t = DiskTier(path, disk_cap(8), NS)
+    assert sorted(k.block_hash for k, _ in t.keys()) == [2, 3]
+    assert t.stats()["corrupt"] == 1 and t.used_bytes == disk_cap(2)
+    assert bytes(t.get(key(3)).data) == make_block(3).data
+    t.close()
+
+
+_TRUNCATED_SST_SCRIPT = r"""
+import os, sys, pathlib
+from preble_tiered.kvstore.base import BlockKey, StoredBlock
+from preble_tiered.kvstore.disk import DiskTier
+path = pathlib.Path(sys.argv[1])
+t = DiskTier(path, 64 << 20, "ns")
+for h in range(1, 101):
+    t.put(StoredBlock(BlockKey("ns", h), None, bytes([h]) * 65536))
+t.close()
+t = DiskTier(path, 64 << 20, "ns")
+assert t.get(BlockKey("ns", 2)) is not None  # the file is open now
+for sst in path.glob("*.sst"):
+    os.truncate(sst, os.path.getsize(sst) // 2)
+got = t.get(BlockKey("ns", 90))  # its bytes are past the cut
+print(int(got is None), t.stats()["read_errors"] + t.stats()["corrupt"], flush=True)
+t.close()
+"""
+
+
+def test_an_sst_file_truncated_under_an_open_tier_costs_a_miss_not_the_process(tmp_path):
+    """Reads do not map the files by default: a truncated file is a failed read, not SIGBUS."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _TRUNCATED_SST_SCRIPT, str(tmp_path / "db")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    missed, counted = map(int, proc.stdout.split())
+    assert missed == 1 and counted >= 1
+
+
 def assert_parents_first(pairs):
     seen: set[int] = set()
     present = {k.block_hash for k, _ in pairs}
