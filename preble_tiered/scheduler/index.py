@@ -37,7 +37,6 @@ from preble_tiered.types import NodeId, Tier
 
 _EXPIRE_BATCH = 32  # queued entries examined per mutating call: twice a request's ~16 new blocks
 _EXPIRE_FRESH = 4  # ... stopping after this many not yet due
-_NEVER = float("-inf")
 
 
 def iter_bits(mask: int) -> Iterator[int]:
@@ -291,28 +290,8 @@ class PrefixIndex:
             self._record_from(hashes, 1, now, bucket)
 
     def _record_from(self, hashes: Sequence[int], start: int, now: float, bucket: int) -> list[BlockEntry]:
-        """`_touch` every block from `start` on (inlined: past a request's first unknown
-        block most blocks are new, e.g. a unique question's 16)."""
-        entries, queue = self._entries, self._idle.append
-        get = entries.get
-        out = []
-        append = out.append
-        prev = hashes[start - 1] if 0 < start <= len(hashes) else None
-        for i in range(start, len(hashes)):
-            h = hashes[i]
-            e = get(h)
-            if e is None:
-                e = entries[h] = BlockEntry(prev, 0, 0, 0, 0, 0, _NEVER, bucket, 1, 0, now)
-                queue(h)  # a new entry is idle until something holds it
-            else:
-                if e.bucket != bucket:
-                    e.demand_prev = e.demand_cur if e.bucket == bucket - 1 else 0
-                    e.demand_cur = 0
-                    e.bucket = bucket
-                e.demand_cur += 1
-                e.last_access = now
-            append(e)
-            prev = h
+        get, touch = self._entries.get, self._touch
+        out = [touch(get(hashes[i]), hashes[i], hashes[i - 1], now, bucket) for i in range(start, len(hashes))]
         self._expire(now)
         return out
 
