@@ -64,7 +64,6 @@ class PrebleTieredConnector(KVConnectorBase_V1):
         self._reqs: dict[str, _ReqState] = {}
         self._caches: list[tuple[str, torch.Tensor, int]] = []  # (layer, cache, block dim)
         self._layout: BlockLayout | None = None
-        self._pool: BlockPool | None = None
         self._load_errors: set[int] = set()
 
     # ------------------------------------------------------------------ scheduler role
@@ -176,10 +175,12 @@ class PrebleTieredConnector(KVConnectorBase_V1):
                                    f"{n_blocks} blocks")
             self._caches.append((name, cache, dims[0]))
         self._layout = BlockLayout(self._caches)
-        dram = self.rt.store.dram
-        # Saves copy into reused slots of one arena instead of a new buffer per block.
-        self._pool = BlockPool.for_tier(self._layout.block_bytes, dram.capacity_bytes) \
-            if self._layout.block_bytes else None
+        store = self.rt.store
+        # Saves copy into reused slots of one arena instead of a new buffer per block; the
+        # store copies blocks arriving from elsewhere into the same slots.
+        if self._layout.block_bytes:
+            with self.rt.lock:
+                store.pool = BlockPool.for_tier(self._layout.block_bytes, store.dram.capacity_bytes)
         logger.info("KV connector: %d layers, block dim %d, cache shape %s", len(self._caches),
                     self._caches[0][2] if self._caches else -1,
                     tuple(self._caches[0][1].shape) if self._caches else ())
@@ -235,7 +236,8 @@ class PrebleTieredConnector(KVConnectorBase_V1):
         if not isinstance(meta, PrebleConnectorMetadata) or not meta.saves:
             return
         rt = self.rt
-        take = self._pool.take if self._pool is not None else None
+        pool = rt.store.pool
+        take = pool.take if pool is not None else None
         datas = self._layout.read([block_id for block_id, _, _ in meta.saves], take)
         with rt.lock:
             for (_, h, parent), data in zip(meta.saves, datas):

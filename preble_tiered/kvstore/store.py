@@ -25,6 +25,7 @@ from preble_tiered.events import ResidencyEvent
 from preble_tiered.kvstore.base import BlockKey, StoredBlock, TierBackend
 from preble_tiered.kvstore.disk import DiskTier
 from preble_tiered.kvstore.dram import DramTier
+from preble_tiered.kvstore.pool import BlockPool
 from preble_tiered.types import Tier
 
 
@@ -106,6 +107,9 @@ class TieredStore:
         self.dram = dram
         self.disk = disk
         self.write_policy = make_write_policy(write_policy)
+        self.pool: BlockPool | None = None
+        """The DRAM tier's block buffers, once the engine's block size is known (the connector
+        sets it at `register_kv_caches`): blocks entering DRAM from elsewhere are copied in."""
         self._pins: dict[BlockKey, list[tuple[Tier, ...]]] = {}
         self._counters: Counter[str] = Counter()
 
@@ -182,7 +186,17 @@ class TieredStore:
         return self.write_policy.put(self, block)
 
     def store_in_dram(self, block: StoredBlock) -> bool:
-        """Put `block` in DRAM, demoting what it evicts. False if DRAM cannot take it."""
+        """Put `block` in DRAM, demoting what it evicts. False if DRAM cannot take it.
+
+        With a pool, a block not already in one of its slots (pulled, promoted from disk) is
+        copied into one, so DRAM's resident memory stays the pool's; when every slot is
+        held it is kept as it is.
+        """
+        pool = self.pool
+        if pool is not None and not pool.owns(block.data) and not self.dram.contains(block.key):
+            view = pool.adopt(block.data)
+            if view is not None:
+                block = StoredBlock(block.key, block.parent, view)
         evicted = self.dram.put(block) if self.dram.fits(block) else None
         if evicted is None:
             return False

@@ -115,6 +115,26 @@ def test_a_batch_stops_asking_an_exhausted_pool_after_the_first_refusal():
     assert [bytes(b) for b in out] == [bytes(b) for b in layout.read(list(range(8)))]
 
 
+def test_blocks_entering_dram_from_elsewhere_are_copied_into_the_pool():
+    """Pulled or promoted blocks would otherwise sit in DRAM beside the pool's resident slots."""
+    from preble_tiered.kvstore.store import TieredStore
+
+    size = 256
+    store = TieredStore(DramTier(4 * size), namespace="")
+    store.pool = pool = BlockPool(size, 5)
+    pulled = bytes(range(256))
+    assert store.store_in_dram(StoredBlock(BlockKey("", 1), None, pulled))
+    held = store.dram.get(BlockKey("", 1)).data
+    assert pool.owns(held) and bytes(held) == pulled and pool.in_use() == 1
+    odd = StoredBlock(BlockKey("", 2), None, b"x" * 100)  # not one block's size: kept as it is
+    assert store.store_in_dram(odd) and store.dram.get(BlockKey("", 2)).data is odd.data
+    del held
+    for h in range(3, 8):  # fill the pool: later arrivals are kept as they are
+        store.store_in_dram(StoredBlock(BlockKey("", h), None, bytes([h]) * size))
+    assert all(bytes(store.dram.get(k).data) == bytes([k.block_hash]) * size for k, _ in store.dram.keys()
+               if k.block_hash >= 3)
+
+
 def test_bad_sizes_are_refused():
     with pytest.raises(ValueError, match="positive"):
         BlockPool(0, 4)
