@@ -260,7 +260,7 @@ def test_disk_metadata_record_with_an_impossible_length_is_dropped_not_trimmed_a
     t = DiskTier(path, disk_cap(8), NS)
     for h, p in ((1, None), (2, 1), (3, 2)):
         t.put(make_block(h, p))
-    dkey, mkey = t._data_key(key(1)), t._meta_key(key(1))
+    mkey = t._meta_key(key(1))
     t.close()
     db = Rdict(path, Options(raw_mode=True))
     raw = bytearray(db.get(mkey))
