@@ -175,7 +175,8 @@ def dram_paths(n: int, reps: int) -> dict:
     # Steady state, as on a serving node: the DRAM tier is full, so every save evicts one
     # block (and the allocator reuses its memory). Pass 0 fills the tier and is not timed.
     store = TieredStore(DramTier(n * BLOCK_BYTES), namespace=NS)
-    pool = BlockPool.for_tier(BLOCK_BYTES, n * BLOCK_BYTES)  # as the connector makes at register_kv_caches
+    # As the connector does at register_kv_caches: the store owns the pool, saves take from it.
+    store.pool = pool = BlockPool.for_tier(BLOCK_BYTES, n * BLOCK_BYTES)
 
     def save(base: int):  # as the connector saves: one batch of blocks per engine step
         for lo in range(0, n, STEP_BLOCKS):
