@@ -18,9 +18,10 @@ When every slot is held (a burst of saves beyond the headroom, pinned blocks), `
 returns None and the caller falls back to a fresh buffer: slower, never wrong.
 
 Memory: the arena is faulted in when the pool is made (the DRAM tier's memory is committed
-up front, as a pinned host buffer would be), so no save stalls on first-touch faults. Blocks that enter DRAM from elsewhere (pulled from a peer, promoted from
-disk) are copied into a slot by `adopt`, so DRAM's resident memory is the arena, plus only
-the blocks that arrived while every slot was held.
+up front, as a pinned host buffer would be), so no save stalls on first-touch faults.
+Blocks that enter DRAM from elsewhere (pulled from a peer, promoted from disk) are copied
+into a slot by `adopt`, so DRAM's resident memory is the arena, plus only the blocks that
+arrived while every slot was held.
 
 Thread-safe: the engine's step thread saves while the node's event loop stores pulled
 blocks, and the check of a slot's count and the view that claims it must not interleave.
@@ -59,7 +60,7 @@ class BlockPool:
         # Slots start half a page past a page boundary: the engine's cache blocks are page
         # aligned, and a copy between two addresses equal modulo 4 KiB runs into the CPU's
         # 4K-aliasing stalls (loads into the cache measured 5.3 GB/s from page-aligned slots,
-        # 8 GB/s from these).
+        # ~7 GB/s from these).
         pitch = -(-slot_bytes // _PAGE) * _PAGE
         # Private and anonymous (a plain mmap(-1) is shared memory). No huge-page advice: with
         # it, faults may stop to compact memory (93 fresh blocks once took 68 ms against 12
