@@ -20,6 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import xxhash
 
+try:  # the same hashes without the interpreter, where setup.py could build it (optional)
+    from preble_tiered import _hashing_native
+except ImportError:  # pragma: no cover - depends on the build machine
+    _hashing_native = None
+
 DEFAULT_SEED = 0x5052_4542_4C45  # "PREBLE"
 DEFAULT_BLOCK_SIZE = 32
 
@@ -78,6 +83,15 @@ def block_hashes(
     """
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
+    if _hashing_native is not None and type(token_ids) in (list, tuple):
+        return _hashing_native.block_hashes(token_ids, block_size, seed, parent)
+    return _block_hashes_py(token_ids, block_size, seed, parent)
+
+
+def _block_hashes_py(token_ids: Sequence[int] | np.ndarray, block_size: int, seed: int,
+                     parent: int | None) -> list[int]:
+    """`block_hashes` in Python (numpy arrays, and lists where the native module is not
+    built): the reference the native hashes are tested against."""
     n_blocks = len(token_ids) // block_size
     if n_blocks == 0:
         return []

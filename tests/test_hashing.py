@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import xxhash
 
+from preble_tiered import hashing
 from preble_tiered.hashing import DEFAULT_SEED, BlockHasher, block_hashes, namespace_seed
 
 TOKENS = list(range(1, 4 * 8 + 1))  # 4 full blocks of 8 tokens
@@ -120,3 +121,17 @@ def test_out_of_range_tokens_raise(bad):
 def test_largest_uint32_token_is_accepted():
     toks = [2**32 - 1] * 8
     assert len(block_hashes(toks, 8)) == 1
+
+
+@pytest.mark.skipif(hashing._hashing_native is None, reason="C extension not built here")
+@pytest.mark.parametrize("bs", [1, 16, 32, 300])
+def test_native_hashes_equal_the_python_reference(bs):
+    rng = np.random.default_rng(bs)
+    for n in (0, bs - 1, bs, 5 * bs + 3):
+        toks = rng.integers(0, 2**32, n, dtype=np.uint64).tolist()
+        for seed, parent in ((DEFAULT_SEED, None), (namespace_seed("llama"), 2**64 - 1), (0, 12345)):
+            want = hashing._block_hashes_py(toks, bs, seed, parent)
+            assert hashing._hashing_native.block_hashes(toks, bs, seed, parent) == want
+            assert block_hashes(tuple(toks), bs, seed, parent) == want
+    with pytest.raises(TypeError):
+        hashing._hashing_native.block_hashes([1.5] * bs, bs, DEFAULT_SEED, None)

@@ -48,7 +48,7 @@ class Scheduler:
     def __init__(self, config: SchedulerConfig, cost: CostModel, clock: Clock) -> None:
         self.config = config
         self.clock = clock
-        self.index = PrefixIndex(config.policy_config.window_s)
+        self.index = PrefixIndex(config.policy_config.window_s, n_nodes=config.n_nodes)
         self.cluster = ClusterState(config.n_nodes, cost, config.block_size, self.index,
                                     config.hbm_tokens, config.policy_config.window_s)
         self.policy: Policy = make_policy(config.policy, self.cluster, config.policy_config)

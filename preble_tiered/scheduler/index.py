@@ -27,55 +27,53 @@ The index is pure: callers pass `now`; it never reads a clock.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from typing import NamedTuple
 from dataclasses import dataclass, field
-from functools import lru_cache
+from types import ModuleType
+from typing import NamedTuple
 
+from preble_tiered.scheduler import _index_py
+from preble_tiered.scheduler._index_py import BlockEntry, bits, iter_bits
 from preble_tiered.types import NodeId, Tier
+
+try:  # built by `pip install` where a C compiler is present (setup.py); optional
+    from preble_tiered.scheduler import _index_native
+except ImportError:  # pragma: no cover - depends on the build machine
+    _index_native = None
+
+__all__ = ["BlockEntry", "MatchResult", "NodeMatch", "PrefixIndex", "bits", "iter_bits", "kernel_names"]
 
 _EXPIRE_BATCH = 32  # queued entries examined per mutating call: twice a request's ~16 new blocks
 _EXPIRE_FRESH = 4  # ... stopping after this many not yet due
 
-
-def iter_bits(mask: int) -> Iterator[int]:
-    """Node ids set in `mask`, lowest first."""
-    while mask:
-        low = mask & -mask
-        yield low.bit_length() - 1
-        mask ^= low
+KERNEL_ENV = "PREBLE_INDEX_KERNEL"
+"""Environment variable forcing the index kernel: `native` or `python`."""
 
 
-@lru_cache(maxsize=1 << 16)
-def bits(mask: int) -> tuple[int, ...]:
-    """Node ids set in `mask` as a tuple, memoized: the same node sets recur constantly."""
-    return tuple(iter_bits(mask))
+def kernel_names() -> list[str]:
+    """Index kernels available here (`native` only where the C extension was built)."""
+    return ["native", "python"] if _index_native is not None else ["python"]
 
 
-@dataclass(slots=True)
-class BlockEntry:
-    """What the router knows of one block."""
-
-    parent: int | None
-    hbm: int = 0  # node bitmask per tier
-    dram: int = 0
-    disk: int = 0
-    pending: int = 0  # nodes that will hold it in HBM once a dispatched request computes it
-    pins: int = 0  # counted pins (admin); a pinned entry never expires
-    idle_at: float = float("-inf")  # when it last lost its residency, pending mark or pin
-    bucket: int = -1  # window bucket index that `demand_cur` counts
-    demand_cur: int = 0
-    demand_prev: int = 0
-    last_access: float = float("-inf")
-
-    @property
-    def kept(self) -> bool:
-        """Held, pending or pinned: never expired."""
-        return bool(self.hbm or self.dram or self.disk or self.pending or self.pins)
-
-    def mask(self, tier: Tier) -> int:
-        return self.hbm if tier is Tier.HBM else self.dram if tier is Tier.DRAM else self.disk
+def _pick_kernel(kernel: str | None, n_nodes: int | None) -> ModuleType:
+    """`kernel` by name; None: the native one when it is built and holds `n_nodes`
+    (256 nodes), unless $PREBLE_INDEX_KERNEL says otherwise."""
+    kernel = kernel or os.environ.get(KERNEL_ENV) or None
+    if kernel == "python":
+        return _index_py
+    fits = n_nodes is None or _index_native is None or n_nodes <= _index_native.MAX_NODES
+    if kernel == "native":
+        if _index_native is None:
+            raise ValueError("the native index kernel is not built here (no C compiler at install?); "
+                             f"use kernel='python' or unset {KERNEL_ENV}")
+        if not fits:
+            raise ValueError(f"the native index holds {_index_native.MAX_NODES} nodes, not {n_nodes}")
+        return _index_native
+    if kernel is not None:
+        raise ValueError(f"unknown index kernel {kernel!r}; expected 'native' or 'python'")
+    return _index_native if _index_native is not None and fits else _index_py
 
 
 class NodeMatch(NamedTuple):
@@ -126,12 +124,18 @@ class PrefixIndex:
 
     Args:
         window_s: the demand window H (Preble: 180 s).
+        kernel: "native" (C, `_index_native.c`, up to 256 nodes) or "python"
+            (`_index_py.py`); None picks native where it is built and holds `n_nodes`.
+        n_nodes: the cluster's node slots (only to pick the kernel).
     """
 
-    def __init__(self, window_s: float = 180.0) -> None:
+    def __init__(self, window_s: float = 180.0, kernel: str | None = None, n_nodes: int | None = None) -> None:
         if window_s <= 0:
             raise ValueError(f"window_s must be positive, got {window_s}")
         self.window_s = float(window_s)
+        self._k = _pick_kernel(kernel, n_nodes)
+        self.kernel = "native" if self._k is _index_native else "python"
+        self._new_entry = self._k.BlockEntry
         self._entries: dict[int, BlockEntry] = {}
         self._idle: deque[int] = deque()  # hashes that may be idle (see module docstring)
         self._held: dict[tuple[NodeId, Tier], int] = {}  # blocks held per (node, tier)
@@ -151,97 +155,24 @@ class PrefixIndex:
 
     def match(self, hashes: Sequence[int]) -> MatchResult:
         """Longest usable prefix of `hashes` on every node, per tier (read only)."""
-        return self._walk(hashes, None)
+        nodes, longest, holders, longest_hbm, hbm_holders, _ = self._k.walk(
+            self._entries, self._idle.append, hashes, None, 0, NodeMatch)
+        return MatchResult(len(hashes), nodes, longest, holders, longest_hbm, hbm_holders)
 
     def lookup(self, hashes: Sequence[int], now: float) -> MatchResult:
         """`record_access(hashes, now)` and `match(hashes)` in one walk over the blocks
-        (one dict probe per block instead of two: the router's decision path)."""
-        return self._walk(hashes, now)
-
-    def _walk(self, hashes: Sequence[int], now: float | None) -> MatchResult:
-        """Match, and count a request for every block when `now` is given.
+        (one dict probe per block instead of two: the router's decision path).
 
         Where a block's masks equal the previous block's nothing is done. Where they
         change, only the nodes whose best tier flips are touched (each closes an interval
         of blocks credited to its old tier), so the cost is O(blocks + tier flips), i.e.
-        O(blocks + nodes) for the layouts caches produce.
+        O(blocks + nodes) for the layouts caches produce. `entries` of the result is every
+        block's entry (created as needed), for `add_pending_entries`.
         """
-        res = MatchResult(n_blocks=len(hashes))
-        if not hashes:
-            if now is not None:
-                res.entries = []
-            return res
-        record = now is not None
-        bucket = int(now // self.window_s) if record else 0
-        get = self._entries.get
-        e = get(hashes[0])
-        if record:
-            e = self._touch(e, hashes[0], None, now, bucket)
-        alive = 0 if e is None else e.hbm | e.dram | e.disk | e.pending
-        if not alive:
-            if record:
-                res.entries = [e, *self._record_from(hashes, 1, now, bucket)]
-            return res
-        counts = {n: [0, 0, 0, 0] for n in bits(alive)}  # hbm, pending, dram, disk
-        hbm_prefix = dict.fromkeys(counts, 0)
-        alive_hbm = (e.hbm | e.pending) & alive
-        cur = _best_tiers(e.hbm, e.pending, e.dram, alive)
-        since: list[dict[int, int]] = [dict.fromkeys(bits(m), 0) for m in cur]
-        r_hbm, r_pend, r_dram, r_disk = e.hbm, e.pending, e.dram, e.disk
-        walked = [e] if record else None
-        append = walked.append if record else None
-        i, n_hashes = 1, len(hashes)
-        while i < n_hashes:
-            e = get(hashes[i])
-            if e is None:
-                if record:
-                    append(self._touch(None, hashes[i], hashes[i - 1], now, bucket))  # type: ignore[misc]
-                break
-            if record:
-                # `_touch` inlined for an existing entry: the hottest loop of a decision.
-                if e.bucket != bucket:
-                    e.demand_prev = e.demand_cur if e.bucket == bucket - 1 else 0
-                    e.demand_cur = 0
-                    e.bucket = bucket
-                e.demand_cur += 1
-                e.last_access = now
-                append(e)  # type: ignore[misc]
-                # An idle entry stays queued in `_idle`; the sweep re-checks last_access.
-            if e.hbm == r_hbm and e.pending == r_pend and e.dram == r_dram and e.disk == r_disk:
-                i += 1  # same residency as the previous block: nothing flips
-                continue
-            r_hbm, r_pend, r_dram, r_disk = e.hbm, e.pending, e.dram, e.disk
-            new_alive = alive & (r_hbm | r_dram | r_disk | r_pend)
-            new_hbm = alive_hbm & (r_hbm | r_pend)
-            for n in bits(alive_hbm & ~new_hbm):
-                hbm_prefix[n] = i
-            alive_hbm = new_hbm
-            new = _best_tiers(r_hbm, r_pend, r_dram, new_alive)
-            for t in range(4):
-                flips = cur[t] ^ new[t]
-                if flips:
-                    _close(counts, since[t], t, cur[t] & flips, i)
-                    for n in bits(new[t] & flips):
-                        since[t][n] = i
-            cur = new
-            if not new_alive:
-                break
-            alive = new_alive
-            i += 1
-        if record:
-            walked.extend(self._record_from(hashes, i + 1, now, bucket))  # type: ignore[union-attr]
-            res.entries = walked
-        for t in range(4):
-            _close(counts, since[t], t, cur[t], i)
-        for n in bits(alive_hbm):
-            hbm_prefix[n] = i
-        res.nodes = {n: NodeMatch(n, h, d, k, p, hbm_prefix[n]) for n, (h, p, d, k) in counts.items()}
-        res.longest, res.holders = i, alive
-        best = max(hbm_prefix.values())
-        res.longest_hbm = best
-        if best:
-            res.hbm_holders = sum(1 << n for n, v in hbm_prefix.items() if v == best)
-        return res
+        nodes, longest, holders, longest_hbm, hbm_holders, walked = self._k.walk(
+            self._entries, self._idle.append, hashes, float(now), int(now // self.window_s), NodeMatch)
+        self._expire(now)
+        return MatchResult(len(hashes), nodes, longest, holders, longest_hbm, hbm_holders, walked)
 
     def demand(self, h: int, now: float) -> float:
         """Requests for block `h` in the last window (sliding two-bucket estimate)."""
@@ -283,30 +214,24 @@ class PrefixIndex:
 
     # ----------------------------------------------------------------- mutation
     def record_access(self, hashes: Sequence[int], now: float, parent: int | None = None) -> None:
-        """Count one request for each block of `hashes` (creating entries as needed)."""
+        """Count one request for each block of `hashes` (creating entries as needed; the
+        first one's parent is `parent`). Plain per-entry code, independent of the kernels'
+        `walk`: the reference `lookup` is tested against."""
+        bucket, prev = int(now // self.window_s), parent
+        for h in hashes:
+            e = self._entries.get(h)
+            if e is None:
+                e = self._entries[h] = self._new_entry(prev)
+                self._idle.append(h)  # a new entry is idle until something holds it
+            if e.bucket != bucket:
+                e.demand_prev = e.demand_cur if e.bucket == bucket - 1 else 0
+                e.demand_cur = 0
+                e.bucket = bucket
+            e.demand_cur += 1
+            e.last_access = now
+            prev = h
         if hashes:
-            bucket = int(now // self.window_s)
-            self._touch(self._entries.get(hashes[0]), hashes[0], parent, now, bucket)
-            self._record_from(hashes, 1, now, bucket)
-
-    def _record_from(self, hashes: Sequence[int], start: int, now: float, bucket: int) -> list[BlockEntry]:
-        get, touch = self._entries.get, self._touch
-        out = [touch(get(hashes[i]), hashes[i], hashes[i - 1], now, bucket) for i in range(start, len(hashes))]
-        self._expire(now)
-        return out
-
-    def _touch(self, e: BlockEntry | None, h: int, parent: int | None, now: float, bucket: int) -> BlockEntry:
-        """Count a request for block `h` (entry `e`, created when None)."""
-        if e is None:
-            e = self._entries[h] = BlockEntry(parent)
-            self._idle.append(h)  # a new entry is idle until something holds it
-        if e.bucket != bucket:
-            e.demand_prev = e.demand_cur if e.bucket == bucket - 1 else 0
-            e.demand_cur = 0
-            e.bucket = bucket
-        e.demand_cur += 1
-        e.last_access = now
-        return e
+            self._expire(now)
 
     def store(self, node: NodeId, tier: Tier, hashes: Iterable[int], parent: int | None, now: float) -> int:
         """`node` now holds `hashes` (a chain, first one's parent is `parent`) in `tier`.
@@ -314,21 +239,7 @@ class PrefixIndex:
         Returns:
             How many blocks were newly stored (already-held ones are not counted).
         """
-        bit = 1 << node
-        entries = self._entries
-        added = 0
-        prev = parent
-        for h in hashes:
-            e = entries.get(h)
-            if e is None:
-                e = entries[h] = BlockEntry(prev)
-            m = e.mask(tier)
-            if not m & bit:
-                _set_mask(e, tier, m | bit)
-                added += 1
-            if tier is Tier.HBM and e.pending & bit:
-                e.pending &= ~bit  # the promised block arrived
-            prev = h
+        added = self._k.store(self._entries, hashes, tier, node, parent)
         if added:
             key = (node, tier)
             self._held[key] = self._held.get(key, 0) + added
@@ -341,19 +252,7 @@ class PrefixIndex:
         Returns:
             How many blocks were actually removed.
         """
-        bit = 1 << node
-        entries = self._entries
-        removed = 0
-        for h in hashes:
-            e = entries.get(h)
-            if e is None:
-                continue
-            m = e.mask(tier)
-            if m & bit:
-                _set_mask(e, tier, m & ~bit)
-                removed += 1
-                if not e.kept:
-                    self._went_idle(h, e, now)
+        removed = self._k.remove(self._entries, self._idle.append, hashes, tier, node, float(now))
         if removed:
             key = (node, tier)
             self._held[key] -= removed
@@ -370,9 +269,9 @@ class PrefixIndex:
             for t in tiers:
                 m = e.mask(t)
                 if m & bit:
-                    _set_mask(e, t, m & ~bit)
+                    _index_py.set_mask(e, t, m & ~bit)
                     removed += 1
-            if tier is None:
+            if tier is None and e.pending & bit:
                 e.pending &= ~bit
             if was_kept and not e.kept:
                 self._went_idle(h, e, now)
@@ -388,7 +287,7 @@ class PrefixIndex:
         for h in hashes:
             e = entries.get(h)
             if e is None:
-                e = entries[h] = BlockEntry(prev)
+                e = entries[h] = self._new_entry(prev)
             walked.append(e)
             prev = h
         self.add_pending_entries(node, walked)
@@ -396,20 +295,11 @@ class PrefixIndex:
     def add_pending_entries(self, node: NodeId, entries: Sequence[BlockEntry]) -> None:
         """`add_pending` for the entries a `lookup` just walked (no dict probes). The
         entries must come from this index in the same call sequence (nothing expired)."""
-        bit = 1 << node
-        for e in entries:
-            if not e.hbm & bit:
-                e.pending |= bit
+        self._k.add_pending(entries, node)
 
     def clear_pending(self, node: NodeId, hashes: Iterable[int], now: float) -> None:
         """The request that promised `hashes` on `node` finished or failed."""
-        bit = 1 << node
-        for h in hashes:
-            e = self._entries.get(h)
-            if e is not None and e.pending & bit:
-                e.pending &= ~bit
-                if not e.kept:
-                    self._went_idle(h, e, now)
+        self._k.clear_pending(self._entries, self._idle.append, hashes, node, float(now))
 
     def node_blocks(self, node: NodeId, tier: Tier) -> set[int]:
         """Every block hash `node` holds in `tier` (for snapshots and checks). O(entries)."""
@@ -422,7 +312,7 @@ class PrefixIndex:
         for h in hashes:
             e = self._entries.get(h)
             if e is None:
-                e = self._entries[h] = BlockEntry(parent)
+                e = self._entries[h] = self._new_entry(parent)
             e.pins += 1
             parent = h
 
@@ -454,21 +344,7 @@ class PrefixIndex:
     def _expire(self, now: float) -> None:
         """Look at up to a batch of queued entries: drop the expired, let go of the held,
         re-queue the rest. Amortized O(1) per mutating call."""
-        idle, entries = self._idle, self._entries
-        cutoff = now - self.window_s
-        fresh = 0
-        for _ in range(min(_EXPIRE_BATCH, len(idle))):
-            h = idle.popleft()
-            e = entries.get(h)
-            if e is None or e.hbm or e.dram or e.disk or e.pending or e.pins:  # `kept`, inlined
-                continue  # already dropped (a duplicate), or held again: re-queued when idle
-            if e.last_access <= cutoff and e.idle_at <= cutoff:
-                del entries[h]
-            else:
-                idle.append(h)
-                fresh += 1
-                if fresh == _EXPIRE_FRESH:
-                    return  # the queue behind is newer still
+        self._k.expire(self._entries, self._idle, float(now - self.window_s), _EXPIRE_BATCH, _EXPIRE_FRESH)
 
     def expire_all(self, now: float) -> None:
         """Exact expiry of everything due (tests and periodic housekeeping). O(queue)."""
@@ -485,29 +361,3 @@ class PrefixIndex:
                 seen.add(h)
                 keep.append(h)
         self._idle = keep
-
-
-def _set_mask(e: BlockEntry, tier: Tier, value: int) -> None:
-    if tier is Tier.HBM:
-        e.hbm = value
-    elif tier is Tier.DRAM:
-        e.dram = value
-    else:
-        e.disk = value
-
-
-def _best_tiers(hbm: int, pending: int, dram: int, alive: int) -> tuple[int, int, int, int]:
-    """Masks of the `alive` nodes whose best copy of a block is HBM, pending, DRAM, disk."""
-    hb = hbm & alive
-    pe = pending & alive & ~hb
-    dr = dram & alive & ~(hb | pe)
-    return hb, pe, dr, alive & ~(hb | pe | dr)
-
-
-def _close(counts: dict[int, list[int]], since: dict[int, int], tier: int, mask: int, at: int) -> None:
-    """Nodes in `mask` leave `tier` at block `at`: credit the interval they spent in it."""
-    while mask:
-        low = mask & -mask
-        n = low.bit_length() - 1
-        counts[n][tier] += at - since.pop(n)
-        mask ^= low

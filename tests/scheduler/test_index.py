@@ -4,14 +4,25 @@ import random
 
 import pytest
 
-from preble_tiered.scheduler.index import PrefixIndex, iter_bits
+from preble_tiered.scheduler.index import PrefixIndex, iter_bits, kernel_names
 from preble_tiered.types import TIERS, Tier
 
 HBM, DRAM, DISK = Tier.HBM, Tier.DRAM, Tier.DISK
+KERNEL = ["python"]
+
+
+@pytest.fixture(autouse=True, params=kernel_names())
+def kernel(request):
+    """Every test runs on each index kernel built here (native C and the Python reference)."""
+    KERNEL[0] = request.param
+    yield request.param
+    KERNEL[0] = "python"
 
 
 def make_index(window_s: float = 10.0) -> PrefixIndex:
-    return PrefixIndex(window_s)
+    ix = PrefixIndex(window_s, kernel=KERNEL[0])
+    assert ix.kernel == KERNEL[0]
+    return ix
 
 
 def chain(n: int, start: int = 100) -> list[int]:

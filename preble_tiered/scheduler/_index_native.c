@@ -1,0 +1,757 @@
+/* Native kernels of the PrefixIndex (scheduler/index.py): the router's decision path.
+ *
+ * Same functions, same arguments and same results as scheduler/_index_py.py, which is the
+ * reference and the fallback where this module is not built. The index itself (a dict of
+ * block hash -> BlockEntry, and a deque of hashes that may be idle) stays a Python object;
+ * this module only walks it without the interpreter:
+ *
+ *   BlockEntry   one block: parent hash, four node masks (HBM, DRAM, disk, pending) as
+ *                fixed 256-bit words, pins, demand window, idle time. Python sees the masks
+ *                as ints (attributes hbm, dram, disk, pending), exactly as the fallback.
+ *   walk         lookup/match: demand counting and per-node tier split in one pass.
+ *   store, remove, clear_pending, add_pending, expire: the mutations of the hot paths.
+ *
+ * Pure: no clock, no I/O; `now` is passed in.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
+
+#define W 4                 /* 64-bit words per node mask */
+#define MAX_NODES (64 * W)  /* 256 nodes */
+#define HBM 0
+#define DRAM 1
+#define DISK 2
+#define PENDING 3
+
+typedef struct { uint64_t w[W]; } mask_t;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *parent;   /* int or None */
+    mask_t m[4];        /* HBM, DRAM, DISK, PENDING */
+    long long pins;
+    double idle_at;
+    long long bucket;
+    long long demand_cur;
+    long long demand_prev;
+    double last_access;
+} Entry;
+
+static PyTypeObject EntryType;
+
+/* ------------------------------------------------------------------ masks */
+static inline int m_zero(const mask_t *a) { return !(a->w[0] | a->w[1] | a->w[2] | a->w[3]); }
+static inline int m_eq(const mask_t *a, const mask_t *b) {
+    return a->w[0] == b->w[0] && a->w[1] == b->w[1] && a->w[2] == b->w[2] && a->w[3] == b->w[3];
+}
+static inline mask_t m_or(mask_t a, mask_t b) { for (int i = 0; i < W; i++) a.w[i] |= b.w[i]; return a; }
+static inline mask_t m_and(mask_t a, mask_t b) { for (int i = 0; i < W; i++) a.w[i] &= b.w[i]; return a; }
+static inline mask_t m_andnot(mask_t a, mask_t b) { for (int i = 0; i < W; i++) a.w[i] &= ~b.w[i]; return a; }
+static inline mask_t m_xor(mask_t a, mask_t b) { for (int i = 0; i < W; i++) a.w[i] ^= b.w[i]; return a; }
+static inline int m_test(const mask_t *a, int n) { return (a->w[n >> 6] >> (n & 63)) & 1; }
+static inline void m_set(mask_t *a, int n) { a->w[n >> 6] |= (uint64_t)1 << (n & 63); }
+static inline void m_clear(mask_t *a, int n) { a->w[n >> 6] &= ~((uint64_t)1 << (n & 63)); }
+
+/* Iterate the set bits of a mask: for (MASK_EACH(m, n)) { ... } */
+#define MASK_FOR(mask, n, body)                                              \
+    do {                                                                     \
+        for (int _wi = 0; _wi < W; _wi++) {                                  \
+            uint64_t _w = (mask).w[_wi];                                     \
+            while (_w) {                                                     \
+                int n = _wi * 64 + __builtin_ctzll(_w);                      \
+                _w &= _w - 1;                                                \
+                body                                                         \
+            }                                                                \
+        }                                                                    \
+    } while (0)
+
+static PyObject *mask_to_int(const mask_t *m) {
+    if (!(m->w[1] | m->w[2] | m->w[3]))
+        return PyLong_FromUnsignedLongLong(m->w[0]);
+    unsigned char buf[8 * W];
+    for (int i = 0; i < W; i++)
+        for (int b = 0; b < 8; b++)
+            buf[i * 8 + b] = (unsigned char)(m->w[i] >> (8 * b));
+    return _PyLong_FromByteArray(buf, sizeof buf, 1, 0);
+}
+
+static int int_to_mask(PyObject *v, mask_t *out) {
+    if (!PyLong_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "a node mask must be an int, not %.100s", Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    memset(out, 0, sizeof *out);
+    unsigned long long x = PyLong_AsUnsignedLongLong(v);
+    if (!(x == (unsigned long long)-1 && PyErr_Occurred())) {
+        out->w[0] = x;
+        return 0;
+    }
+    PyErr_Clear();
+    PyObject *b = PyObject_CallMethod(v, "to_bytes", "is", 8 * W, "little");
+    if (b == NULL) {
+        PyErr_Format(PyExc_ValueError, "node mask %R is negative or names a node >= %d "
+                     "(the native index holds %d nodes; more use the Python index)", v, MAX_NODES, MAX_NODES);
+        return -1;
+    }
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(b);
+    for (int i = 0; i < W; i++)
+        for (int k = 0; k < 8; k++)
+            out->w[i] |= (uint64_t)p[i * 8 + k] << (8 * k);
+    Py_DECREF(b);
+    return 0;
+}
+
+static int check_node(long node) {
+    if (node < 0 || node >= MAX_NODES) {
+        PyErr_Format(PyExc_ValueError, "node %ld out of range: the native index holds nodes 0-%d", node, MAX_NODES - 1);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_tier(long tier) {
+    if (tier < HBM || tier > DISK) {
+        PyErr_Format(PyExc_ValueError, "tier %ld is not HBM (0), DRAM (1) or DISK (2)", tier);
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ BlockEntry */
+static Entry *entry_new(PyObject *parent) {
+    Entry *e = (Entry *)EntryType.tp_alloc(&EntryType, 0);  /* zero-filled */
+    if (e == NULL)
+        return NULL;
+    Py_INCREF(parent);
+    e->parent = parent;
+    e->idle_at = -Py_HUGE_VAL;
+    e->bucket = -1;
+    e->last_access = -Py_HUGE_VAL;
+    return e;
+}
+
+static inline int entry_kept(const Entry *e) {
+    return !(m_zero(&e->m[HBM]) && m_zero(&e->m[DRAM]) && m_zero(&e->m[DISK]) && m_zero(&e->m[PENDING])) || e->pins;
+}
+
+static void Entry_dealloc(Entry *e) {
+    Py_XDECREF(e->parent);
+    Py_TYPE(e)->tp_free((PyObject *)e);
+}
+
+static int Entry_init(Entry *e, PyObject *args, PyObject *kw) {
+    static char *names[] = {"parent", "hbm", "dram", "disk", "pending", "pins", "idle_at", "bucket",
+                            "demand_cur", "demand_prev", "last_access", NULL};
+    PyObject *parent = Py_None, *masks[4] = {NULL, NULL, NULL, NULL};
+    long long pins = 0, bucket = -1, dcur = 0, dprev = 0;
+    double idle_at = -Py_HUGE_VAL, last = -Py_HUGE_VAL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOOOLdLLLd", names, &parent, &masks[HBM], &masks[DRAM],
+                                     &masks[DISK], &masks[PENDING], &pins, &idle_at, &bucket, &dcur, &dprev, &last))
+        return -1;
+    for (int t = 0; t < 4; t++) {
+        if (masks[t] == NULL)
+            memset(&e->m[t], 0, sizeof(mask_t));
+        else if (int_to_mask(masks[t], &e->m[t]) < 0)
+            return -1;
+    }
+    Py_INCREF(parent);
+    Py_XSETREF(e->parent, parent);
+    e->pins = pins;
+    e->idle_at = idle_at;
+    e->bucket = bucket;
+    e->demand_cur = dcur;
+    e->demand_prev = dprev;
+    e->last_access = last;
+    return 0;
+}
+
+static PyObject *Entry_get_mask(Entry *e, void *slot) { return mask_to_int(&e->m[(intptr_t)slot]); }
+
+static int Entry_set_mask(Entry *e, PyObject *v, void *slot) {
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "a node mask cannot be deleted");
+        return -1;
+    }
+    return int_to_mask(v, &e->m[(intptr_t)slot]);
+}
+
+static PyObject *Entry_get_kept(Entry *e, void *unused) { return PyBool_FromLong(entry_kept(e)); }
+
+static PyObject *Entry_mask(Entry *e, PyObject *tier) {
+    long t = PyLong_AsLong(tier);
+    if (t == -1 && PyErr_Occurred())
+        return NULL;
+    if (check_tier(t) < 0)
+        return NULL;
+    return mask_to_int(&e->m[t]);
+}
+
+static PyObject *Entry_repr(Entry *e) {
+    PyObject *h = mask_to_int(&e->m[HBM]), *d = mask_to_int(&e->m[DRAM]), *k = mask_to_int(&e->m[DISK]),
+             *p = mask_to_int(&e->m[PENDING]);
+    PyObject *out = NULL;
+    if (h && d && k && p)
+        out = PyUnicode_FromFormat("BlockEntry(parent=%R, hbm=%R, dram=%R, disk=%R, pending=%R, pins=%lld, "
+                                   "bucket=%lld, demand_cur=%lld, demand_prev=%lld)",
+                                   e->parent, h, d, k, p, e->pins, e->bucket, e->demand_cur, e->demand_prev);
+    Py_XDECREF(h); Py_XDECREF(d); Py_XDECREF(k); Py_XDECREF(p);
+    return out;
+}
+
+static PyMemberDef Entry_members[] = {
+    {"parent", T_OBJECT, offsetof(Entry, parent), 0, "parent block hash (None for a chain's first block)"},
+    {"pins", T_LONGLONG, offsetof(Entry, pins), 0, "counted pins (admin); a pinned entry never expires"},
+    {"idle_at", T_DOUBLE, offsetof(Entry, idle_at), 0, "when it last lost its residency, pending mark or pin"},
+    {"bucket", T_LONGLONG, offsetof(Entry, bucket), 0, "window bucket index that demand_cur counts"},
+    {"demand_cur", T_LONGLONG, offsetof(Entry, demand_cur), 0, NULL},
+    {"demand_prev", T_LONGLONG, offsetof(Entry, demand_prev), 0, NULL},
+    {"last_access", T_DOUBLE, offsetof(Entry, last_access), 0, NULL},
+    {NULL},
+};
+
+static PyGetSetDef Entry_getset[] = {
+    {"hbm", (getter)Entry_get_mask, (setter)Entry_set_mask, "nodes holding it in HBM (bitmask)", (void *)HBM},
+    {"dram", (getter)Entry_get_mask, (setter)Entry_set_mask, "nodes holding it in DRAM (bitmask)", (void *)DRAM},
+    {"disk", (getter)Entry_get_mask, (setter)Entry_set_mask, "nodes holding it on disk (bitmask)", (void *)DISK},
+    {"pending", (getter)Entry_get_mask, (setter)Entry_set_mask,
+     "nodes that will hold it in HBM once a dispatched request computes it", (void *)PENDING},
+    {"kept", (getter)Entry_get_kept, NULL, "held, pending or pinned: never expired", NULL},
+    {NULL},
+};
+
+static PyMethodDef Entry_methods[] = {
+    {"mask", (PyCFunction)Entry_mask, METH_O, "the node mask of a tier"},
+    {NULL},
+};
+
+static PyTypeObject EntryType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "preble_tiered.scheduler._index_native.BlockEntry",
+    .tp_doc = "What the router knows of one block (native; see scheduler/_index_py.BlockEntry).",
+    .tp_basicsize = sizeof(Entry),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Entry_init,
+    .tp_dealloc = (destructor)Entry_dealloc,
+    .tp_repr = (reprfunc)Entry_repr,
+    .tp_members = Entry_members,
+    .tp_getset = Entry_getset,
+    .tp_methods = Entry_methods,
+};
+
+/* ------------------------------------------------------------------ helpers */
+static inline Entry *get_entry(PyObject *entries, PyObject *h) {
+    PyObject *e = PyDict_GetItemWithError(entries, h);  /* borrowed */
+    if (e != NULL && Py_TYPE(e) != &EntryType) {
+        PyErr_SetString(PyExc_TypeError, "the index holds an entry that is not a native BlockEntry");
+        return NULL;
+    }
+    return (Entry *)e;
+}
+
+/* Count a request for block `h` (entry `e`, created with `parent` when NULL and queued as
+ * idle). Returns a borrowed reference (the dict holds it), NULL on error. */
+static Entry *touch(PyObject *entries, PyObject *idle_append, Entry *e, PyObject *h, PyObject *parent,
+                    double now, long long bucket) {
+    if (e == NULL) {
+        e = entry_new(parent);
+        if (e == NULL)
+            return NULL;
+        int rc = PyDict_SetItem(entries, h, (PyObject *)e);
+        Py_DECREF(e);
+        if (rc < 0)
+            return NULL;
+        PyObject *r = PyObject_CallOneArg(idle_append, h);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+    }
+    if (e->bucket != bucket) {
+        e->demand_prev = e->bucket == bucket - 1 ? e->demand_cur : 0;
+        e->demand_cur = 0;
+        e->bucket = bucket;
+    }
+    e->demand_cur += 1;
+    e->last_access = now;
+    return e;
+}
+
+static PyObject *make_node_match(PyTypeObject *nm_type, int node, const int *c, int hbm_prefix) {
+    /* NodeMatch(node, hbm, dram, disk, pending, hbm_prefix); c = (hbm, pending, dram, disk) */
+    PyObject *t = nm_type->tp_alloc(nm_type, 6);
+    if (t == NULL)
+        return NULL;
+    long vals[6] = {node, c[0], c[2], c[3], c[1], hbm_prefix};
+    for (int i = 0; i < 6; i++) {
+        PyObject *v = PyLong_FromLong(vals[i]);
+        if (v == NULL) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, i, v);
+    }
+    return t;
+}
+
+/* Masks of the `alive` nodes whose best copy is HBM, pending, DRAM, disk (tier order of
+ * the counts: 0 hbm, 1 pending, 2 dram, 3 disk). */
+static inline void best_tiers(const Entry *e, mask_t alive, mask_t out[4]) {
+    mask_t hb = m_and(e->m[HBM], alive);
+    mask_t pe = m_andnot(m_and(e->m[PENDING], alive), hb);
+    mask_t dr = m_andnot(m_and(e->m[DRAM], alive), m_or(hb, pe));
+    out[0] = hb;
+    out[1] = pe;
+    out[2] = dr;
+    out[3] = m_andnot(alive, m_or(m_or(hb, pe), dr));
+}
+
+/* ------------------------------------------------------------------ walk */
+PyDoc_STRVAR(walk_doc,
+"walk(entries, idle_append, hashes, now, bucket, node_match) ->\n"
+"    (nodes, longest, holders, longest_hbm, hbm_holders, walked)\n\n"
+"Match `hashes` against the index, counting a request for every block when `now` is not\n"
+"None (then `walked` lists every block's entry, created as needed; else None).");
+
+static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "walk takes 6 arguments");
+        return NULL;
+    }
+    PyObject *entries = args[0], *idle_append = args[1], *now_obj = args[3];
+    PyTypeObject *nm_type = (PyTypeObject *)args[5];
+    if (!PyDict_Check(entries) || !PyType_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError, "walk: entries must be a dict and node_match a type");
+        return NULL;
+    }
+    int record = now_obj != Py_None;
+    double now = 0.0;
+    long long bucket = 0;
+    if (record) {
+        now = PyFloat_AsDouble(now_obj);
+        if (now == -1.0 && PyErr_Occurred())
+            return NULL;
+        bucket = PyLong_AsLongLong(args[4]);
+        if (bucket == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[2], "hashes must be a sequence of ints");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **hs = PySequence_Fast_ITEMS(seq);
+    PyObject *walked = NULL, *nodes = NULL, *result = NULL;
+    if (record && (walked = PyList_New(0)) == NULL)
+        goto done;
+    if ((nodes = PyDict_New()) == NULL)
+        goto done;
+
+    mask_t alive = {{0}}, alive_hbm = {{0}}, first_alive = {{0}};
+    Py_ssize_t i = 0;
+    if (n > 0) {
+        Entry *e = get_entry(entries, hs[0]);
+        if (e == NULL && PyErr_Occurred())
+            goto done;
+        if (record) {
+            if ((e = touch(entries, idle_append, e, hs[0], Py_None, now, bucket)) == NULL)
+                goto done;
+            if (PyList_Append(walked, (PyObject *)e) < 0)
+                goto done;
+        }
+        i = 1;
+        if (e != NULL)
+            alive = m_or(m_or(e->m[HBM], e->m[DRAM]), m_or(e->m[DISK], e->m[PENDING]));
+        if (!m_zero(&alive)) {
+            /* counts[node][t], since[t][node], hbm_prefix[node]: only `first_alive` nodes used */
+            static int counts[MAX_NODES][4], since[4][MAX_NODES], hbm_prefix[MAX_NODES];
+            first_alive = alive;
+            MASK_FOR(alive, nd, { counts[nd][0] = counts[nd][1] = counts[nd][2] = counts[nd][3] = 0;
+                                  hbm_prefix[nd] = 0; });
+            alive_hbm = m_and(m_or(e->m[HBM], e->m[PENDING]), alive);
+            mask_t cur[4], nw[4];
+            best_tiers(e, alive, cur);
+            for (int t = 0; t < 4; t++)
+                MASK_FOR(cur[t], nd, { since[t][nd] = 0; });
+            const Entry *prev = e;
+            while (i < n) {
+                Entry *x = get_entry(entries, hs[i]);
+                if (x == NULL) {
+                    if (PyErr_Occurred())
+                        goto done;
+                    if (record) {
+                        x = touch(entries, idle_append, NULL, hs[i], hs[i - 1], now, bucket);
+                        if (x == NULL || PyList_Append(walked, (PyObject *)x) < 0)
+                            goto done;
+                    }
+                    break;
+                }
+                if (record) {
+                    if (x->bucket != bucket) {
+                        x->demand_prev = x->bucket == bucket - 1 ? x->demand_cur : 0;
+                        x->demand_cur = 0;
+                        x->bucket = bucket;
+                    }
+                    x->demand_cur += 1;
+                    x->last_access = now;
+                    if (PyList_Append(walked, (PyObject *)x) < 0)
+                        goto done;
+                }
+                if (m_eq(&x->m[HBM], &prev->m[HBM]) && m_eq(&x->m[PENDING], &prev->m[PENDING]) &&
+                    m_eq(&x->m[DRAM], &prev->m[DRAM]) && m_eq(&x->m[DISK], &prev->m[DISK])) {
+                    i++;
+                    continue;  /* same residency as the previous block: nothing flips */
+                }
+                prev = x;
+                mask_t new_alive = m_and(alive, m_or(m_or(x->m[HBM], x->m[DRAM]), m_or(x->m[DISK], x->m[PENDING])));
+                mask_t new_hbm = m_and(alive_hbm, m_or(x->m[HBM], x->m[PENDING]));
+                MASK_FOR(m_andnot(alive_hbm, new_hbm), nd, { hbm_prefix[nd] = (int)i; });
+                alive_hbm = new_hbm;
+                best_tiers(x, new_alive, nw);
+                for (int t = 0; t < 4; t++) {
+                    mask_t flips = m_xor(cur[t], nw[t]);
+                    if (m_zero(&flips))
+                        continue;
+                    MASK_FOR(m_and(cur[t], flips), nd, { counts[nd][t] += (int)i - since[t][nd]; });
+                    MASK_FOR(m_and(nw[t], flips), nd, { since[t][nd] = (int)i; });
+                }
+                memcpy(cur, nw, sizeof cur);
+                if (m_zero(&new_alive))
+                    break;
+                alive = new_alive;
+                i++;
+            }
+            for (int t = 0; t < 4; t++)
+                MASK_FOR(cur[t], nd, { counts[nd][t] += (int)i - since[t][nd]; });
+            MASK_FOR(alive_hbm, nd, { hbm_prefix[nd] = (int)i; });
+            int best = 0;
+            mask_t hbm_holders = {{0}};
+            MASK_FOR(first_alive, nd, { if (hbm_prefix[nd] > best) best = hbm_prefix[nd]; });
+            if (best)
+                MASK_FOR(first_alive, nd, { if (hbm_prefix[nd] == best) m_set(&hbm_holders, nd); });
+            int failed = 0;
+            MASK_FOR(first_alive, nd, {
+                if (!failed) {
+                    PyObject *key = PyLong_FromLong(nd);
+                    PyObject *nm = key ? make_node_match(nm_type, nd, counts[nd], hbm_prefix[nd]) : NULL;
+                    if (nm == NULL || PyDict_SetItem(nodes, key, nm) < 0)
+                        failed = 1;
+                    Py_XDECREF(key);
+                    Py_XDECREF(nm);
+                }
+            });
+            if (failed)
+                goto done;
+            if (record) {  /* the blocks past the match are counted too */
+                for (Py_ssize_t j = i + 1; j < n; j++) {
+                    Entry *y = get_entry(entries, hs[j]);
+                    if (y == NULL && PyErr_Occurred())
+                        goto done;
+                    if ((y = touch(entries, idle_append, y, hs[j], hs[j - 1], now, bucket)) == NULL ||
+                        PyList_Append(walked, (PyObject *)y) < 0)
+                        goto done;
+                }
+            }
+            PyObject *holders = mask_to_int(&alive), *hh = mask_to_int(&hbm_holders);
+            if (holders && hh)
+                result = Py_BuildValue("(OnNiNO)", nodes, i, holders, best, hh, record ? walked : Py_None);
+            else {
+                Py_XDECREF(holders);
+                Py_XDECREF(hh);
+            }
+            goto done;
+        }
+    }
+    /* nothing usable: count the rest of the blocks */
+    if (record) {
+        for (Py_ssize_t j = 1; j < n; j++) {
+            Entry *y = get_entry(entries, hs[j]);
+            if (y == NULL && PyErr_Occurred())
+                goto done;
+            if ((y = touch(entries, idle_append, y, hs[j], hs[j - 1], now, bucket)) == NULL ||
+                PyList_Append(walked, (PyObject *)y) < 0)
+                goto done;
+        }
+    }
+    result = Py_BuildValue("(OiiiiO)", nodes, 0, 0, 0, 0, record ? walked : Py_None);
+done:
+    Py_DECREF(seq);
+    Py_XDECREF(walked);
+    Py_XDECREF(nodes);
+    return result;
+}
+
+/* ------------------------------------------------------------------ mutations */
+static int parse_tier_node(PyObject *tier_obj, PyObject *node_obj, long *tier, long *node) {
+    *tier = PyLong_AsLong(tier_obj);
+    if (*tier == -1 && PyErr_Occurred())
+        return -1;
+    *node = PyLong_AsLong(node_obj);
+    if (*node == -1 && PyErr_Occurred())
+        return -1;
+    return check_tier(*tier) < 0 || check_node(*node) < 0 ? -1 : 0;
+}
+
+static int went_idle(PyObject *idle_append, Entry *e, PyObject *h, double now) {
+    e->idle_at = now;
+    PyObject *r = PyObject_CallOneArg(idle_append, h);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+PyDoc_STRVAR(store_doc, "store(entries, hashes, tier, node, parent) -> blocks newly held");
+
+static PyObject *store(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "store takes 5 arguments");
+        return NULL;
+    }
+    PyObject *entries = args[0];
+    long tier, node;
+    if (parse_tier_node(args[2], args[3], &tier, &node) < 0)
+        return NULL;
+    PyObject *it = PyObject_GetIter(args[1]);
+    if (it == NULL)
+        return NULL;
+    PyObject *prev = args[4], *h;
+    Py_INCREF(prev);
+    long added = 0;
+    while ((h = PyIter_Next(it)) != NULL) {
+        Entry *e = get_entry(entries, h);
+        if (e == NULL) {
+            if (PyErr_Occurred() || (e = entry_new(prev)) == NULL) {
+                Py_DECREF(h);
+                goto fail;
+            }
+            int rc = PyDict_SetItem(entries, h, (PyObject *)e);
+            Py_DECREF(e);  /* the dict holds it */
+            if (rc < 0) {
+                Py_DECREF(h);
+                goto fail;
+            }
+        }
+        if (!m_test(&e->m[tier], (int)node)) {
+            m_set(&e->m[tier], (int)node);
+            added++;
+        }
+        if (tier == HBM)
+            m_clear(&e->m[PENDING], (int)node);  /* the promised block arrived */
+        Py_SETREF(prev, h);
+    }
+    if (PyErr_Occurred())
+        goto fail;
+    Py_DECREF(prev);
+    Py_DECREF(it);
+    return PyLong_FromLong(added);
+fail:
+    Py_DECREF(prev);
+    Py_DECREF(it);
+    return NULL;
+}
+
+PyDoc_STRVAR(remove_doc, "remove(entries, idle_append, hashes, tier, node, now) -> blocks actually removed");
+
+static PyObject *remove_(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "remove takes 6 arguments");
+        return NULL;
+    }
+    PyObject *entries = args[0], *idle_append = args[1];
+    long tier, node;
+    if (parse_tier_node(args[3], args[4], &tier, &node) < 0)
+        return NULL;
+    double now = PyFloat_AsDouble(args[5]);
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    PyObject *it = PyObject_GetIter(args[2]);
+    if (it == NULL)
+        return NULL;
+    long removed = 0;
+    PyObject *h;
+    while ((h = PyIter_Next(it)) != NULL) {
+        Entry *e = get_entry(entries, h);
+        int bad = e == NULL && PyErr_Occurred();
+        if (!bad && e != NULL && m_test(&e->m[tier], (int)node)) {
+            m_clear(&e->m[tier], (int)node);
+            removed++;
+            if (!entry_kept(e))
+                bad = went_idle(idle_append, e, h, now) < 0;
+        }
+        Py_DECREF(h);
+        if (bad) {
+            Py_DECREF(it);
+            return NULL;
+        }
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLong(removed);
+}
+
+PyDoc_STRVAR(clear_pending_doc, "clear_pending(entries, idle_append, hashes, node, now)");
+
+static PyObject *clear_pending(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "clear_pending takes 5 arguments");
+        return NULL;
+    }
+    PyObject *entries = args[0], *idle_append = args[1];
+    long node = PyLong_AsLong(args[3]);
+    if ((node == -1 && PyErr_Occurred()) || check_node(node) < 0)
+        return NULL;
+    double now = PyFloat_AsDouble(args[4]);
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    PyObject *it = PyObject_GetIter(args[2]);
+    if (it == NULL)
+        return NULL;
+    PyObject *h;
+    while ((h = PyIter_Next(it)) != NULL) {
+        Entry *e = get_entry(entries, h);
+        int bad = e == NULL && PyErr_Occurred();
+        if (!bad && e != NULL && m_test(&e->m[PENDING], (int)node)) {
+            m_clear(&e->m[PENDING], (int)node);
+            if (!entry_kept(e))
+                bad = went_idle(idle_append, e, h, now) < 0;
+        }
+        Py_DECREF(h);
+        if (bad) {
+            Py_DECREF(it);
+            return NULL;
+        }
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(add_pending_doc, "add_pending(walked_entries, node): mark pending where not in the node's HBM");
+
+static PyObject *add_pending(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "add_pending takes 2 arguments");
+        return NULL;
+    }
+    long node = PyLong_AsLong(args[1]);
+    if ((node == -1 && PyErr_Occurred()) || check_node(node) < 0)
+        return NULL;
+    PyObject *seq = PySequence_Fast(args[0], "entries must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (Py_TYPE(items[i]) != &EntryType) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_TypeError, "add_pending: not a native BlockEntry");
+            return NULL;
+        }
+        Entry *e = (Entry *)items[i];
+        if (!m_test(&e->m[HBM], (int)node))
+            m_set(&e->m[PENDING], (int)node);
+    }
+    Py_DECREF(seq);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(expire_doc,
+"expire(entries, idle, cutoff, batch, fresh_limit)\n\n"
+"Look at up to `batch` queued hashes: drop the expired, let go of the held, re-queue the\n"
+"rest, stopping after `fresh_limit` not yet due (see index.py).");
+
+static PyObject *expire(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "expire takes 5 arguments");
+        return NULL;
+    }
+    PyObject *entries = args[0], *idle = args[1];
+    double cutoff = PyFloat_AsDouble(args[2]);
+    if (cutoff == -1.0 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t batch = PyLong_AsSsize_t(args[3]), fresh_limit = PyLong_AsSsize_t(args[4]);
+    if ((batch == -1 || fresh_limit == -1) && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t queued = PyObject_Length(idle);
+    if (queued < 0)
+        return NULL;
+    if (batch > queued)
+        batch = queued;
+    if (batch == 0)
+        Py_RETURN_NONE;
+    PyObject *popleft = PyObject_GetAttrString(idle, "popleft"), *append = PyObject_GetAttrString(idle, "append");
+    PyObject *ret = NULL;
+    if (popleft == NULL || append == NULL)
+        goto out;
+    Py_ssize_t fresh = 0;
+    for (Py_ssize_t k = 0; k < batch; k++) {
+        PyObject *h = PyObject_CallNoArgs(popleft);
+        if (h == NULL)
+            goto out;
+        Entry *e = get_entry(entries, h);
+        if (e == NULL && PyErr_Occurred()) {
+            Py_DECREF(h);
+            goto out;
+        }
+        if (e == NULL || entry_kept(e)) {
+            Py_DECREF(h);  /* already dropped (a duplicate), or held again: re-queued when idle */
+            continue;
+        }
+        if (e->last_access <= cutoff && e->idle_at <= cutoff) {
+            int rc = PyDict_DelItem(entries, h);
+            Py_DECREF(h);
+            if (rc < 0)
+                goto out;
+            continue;
+        }
+        PyObject *r = PyObject_CallOneArg(append, h);
+        Py_DECREF(h);
+        if (r == NULL)
+            goto out;
+        Py_DECREF(r);
+        if (++fresh == fresh_limit)
+            break;  /* the queue behind is newer still */
+    }
+    ret = Py_None;
+    Py_INCREF(ret);
+out:
+    Py_XDECREF(popleft);
+    Py_XDECREF(append);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ module */
+static PyMethodDef methods[] = {
+    {"walk", (PyCFunction)(void (*)(void))walk, METH_FASTCALL, walk_doc},
+    {"store", (PyCFunction)(void (*)(void))store, METH_FASTCALL, store_doc},
+    {"remove", (PyCFunction)(void (*)(void))remove_, METH_FASTCALL, remove_doc},
+    {"clear_pending", (PyCFunction)(void (*)(void))clear_pending, METH_FASTCALL, clear_pending_doc},
+    {"add_pending", (PyCFunction)(void (*)(void))add_pending, METH_FASTCALL, add_pending_doc},
+    {"expire", (PyCFunction)(void (*)(void))expire, METH_FASTCALL, expire_doc},
+    {NULL},
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "_index_native",
+    "Native kernels of the PrefixIndex (same interface as scheduler/_index_py.py).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__index_native(void) {
+    if (PyType_Ready(&EntryType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&EntryType);
+    if (PyModule_AddObject(m, "BlockEntry", (PyObject *)&EntryType) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_NODES", MAX_NODES) < 0) {
+        Py_DECREF(&EntryType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

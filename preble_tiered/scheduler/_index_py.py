@@ -1,0 +1,260 @@
+"""Python kernels of the PrefixIndex: the reference for `_index_native.c` and the fallback
+where it is not built. Both modules offer the same names with the same arguments:
+
+    BlockEntry                                  one block's residency, pins and demand
+    walk(entries, idle_append, hashes, now, bucket, node_match)
+        -> (nodes, longest, holders, longest_hbm, hbm_holders, walked)
+    store(entries, hashes, tier, node, parent) -> added
+    remove(entries, idle_append, hashes, tier, node, now) -> removed
+    clear_pending(entries, idle_append, hashes, node, now)
+    add_pending(walked, node)
+    expire(entries, idle, cutoff, batch, fresh_limit)
+
+`entries` is the index's dict of hash -> BlockEntry, `idle` its deque of hashes that may be
+idle (see index.py for what the walk computes and why). Pure: `now` is passed in.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from preble_tiered.types import Tier
+
+MAX_NODES = None  # no limit: masks are Python ints
+
+
+def iter_bits(mask: int):
+    """Node ids set in `mask`, lowest first."""
+    while mask:
+        low = mask & -mask
+        yield low.bit_length() - 1
+        mask ^= low
+
+
+@lru_cache(maxsize=1 << 16)
+def bits(mask: int) -> tuple[int, ...]:
+    """Node ids set in `mask` as a tuple, memoized: the same node sets recur constantly."""
+    return tuple(iter_bits(mask))
+
+
+@dataclass(slots=True)
+class BlockEntry:
+    """What the router knows of one block."""
+
+    parent: int | None
+    hbm: int = 0  # node bitmask per tier
+    dram: int = 0
+    disk: int = 0
+    pending: int = 0  # nodes that will hold it in HBM once a dispatched request computes it
+    pins: int = 0  # counted pins (admin); a pinned entry never expires
+    idle_at: float = float("-inf")  # when it last lost its residency, pending mark or pin
+    bucket: int = -1  # window bucket index that `demand_cur` counts
+    demand_cur: int = 0
+    demand_prev: int = 0
+    last_access: float = float("-inf")
+
+    @property
+    def kept(self) -> bool:
+        """Held, pending or pinned: never expired."""
+        return bool(self.hbm or self.dram or self.disk or self.pending or self.pins)
+
+    def mask(self, tier: Tier) -> int:
+        return self.hbm if tier is Tier.HBM else self.dram if tier is Tier.DRAM else self.disk
+
+
+def _touch(entries: dict, idle_append: Callable, e: BlockEntry | None, h: int, parent: int | None,
+           now: float, bucket: int) -> BlockEntry:
+    """Count a request for block `h` (entry `e`, created when None)."""
+    if e is None:
+        e = entries[h] = BlockEntry(parent)
+        idle_append(h)  # a new entry is idle until something holds it
+    if e.bucket != bucket:
+        e.demand_prev = e.demand_cur if e.bucket == bucket - 1 else 0
+        e.demand_cur = 0
+        e.bucket = bucket
+    e.demand_cur += 1
+    e.last_access = now
+    return e
+
+
+def _record_from(entries: dict, idle_append: Callable, hashes: Sequence[int], start: int, now: float,
+                 bucket: int) -> list[BlockEntry]:
+    get = entries.get
+    return [_touch(entries, idle_append, get(hashes[i]), hashes[i], hashes[i - 1], now, bucket)
+            for i in range(start, len(hashes))]
+
+
+def walk(entries: dict, idle_append: Callable, hashes: Sequence[int], now: float | None, bucket: int,
+         node_match: type) -> tuple:
+    record = now is not None
+    if not hashes:
+        return {}, 0, 0, 0, 0, ([] if record else None)
+    get = entries.get
+    e = get(hashes[0])
+    if record:
+        e = _touch(entries, idle_append, e, hashes[0], None, now, bucket)
+    alive = 0 if e is None else e.hbm | e.dram | e.disk | e.pending
+    if not alive:
+        walked = [e, *_record_from(entries, idle_append, hashes, 1, now, bucket)] if record else None
+        return {}, 0, 0, 0, 0, walked
+    counts = {n: [0, 0, 0, 0] for n in bits(alive)}  # hbm, pending, dram, disk
+    hbm_prefix = dict.fromkeys(counts, 0)
+    alive_hbm = (e.hbm | e.pending) & alive
+    cur = _best_tiers(e.hbm, e.pending, e.dram, alive)
+    since: list[dict[int, int]] = [dict.fromkeys(bits(m), 0) for m in cur]
+    r_hbm, r_pend, r_dram, r_disk = e.hbm, e.pending, e.dram, e.disk
+    walked = [e] if record else None
+    append = walked.append if record else None
+    i, n_hashes = 1, len(hashes)
+    while i < n_hashes:
+        e = get(hashes[i])
+        if e is None:
+            if record:
+                append(_touch(entries, idle_append, None, hashes[i], hashes[i - 1], now, bucket))  # type: ignore[misc]
+            break
+        if record:
+            # `_touch` inlined for an existing entry: the hottest loop of a decision.
+            if e.bucket != bucket:
+                e.demand_prev = e.demand_cur if e.bucket == bucket - 1 else 0
+                e.demand_cur = 0
+                e.bucket = bucket
+            e.demand_cur += 1
+            e.last_access = now
+            append(e)  # type: ignore[misc]
+            # An idle entry stays queued; the sweep re-checks last_access.
+        if e.hbm == r_hbm and e.pending == r_pend and e.dram == r_dram and e.disk == r_disk:
+            i += 1  # same residency as the previous block: nothing flips
+            continue
+        r_hbm, r_pend, r_dram, r_disk = e.hbm, e.pending, e.dram, e.disk
+        new_alive = alive & (r_hbm | r_dram | r_disk | r_pend)
+        new_hbm = alive_hbm & (r_hbm | r_pend)
+        for n in bits(alive_hbm & ~new_hbm):
+            hbm_prefix[n] = i
+        alive_hbm = new_hbm
+        new = _best_tiers(r_hbm, r_pend, r_dram, new_alive)
+        for t in range(4):
+            flips = cur[t] ^ new[t]
+            if flips:
+                _close(counts, since[t], t, cur[t] & flips, i)
+                for n in bits(new[t] & flips):
+                    since[t][n] = i
+        cur = new
+        if not new_alive:
+            break
+        alive = new_alive
+        i += 1
+    if record:
+        walked.extend(_record_from(entries, idle_append, hashes, i + 1, now, bucket))  # type: ignore[union-attr]
+    for t in range(4):
+        _close(counts, since[t], t, cur[t], i)
+    for n in bits(alive_hbm):
+        hbm_prefix[n] = i
+    nodes = {n: node_match(n, h, d, k, p, hbm_prefix[n]) for n, (h, p, d, k) in counts.items()}
+    best = max(hbm_prefix.values())
+    hbm_holders = sum(1 << n for n, v in hbm_prefix.items() if v == best) if best else 0
+    return nodes, i, alive, best, hbm_holders, walked
+
+
+def _best_tiers(hbm: int, pending: int, dram: int, alive: int) -> tuple[int, int, int, int]:
+    """Masks of the `alive` nodes whose best copy of a block is HBM, pending, DRAM, disk."""
+    hb = hbm & alive
+    pe = pending & alive & ~hb
+    dr = dram & alive & ~(hb | pe)
+    return hb, pe, dr, alive & ~(hb | pe | dr)
+
+
+def _close(counts: dict[int, list[int]], since: dict[int, int], tier: int, mask: int, at: int) -> None:
+    """Nodes in `mask` leave `tier` at block `at`: credit the interval they spent in it."""
+    while mask:
+        low = mask & -mask
+        n = low.bit_length() - 1
+        counts[n][tier] += at - since.pop(n)
+        mask ^= low
+
+
+def _check_node(node: int) -> None:
+    if node < 0:
+        raise ValueError(f"node {node} out of range: node ids are >= 0")
+
+
+def store(entries: dict, hashes: Iterable[int], tier: Tier, node: int, parent: int | None) -> int:
+    _check_node(node)
+    bit = 1 << node
+    added = 0
+    prev = parent
+    for h in hashes:
+        e = entries.get(h)
+        if e is None:
+            e = entries[h] = BlockEntry(prev)
+        m = e.mask(tier)
+        if not m & bit:
+            set_mask(e, tier, m | bit)
+            added += 1
+        if tier is Tier.HBM and e.pending & bit:
+            e.pending &= ~bit  # the promised block arrived
+        prev = h
+    return added
+
+
+def remove(entries: dict, idle_append: Callable, hashes: Iterable[int], tier: Tier, node: int, now: float) -> int:
+    _check_node(node)
+    bit = 1 << node
+    removed = 0
+    for h in hashes:
+        e = entries.get(h)
+        if e is None:
+            continue
+        m = e.mask(tier)
+        if m & bit:
+            set_mask(e, tier, m & ~bit)
+            removed += 1
+            if not e.kept:
+                e.idle_at = now
+                idle_append(h)
+    return removed
+
+
+def clear_pending(entries: dict, idle_append: Callable, hashes: Iterable[int], node: int, now: float) -> None:
+    bit = 1 << node
+    for h in hashes:
+        e = entries.get(h)
+        if e is not None and e.pending & bit:
+            e.pending &= ~bit
+            if not e.kept:
+                e.idle_at = now
+                idle_append(h)
+
+
+def add_pending(walked: Sequence[BlockEntry], node: int) -> None:
+    bit = 1 << node
+    for e in walked:
+        if not e.hbm & bit:
+            e.pending |= bit
+
+
+def expire(entries: dict, idle: deque, cutoff: float, batch: int, fresh_limit: int) -> None:
+    fresh = 0
+    for _ in range(min(batch, len(idle))):
+        h = idle.popleft()
+        e = entries.get(h)
+        if e is None or e.hbm or e.dram or e.disk or e.pending or e.pins:  # `kept`, inlined
+            continue  # already dropped (a duplicate), or held again: re-queued when idle
+        if e.last_access <= cutoff and e.idle_at <= cutoff:
+            del entries[h]
+        else:
+            idle.append(h)
+            fresh += 1
+            if fresh == fresh_limit:
+                return  # the queue behind is newer still
+
+
+def set_mask(e: BlockEntry, tier: Tier, value: int) -> None:
+    if tier is Tier.HBM:
+        e.hbm = value
+    elif tier is Tier.DRAM:
+        e.dram = value
+    else:
+        e.disk = value

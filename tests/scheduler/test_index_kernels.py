@@ -1,0 +1,114 @@
+"""The native index kernels (C) against the Python reference: same results on random
+operation streams, masks wider than 64 bits included, and clear errors at their limits."""
+
+import math
+import random
+
+import pytest
+
+from preble_tiered.scheduler import _index_py
+from preble_tiered.scheduler.index import KERNEL_ENV, PrefixIndex, kernel_names
+from preble_tiered.types import TIERS, Tier
+
+native = pytest.mark.skipif("native" not in kernel_names(), reason="C extension not built here")
+
+
+def snapshot(ix: PrefixIndex) -> dict:
+    return {h: (e.parent, e.hbm, e.dram, e.disk, e.pending, e.pins, e.bucket, e.demand_cur, e.demand_prev,
+                e.last_access, e.idle_at) for h, e in ix.items()}
+
+
+def match_tuple(res):
+    return ({n: tuple(g) for n, g in res.nodes.items()}, res.longest, res.holders, res.longest_hbm,
+            res.hbm_holders, res.n_blocks)
+
+
+@native
+@pytest.mark.parametrize("n_nodes,seed", [(4, 0), (4, 1), (64, 2), (130, 3), (256, 4), (256, 5)])
+def test_native_equals_python_on_random_streams(n_nodes, seed):
+    rng = random.Random(seed)
+    a = PrefixIndex(5.0, kernel="native")
+    b = PrefixIndex(5.0, kernel="python")
+    trunks = [[rng.randrange(1, 2**64) for _ in range(24)] for _ in range(3)]
+    t = 0.0
+    for _ in range(600):
+        t += rng.expovariate(20.0)
+        trunk = rng.choice(trunks)
+        hs = trunk[: rng.randint(0, 24)] + [rng.randrange(1, 2**64) for _ in range(rng.randint(0, 4))]
+        node = rng.choice([0, 63, 64, n_nodes - 1, rng.randrange(n_nodes)])
+        op = rng.random()
+        if op < 0.3:
+            tier, parent = rng.choice(TIERS), rng.choice([None, trunk[0]])
+            assert a.store(node, tier, hs, parent, t) == b.store(node, tier, hs, parent, t)
+        elif op < 0.45:
+            tier = rng.choice(TIERS)
+            assert a.remove(node, tier, hs, t) == b.remove(node, tier, hs, t)
+        elif op < 0.55:
+            for ix in (a, b):
+                ix.clear_pending(node, hs, t)
+        elif op < 0.6:
+            assert match_tuple(a.match(hs)) == match_tuple(b.match(hs))
+        else:  # a request, dispatched with its pending marks
+            ga, gb = a.lookup(hs, t), b.lookup(hs, t)
+            assert match_tuple(ga) == match_tuple(gb)
+            a.add_pending_entries(node, ga.entries)
+            b.add_pending_entries(node, gb.entries)
+        assert len(a) == len(b)
+    assert snapshot(a) == snapshot(b)
+    for node in (0, 64, n_nodes - 1):
+        for tier in TIERS:
+            assert a.held_blocks(node, tier) == b.held_blocks(node, tier)
+            assert a.node_blocks(node, tier) == b.node_blocks(node, tier)
+    a.expire_all(t + 3 * a.window_s)
+    b.expire_all(t + 3 * b.window_s)
+    assert snapshot(a) == snapshot(b)
+
+
+@native
+def test_native_entry_behaves_like_the_python_one():
+    from preble_tiered.scheduler import _index_native
+
+    wide = (1 << 200) | (1 << 64) | 1
+    for cls in (_index_native.BlockEntry, _index_py.BlockEntry):
+        e = cls(7, hbm=wide, pins=2)
+        assert (e.parent, e.hbm, e.dram, e.pending, e.pins, e.bucket) == (7, wide, 0, 0, 2, -1)
+        assert e.idle_at == -math.inf and e.kept
+        assert e.mask(Tier.HBM) == wide and e.mask(Tier.DISK) == 0
+        e.hbm, e.pins = 0, 0
+        assert not e.kept
+        e.disk |= 1 << 255
+        assert e.kept and e.disk == 1 << 255
+        assert cls(None).parent is None
+
+
+@native
+def test_native_kernel_refuses_what_it_cannot_hold():
+    from preble_tiered.scheduler import _index_native
+
+    e = _index_native.BlockEntry(None)
+    with pytest.raises(ValueError, match="256"):
+        e.hbm = 1 << 256
+    with pytest.raises(ValueError, match="negative"):
+        e.dram = -1
+    with pytest.raises(TypeError):
+        e.disk = "1"
+    ix = PrefixIndex(10.0, kernel="native")
+    with pytest.raises(ValueError, match="node 256 out of range"):
+        ix.store(256, Tier.HBM, [1, 2], None, 0.0)
+    assert len(ix) == 0 and ix.held_blocks(256, Tier.HBM) == 0  # nothing half-done
+    with pytest.raises(ValueError, match="native index holds 256 nodes"):
+        PrefixIndex(10.0, kernel="native", n_nodes=300)
+    # A mixed index is refused rather than misread.
+    ix._entries[5] = _index_py.BlockEntry(None, hbm=1)
+    with pytest.raises(TypeError, match="not a native BlockEntry"):
+        ix.match([5])
+
+
+def test_kernel_choice(monkeypatch):
+    monkeypatch.delenv(KERNEL_ENV, raising=False)
+    assert PrefixIndex(10.0, n_nodes=300).kernel == "python"  # wider than the native masks
+    assert PrefixIndex(10.0).kernel == kernel_names()[0]
+    monkeypatch.setenv(KERNEL_ENV, "python")
+    assert PrefixIndex(10.0).kernel == "python"
+    with pytest.raises(ValueError, match="unknown index kernel"):
+        PrefixIndex(10.0, kernel="rust")
