@@ -724,6 +724,42 @@ out:
     return ret;
 }
 
+PyDoc_STRVAR(shared_depth_doc,
+"shared_depth(entries, hashes, bucket, min_requests) -> blocks\n\n"
+"Blocks of the longest prefix of `hashes` requested at least `min_requests` times in the\n"
+"current and previous window buckets (binary search: demand never grows along a chain).");
+
+static PyObject *shared_depth(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "shared_depth takes 4 arguments");
+        return NULL;
+    }
+    long long b = PyLong_AsLongLong(args[2]), min_req = PyLong_AsLongLong(args[3]);
+    if ((b == -1 || min_req == -1) && PyErr_Occurred())
+        return NULL;
+    PyObject *seq = PySequence_Fast(args[1], "hashes must be a sequence of ints");
+    if (seq == NULL)
+        return NULL;
+    PyObject **hs = PySequence_Fast_ITEMS(seq);
+    Py_ssize_t lo = 0, hi = PySequence_Fast_GET_SIZE(seq);  /* invariant: prefix of lo blocks qualifies */
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi + 1) / 2;
+        Entry *e = get_entry(args[0], hs[mid - 1]);
+        if (e == NULL && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        long long r = e == NULL ? 0 : e->bucket == b ? e->demand_cur + e->demand_prev
+                                                     : e->bucket == b - 1 ? e->demand_cur : 0;
+        if (r >= min_req)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    Py_DECREF(seq);
+    return PyLong_FromSsize_t(lo);
+}
+
 /* ------------------------------------------------------------------ module */
 static PyMethodDef methods[] = {
     {"walk", (PyCFunction)(void (*)(void))walk, METH_FASTCALL, walk_doc},
@@ -732,6 +768,7 @@ static PyMethodDef methods[] = {
     {"clear_pending", (PyCFunction)(void (*)(void))clear_pending, METH_FASTCALL, clear_pending_doc},
     {"add_pending", (PyCFunction)(void (*)(void))add_pending, METH_FASTCALL, add_pending_doc},
     {"expire", (PyCFunction)(void (*)(void))expire, METH_FASTCALL, expire_doc},
+    {"shared_depth", (PyCFunction)(void (*)(void))shared_depth, METH_FASTCALL, shared_depth_doc},
     {NULL},
 };
 

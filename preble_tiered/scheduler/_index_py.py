@@ -9,6 +9,7 @@ where it is not built. Both modules offer the same names with the same arguments
     clear_pending(entries, idle_append, hashes, node, now)
     add_pending(walked, node)
     expire(entries, idle, cutoff, batch, fresh_limit)
+    shared_depth(entries, hashes, bucket, min_requests) -> blocks
 
 `entries` is the index's dict of hash -> BlockEntry, `idle` its deque of hashes that may be
 idle (see index.py for what the walk computes and why). Pure: `now` is passed in.
@@ -249,6 +250,21 @@ def expire(entries: dict, idle: deque, cutoff: float, batch: int, fresh_limit: i
             fresh += 1
             if fresh == fresh_limit:
                 return  # the queue behind is newer still
+
+
+def shared_depth(entries: dict, hashes: Sequence[int], bucket: int, min_requests: int) -> int:
+    get = entries.get
+    lo, hi = 0, len(hashes)  # invariant: prefix of lo blocks qualifies
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        e = get(hashes[mid - 1])
+        r = 0 if e is None else e.demand_cur + e.demand_prev if e.bucket == bucket \
+            else e.demand_cur if e.bucket == bucket - 1 else 0
+        if r >= min_requests:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def set_mask(e: BlockEntry, tier: Tier, value: int) -> None:

@@ -87,7 +87,7 @@ class NodeState:
 
     node: NodeId
     hbm_capacity_tokens: int
-    alive: bool = True
+    alive: bool = True  # change it through ClusterState.set_alive (which keeps alive_nodes)
     n_inflight: int = 0
     n_prefilling: int = 0  # dispatched, no first token yet
     pending_prefill_s: float = 0.0  # estimated compute of those prefills
@@ -119,13 +119,29 @@ class ClusterState:
         # Windowed cached/prompt token sums per node (prefill/decode balance).
         self.hit_tokens = [WindowedSum(window_s) for _ in range(n_nodes)]
         self.prompt_tokens = [WindowedSum(window_s) for _ in range(n_nodes)]
+        self._alive: tuple[NodeId, ...] | None = None  # alive_nodes(), until a node changes
+        self._alive_mask = 0
 
     @property
     def n_nodes(self) -> int:
         return len(self.nodes)
 
-    def alive_nodes(self) -> list[NodeId]:
-        return [n.node for n in self.nodes if n.alive]
+    def alive_nodes(self) -> tuple[NodeId, ...]:
+        """Ids of the alive nodes (kept between membership changes: every decision asks)."""
+        if self._alive is None:
+            self._alive = tuple(n.node for n in self.nodes if n.alive)
+            self._alive_mask = sum(1 << n for n in self._alive)
+        return self._alive
+
+    def alive_mask(self) -> int:
+        """`alive_nodes()` as a node bitmask."""
+        if self._alive is None:
+            self.alive_nodes()
+        return self._alive_mask
+
+    def set_alive(self, node: NodeId, alive: bool) -> None:
+        self.nodes[node].alive = alive
+        self._alive = None
 
     def hbm_used_tokens(self, node: NodeId) -> int:
         return self.index.held_blocks(node, Tier.HBM) * self.block_size
@@ -185,8 +201,7 @@ class ClusterState:
 
     def mark_down(self, node: NodeId, now: float) -> list[Inflight]:
         """Node lost: drop its residency; return its in-flight requests for re-routing."""
-        ns = self.nodes[node]
-        ns.alive = False
+        self.set_alive(node, False)
         self.index.clear_node(node, now)
         lost = [inf for inf in self.inflight.values() if inf.node == node]
         for inf in lost:

@@ -114,8 +114,8 @@ class Scheduler:
         """Node (re)joined: alive again with no residency until its events/snapshot arrive."""
         now = self.clock.now()
         self.index.clear_node(node, now)
+        self.cluster.set_alive(node, True)
         ns = self.cluster.nodes[node]
-        ns.alive = True
         if hbm_capacity_tokens is not None:
             if hbm_capacity_tokens < self.config.block_size:
                 raise ValueError(f"node {node} reports {hbm_capacity_tokens} KV tokens: less than one block")

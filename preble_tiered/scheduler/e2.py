@@ -29,9 +29,10 @@ as the best holder (queued prefill + pull/plan + eviction harm; see `_exploit`).
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 
 from preble_tiered.scheduler.cluster import ClusterState, Inflight
-from preble_tiered.scheduler.index import MatchResult, iter_bits
+from preble_tiered.scheduler.index import MatchResult, bits
 from preble_tiered.scheduler.planner import PlanContext, Planner
 from preble_tiered.scheduler.policy import Policy, PolicyConfig, register_policy
 from preble_tiered.scheduler.types import Branch, CandidateCost, Decision, RouteRequest
@@ -196,7 +197,7 @@ class PrebleE2(Policy):
         cluster = self.cluster
         pc = self.planner.prepare(req, match)
         key = self._prefix_key(req, now)
-        alive = [ns.node for ns in cluster.nodes if ns.alive]
+        alive = cluster.alive_nodes()
         if not alive:
             raise RuntimeError("no node is alive")
         # A redirect moves a prefix once: this request seeds it on the light node, later
@@ -207,7 +208,7 @@ class PrebleE2(Policy):
             return self._decision(req, pc, 0, Branch.REBALANCE, self._costs([target], pc, now))
         blocks, holders = self.matched_blocks(match)
         matched = min(blocks * cluster.block_size, pc.prompt_tokens)
-        holder_nodes = [n for n in iter_bits(holders) if cluster.nodes[n].alive]
+        holder_nodes = bits(holders & cluster.alive_mask())
         if key is not None and key in self._autoscale:
             self._autoscale.discard(key)
             best, costs = self._explore(pc, alive, now)
@@ -220,13 +221,13 @@ class PrebleE2(Policy):
             branch = Branch.EXPLORE
         return self._decision(req, pc, best, branch, costs)
 
-    def _exploit(self, pc: PlanContext, holders: list[int], alive: list[int],
+    def _exploit(self, pc: PlanContext, holders: Sequence[int], alive: tuple[int, ...],
                  now: float) -> tuple[int, "_Costs", Branch]:
         # Preble: the least loaded of the nodes holding the prefix.
         costs = self._costs(holders, pc, now, with_evict=False)
         return costs.argmin(), costs, Branch.EXPLOIT
 
-    def _explore(self, pc: PlanContext, nodes: list[int], now: float) -> tuple[int, "_Costs"]:
+    def _explore(self, pc: PlanContext, nodes: Sequence[int], now: float) -> tuple[int, "_Costs"]:
         costs = self._costs(nodes, pc, now)
         best = costs.argmin()
         cfg = self.config
@@ -237,7 +238,7 @@ class PrebleE2(Policy):
             best = min(heavy, key=costs.totals.__getitem__)
         return best, costs
 
-    def _costs(self, nodes: list[int], pc: PlanContext, now: float, with_evict: bool = True,
+    def _costs(self, nodes: Sequence[int], pc: PlanContext, now: float, with_evict: bool = True,
                all_plans: list[float] | None = None) -> "_Costs":
         """Load, Evict and plan time per candidate node (parallel lists, no objects)."""
         if all_plans is None:
@@ -247,11 +248,13 @@ class PrebleE2(Policy):
         if with_evict:
             cl = self.cluster
             bs, grow = cl.block_size, pc.prompt_tokens + pc.req.max_output_tokens
-            get, free, price = pc.match.nodes.get, cl.hbm_free_tokens, self._evict_price
+            get, held, price, states = pc.match.nodes.get, cl.index.hbm_held.get, self._evict_price, cl.nodes
             evicts = []
-            for n in nodes:  # `evict_s` inlined (need = prompt - in-place HBM + output budget)
-                nm = get(n)
-                over = grow - (nm.hbm_prefix * bs if nm is not None else 0) - free(n)
+            for n in nodes:  # `evict_s` and `hbm_free_tokens` inlined: need = prompt - in-place HBM
+                nm = get(n)  # + output budget; free = capacity - held - decode reservations
+                ns = states[n]
+                over = grow - (nm.hbm_prefix * bs if nm is not None else 0) \
+                    - (ns.hbm_capacity_tokens - held(n, 0) * bs - ns.decode_tokens)
                 evicts.append(over * price(n, now) if over > 0 else 0.0)
         else:
             evicts = [0.0] * len(nodes)
@@ -294,7 +297,7 @@ class PrebleE2(Policy):
     def _rebalance(self, now: float) -> None:
         """Preble's post-assignment rebalancing: redirect the heavy node's cheapest hot
         prefix to the light node while max load > ratio x min load."""
-        alive = [ns.node for ns in self.cluster.nodes if ns.alive]
+        alive = self.cluster.alive_nodes()
         if len(alive) < 2:
             return
         loads = dict(zip(alive, self.loads(alive, now)))
@@ -339,7 +342,7 @@ class E2Tiered(PrebleE2):
     def matched_blocks(self, match: MatchResult) -> tuple[int, int]:
         return match.longest, match.holders
 
-    def _exploit(self, pc: PlanContext, holders: list[int], alive: list[int],
+    def _exploit(self, pc: PlanContext, holders: Sequence[int], alive: tuple[int, ...],
                  now: float) -> tuple[int, "_Costs", Branch]:
         """Preble's exploit among the holders, then replication by KV copy when a
         non-holder would serve this request at least twice as soon.
@@ -361,6 +364,8 @@ class E2Tiered(PrebleE2):
         # queue + plan already clear that bar are priced in full.
         nodes, ratio = self.cluster.nodes, self.config.autoscale_ttft_ratio
         held_s = nodes[costs.nodes[best]].pending_prefill_s + costs.plans[best]
+        if min(plans) * ratio >= held_s:  # queues are >= 0: no node can clear the bar
+            return best, costs, Branch.EXPLOIT
         holder_set = set(holders)
         others = [n for n in alive if n not in holder_set
                   and (nodes[n].pending_prefill_s + plans[n]) * ratio < held_s]
@@ -402,7 +407,7 @@ class _Costs:
         return min(range(len(self.totals)), key=self.totals.__getitem__)
 
     def extend(self, other: "_Costs") -> "_Costs":
-        return _Costs(self.nodes + other.nodes, self.loads + other.loads, self.evicts + other.evicts,
+        return _Costs([*self.nodes, *other.nodes], self.loads + other.loads, self.evicts + other.evicts,
                       self.plans + other.plans, self.totals + other.totals)
 
     def candidates(self) -> list[CandidateCost]:

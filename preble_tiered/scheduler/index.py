@@ -138,7 +138,9 @@ class PrefixIndex:
         self._new_entry = self._k.BlockEntry
         self._entries: dict[int, BlockEntry] = {}
         self._idle: deque[int] = deque()  # hashes that may be idle (see module docstring)
-        self._held: dict[tuple[NodeId, Tier], int] = {}  # blocks held per (node, tier)
+        self._held: dict[Tier, dict[NodeId, int]] = {t: {} for t in Tier}  # blocks held per tier, node
+        self.hbm_held = self._held[Tier.HBM]
+        """node -> blocks held in HBM (read only: the decision path reads it per candidate)"""
 
     # ------------------------------------------------------------------ lookups
     def __len__(self) -> int:
@@ -151,7 +153,7 @@ class PrefixIndex:
         return self._entries.get(h)
 
     def held_blocks(self, node: NodeId, tier: Tier) -> int:
-        return self._held.get((node, tier), 0)
+        return self._held[tier].get(node, 0)
 
     def match(self, hashes: Sequence[int]) -> MatchResult:
         """Longest usable prefix of `hashes` on every node, per tier (read only)."""
@@ -201,16 +203,9 @@ class PrefixIndex:
 
     def shared_depth(self, hashes: Sequence[int], now: float, min_requests: int = 2) -> int:
         """Blocks of the longest prefix of `hashes` requested at least `min_requests` times
-        recently. Demand never grows along a chain (a request counts every ancestor too), so
-        this is a binary search: O(log blocks)."""
-        lo, hi = 0, len(hashes)  # invariant: prefix of lo blocks qualifies
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self.requests_in_window(hashes[mid - 1], now) >= min_requests:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
+        recently (`requests_in_window`). Demand never grows along a chain (a request counts
+        every ancestor too), so this is a binary search: O(log blocks)."""
+        return self._k.shared_depth(self._entries, hashes, int(now // self.window_s), min_requests)
 
     # ----------------------------------------------------------------- mutation
     def record_access(self, hashes: Sequence[int], now: float, parent: int | None = None) -> None:
@@ -241,8 +236,8 @@ class PrefixIndex:
         """
         added = self._k.store(self._entries, hashes, tier, node, parent)
         if added:
-            key = (node, tier)
-            self._held[key] = self._held.get(key, 0) + added
+            held = self._held[tier]
+            held[node] = held.get(node, 0) + added
         self._expire(now)
         return added
 
@@ -254,8 +249,7 @@ class PrefixIndex:
         """
         removed = self._k.remove(self._entries, self._idle.append, hashes, tier, node, float(now))
         if removed:
-            key = (node, tier)
-            self._held[key] -= removed
+            self._held[tier][node] -= removed
         self._expire(now)
         return removed
 
@@ -276,7 +270,7 @@ class PrefixIndex:
             if was_kept and not e.kept:
                 self._went_idle(h, e, now)
         for t in tiers:
-            self._held.pop((node, t), None)
+            self._held[t].pop(node, None)
         return removed
 
     def add_pending(self, node: NodeId, hashes: Iterable[int], parent: int | None = None) -> None:

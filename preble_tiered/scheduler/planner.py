@@ -87,11 +87,13 @@ class Planner:
         """The node to pull from: the longest prefix actually held (a pending block is not
         there yet), then the most of it in HBM, then the lowest id."""
         best: NodeMatch | None = None
+        best_key = (0, 0, 0)
         for nm in match.nodes.values():
-            if nm.pending or not nm.blocks:
+            if nm.pending:
                 continue
-            if best is None or (nm.blocks, nm.hbm, -nm.node) > (best.blocks, best.hbm, -best.node):
-                best = nm
+            key = (nm.hbm + nm.dram + nm.disk, nm.hbm, -nm.node)  # (blocks, ...): no pending
+            if key[0] and (best is None or key > best_key):
+                best, best_key = nm, key
         return best
 
     def choice(self, node: NodeId, pc: PlanContext) -> PlanChoice:

@@ -51,6 +51,7 @@ def test_native_equals_python_on_random_streams(n_nodes, seed):
         else:  # a request, dispatched with its pending marks
             ga, gb = a.lookup(hs, t), b.lookup(hs, t)
             assert match_tuple(ga) == match_tuple(gb)
+            assert a.shared_depth(hs, t) == b.shared_depth(hs, t)
             a.add_pending_entries(node, ga.entries)
             b.add_pending_entries(node, gb.entries)
         assert len(a) == len(b)
