@@ -45,8 +45,10 @@ $(STAMP)-engine: | $(VENV)/bin/python
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 	touch $@
 
-# setup.py builds the optional C kernels (index walk, block hashing); rebuilt when they change.
-NATIVE  := setup.py preble_tiered/scheduler/_index_native.c preble_tiered/_hashing_native.c
+# setup.py builds the optional C kernels (index walk, block hashing, block copies); rebuilt
+# when they change.
+NATIVE  := setup.py preble_tiered/scheduler/_index_native.c preble_tiered/_hashing_native.c \
+           preble_tiered/kvstore/_copy_native.c
 
 $(STAMP)-pkg: pyproject.toml $(NATIVE) | $(VENV)/bin/python $(STAMP)-engine
 	$(BIN)/python -m pip install -q -e ".[dev]"

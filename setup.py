@@ -1,6 +1,7 @@
-"""Builds the optional C kernels of the router's decision path: the prefix index's
-(`scheduler/_index_native.c`) and block hashing of token lists (`_hashing_native.c`, with the
-vendored header-only xxHash in third_party/xxhash).
+"""Builds the optional C kernels: the router's decision path (the prefix index's,
+`scheduler/_index_native.c`, and block hashing of token lists, `_hashing_native.c`, with the
+vendored header-only xxHash in third_party/xxhash) and the KV store's block copies
+(`kvstore/_copy_native.c`).
 
 Everything else is in pyproject.toml. The extension is optional: where no C compiler is
 present the install still succeeds and the index runs its Python kernels (same results,
@@ -15,6 +16,12 @@ setup(
             "preble_tiered.scheduler._index_native",
             ["preble_tiered/scheduler/_index_native.c"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wno-missing-braces"],
+            optional=True,
+        ),
+        Extension(
+            "preble_tiered.kvstore._copy_native",
+            ["preble_tiered/kvstore/_copy_native.c"],
+            extra_compile_args=["-O2", "-std=c11"],
             optional=True,
         ),
         Extension(

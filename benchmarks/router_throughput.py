@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from preble_tiered.events import BlockRemoved, BlockStored
+from preble_tiered import hashing
 from preble_tiered.hashing import BlockHasher
 from preble_tiered.scheduler.clock import ManualClock
 from preble_tiered.scheduler.core import Scheduler, SchedulerConfig, predicted_cached
@@ -174,6 +175,7 @@ def run(nodes: int, requests: int, rps: float, seed: int, policy: str, dram_x: f
         "index_entries": len(sched.index), "index_entries_by_quarter": sizes,
         "tiers_x_hbm": {"dram": dram_x, "disk": disk_x}, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "wall_s": wall, "branches": dict(sched.branch_counts),
+        "index_kernel": sched.index.kernel, "native_hashing": hashing._hashing_native is not None,
     }
 
 
@@ -199,7 +201,8 @@ def main() -> int:
               f"mean {r['decision_us']['mean']:6.1f} us (hash {r['hash_us']['mean']:.1f})  p99 {r['decision_us']['p99']:6.1f} us  "
               f"quarters {' '.join(f'{x:.1f}' for x in r['quarter_mean_us'])} us (last/first {r['last_over_first']:.2f})  "
               f"events {r['event_apply_us_per_request']:.1f} us/req  index {r['index_entries_by_quarter']} entries  "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+              f"peak RSS {r['peak_rss_mb']:.0f} MB  [{r['index_kernel']} index, "
+              f"{'native' if r['native_hashing'] else 'python'} hashing]", flush=True)
     doc = {"command": "python " + " ".join(sys.argv), "runs": runs}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")

@@ -62,7 +62,7 @@ def scale_table() -> list[str]:
 def router_table() -> list[str]:
     out = ["", "| run | nodes | decisions/s (with hashing) | schedule() alone | mean / p99 us | quarters (us) | last/first | index entries at end | peak RSS |",
            "|---|---|---|---|---|---|---|---|---|"]
-    for name in ("router_throughput", "router_throughput_steady"):
+    for name in ("router_throughput", "router_throughput_explain", "router_throughput_steady"):
         path = RES / f"{name}.json"
         if not path.exists():
             continue

@@ -40,11 +40,18 @@ def test_asking_again_does_not_double_pin_or_double_count():
     assert [rt.store.dram.pin_count(BlockKey("", h)) for h in hashes] == [0] * 6
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native-copy", "ctypes-copy"])
 @pytest.mark.parametrize("dim", [0, 1])
-def test_blocks_round_trip_through_bytes_in_any_block_dimension(dim):
+def test_blocks_round_trip_through_bytes_in_any_block_dimension(dim, native, monkeypatch):
     import torch
 
+    from preble_tiered.kvstore import block_copy
     from preble_tiered.kvstore.block_copy import BlockLayout, block_bytes, read_blocks, write_blocks
+
+    if native and block_copy._copy_native is None:
+        pytest.skip("C extension not built here")
+    if not native:
+        monkeypatch.setattr(block_copy, "_copy_native", None)
 
     shape = [2, 6, 4, 3] if dim == 1 else [6, 2, 4, 3]
     caches = [(f"l{i}", torch.randn(*shape, dtype=torch.float32 if i else torch.bfloat16), dim) for i in range(3)]
@@ -62,6 +69,7 @@ def test_blocks_round_trip_through_bytes_in_any_block_dimension(dim):
     with pytest.raises(RuntimeError, match="layout needs"):
         write_blocks(fresh, [0], [datas[0][:-4]])
     layout = BlockLayout(fresh)
+    assert (layout._plan is not None) == native
     with pytest.raises(IndexError, match="outside the cache"):
         layout.read([6])
     with pytest.raises(IndexError, match="outside the cache"):
