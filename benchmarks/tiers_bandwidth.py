@@ -311,8 +311,9 @@ def pull_paths(n: int, reps: int) -> dict:
             rt = NodeKVRuntime(TieredStore(DramTier(total + 1), namespace=NS), BlockHasher(32),
                                engine_cost_model("b", 8192, 1 << 16))
             async with grpc.aio.insecure_channel(f"127.0.0.1:{source.port}", options=CHANNEL_OPTIONS) as ch:
-                async def sink(block) -> bool:  # as the node agent stores a pulled block
-                    return await asyncio.to_thread(rt.store_pulled, "bench", block)
+                async def sink(block) -> bool:  # as the node agent stores a pulled block (node_agent.py):
+                    done = rt.store_pulled("bench", block, blocking=False)  # on the loop when the store is free
+                    return done if done is not None else await asyncio.to_thread(rt.store_pulled, "bench", block)
                 res = await pull_blocks(ch, NS, list(range(1, n + 1)), sink)
             assert res.complete, res.error
             return res.seconds
