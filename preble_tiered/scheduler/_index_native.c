@@ -364,8 +364,9 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
         if (e != NULL)
             alive = m_or(m_or(e->m[HBM], e->m[DRAM]), m_or(e->m[DISK], e->m[PENDING]));
         if (!m_zero(&alive)) {
-            /* counts[node][t], since[t][node], hbm_prefix[node]: only `first_alive` nodes used */
-            static int counts[MAX_NODES][4], since[4][MAX_NODES], hbm_prefix[MAX_NODES];
+            /* counts[node][t], since[t][node], hbm_prefix[node]: only `first_alive` nodes are
+             * read, each initialised below (on the stack, ~9 KB: reentrant, nothing to clear) */
+            int counts[MAX_NODES][4], since[4][MAX_NODES], hbm_prefix[MAX_NODES];
             first_alive = alive;
             MASK_FOR(alive, nd, { counts[nd][0] = counts[nd][1] = counts[nd][2] = counts[nd][3] = 0;
                                   hbm_prefix[nd] = 0; });
