@@ -83,8 +83,13 @@ def block_hashes(
     """
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
+    if not 0 <= seed < 1 << 64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
     if _hashing_native is not None and type(token_ids) in (list, tuple):
-        return _hashing_native.block_hashes(token_ids, block_size, seed, parent)
+        try:
+            return _hashing_native.block_hashes(token_ids, block_size, seed, parent)
+        except TypeError:  # items that are not ints (numpy scalars...): the reference decides
+            pass
     return _block_hashes_py(token_ids, block_size, seed, parent)
 
 

@@ -135,3 +135,11 @@ def test_native_hashes_equal_the_python_reference(bs):
             assert block_hashes(tuple(toks), bs, seed, parent) == want
     with pytest.raises(TypeError):
         hashing._hashing_native.block_hashes([1.5] * bs, bs, DEFAULT_SEED, None)
+
+
+def test_numpy_ints_in_a_list_and_the_seed_range():
+    toks = list(range(64))
+    assert block_hashes([np.uint32(t) for t in toks], 8) == block_hashes(toks, 8)
+    for bad in (-1, 2**64):
+        with pytest.raises(ValueError, match="seed"):
+            block_hashes(toks, 8, seed=bad)

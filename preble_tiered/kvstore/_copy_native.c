@@ -21,27 +21,47 @@ static int parse_plan(PyObject *plan, const uint64_t **p, Py_ssize_t *n, uint64_
     *p = (const uint64_t *)PyBytes_AS_STRING(plan);
     *n = PyBytes_GET_SIZE(plan) / (3 * sizeof(uint64_t));
     *total = 0;
-    for (Py_ssize_t i = 0; i < *n; i++)
+    for (Py_ssize_t i = 0; i < *n; i++) {
+        if ((*p)[3 * i + 2] > UINT64_MAX - *total) {
+            PyErr_SetString(PyExc_ValueError, "plan pieces overflow");
+            return -1;
+        }
         *total += (*p)[3 * i + 2];
+    }
+    return 0;
+}
+
+/* The arguments both calls share: the plan (with its total size) and a block id >= 0. */
+static int parse_call(const char *name, PyObject *const *args, Py_ssize_t nargs, const uint64_t **p,
+                      Py_ssize_t *n, uint64_t *total, long long *b) {
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "%s takes 3 arguments", name);
+        return -1;
+    }
+    if (parse_plan(args[0], p, n, total) < 0)
+        return -1;
+    *b = PyLong_AsLongLong(args[1]);
+    if (*b == -1 && PyErr_Occurred())
+        return -1;
+    if (*b < 0) {
+        PyErr_Format(PyExc_ValueError, "%s: negative block id", name);
+        return -1;
+    }
     return 0;
 }
 
 static PyObject *gather(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "gather takes 3 arguments");
-        return NULL;
-    }
     const uint64_t *p;
     Py_ssize_t n;
     uint64_t total;
-    if (parse_plan(args[0], &p, &n, &total) < 0)
+    long long b;
+    if (parse_call("gather", args, nargs, &p, &n, &total, &b) < 0)
         return NULL;
-    long long b = PyLong_AsLongLong(args[1]);
     unsigned long long dst = PyLong_AsUnsignedLongLong(args[2]);
-    if (PyErr_Occurred())
+    if (dst == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
-    if (b < 0 || dst == 0) {
-        PyErr_SetString(PyExc_ValueError, "gather: negative block id or null destination");
+    if (dst == 0) {
+        PyErr_SetString(PyExc_ValueError, "gather: null destination");
         return NULL;
     }
     char *out = (char *)(uintptr_t)dst;
@@ -55,22 +75,12 @@ static PyObject *gather(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) 
 }
 
 static PyObject *scatter(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "scatter takes 3 arguments");
-        return NULL;
-    }
     const uint64_t *p;
     Py_ssize_t n;
     uint64_t total;
-    if (parse_plan(args[0], &p, &n, &total) < 0)
+    long long b;
+    if (parse_call("scatter", args, nargs, &p, &n, &total, &b) < 0)
         return NULL;
-    long long b = PyLong_AsLongLong(args[1]);
-    if (b == -1 && PyErr_Occurred())
-        return NULL;
-    if (b < 0) {
-        PyErr_SetString(PyExc_ValueError, "scatter: negative block id");
-        return NULL;
-    }
     Py_buffer src;
     if (PyObject_GetBuffer(args[2], &src, PyBUF_SIMPLE) < 0)
         return NULL;

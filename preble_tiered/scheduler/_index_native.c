@@ -78,20 +78,25 @@ static PyObject *mask_to_int(const mask_t *m) {
     return _PyLong_FromByteArray(buf, sizeof buf, 1, 0);
 }
 
+/* `v` (a non-negative int below 2**256) as a mask; `*out` is written only on success. */
 static int int_to_mask(PyObject *v, mask_t *out) {
     if (!PyLong_Check(v)) {
         PyErr_Format(PyExc_TypeError, "a node mask must be an int, not %.100s", Py_TYPE(v)->tp_name);
         return -1;
     }
-    memset(out, 0, sizeof *out);
+    mask_t m = {{0}};
     unsigned long long x = PyLong_AsUnsignedLongLong(v);
     if (!(x == (unsigned long long)-1 && PyErr_Occurred())) {
-        out->w[0] = x;
+        m.w[0] = x;
+        *out = m;
         return 0;
     }
     PyErr_Clear();
-    PyObject *b = PyObject_CallMethod(v, "to_bytes", "is", 8 * W, "little");
-    if (b == NULL) {
+    /* int.to_bytes itself (not an override on a subclass), so the result is bytes of 8 * W */
+    PyObject *b = PyObject_CallMethod((PyObject *)&PyLong_Type, "to_bytes", "Ois", v, 8 * W, "little");
+    if (b == NULL || !PyBytes_Check(b) || PyBytes_GET_SIZE(b) != 8 * W) {
+        Py_XDECREF(b);
+        PyErr_Clear();
         PyErr_Format(PyExc_ValueError, "node mask %R is negative or names a node >= %d "
                      "(the native index holds %d nodes; more use the Python index)", v, MAX_NODES, MAX_NODES);
         return -1;
@@ -99,8 +104,9 @@ static int int_to_mask(PyObject *v, mask_t *out) {
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(b);
     for (int i = 0; i < W; i++)
         for (int k = 0; k < 8; k++)
-            out->w[i] |= (uint64_t)p[i * 8 + k] << (8 * k);
+            m.w[i] |= (uint64_t)p[i * 8 + k] << (8 * k);
     Py_DECREF(b);
+    *out = m;
     return 0;
 }
 
@@ -151,12 +157,15 @@ static int Entry_init(Entry *e, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOOOLdLLLd", names, &parent, &masks[HBM], &masks[DRAM],
                                      &masks[DISK], &masks[PENDING], &pins, &idle_at, &bucket, &dcur, &dprev, &last))
         return -1;
-    for (int t = 0; t < 4; t++) {
-        if (masks[t] == NULL)
-            memset(&e->m[t], 0, sizeof(mask_t));
-        else if (int_to_mask(masks[t], &e->m[t]) < 0)
-            return -1;
+    if (parent != Py_None && !PyLong_Check(parent)) {
+        PyErr_Format(PyExc_TypeError, "parent must be a block hash (int) or None, not %.100s", Py_TYPE(parent)->tp_name);
+        return -1;
     }
+    mask_t m[4] = {{{0}}};  /* all checked before anything changes */
+    for (int t = 0; t < 4; t++)
+        if (masks[t] != NULL && int_to_mask(masks[t], &m[t]) < 0)
+            return -1;
+    memcpy(e->m, m, sizeof m);
     Py_INCREF(parent);
     Py_XSETREF(e->parent, parent);
     e->pins = pins;
@@ -202,7 +211,7 @@ static PyObject *Entry_repr(Entry *e) {
 }
 
 static PyMemberDef Entry_members[] = {
-    {"parent", T_OBJECT, offsetof(Entry, parent), 0, "parent block hash (None for a chain's first block)"},
+    {"parent", T_OBJECT_EX, offsetof(Entry, parent), READONLY, "parent block hash (None for a chain's first block)"},
     {"pins", T_LONGLONG, offsetof(Entry, pins), 0, "counted pins (admin); a pinned entry never expires"},
     {"idle_at", T_DOUBLE, offsetof(Entry, idle_at), 0, "when it last lost its residency, pending mark or pin"},
     {"bucket", T_LONGLONG, offsetof(Entry, bucket), 0, "window bucket index that demand_cur counts"},
@@ -253,21 +262,16 @@ static inline Entry *get_entry(PyObject *entries, PyObject *h) {
 }
 
 /* Count a request for block `h` (entry `e`, created with `parent` when NULL and queued as
- * idle). Returns a borrowed reference (the dict holds it), NULL on error. */
+ * idle) and append it to `walked`, which then keeps it alive whatever `idle_append` does.
+ * Returns the entry (borrowed from `walked`), NULL on error. */
 static Entry *touch(PyObject *entries, PyObject *idle_append, Entry *e, PyObject *h, PyObject *parent,
-                    double now, long long bucket) {
-    if (e == NULL) {
-        e = entry_new(parent);
-        if (e == NULL)
+                    double now, long long bucket, PyObject *walked) {
+    int is_new = e == NULL;
+    if (is_new) {
+        if ((e = entry_new(parent)) == NULL)
             return NULL;
-        int rc = PyDict_SetItem(entries, h, (PyObject *)e);
-        Py_DECREF(e);
-        if (rc < 0)
-            return NULL;
-        PyObject *r = PyObject_CallOneArg(idle_append, h);
-        if (r == NULL)
-            return NULL;
-        Py_DECREF(r);
+    } else {
+        Py_INCREF(e);
     }
     if (e->bucket != bucket) {
         e->demand_prev = e->bucket == bucket - 1 ? e->demand_cur : 0;
@@ -276,23 +280,30 @@ static Entry *touch(PyObject *entries, PyObject *idle_append, Entry *e, PyObject
     }
     e->demand_cur += 1;
     e->last_access = now;
-    return e;
+    int rc = PyList_Append(walked, (PyObject *)e);
+    if (rc == 0 && is_new && (rc = PyDict_SetItem(entries, h, (PyObject *)e)) == 0) {
+        PyObject *r = PyObject_CallOneArg(idle_append, h);  /* a new entry is idle until held */
+        if (r == NULL)
+            rc = -1;
+        Py_XDECREF(r);
+    }
+    Py_DECREF(e);
+    return rc < 0 ? NULL : e;
 }
 
 static PyObject *make_node_match(PyTypeObject *nm_type, int node, const int *c, int hbm_prefix) {
-    /* NodeMatch(node, hbm, dram, disk, pending, hbm_prefix); c = (hbm, pending, dram, disk) */
-    PyObject *t = nm_type->tp_alloc(nm_type, 6);
-    if (t == NULL)
+    /* NodeMatch(node, hbm, dram, disk, pending, hbm_prefix); c = (hbm, pending, dram, disk).
+     * tuple.__new__(nm_type, items), as a namedtuple's own __new__ ends, without its Python
+     * frame; the caller checked that nm_type is a tuple subtype. */
+    PyObject *items = Py_BuildValue("(iiiiii)", node, c[0], c[2], c[3], c[1], hbm_prefix);
+    if (items == NULL)
         return NULL;
-    long vals[6] = {node, c[0], c[2], c[3], c[1], hbm_prefix};
-    for (int i = 0; i < 6; i++) {
-        PyObject *v = PyLong_FromLong(vals[i]);
-        if (v == NULL) {
-            Py_DECREF(t);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(t, i, v);
-    }
+    PyObject *args = PyTuple_Pack(1, items);
+    Py_DECREF(items);
+    if (args == NULL)
+        return NULL;
+    PyObject *t = PyTuple_Type.tp_new(nm_type, args, NULL);
+    Py_DECREF(args);
     return t;
 }
 
@@ -322,8 +333,8 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     }
     PyObject *entries = args[0], *idle_append = args[1], *now_obj = args[3];
     PyTypeObject *nm_type = (PyTypeObject *)args[5];
-    if (!PyDict_Check(entries) || !PyType_Check(args[5])) {
-        PyErr_SetString(PyExc_TypeError, "walk: entries must be a dict and node_match a type");
+    if (!PyDict_Check(entries) || !PyType_Check(args[5]) || !PyType_IsSubtype(nm_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "walk: entries must be a dict and node_match a tuple type");
         return NULL;
     }
     int record = now_obj != Py_None;
@@ -342,6 +353,13 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **hs = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t k = 0; k < n; k++) {  /* exact ints: no dict probe can run Python code */
+        if (!PyLong_CheckExact(hs[k])) {
+            Py_DECREF(seq);
+            PyErr_Format(PyExc_TypeError, "block hashes must be ints, not %.100s", Py_TYPE(hs[k])->tp_name);
+            return NULL;
+        }
+    }
     PyObject *walked = NULL, *nodes = NULL, *result = NULL;
     if (record && (walked = PyList_New(0)) == NULL)
         goto done;
@@ -355,9 +373,7 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
         if (e == NULL && PyErr_Occurred())
             goto done;
         if (record) {
-            if ((e = touch(entries, idle_append, e, hs[0], Py_None, now, bucket)) == NULL)
-                goto done;
-            if (PyList_Append(walked, (PyObject *)e) < 0)
+            if ((e = touch(entries, idle_append, e, hs[0], Py_None, now, bucket, walked)) == NULL)
                 goto done;
         }
         i = 1;
@@ -375,15 +391,15 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
             best_tiers(e, alive, cur);
             for (int t = 0; t < 4; t++)
                 MASK_FOR(cur[t], nd, { since[t][nd] = 0; });
-            const Entry *prev = e;
+            mask_t prev[4];  /* the previous block's masks (values: the entry may go away) */
+            memcpy(prev, e->m, sizeof prev);
             while (i < n) {
                 Entry *x = get_entry(entries, hs[i]);
                 if (x == NULL) {
                     if (PyErr_Occurred())
                         goto done;
                     if (record) {
-                        x = touch(entries, idle_append, NULL, hs[i], hs[i - 1], now, bucket);
-                        if (x == NULL || PyList_Append(walked, (PyObject *)x) < 0)
+                        if (touch(entries, idle_append, NULL, hs[i], hs[i - 1], now, bucket, walked) == NULL)
                             goto done;
                     }
                     break;
@@ -399,12 +415,12 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
                     if (PyList_Append(walked, (PyObject *)x) < 0)
                         goto done;
                 }
-                if (m_eq(&x->m[HBM], &prev->m[HBM]) && m_eq(&x->m[PENDING], &prev->m[PENDING]) &&
-                    m_eq(&x->m[DRAM], &prev->m[DRAM]) && m_eq(&x->m[DISK], &prev->m[DISK])) {
+                if (m_eq(&x->m[HBM], &prev[HBM]) && m_eq(&x->m[PENDING], &prev[PENDING]) &&
+                    m_eq(&x->m[DRAM], &prev[DRAM]) && m_eq(&x->m[DISK], &prev[DISK])) {
                     i++;
                     continue;  /* same residency as the previous block: nothing flips */
                 }
-                prev = x;
+                memcpy(prev, x->m, sizeof prev);
                 mask_t new_alive = m_and(alive, m_or(m_or(x->m[HBM], x->m[DRAM]), m_or(x->m[DISK], x->m[PENDING])));
                 mask_t new_hbm = m_and(alive_hbm, m_or(x->m[HBM], x->m[PENDING]));
                 MASK_FOR(m_andnot(alive_hbm, new_hbm), nd, { hbm_prefix[nd] = (int)i; });
@@ -449,8 +465,7 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
                     Entry *y = get_entry(entries, hs[j]);
                     if (y == NULL && PyErr_Occurred())
                         goto done;
-                    if ((y = touch(entries, idle_append, y, hs[j], hs[j - 1], now, bucket)) == NULL ||
-                        PyList_Append(walked, (PyObject *)y) < 0)
+                    if (touch(entries, idle_append, y, hs[j], hs[j - 1], now, bucket, walked) == NULL)
                         goto done;
                 }
             }
@@ -470,8 +485,7 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
             Entry *y = get_entry(entries, hs[j]);
             if (y == NULL && PyErr_Occurred())
                 goto done;
-            if ((y = touch(entries, idle_append, y, hs[j], hs[j - 1], now, bucket)) == NULL ||
-                PyList_Append(walked, (PyObject *)y) < 0)
+            if (touch(entries, idle_append, y, hs[j], hs[j - 1], now, bucket, walked) == NULL)
                 goto done;
         }
     }
@@ -494,13 +508,26 @@ static int parse_tier_node(PyObject *tier_obj, PyObject *node_obj, long *tier, l
     return check_tier(*tier) < 0 || check_node(*node) < 0 ? -1 : 0;
 }
 
-static int went_idle(PyObject *idle_append, Entry *e, PyObject *h, double now) {
-    e->idle_at = now;
-    PyObject *r = PyObject_CallOneArg(idle_append, h);
-    if (r == NULL)
-        return -1;
-    Py_DECREF(r);
-    return 0;
+/* `hashes` as a list/tuple of exact ints (a new reference), checked before anything changes,
+ * so a bad hash never leaves a call half done; NULL with an exception otherwise. */
+static PyObject *hash_seq(PyObject *entries, PyObject *hashes) {
+    if (!PyDict_Check(entries)) {
+        PyErr_SetString(PyExc_TypeError, "entries must be a dict");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(hashes, "hashes must be an iterable of ints");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **hs = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (!PyLong_CheckExact(hs[k])) {
+            PyErr_Format(PyExc_TypeError, "block hashes must be ints, not %.100s", Py_TYPE(hs[k])->tp_name);
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    return seq;
 }
 
 PyDoc_STRVAR(store_doc, "store(entries, hashes, tier, node, parent) -> blocks newly held");
@@ -510,29 +537,28 @@ static PyObject *store(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
         PyErr_SetString(PyExc_TypeError, "store takes 5 arguments");
         return NULL;
     }
-    PyObject *entries = args[0];
     long tier, node;
     if (parse_tier_node(args[2], args[3], &tier, &node) < 0)
         return NULL;
-    PyObject *it = PyObject_GetIter(args[1]);
-    if (it == NULL)
+    if (args[4] != Py_None && !PyLong_CheckExact(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "parent must be a block hash (int) or None");
         return NULL;
-    PyObject *prev = args[4], *h;
-    Py_INCREF(prev);
+    }
+    PyObject *entries = args[0], *seq = hash_seq(entries, args[1]);
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **hs = PySequence_Fast_ITEMS(seq);
     long added = 0;
-    while ((h = PyIter_Next(it)) != NULL) {
-        Entry *e = get_entry(entries, h);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Entry *e = get_entry(entries, hs[k]);
         if (e == NULL) {
-            if (PyErr_Occurred() || (e = entry_new(prev)) == NULL) {
-                Py_DECREF(h);
+            if (PyErr_Occurred() || (e = entry_new(k ? hs[k - 1] : args[4])) == NULL)
                 goto fail;
-            }
-            int rc = PyDict_SetItem(entries, h, (PyObject *)e);
+            int rc = PyDict_SetItem(entries, hs[k], (PyObject *)e);
             Py_DECREF(e);  /* the dict holds it */
-            if (rc < 0) {
-                Py_DECREF(h);
+            if (rc < 0)
                 goto fail;
-            }
         }
         if (!m_test(&e->m[tier], (int)node)) {
             m_set(&e->m[tier], (int)node);
@@ -540,17 +566,40 @@ static PyObject *store(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
         }
         if (tier == HBM)
             m_clear(&e->m[PENDING], (int)node);  /* the promised block arrived */
-        Py_SETREF(prev, h);
     }
-    if (PyErr_Occurred())
-        goto fail;
-    Py_DECREF(prev);
-    Py_DECREF(it);
+    Py_DECREF(seq);
     return PyLong_FromLong(added);
 fail:
-    Py_DECREF(prev);
-    Py_DECREF(it);
+    Py_DECREF(seq);
     return NULL;
+}
+
+/* Clear `node`'s bit in mask `slot` of every entry of `seq`; an entry left with nothing is
+ * stamped idle and queued. Returns how many bits were set, -1 on error. */
+static long clear_bits(PyObject *entries, PyObject *idle_append, PyObject *seq, int slot, int node, double now) {
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **hs = PySequence_Fast_ITEMS(seq);
+    long cleared = 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Entry *e = get_entry(entries, hs[k]);
+        if (e == NULL) {
+            if (PyErr_Occurred())
+                return -1;
+            continue;  /* unknown hashes are ignored */
+        }
+        if (!m_test(&e->m[slot], node))
+            continue;
+        m_clear(&e->m[slot], node);
+        cleared++;
+        if (!entry_kept(e)) {
+            e->idle_at = now;
+            PyObject *r = PyObject_CallOneArg(idle_append, hs[k]);
+            if (r == NULL)
+                return -1;
+            Py_DECREF(r);
+        }
+    }
+    return cleared;
 }
 
 PyDoc_STRVAR(remove_doc, "remove(entries, idle_append, hashes, tier, node, now) -> blocks actually removed");
@@ -560,37 +609,18 @@ static PyObject *remove_(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "remove takes 6 arguments");
         return NULL;
     }
-    PyObject *entries = args[0], *idle_append = args[1];
     long tier, node;
     if (parse_tier_node(args[3], args[4], &tier, &node) < 0)
         return NULL;
     double now = PyFloat_AsDouble(args[5]);
     if (now == -1.0 && PyErr_Occurred())
         return NULL;
-    PyObject *it = PyObject_GetIter(args[2]);
-    if (it == NULL)
+    PyObject *seq = hash_seq(args[0], args[2]);
+    if (seq == NULL)
         return NULL;
-    long removed = 0;
-    PyObject *h;
-    while ((h = PyIter_Next(it)) != NULL) {
-        Entry *e = get_entry(entries, h);
-        int bad = e == NULL && PyErr_Occurred();
-        if (!bad && e != NULL && m_test(&e->m[tier], (int)node)) {
-            m_clear(&e->m[tier], (int)node);
-            removed++;
-            if (!entry_kept(e))
-                bad = went_idle(idle_append, e, h, now) < 0;
-        }
-        Py_DECREF(h);
-        if (bad) {
-            Py_DECREF(it);
-            return NULL;
-        }
-    }
-    Py_DECREF(it);
-    if (PyErr_Occurred())
-        return NULL;
-    return PyLong_FromLong(removed);
+    long removed = clear_bits(args[0], args[1], seq, (int)tier, (int)node, now);
+    Py_DECREF(seq);
+    return removed < 0 ? NULL : PyLong_FromLong(removed);
 }
 
 PyDoc_STRVAR(clear_pending_doc, "clear_pending(entries, idle_append, hashes, node, now)");
@@ -600,33 +630,18 @@ static PyObject *clear_pending(PyObject *mod, PyObject *const *args, Py_ssize_t 
         PyErr_SetString(PyExc_TypeError, "clear_pending takes 5 arguments");
         return NULL;
     }
-    PyObject *entries = args[0], *idle_append = args[1];
     long node = PyLong_AsLong(args[3]);
     if ((node == -1 && PyErr_Occurred()) || check_node(node) < 0)
         return NULL;
     double now = PyFloat_AsDouble(args[4]);
     if (now == -1.0 && PyErr_Occurred())
         return NULL;
-    PyObject *it = PyObject_GetIter(args[2]);
-    if (it == NULL)
+    PyObject *seq = hash_seq(args[0], args[2]);
+    if (seq == NULL)
         return NULL;
-    PyObject *h;
-    while ((h = PyIter_Next(it)) != NULL) {
-        Entry *e = get_entry(entries, h);
-        int bad = e == NULL && PyErr_Occurred();
-        if (!bad && e != NULL && m_test(&e->m[PENDING], (int)node)) {
-            m_clear(&e->m[PENDING], (int)node);
-            if (!entry_kept(e))
-                bad = went_idle(idle_append, e, h, now) < 0;
-        }
-        Py_DECREF(h);
-        if (bad) {
-            Py_DECREF(it);
-            return NULL;
-        }
-    }
-    Py_DECREF(it);
-    if (PyErr_Occurred())
+    long cleared = clear_bits(args[0], args[1], seq, PENDING, (int)node, now);
+    Py_DECREF(seq);
+    if (cleared < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -671,6 +686,10 @@ static PyObject *expire(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) 
         return NULL;
     }
     PyObject *entries = args[0], *idle = args[1];
+    if (!PyDict_Check(entries)) {
+        PyErr_SetString(PyExc_TypeError, "entries must be a dict");
+        return NULL;
+    }
     double cutoff = PyFloat_AsDouble(args[2]);
     if (cutoff == -1.0 && PyErr_Occurred())
         return NULL;
@@ -735,10 +754,13 @@ static PyObject *shared_depth(PyObject *mod, PyObject *const *args, Py_ssize_t n
         PyErr_SetString(PyExc_TypeError, "shared_depth takes 4 arguments");
         return NULL;
     }
-    long long b = PyLong_AsLongLong(args[2]), min_req = PyLong_AsLongLong(args[3]);
-    if ((b == -1 || min_req == -1) && PyErr_Occurred())
+    long long b = PyLong_AsLongLong(args[2]);
+    if (b == -1 && PyErr_Occurred())
         return NULL;
-    PyObject *seq = PySequence_Fast(args[1], "hashes must be a sequence of ints");
+    long long min_req = PyLong_AsLongLong(args[3]);
+    if (min_req == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *seq = hash_seq(args[0], args[1]);
     if (seq == NULL)
         return NULL;
     PyObject **hs = PySequence_Fast_ITEMS(seq);
@@ -784,10 +806,8 @@ PyMODINIT_FUNC PyInit__index_native(void) {
     PyObject *m = PyModule_Create(&moduledef);
     if (m == NULL)
         return NULL;
-    Py_INCREF(&EntryType);
-    if (PyModule_AddObject(m, "BlockEntry", (PyObject *)&EntryType) < 0 ||
+    if (PyModule_AddObjectRef(m, "BlockEntry", (PyObject *)&EntryType) < 0 ||
         PyModule_AddIntConstant(m, "MAX_NODES", MAX_NODES) < 0) {
-        Py_DECREF(&EntryType);
         Py_DECREF(m);
         return NULL;
     }

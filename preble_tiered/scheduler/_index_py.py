@@ -181,8 +181,18 @@ def _check_node(node: int) -> None:
         raise ValueError(f"node {node} out of range: node ids are >= 0")
 
 
+def _checked(hashes: Iterable[int]) -> Sequence[int]:
+    """`hashes` as a sequence of ints, checked before anything changes (no call half done)."""
+    hashes = hashes if isinstance(hashes, (list, tuple)) else list(hashes)
+    for h in hashes:
+        if type(h) is not int:
+            raise TypeError(f"block hashes must be ints, not {type(h).__name__}")
+    return hashes
+
+
 def store(entries: dict, hashes: Iterable[int], tier: Tier, node: int, parent: int | None) -> int:
     _check_node(node)
+    hashes = _checked(hashes)
     bit = 1 << node
     added = 0
     prev = parent
@@ -202,6 +212,7 @@ def store(entries: dict, hashes: Iterable[int], tier: Tier, node: int, parent: i
 
 def remove(entries: dict, idle_append: Callable, hashes: Iterable[int], tier: Tier, node: int, now: float) -> int:
     _check_node(node)
+    hashes = _checked(hashes)
     bit = 1 << node
     removed = 0
     for h in hashes:
@@ -219,6 +230,8 @@ def remove(entries: dict, idle_append: Callable, hashes: Iterable[int], tier: Ti
 
 
 def clear_pending(entries: dict, idle_append: Callable, hashes: Iterable[int], node: int, now: float) -> None:
+    _check_node(node)
+    hashes = _checked(hashes)
     bit = 1 << node
     for h in hashes:
         e = entries.get(h)

@@ -249,7 +249,8 @@ class PrefixIndex:
         """
         removed = self._k.remove(self._entries, self._idle.append, hashes, tier, node, float(now))
         if removed:
-            self._held[tier][node] -= removed
+            held = self._held[tier]
+            held[node] = held.get(node, 0) - removed
         self._expire(now)
         return removed
 

@@ -91,3 +91,15 @@ def test_non_contiguous_caches_take_the_numpy_path_with_the_same_bytes():
     target = torch.zeros_like(base).transpose(2, 3)
     BlockLayout([("l0", target, 0)]).write([1], fast.read([5]))
     assert torch.equal(target[1], base.transpose(2, 3)[5])
+
+
+def test_native_copy_refuses_a_plan_whose_sizes_overflow():
+    import struct
+
+    from preble_tiered.kvstore import block_copy
+
+    if block_copy._copy_native is None:
+        pytest.skip("C extension not built here")
+    plan = struct.pack("=QQQ", 0, 0, 2**64 - 8) + struct.pack("=QQQ", 0, 0, 24)
+    with pytest.raises(ValueError, match="overflow"):
+        block_copy._copy_native.scatter(plan, 0, b"x" * 16)

@@ -113,3 +113,52 @@ def test_kernel_choice(monkeypatch):
     assert PrefixIndex(10.0).kernel == "python"
     with pytest.raises(ValueError, match="unknown index kernel"):
         PrefixIndex(10.0, kernel="rust")
+
+
+@native
+def test_native_walk_survives_callbacks_that_drop_entries():
+    """The idle queue's append is the index's own, but the kernel must not trust it: an
+    entry it just made stays alive (and counted) even if the dict loses it meanwhile."""
+    from preble_tiered.scheduler import _index_native as N
+    from preble_tiered.scheduler.index import NodeMatch
+
+    d: dict = {}
+    out = N.walk(d, lambda h: d.clear(), [1, 2, 3], 1.0, 0, NodeMatch)
+    walked = out[5]
+    assert len(walked) == 3 and all(e.demand_cur == 1 for e in walked)
+    with pytest.raises(TypeError, match="tuple type"):
+        N.walk({}, [].append, [1], None, 0, dict)
+    with pytest.raises(TypeError, match="block hashes must be ints"):
+        N.walk({}, [].append, [1, 2.0], None, 0, NodeMatch)
+
+
+@native
+def test_native_entry_setters_validate_before_changing():
+    from preble_tiered.scheduler import _index_native as N
+
+    class Sneaky(int):
+        def to_bytes(self, *a, **k):
+            return b""
+
+    e = N.BlockEntry(None, hbm=5)
+    with pytest.raises(ValueError):
+        e.hbm = 1 << 300
+    assert e.hbm == 5  # a refused assignment keeps what was there
+    assert N.BlockEntry(None, hbm=Sneaky(1 << 100)).hbm == 1 << 100  # int.to_bytes, not the override
+    with pytest.raises(TypeError, match="parent"):
+        N.BlockEntry([1])
+    with pytest.raises(AttributeError):
+        e.parent = 3  # read-only: entries never form reference cycles
+
+
+@pytest.mark.parametrize("kernel", kernel_names())
+def test_a_bad_hash_leaves_no_half_done_mutation(kernel):
+    ix = PrefixIndex(10.0, kernel=kernel)
+    ix.store(0, Tier.HBM, [1, 2], None, 0.0)
+    for call in (lambda: ix.store(0, Tier.HBM, [3, 4, [5]], 2, 0.0),
+                 lambda: ix.remove(0, Tier.HBM, [1, "2"], 0.0),
+                 lambda: ix.clear_pending(0, [1, None], 0.0)):
+        with pytest.raises(TypeError, match="ints"):
+            call()
+    assert sorted(h for h, _ in ix.items()) == [1, 2] and ix.held_blocks(0, Tier.HBM) == 2
+    assert ix.remove(0, Tier.HBM, [1, 2], 1.0) == 2 and ix.held_blocks(0, Tier.HBM) == 0
