@@ -231,8 +231,27 @@ static PyGetSetDef Entry_getset[] = {
     {NULL},
 };
 
+static PyObject *Entry_holds(Entry *e, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "holds(tier, node) takes 2 arguments");
+        return NULL;
+    }
+    long t = PyLong_AsLong(args[0]);
+    if ((t == -1 && PyErr_Occurred()) || check_tier(t) < 0)
+        return NULL;
+    long node = PyLong_AsLong(args[1]);
+    if (node == -1 && PyErr_Occurred())
+        return NULL;
+    if (node < 0) {
+        PyErr_Format(PyExc_ValueError, "node %ld out of range: node ids are >= 0", node);
+        return NULL;
+    }
+    return PyBool_FromLong(node < MAX_NODES && m_test(&e->m[t], (int)node));
+}
+
 static PyMethodDef Entry_methods[] = {
     {"mask", (PyCFunction)Entry_mask, METH_O, "the node mask of a tier"},
+    {"holds", (PyCFunction)(void (*)(void))Entry_holds, METH_FASTCALL, "holds(tier, node): whether node holds it in tier"},
     {NULL},
 };
 

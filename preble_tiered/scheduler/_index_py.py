@@ -65,6 +65,10 @@ class BlockEntry:
     def mask(self, tier: Tier) -> int:
         return self.hbm if tier is Tier.HBM else self.dram if tier is Tier.DRAM else self.disk
 
+    def holds(self, tier: Tier, node: int) -> bool:
+        """Whether `node` holds the block in `tier`."""
+        return bool(self.mask(tier) >> node & 1)
+
 
 def _touch(entries: dict, idle_append: Callable, e: BlockEntry | None, h: int, parent: int | None,
            now: float, bucket: int) -> BlockEntry:

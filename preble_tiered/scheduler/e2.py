@@ -36,6 +36,7 @@ from preble_tiered.scheduler.index import MatchResult, bits
 from preble_tiered.scheduler.planner import PlanContext, Planner
 from preble_tiered.scheduler.policy import Policy, PolicyConfig, register_policy
 from preble_tiered.scheduler.types import Branch, CandidateCost, Decision, RouteRequest
+from preble_tiered.types import Tier
 
 _EVICT_SCAN = 32  # LRU entries examined per eviction estimate
 
@@ -120,6 +121,7 @@ class PrebleE2(Policy):
         self._price = [0.0] * n  # eviction price per token, per node (see _evict_price)
         self._price_at = [-1] * n  # the second it was computed in
         self._key_cache: tuple[str, int | None] = ("", None)  # (request id, prefix key)
+        self._pf_cost, self._pf_memo = None, {}  # prefill(size, size) by size, for _evict_price
 
     # ------------------------------------------------------------------ terms
     queue_weight: float = 0.0
@@ -167,20 +169,28 @@ class PrebleE2(Policy):
         sec = int(now)
         if self._price_at[node] == sec:
             return self._price[node]
-        index = self.cluster.index
-        bit, lru, prefill = 1 << node, self.lru[node], self.cluster.cost.prefill_s
+        index, cost_model = self.cluster.index, self.cluster.cost
+        if self._pf_cost is not cost_model:  # prefill(size, size) per prefix size, per cost model
+            self._pf_cost, self._pf_memo = cost_model, {}
+        memo, entry, lru = self._pf_memo, index.entry, self.lru[node]
+        bucket = int(now // index.window_s)
         freed, cost, seen, stale = 0, 0.0, 0, []
         for key, size in lru.items():
             if seen >= _EVICT_SCAN:
                 break
-            e = index.entry(key)
-            if e is None or not e.hbm & bit:
+            e = entry(key)
+            if e is None or not e.holds(Tier.HBM, node):
                 stale.append(key)
                 continue
             seen += 1
-            hits = index.requests_in_window(key, now) - 1
+            # requests in the window beyond the first (`requests_in_window`, inlined)
+            b = e.bucket
+            hits = (e.demand_cur + e.demand_prev if b == bucket else e.demand_cur if b == bucket - 1 else 0) - 1
             if hits > 0:
-                cost += hits * prefill(size, size)
+                pf = memo.get(size)
+                if pf is None:
+                    pf = memo[size] = cost_model.prefill_s(size, size)
+                cost += hits * pf
             freed += size
         for key in stale:
             del lru[key]

@@ -75,6 +75,8 @@ def test_native_entry_behaves_like_the_python_one():
         assert (e.parent, e.hbm, e.dram, e.pending, e.pins, e.bucket) == (7, wide, 0, 0, 2, -1)
         assert e.idle_at == -math.inf and e.kept
         assert e.mask(Tier.HBM) == wide and e.mask(Tier.DISK) == 0
+        assert [e.holds(Tier.HBM, n) for n in (0, 1, 64, 200, 255, 300)] == [True, False, True, True, False, False]
+        assert not e.holds(Tier.DRAM, 0)
         e.hbm, e.pins = 0, 0
         assert not e.kept
         e.disk |= 1 << 255
