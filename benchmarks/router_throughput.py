@@ -14,6 +14,13 @@ clock that advances at the offered rate. The event-apply time is reported separa
 Reports decisions/s, mean and p99 per-decision time, the mean per quarter of the run
 (flatness: last quarter / first quarter), index size, and peak RSS.
 
+Flatness is also given corrected for the machine's drift: every 500 decisions, outside the
+timed region, the same fixed piece of work runs (`DriftProbe`: matching one prompt against
+a small, never-changing index, in both kernels, plus hashing it); its time per quarter, over
+its first quarter, is how much faster or slower the machine itself ran, and the corrected
+flatness divides it out. The probe's working set is small and fixed, so it does not see
+what a growing index costs; only the machine's own speed.
+
     python benchmarks/router_throughput.py [--requests 100000] [--nodes 32 128] [--json PATH]
 """
 
@@ -34,6 +41,7 @@ from preble_tiered.events import BlockRemoved, BlockStored
 from preble_tiered import hashing
 from preble_tiered.hashing import BlockHasher
 from preble_tiered.scheduler.clock import ManualClock
+from preble_tiered.scheduler.index import PrefixIndex, kernel_names
 from preble_tiered.scheduler.core import Scheduler, SchedulerConfig, predicted_cached
 from preble_tiered.scheduler.policy import PolicyConfig
 from preble_tiered.scheduler.cost_model import cost_preset
@@ -96,6 +104,33 @@ class PromptStream:
         return [np.concatenate([self.prefixes[k], q]) for k, q in zip(picks, questions)]
 
 
+class DriftProbe:
+    """A fixed piece of router-like work (index match in both kernels + hashing) whose time
+    tracks the machine's speed during a run, not the run's state."""
+
+    def __init__(self, nodes: int) -> None:
+        rng = np.random.default_rng(1)
+        self.prompt = rng.integers(0, 32000, PREFIX_TOKENS + QUESTION_TOKENS, dtype=np.uint32).tolist()
+        self.hasher = BlockHasher()
+        hashes = self.hasher(self.prompt)
+        self.indexes = []
+        for kernel in kernel_names():
+            ix = PrefixIndex(180.0, kernel=kernel)
+            for n in range(0, nodes, 3):
+                ix.store(n, Tier.HBM, hashes[: 16 + n % 40], None, 0.0)
+                ix.store(n, Tier.DRAM, hashes[: 48], None, 0.0)
+            self.indexes.append(ix)
+        self.hashes = hashes
+
+    def __call__(self, reps: int = 20) -> float:
+        t = time.perf_counter()
+        for _ in range(reps):
+            self.hasher(self.prompt)
+            for ix in self.indexes:
+                ix.match(self.hashes)
+        return time.perf_counter() - t
+
+
 def run(nodes: int, requests: int, rps: float, seed: int, policy: str, dram_x: float = 10, disk_x: float = 50,
         explain: bool = False) -> dict:
     """explain: what the real router adds per decision for `preble admin explain`: every
@@ -114,6 +149,7 @@ def run(nodes: int, requests: int, rps: float, seed: int, policy: str, dram_x: f
     depth = 16 * nodes  # requests in flight (each finishes `depth` decisions later)
     times = np.empty(requests)
     hash_times = np.empty(requests)
+    probe, probe_times = DriftProbe(nodes), []
     apply_s = 0.0
     sizes: list[int] = []  # index entries at each quarter's end
     n_events = 0
@@ -136,6 +172,8 @@ def run(nodes: int, requests: int, rps: float, seed: int, policy: str, dram_x: f
         t_end = time.perf_counter()
         hash_times[i] = t_h - t0
         times[i] = t_end - t0
+        if i % 500 == 0:
+            probe_times.append(probe())  # outside the timed region
         t1 = time.perf_counter()
         for ev in caches[d.node].store(hashes):
             sched.apply(ev)
@@ -161,6 +199,8 @@ def run(nodes: int, requests: int, rps: float, seed: int, policy: str, dram_x: f
     sizes.append(len(sched.index))
     q = np.array_split(times, 4)
     quarters = [float(x.mean() * 1e6) for x in q]
+    drift = [float(x.mean()) for x in np.array_split(np.array(probe_times), 4)]
+    drift = [x / drift[0] for x in drift]  # machine speed per quarter, relative to the first
     sched_only = times - hash_times
     return {
         "policy": policy, "explain": explain, "nodes": nodes, "requests": requests, "prompt_tokens": PREFIX_TOKENS + QUESTION_TOKENS,
@@ -171,6 +211,8 @@ def run(nodes: int, requests: int, rps: float, seed: int, policy: str, dram_x: f
         "hash_us": {"mean": float(hash_times.mean() * 1e6)},
         "schedule_us": {"mean": float(sched_only.mean() * 1e6), "p99": float(np.percentile(sched_only, 99) * 1e6)},
         "quarter_mean_us": quarters, "last_over_first": quarters[-1] / quarters[0],
+        "machine_drift_by_quarter": drift,
+        "last_over_first_drift_corrected": quarters[-1] / quarters[0] / drift[-1],
         "event_apply_us_per_request": apply_s / requests * 1e6, "events": n_events,
         "index_entries": len(sched.index), "index_entries_by_quarter": sizes,
         "tiers_x_hbm": {"dram": dram_x, "disk": disk_x}, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -199,7 +241,8 @@ def main() -> int:
         print(f"{args.policy}{' +explain' if args.explain else ''} nodes={n:4d} requests={r['requests']}: {r['decisions_per_s']:8.0f} decisions/s "
               f"with hashing ({r['decisions_per_s_excluding_hashing']:.0f}/s schedule() alone)  "
               f"mean {r['decision_us']['mean']:6.1f} us (hash {r['hash_us']['mean']:.1f})  p99 {r['decision_us']['p99']:6.1f} us  "
-              f"quarters {' '.join(f'{x:.1f}' for x in r['quarter_mean_us'])} us (last/first {r['last_over_first']:.2f})  "
+              f"quarters {' '.join(f'{x:.1f}' for x in r['quarter_mean_us'])} us (last/first {r['last_over_first']:.2f}; "
+              f"machine drift {r['machine_drift_by_quarter'][-1]:.2f}, corrected {r['last_over_first_drift_corrected']:.2f})  "
               f"events {r['event_apply_us_per_request']:.1f} us/req  index {r['index_entries_by_quarter']} entries  "
               f"peak RSS {r['peak_rss_mb']:.0f} MB  [{r['index_kernel']} index, "
               f"{'native' if r['native_hashing'] else 'python'} hashing]", flush=True)
