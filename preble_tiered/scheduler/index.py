@@ -19,8 +19,13 @@ of a few entries per mutating call drops those idle (no residency, pending or pi
 unrequested for a whole window, lets go of those held again, and re-queues the rest. Entries
 are queued in time order, so an entry not yet due means those behind it are mostly not due
 either: the sweep stops after a few of those instead of re-queueing its whole batch. No
-per-touch reordering, 8 bytes per queued entry. Demand is a two-bucket sliding window (requests in the last `window_s` seconds,
-interpolated), O(1) per access.
+per-touch reordering, 8 bytes per queued entry. Demand is a two-bucket sliding window
+(requests in the last `window_s` seconds, interpolated), O(1) per access.
+
+The per-block loops run in one of two kernels with the same interface and results:
+`_index_native.c` (C; node masks as 256-bit words, so up to 256 nodes) where setup.py built
+it, else `_index_py.py` (the reference). `PrefixIndex` keeps the state (a dict of entries,
+the idle deque, held counts) and picks the kernel; tests run on both.
 
 The index is pure: callers pass `now`; it never reads a clock.
 """
