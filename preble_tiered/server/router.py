@@ -178,6 +178,11 @@ class Router:
 
     def start(self) -> None:
         """Start the background work that is not per node (pin reconciliation)."""
+        kernel = self.scheduler.index.kernel
+        logger.info("prefix index: %s kernel, %d node slots, policy %s%s", kernel, self.config.max_nodes,
+                    self.config.policy, "" if kernel == "native" else
+                    " (the C kernel is not in use: not built here, > 256 slots, or PREBLE_INDEX_KERNEL; "
+                    "same decisions, ~2x slower)")
         self.admin.start()
 
     # ------------------------------------------------------------------ registry
