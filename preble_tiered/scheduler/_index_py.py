@@ -24,9 +24,6 @@ from functools import lru_cache
 
 from preble_tiered.types import Tier
 
-MAX_NODES = None  # no limit: masks are Python ints
-
-
 def iter_bits(mask: int):
     """Node ids set in `mask`, lowest first."""
     while mask:

@@ -144,8 +144,8 @@ class PrefixIndex:
         self._entries: dict[int, BlockEntry] = {}
         self._idle: deque[int] = deque()  # hashes that may be idle (see module docstring)
         self._held: dict[Tier, dict[NodeId, int]] = {t: {} for t in Tier}  # blocks held per tier, node
+        # node -> blocks held in HBM; read only outside: the decision path reads it per candidate
         self.hbm_held = self._held[Tier.HBM]
-        """node -> blocks held in HBM (read only: the decision path reads it per candidate)"""
 
     # ------------------------------------------------------------------ lookups
     def __len__(self) -> int:
