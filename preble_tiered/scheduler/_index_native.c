@@ -312,17 +312,21 @@ static Entry *touch(PyObject *entries, PyObject *idle_append, Entry *e, PyObject
 
 static PyObject *make_node_match(PyTypeObject *nm_type, int node, const int *c, int hbm_prefix) {
     /* NodeMatch(node, hbm, dram, disk, pending, hbm_prefix); c = (hbm, pending, dram, disk).
-     * tuple.__new__(nm_type, items), as a namedtuple's own __new__ ends, without its Python
-     * frame; the caller checked that nm_type is a tuple subtype. */
-    PyObject *items = Py_BuildValue("(iiiiii)", node, c[0], c[2], c[3], c[1], hbm_prefix);
-    if (items == NULL)
+     * Allocated as tuple.__new__ does for a subtype (tp_alloc, then the items), without a
+     * Python frame or an argument tuple; the caller checked that nm_type is a tuple subtype
+     * (a namedtuple: no __dict__, a tuple's layout). */
+    long v[6] = {node, c[0], c[2], c[3], c[1], hbm_prefix};
+    PyObject *t = nm_type->tp_alloc(nm_type, 6);
+    if (t == NULL)
         return NULL;
-    PyObject *args = PyTuple_Pack(1, items);
-    Py_DECREF(items);
-    if (args == NULL)
-        return NULL;
-    PyObject *t = PyTuple_Type.tp_new(nm_type, args, NULL);
-    Py_DECREF(args);
+    for (int k = 0; k < 6; k++) {
+        PyObject *x = PyLong_FromLong(v[k]);
+        if (x == NULL) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, k, x);
+    }
     return t;
 }
 
@@ -341,9 +345,11 @@ static inline void best_tiers(const Entry *e, mask_t alive, mask_t out[4]) {
 /* ------------------------------------------------------------------ walk */
 PyDoc_STRVAR(walk_doc,
 "walk(entries, idle_append, hashes, now, bucket, node_match) ->\n"
-"    (nodes, longest, holders, longest_hbm, hbm_holders, walked)\n\n"
+"    (nodes, longest, holders, longest_hbm, hbm_holders, walked, source)\n\n"
 "Match `hashes` against the index, counting a request for every block when `now` is not\n"
-"None (then `walked` lists every block's entry, created as needed; else None).");
+"None (then `walked` lists every block's entry, created as needed; else None).\n"
+"`source` is the NodeMatch of the best pull source: no pending block, the most blocks held,\n"
+"then the most in HBM, then the lowest node id; None when no node holds a block.");
 
 static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 6) {
@@ -466,13 +472,22 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
             MASK_FOR(first_alive, nd, { if (hbm_prefix[nd] > best) best = hbm_prefix[nd]; });
             if (best)
                 MASK_FOR(first_alive, nd, { if (hbm_prefix[nd] == best) m_set(&hbm_holders, nd); });
-            int failed = 0;
+            int failed = 0, src_held = 0, src_hbm = 0;
+            PyObject *source = Py_None;  /* borrowed from `nodes` */
             MASK_FOR(first_alive, nd, {
                 if (!failed) {
                     PyObject *key = PyLong_FromLong(nd);
                     PyObject *nm = key ? make_node_match(nm_type, nd, counts[nd], hbm_prefix[nd]) : NULL;
                     if (nm == NULL || PyDict_SetItem(nodes, key, nm) < 0)
                         failed = 1;
+                    else if (counts[nd][1] == 0) {  /* a pull source: nothing pending */
+                        int held = counts[nd][0] + counts[nd][2] + counts[nd][3];
+                        if (held > src_held || (held == src_held && held && counts[nd][0] > src_hbm)) {
+                            src_held = held;
+                            src_hbm = counts[nd][0];
+                            source = nm;  /* ascending ids: ties keep the lowest */
+                        }
+                    }
                     Py_XDECREF(key);
                     Py_XDECREF(nm);
                 }
@@ -490,7 +505,7 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
             }
             PyObject *holders = mask_to_int(&alive), *hh = mask_to_int(&hbm_holders);
             if (holders && hh)
-                result = Py_BuildValue("(OnNiNO)", nodes, i, holders, best, hh, record ? walked : Py_None);
+                result = Py_BuildValue("(OnNiNOO)", nodes, i, holders, best, hh, record ? walked : Py_None, source);
             else {
                 Py_XDECREF(holders);
                 Py_XDECREF(hh);
@@ -508,7 +523,7 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
                 goto done;
         }
     }
-    result = Py_BuildValue("(OiiiiO)", nodes, 0, 0, 0, 0, record ? walked : Py_None);
+    result = Py_BuildValue("(OiiiiOO)", nodes, 0, 0, 0, 0, record ? walked : Py_None, Py_None);
 done:
     Py_DECREF(seq);
     Py_XDECREF(walked);

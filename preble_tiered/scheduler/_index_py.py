@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from preble_tiered.types import Tier
 
@@ -93,7 +94,7 @@ def walk(entries: dict, idle_append: Callable, hashes: Sequence[int], now: float
          node_match: type) -> tuple:
     record = now is not None
     if not hashes:
-        return {}, 0, 0, 0, 0, ([] if record else None)
+        return {}, 0, 0, 0, 0, ([] if record else None), None
     get = entries.get
     e = get(hashes[0])
     if record:
@@ -101,7 +102,7 @@ def walk(entries: dict, idle_append: Callable, hashes: Sequence[int], now: float
     alive = 0 if e is None else e.hbm | e.dram | e.disk | e.pending
     if not alive:
         walked = [e, *_record_from(entries, idle_append, hashes, 1, now, bucket)] if record else None
-        return {}, 0, 0, 0, 0, walked
+        return {}, 0, 0, 0, 0, walked, None
     counts = {n: [0, 0, 0, 0] for n in bits(alive)}  # hbm, pending, dram, disk
     hbm_prefix = dict.fromkeys(counts, 0)
     alive_hbm = (e.hbm | e.pending) & alive
@@ -157,7 +158,21 @@ def walk(entries: dict, idle_append: Callable, hashes: Sequence[int], now: float
     nodes = {n: node_match(n, h, d, k, p, hbm_prefix[n]) for n, (h, p, d, k) in counts.items()}
     best = max(hbm_prefix.values())
     hbm_holders = sum(1 << n for n, v in hbm_prefix.items() if v == best) if best else 0
-    return nodes, i, alive, best, hbm_holders, walked
+    return nodes, i, alive, best, hbm_holders, walked, _pull_source(nodes)
+
+
+def _pull_source(nodes: dict) -> Any:
+    """The node to pull from: nothing pending (a pending block is not there yet), the most
+    blocks held, then the most of them in HBM, then the lowest id."""
+    best, best_key = None, (0, 0)
+    for n in sorted(nodes):
+        nm = nodes[n]
+        if nm.pending:
+            continue
+        key = (nm.hbm + nm.dram + nm.disk, nm.hbm)
+        if key[0] and key > best_key:
+            best, best_key = nm, key
+    return best
 
 
 def _best_tiers(hbm: int, pending: int, dram: int, alive: int) -> tuple[int, int, int, int]:

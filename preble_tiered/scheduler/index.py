@@ -119,6 +119,9 @@ class MatchResult:
     longest_hbm: int = 0  # longest all-HBM (or pending) prefix on any single node
     hbm_holders: int = 0
     entries: list[BlockEntry] | None = None  # every block's entry, when `lookup` made it
+    source: NodeMatch | None = None
+    """The node to pull from: no pending block (not there yet), the most blocks held, then
+    the most of them in HBM, then the lowest id; None when no node holds a block."""
 
     def get(self, node: NodeId) -> NodeMatch | None:
         return self.nodes.get(node)
@@ -162,9 +165,9 @@ class PrefixIndex:
 
     def match(self, hashes: Sequence[int]) -> MatchResult:
         """Longest usable prefix of `hashes` on every node, per tier (read only)."""
-        nodes, longest, holders, longest_hbm, hbm_holders, _ = self._k.walk(
+        nodes, longest, holders, longest_hbm, hbm_holders, _, source = self._k.walk(
             self._entries, self._idle.append, hashes, None, 0, NodeMatch)
-        return MatchResult(len(hashes), nodes, longest, holders, longest_hbm, hbm_holders)
+        return MatchResult(len(hashes), nodes, longest, holders, longest_hbm, hbm_holders, None, source)
 
     def lookup(self, hashes: Sequence[int], now: float) -> MatchResult:
         """`record_access(hashes, now)` and `match(hashes)` in one walk over the blocks
@@ -176,10 +179,10 @@ class PrefixIndex:
         O(blocks + nodes) for the layouts caches produce. `entries` of the result is every
         block's entry (created as needed), for `add_pending_entries`.
         """
-        nodes, longest, holders, longest_hbm, hbm_holders, walked = self._k.walk(
+        nodes, longest, holders, longest_hbm, hbm_holders, walked, source = self._k.walk(
             self._entries, self._idle.append, hashes, float(now), int(now // self.window_s), NodeMatch)
         self._expire(now)
-        return MatchResult(len(hashes), nodes, longest, holders, longest_hbm, hbm_holders, walked)
+        return MatchResult(len(hashes), nodes, longest, holders, longest_hbm, hbm_holders, walked, source)
 
     def demand(self, h: int, now: float) -> float:
         """Requests for block `h` in the last window (sliding two-bucket estimate)."""

@@ -11,7 +11,7 @@ a node is a few float operations; the `Plan` object is built only for the chosen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from preble_tiered.scheduler.cost_model import CostModel
 from preble_tiered.scheduler.index import MatchResult, NodeMatch
@@ -31,6 +31,7 @@ class PlanContext:
     src_blocks: int = 0
     src_disk_frac: float = 0.0
     default_s: float = 0.0  # plan time on a node holding nothing
+    prefill_memo: dict[int, float] = field(default_factory=dict)  # cached tokens -> prefill s
 
 
 @dataclass(slots=True)
@@ -71,33 +72,28 @@ class Planner:
     def prefill_s(self, cached_tokens: int, prompt_tokens: int) -> float:
         return self.cost.prefill_s(prompt_tokens - cached_tokens, prompt_tokens)
 
+    def _prefill_after(self, pc: PlanContext, blocks: int) -> float:
+        """Prefill time of `pc`'s prompt with `blocks` blocks cached (memoised per request:
+        the plans of different nodes often reuse the same cached length)."""
+        cached = min(blocks * self.block_size, pc.prompt_tokens - 1)
+        t = pc.prefill_memo.get(cached)
+        if t is None:
+            t = pc.prefill_memo[cached] = self.cost.prefill_s(pc.prompt_tokens - cached, pc.prompt_tokens)
+        return t
+
     def prepare(self, req: RouteRequest, match: MatchResult) -> PlanContext:
         L = max(req.prompt_tokens, 1)
         pc = PlanContext(req, match, L, self.cost.prefill_s(L, L))
         pc.default_s = pc.recompute_all_s
-        if self.use_pulls and match.longest > 0:
-            src = self._pick_source(match)
-            if src is not None:
-                pc.src, pc.src_blocks = src.node, src.blocks
-                pc.src_disk_frac = src.disk / src.blocks
-                pc.default_s = min(pc.recompute_all_s, self._pull_choice(pc, 0, 0.0).total_s)
+        src = match.source if self.use_pulls else None  # chosen by the index's walk
+        if src is not None:
+            pc.src, pc.src_blocks = src.node, src.blocks
+            pc.src_disk_frac = src.disk / src.blocks
+            pc.default_s = min(pc.recompute_all_s, self._pull_choice(pc, 0, 0.0).total_s)
         return pc
 
-    def _pick_source(self, match: MatchResult) -> NodeMatch | None:
-        """The node to pull from: the longest prefix actually held (a pending block is not
-        there yet), then the most of it in HBM, then the lowest id."""
-        best: NodeMatch | None = None
-        best_key = (0, 0, 0)
-        for nm in match.nodes.values():
-            if nm.pending:
-                continue
-            key = (nm.hbm + nm.dram + nm.disk, nm.hbm, -nm.node)  # (blocks, ...): no pending
-            if key[0] and (best is None or key > best_key):
-                best, best_key = nm, key
-        return best
-
     def choice(self, node: NodeId, pc: PlanContext) -> PlanChoice:
-        """The cheapest plan for `node`."""
+        """The cheapest plan for `node` (`plan_time` is its time, without the objects)."""
         nm = pc.match.get(node)
         if nm is None:
             recompute = PlanChoice("hbm", 0, 0, 0.0, 0.0, pc.recompute_all_s)
@@ -105,14 +101,11 @@ class Planner:
                 pull = self._pull_choice(pc, 0, 0.0)
                 return pull if pull.total_s < recompute.total_s else recompute
             return recompute
-        L = pc.prompt_tokens
-        best = PlanChoice("hbm", nm.hbm_prefix, 0, 0.0, 0.0,
-                          self.prefill_s(self.cached_cap(nm.hbm_prefix, L), L))
+        best = PlanChoice("hbm", nm.hbm_prefix, 0, 0.0, 0.0, self._prefill_after(pc, nm.hbm_prefix))
         local_blocks, fetch_s = nm.hbm_prefix, 0.0
         if self.use_tiers and nm.blocks > nm.hbm_prefix:
             fetch_s = self._fetch_s(nm)
-            local = PlanChoice("local", nm.blocks, 0, fetch_s, 0.0,
-                               self.prefill_s(self.cached_cap(nm.blocks, L), L))
+            local = PlanChoice("local", nm.blocks, 0, fetch_s, 0.0, self._prefill_after(pc, nm.blocks))
             if local.total_s < best.total_s:
                 best = local
                 local_blocks = nm.blocks
@@ -122,20 +115,44 @@ class Planner:
                 best = pull
         return best
 
+    def plan_time(self, node: NodeId, pc: PlanContext) -> float:
+        """`choice(node, pc).total_s`, the same sums in the same order, with no PlanChoice
+        built: `plan_times` runs it once per holding shape on every decision."""
+        nm = pc.match.nodes.get(node)
+        if nm is None:
+            return pc.default_s  # recompute, or a pull when there is a source
+        best = self._prefill_after(pc, nm.hbm_prefix)
+        hbm_prefix = local_blocks = nm.hbm_prefix
+        fetch_s = 0.0
+        blocks = nm.hbm + nm.pending + nm.dram + nm.disk
+        if self.use_tiers and blocks > hbm_prefix:
+            fetch_s = self._fetch_s(nm)
+            local = fetch_s + 0.0 + self._prefill_after(pc, blocks)
+            if local < best:
+                best, local_blocks = local, blocks
+        src = pc.src
+        if src is not None and src != node and pc.src_blocks > local_blocks:
+            pull = ((fetch_s if local_blocks > hbm_prefix else 0.0) + self._pull_s(pc, local_blocks)
+                    + self._prefill_after(pc, pc.src_blocks))
+            if pull < best:
+                best = pull
+        return best
+
     def plan_times(self, pc: PlanContext, n_nodes: int) -> list[float]:
-        """Cheapest plan time for every node id: one `choice` per distinct holding shape
+        """Cheapest plan time for every node id: one `plan_time` per distinct holding shape
         (nodes often hold the same thing), the pull source apart (it cannot pull from
         itself); nodes holding nothing share `pc.default_s`."""
         times = [pc.default_s] * n_nodes
         memo: dict[tuple, float] = {}
+        src, plan_time = pc.src, self.plan_time
         for n, nm in pc.match.nodes.items():
-            if n == pc.src:
-                times[n] = self.choice(n, pc).total_s
+            if n == src:
+                times[n] = plan_time(n, pc)
                 continue
-            key = nm.shape
+            key = nm[1:]  # NodeMatch.shape, without the property call
             t = memo.get(key)
             if t is None:
-                t = memo[key] = self.choice(n, pc).total_s
+                t = memo[key] = plan_time(n, pc)
             times[n] = t
         return times
 
@@ -143,15 +160,17 @@ class Planner:
         bs = self.block_size
         return self.cost.fetch_s(Tier.DRAM, nm.dram * bs) + self.cost.fetch_s(Tier.DISK, nm.disk * bs)
 
-    def _pull_choice(self, pc: PlanContext, local_blocks: int, fetch_s: float) -> PlanChoice:
-        n_pull = pc.src_blocks - local_blocks
-        tokens = n_pull * self.block_size
+    def _pull_s(self, pc: PlanContext, local_blocks: int) -> float:
+        """Time to pull the source's blocks past `local_blocks` (from its disk in part)."""
+        tokens = (pc.src_blocks - local_blocks) * self.block_size
         pull_s = self.cost.pull_s(tokens)
         if pc.src_disk_frac:
             pull_s += self.cost.fetch_s(Tier.DISK, int(tokens * pc.src_disk_frac))
-        L = pc.prompt_tokens
-        return PlanChoice("pull", local_blocks, n_pull, fetch_s, pull_s,
-                          self.prefill_s(self.cached_cap(pc.src_blocks, L), L))
+        return pull_s
+
+    def _pull_choice(self, pc: PlanContext, local_blocks: int, fetch_s: float) -> PlanChoice:
+        return PlanChoice("pull", local_blocks, pc.src_blocks - local_blocks, fetch_s,
+                          self._pull_s(pc, local_blocks), self._prefill_after(pc, pc.src_blocks))
 
     def build(self, node: NodeId, pc: PlanContext, choice: PlanChoice | None = None) -> Plan:
         """The named plan for `node` (the cheapest one unless `choice` is given)."""

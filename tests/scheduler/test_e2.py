@@ -437,3 +437,31 @@ def test_per_prefix_policy_state_stays_bounded_over_time():
     assert sum(len(w) for w in s.policy.key_work) <= per_window + 2
     assert len(s.policy._ttft) <= per_window + 2
     assert not s.policy._req_key  # every finished request was forgotten
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_plan_time_is_the_cheapest_choice_exactly(seed):
+    """`plan_time` and `plan_times` (the decision path) give bit for bit the time of the
+    plan `choice`/`build` make, on random holdings and links that make each branch win."""
+    import random
+
+    rng = random.Random(seed)
+    links = Links(dram=Link(rng.choice([1e6, 2e9, 25e9])), disk=Link(rng.choice([1e6, 1e9, 5e9])),
+                  net=Link(rng.choice([1e6, 1e9, 12.5e9])))
+    s, _ = make_sched("e2_tiered", n_nodes=10, cost=cost_preset("mistral-7b-a6000").with_links(links))
+    trunk = blocks(40, 50_000)
+    for n in range(10):
+        for tier in (Tier.HBM, Tier.DRAM, Tier.DISK):
+            if rng.random() < 0.5:
+                a = rng.randrange(0, 40)
+                hold(s, n, tier, trunk[a: a + rng.randrange(1, 40)] if rng.random() < 0.3 else trunk[: rng.randrange(1, 41)])
+        if rng.random() < 0.2:
+            s.index.add_pending(n, trunk[: rng.randrange(1, 41)])
+    request = req("r", trunk[: rng.randrange(1, 41)] + blocks(rng.randrange(0, 3), 90_000))
+    planner = s.policy.planner
+    pc = planner.prepare(request, s.index.match(request.block_hashes))
+    times = planner.plan_times(pc, 10)
+    for n in range(10):
+        want = planner.choice(n, pc).total_s
+        assert planner.plan_time(n, pc) == want and times[n] == want
+        assert planner.build(n, pc).est_ttft_s == pytest.approx(want)

@@ -149,6 +149,26 @@ def test_nodes_with_identical_holdings_get_identical_shapes():
     assert (res.longest, res.holders, res.longest_hbm, res.hbm_holders) == (4, 0b1000, 4, 0b1000)
 
 
+def test_pull_source_is_the_longest_held_prefix_never_a_pending_one():
+    ix = make_index()
+    p = chain(8)
+    assert ix.match(p).source is None
+    ix.add_pending(1, p)  # 8 blocks promised on node 1: not there yet
+    ix.store(2, Tier.DISK, p[:5], None, 0.0)
+    ix.store(3, Tier.DRAM, p[:5], None, 0.0)
+    ix.store(3, Tier.HBM, p[:2], None, 0.0)
+    ix.store(4, Tier.HBM, p[:2], None, 0.0)
+    ix.store(4, Tier.DISK, p[2:5], None, 0.0)
+    res = ix.match(p)
+    assert res.longest == 8 and res.holders == 1 << 1  # the pending node is the longest holder
+    assert res.source.node == 3  # 5 blocks like nodes 2 and 4, 2 of them in HBM like 4: lowest id
+    ix.store(1, Tier.HBM, p, None, 0.0)  # the promise is kept: node 1 now holds all 8
+    assert ix.match(p).source.node == 1
+    ix.clear_node(1, 0.0)
+    ix.clear_node(3, 0.0)
+    assert ix.match(p).source.node == 4 and ix.match(p[:1]).source.node == 4
+
+
 def test_ties_for_longest_list_every_holder():
     ix = make_index()
     h = chain(3)
@@ -244,6 +264,10 @@ def test_match_equals_per_node_reference(seed):
         assert res.holders == sum(1 << n for n, v in ref.items() if longest and sum(v[:4]) == longest)
         assert res.longest_hbm == longest_hbm
         assert res.hbm_holders == sum(1 << n for n, v in ref.items() if longest_hbm and v[4] == longest_hbm)
+        # the pull source: nothing pending, most blocks held, then most in HBM, lowest id
+        sources = sorted((-(v[0] + v[1] + v[2]), -v[0], n) for n, v in ref.items() if not v[3] and sum(v[:3]))
+        assert (res.source.node if res.source else None) == (sources[0][2] if sources else None)
+        assert res.source is None or res.source is res.nodes[res.source.node]
     for n in range(n_nodes):
         for t in TIERS:
             assert ix.held_blocks(n, t) == len(held[n, t])
