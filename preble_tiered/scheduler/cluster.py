@@ -81,23 +81,60 @@ class Inflight:
     first_token_at: float | None = None
 
 
+class LoadTerms:
+    """The per-node terms of E2's Load_n that do not depend on the window, as flat lists
+    indexed by node id: the decision path reads them for every candidate (a list index
+    each, no attribute chains). `NodeState` writes through to them."""
+
+    __slots__ = ("pending_s", "decode_tokens", "decode_s")
+
+    def __init__(self, n_nodes: int) -> None:
+        self.pending_s = [0.0] * n_nodes  # estimated compute of dispatched, unstarted prefills
+        self.decode_tokens = [0] * n_nodes  # max output tokens of in-flight requests
+        self.decode_s = [0.0] * n_nodes  # decode_tokens x the node's TPOT median
+
+
 @dataclass(slots=True)
 class NodeState:
-    """One node as the router sees it."""
+    """One node as the router sees it. `pending_prefill_s` and `decode_tokens` live in the
+    cluster's `LoadTerms` (properties below), so every write keeps Load_n's terms exact."""
 
     node: NodeId
     hbm_capacity_tokens: int
+    terms: LoadTerms
     alive: bool = True  # change it through ClusterState.set_alive (which keeps alive_nodes)
     n_inflight: int = 0
     n_prefilling: int = 0  # dispatched, no first token yet
-    pending_prefill_s: float = 0.0  # estimated compute of those prefills
     pending_prefill_tokens: int = 0  # their uncached prompt tokens
     inflight_tokens: int = 0  # prompt + max output of in-flight requests (least_load)
-    decode_tokens: int = 0  # max output tokens of in-flight requests
     active_kv_tokens: int = 0  # prompt + max output of in-flight requests (their KV footprint)
     tpot: TpotTracker = field(default_factory=TpotTracker)
     reported_running: int = 0  # from load reports (real nodes); informational
     reported_waiting: int = 0
+
+    @property
+    def pending_prefill_s(self) -> float:
+        """Estimated compute of the dispatched prefills with no first token yet."""
+        return self.terms.pending_s[self.node]
+
+    @pending_prefill_s.setter
+    def pending_prefill_s(self, seconds: float) -> None:
+        self.terms.pending_s[self.node] = seconds
+
+    @property
+    def decode_tokens(self) -> int:
+        """Max output tokens of the in-flight requests."""
+        return self.terms.decode_tokens[self.node]
+
+    @decode_tokens.setter
+    def decode_tokens(self, tokens: int) -> None:
+        self.terms.decode_tokens[self.node] = tokens
+        self.refresh_decode()
+
+    def refresh_decode(self) -> None:
+        """Recompute decode_tokens x TPOT (after either changes)."""
+        t = self.terms
+        t.decode_s[self.node] = t.decode_tokens[self.node] * self.tpot.value
 
 
 class ClusterState:
@@ -114,7 +151,8 @@ class ClusterState:
         self.block_size = block_size
         self.index = index
         self.window_s = window_s
-        self.nodes = [NodeState(n, cap) for n in range(n_nodes)]
+        self.terms = LoadTerms(n_nodes)
+        self.nodes = [NodeState(n, cap, self.terms) for n in range(n_nodes)]
         self.inflight: dict[str, Inflight] = {}
         # Windowed cached/prompt token sums per node (prefill/decode balance).
         self.hit_tokens = [WindowedSum(window_s) for _ in range(n_nodes)]
@@ -193,10 +231,10 @@ class ClusterState:
         ns = self.nodes[inf.node]
         ns.n_inflight -= 1
         ns.inflight_tokens -= inf.max_output_tokens
-        ns.decode_tokens -= inf.max_output_tokens
         ns.active_kv_tokens -= inf.prompt_tokens + inf.max_output_tokens
         if output_tokens > 1 and inf.first_token_at is not None:
             ns.tpot.add((now - inf.first_token_at) / (output_tokens - 1))
+        ns.decode_tokens -= inf.max_output_tokens  # after the TPOT sample: refreshes decode_s
         return inf
 
     def mark_down(self, node: NodeId, now: float) -> list[Inflight]:

@@ -133,12 +133,9 @@ class PrebleE2(Policy):
     def loads(self, nodes: list[int], now: float) -> list[float]:
         """Load_n for each of `nodes` (one tight loop: this is the decision path)."""
         self._trim_work(now)
-        states, work, qw = self.cluster.nodes, self.prefill_work, self.queue_weight
-        out = []
-        for n in nodes:
-            ns = states[n]
-            out.append(work[n] + ns.decode_tokens * ns.tpot.value + qw * ns.pending_prefill_s)
-        return out
+        terms, work, qw = self.cluster.terms, self.prefill_work, self.queue_weight
+        dec, pend = terms.decode_s, terms.pending_s  # decode_tokens x TPOT; queued prefill
+        return [work[n] + dec[n] + qw * pend[n] for n in nodes]
 
     def add_work(self, node: int, now: float, seconds: float) -> None:
         """Record `seconds` of prefill work routed to `node` now (enters Load_n for H)."""
@@ -259,16 +256,17 @@ class PrebleE2(Policy):
             cl = self.cluster
             bs, grow = cl.block_size, pc.prompt_tokens + pc.req.max_output_tokens
             get, held, price, states = pc.match.nodes.get, cl.index.hbm_held.get, self._evict_price, cl.nodes
+            dtok = cl.terms.decode_tokens
             evicts = []
             for n in nodes:  # `evict_s` and `hbm_free_tokens` inlined: need = prompt - in-place HBM
                 nm = get(n)  # + output budget; free = capacity - held - decode reservations
-                ns = states[n]
                 over = grow - (nm.hbm_prefix * bs if nm is not None else 0) \
-                    - (ns.hbm_capacity_tokens - held(n, 0) * bs - ns.decode_tokens)
+                    - (states[n].hbm_capacity_tokens - held(n, 0) * bs - dtok[n])
                 evicts.append(over * price(n, now) if over > 0 else 0.0)
-        else:
+            totals = [ld + ev + p for ld, ev, p in zip(loads, evicts, plans)]
+        else:  # exploit: one pass per holder (ld + 0.0 + p == ld + p)
             evicts = [0.0] * len(nodes)
-        totals = [ld + ev + p for ld, ev, p in zip(loads, evicts, plans)]
+            totals = [ld + p for ld, p in zip(loads, plans)]
         return _Costs(nodes, loads, evicts, plans, totals)
 
     def _decision(self, req: RouteRequest, pc: PlanContext, best: int, branch: Branch,
@@ -382,13 +380,12 @@ class E2Tiered(PrebleE2):
         held_s = nodes[costs.nodes[best]].pending_prefill_s + costs.plans[best]
         if min(plans) * ratio >= held_s:  # queues are >= 0: no node can clear the bar
             return best, costs, Branch.EXPLOIT
-        holder_set = set(holders)
-        others = [n for n in alive if n not in holder_set
-                  and (nodes[n].pending_prefill_s + plans[n]) * ratio < held_s]
+        holder_set, pend = set(holders), self.cluster.terms.pending_s
+        others = [n for n in alive if (pend[n] + plans[n]) * ratio < held_s and n not in holder_set]
         if not others:
             return best, costs, Branch.EXPLOIT
         alt = self._costs(others, pc, now, all_plans=plans)
-        delays = [nodes[n].pending_prefill_s + ev + p for n, ev, p in zip(alt.nodes, alt.evicts, alt.plans)]
+        delays = [pend[n] + ev + p for n, ev, p in zip(alt.nodes, alt.evicts, alt.plans)]
         j = min(range(len(delays)), key=delays.__getitem__)
         merged = costs.extend(alt)
         if delays[j] * ratio < held_s:

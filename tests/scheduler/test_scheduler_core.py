@@ -182,3 +182,36 @@ def test_mark_down_drops_pending_promises():
     s.schedule(RouteRequest("r1", p, 10 * BS, 10))
     s.mark_down(0)
     assert s.index.match(p).get(0) is None
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_load_terms_track_every_dispatch_first_token_and_finish(seed):
+    """E2's Load_n reads flat per-node lists; after any sequence of dispatches, first
+    tokens, finishes (TPOT samples) and direct writes they equal what NodeState says."""
+    import random
+
+    rng = random.Random(seed)
+    s, clock = make_sched("e2_tiered", n_nodes=5)
+    live: list[str] = []
+    for i in range(400):
+        clock.advance(rng.uniform(0.0, 0.3))
+        op = rng.random()
+        if op < 0.45 or not live:
+            d = s.schedule(RouteRequest(f"r{i}", [rng.randrange(50)] + [1000 + i], 64, rng.randint(1, 50)))
+            live.append(d.request_id)
+        elif op < 0.7:
+            s.on_first_token(rng.choice(live))
+        elif op < 0.97:
+            rid = live.pop(rng.randrange(len(live)))
+            s.on_finish(rid, rng.randint(1, 50))
+        else:
+            s.cluster.nodes[rng.randrange(5)].pending_prefill_s = rng.uniform(0, 2)  # a direct write
+        terms, pol = s.cluster.terms, s.policy
+        for n, ns in enumerate(s.cluster.nodes):
+            assert terms.decode_tokens[n] == ns.decode_tokens
+            assert terms.decode_s[n] == ns.decode_tokens * ns.tpot.value
+            assert terms.pending_s[n] == ns.pending_prefill_s
+        loads = pol.loads(list(range(5)), clock.now())
+        assert loads == [pol.prefill_work[n] + ns.decode_tokens * ns.tpot.value
+                         + pol.queue_weight * ns.pending_prefill_s for n, ns in enumerate(s.cluster.nodes)]
+    assert any(ns.tpot.value != TPOT_SEED_S for ns in s.cluster.nodes)  # TPOT samples did move the median
