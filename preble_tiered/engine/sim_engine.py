@@ -183,6 +183,18 @@ class SimEngine:
         if new:
             self._events.append(BlockStored(self.node, Tier.HBM, tuple(new), parent))
 
+    def preload(self, hashes: list[int]) -> None:
+        """Hold `hashes` in HBM for good: one reference each that is never released, so
+        they are never evicted (the warm-cluster bound's prewarm; the caller adds their
+        room to the capacity)."""
+        new = [h for h in hashes if h not in self.hbm]
+        if len(self.hbm) + len(new) + self.reserved > self.hbm_cap:
+            raise ValueError(f"node {self.node}: preloading {len(new)} blocks overflows HBM ({self.hbm_cap} blocks)")
+        for h in new:
+            self.hbm[h] = 1
+        if new:
+            self._events.append(BlockStored(self.node, Tier.HBM, tuple(new)))
+
     def _release(self, hashes: list[int]) -> None:
         # In reverse, as vLLM frees: a prefix's tail becomes least recent and is evicted
         # first, so what stays cached is always a usable prefix.

@@ -9,7 +9,7 @@ import pytest
 from preble_tiered.scheduler.cost_model import cost_preset
 from preble_tiered.scheduler.policy import policy_class
 from preble_tiered.sim.metrics import TIER_KEYS, ideal_records, shared_prefix_blocks
-from preble_tiered.sim.simulator import SimConfig, Simulator, simulate
+from preble_tiered.sim.simulator import SimConfig, Simulator, simulate, warm_bound
 from preble_tiered.types import Segment, Tier, WorkloadRequest
 from preble_tiered.workloads import WorkloadConfig, load_trace, make_workload, write_trace
 
@@ -230,3 +230,24 @@ def test_summary_throughput_and_percentiles_are_consistent():
     assert s["throughput_rps"] > 0
     assert s["bytes_moved"] == (s["cached_tokens"]["dram"] + s["cached_tokens"]["disk"]
                                 + s["cached_tokens"]["remote"]) * KVB
+
+
+@pytest.mark.parametrize("name", list(WORKLOADS))
+def test_warm_bound_computes_only_each_requests_own_tokens(name):
+    """The warm-cluster bound: every shared leading block is served from HBM on whichever
+    node least_load picks, never computed or evicted; only the rest is computed."""
+    reqs = list(workload(name))
+    _, hbm, _ = WORKLOADS[name]
+    res = warm_bound(reqs, 4, COST, hbm_tokens=hbm)
+    sim = Simulator(reqs, SimConfig(nodes=4, policy="least_load", hbm_tokens=hbm), COST)
+    shared = shared_prefix_blocks(sim._hashes)
+    by_id = {r.request_id: r for r in reqs}
+    bs = sim.config.block_size
+    for rec in res.records:
+        cached = min(shared[rec.request_id] * bs, by_id[rec.request_id].prompt_tokens - 1)
+        assert rec.cached == {"hbm": cached, "dram": 0, "disk": 0, "remote": 0}
+        assert rec.recomputed_tokens == by_id[rec.request_id].prompt_tokens - cached
+    assert sum(shared.values()) > len(reqs)  # the workload does share prefixes
+    s, cold = res.summary(), run_sim(name, "least_load")[1].summary()
+    assert s["recomputed_tokens"] < cold["recomputed_tokens"]
+    assert s["latency"]["mean"] >= s["ideal"]["latency"]["mean"]  # still no faster than alone
