@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Sequence
+from operator import add
 
 from preble_tiered.scheduler.cluster import ClusterState, Inflight
 from preble_tiered.scheduler.index import MatchResult, bits
@@ -250,7 +251,7 @@ class PrebleE2(Policy):
         """Load, Evict and plan time per candidate node (parallel lists, no objects)."""
         if all_plans is None:
             all_plans = self.planner.plan_times(pc, self.cluster.n_nodes)
-        plans = [all_plans[n] for n in nodes]
+        plans = list(map(all_plans.__getitem__, nodes))
         loads = self.loads(nodes, now)
         if with_evict:
             cl = self.cluster
@@ -264,9 +265,9 @@ class PrebleE2(Policy):
                     - (states[n].hbm_capacity_tokens - held(n, 0) * bs - dtok[n])
                 evicts.append(over * price(n, now) if over > 0 else 0.0)
             totals = [ld + ev + p for ld, ev, p in zip(loads, evicts, plans)]
-        else:  # exploit: one pass per holder (ld + 0.0 + p == ld + p)
+        else:  # exploit: ld + 0.0 + p == ld + p, summed in C
             evicts = [0.0] * len(nodes)
-            totals = [ld + p for ld, p in zip(loads, plans)]
+            totals = list(map(add, loads, plans))
         return _Costs(nodes, loads, evicts, plans, totals)
 
     def _decision(self, req: RouteRequest, pc: PlanContext, best: int, branch: Branch,
@@ -417,7 +418,9 @@ class _Costs:
         self.nodes, self.loads, self.evicts, self.plans, self.totals = nodes, loads, evicts, plans, totals
 
     def argmin(self) -> int:
-        return min(range(len(self.totals)), key=self.totals.__getitem__)
+        """Position of the lowest total (the first of equals)."""
+        totals = self.totals
+        return totals.index(min(totals))
 
     def extend(self, other: "_Costs") -> "_Costs":
         return _Costs([*self.nodes, *other.nodes], self.loads + other.loads, self.evicts + other.evicts,
