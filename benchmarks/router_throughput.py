@@ -12,7 +12,9 @@ tier), first-token and finish notifications after a fixed number of later decisi
 clock that advances at the offered rate. The event-apply time is reported separately.
 
 Reports decisions/s, mean and p99 per-decision time, the mean per quarter of the run
-(flatness: last quarter / first quarter), index size, and peak RSS.
+(flatness: last quarter / first quarter), index size, peak RSS, and per quarter how many
+nodes hold part of a prompt (sampled every 100th decision, untimed: the policy's exploit
+work is O(those nodes), so this is how warm the cluster is).
 
 Flatness is also given corrected for the machine's drift: every 500 decisions, outside the
 timed region, the same fixed piece of work runs (`DriftProbe`: matching one prompt against
@@ -150,6 +152,7 @@ def run(nodes: int, requests: int, rps: float, seed: int, policy: str, dram_x: f
     times = np.empty(requests)
     hash_times = np.empty(requests)
     probe, probe_times = DriftProbe(nodes), []
+    holders: list[int] = []  # nodes holding part of the prompt, every 100th decision
     apply_s = 0.0
     sizes: list[int] = []  # index entries at each quarter's end
     n_events = 0
@@ -174,6 +177,8 @@ def run(nodes: int, requests: int, rps: float, seed: int, policy: str, dram_x: f
         times[i] = t_end - t0
         if i % 500 == 0:
             probe_times.append(probe())  # outside the timed region
+        if i % 100 == 0:  # how many nodes hold part of this prompt (read only, untimed)
+            holders.append(len(sched.index.match(hashes).nodes))
         t1 = time.perf_counter()
         for ev in caches[d.node].store(hashes):
             sched.apply(ev)
@@ -213,6 +218,7 @@ def run(nodes: int, requests: int, rps: float, seed: int, policy: str, dram_x: f
         "quarter_mean_us": quarters, "last_over_first": quarters[-1] / quarters[0],
         "machine_drift_by_quarter": drift,
         "last_over_first_drift_corrected": quarters[-1] / quarters[0] / drift[-1],
+        "holders_by_quarter": [float(x.mean()) for x in np.array_split(np.array(holders, dtype=float), 4)],
         "event_apply_us_per_request": apply_s / requests * 1e6, "events": n_events,
         "index_entries": len(sched.index), "index_entries_by_quarter": sizes,
         "tiers_x_hbm": {"dram": dram_x, "disk": disk_x}, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -244,6 +250,7 @@ def main() -> int:
               f"quarters {' '.join(f'{x:.1f}' for x in r['quarter_mean_us'])} us (last/first {r['last_over_first']:.2f}; "
               f"machine drift {r['machine_drift_by_quarter'][-1]:.2f}, corrected {r['last_over_first_drift_corrected']:.2f})  "
               f"events {r['event_apply_us_per_request']:.1f} us/req  index {r['index_entries_by_quarter']} entries  "
+              f"holders {' '.join(f'{x:.1f}' for x in r['holders_by_quarter'])}  "
               f"peak RSS {r['peak_rss_mb']:.0f} MB  [{r['index_kernel']} index, "
               f"{'native' if r['native_hashing'] else 'python'} hashing]", flush=True)
     doc = {"command": "python " + " ".join(sys.argv), "runs": runs}
