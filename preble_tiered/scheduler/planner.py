@@ -64,17 +64,10 @@ class Planner:
         self.use_tiers = use_tiers
         self.use_pulls = use_pulls
 
-    def cached_cap(self, blocks: int, prompt_tokens: int) -> int:
-        """Tokens reusable from `blocks` cached blocks: the last prompt token is always
-        computed (the engine needs its logits), as in vLLM."""
-        return min(blocks * self.block_size, prompt_tokens - 1)
-
-    def prefill_s(self, cached_tokens: int, prompt_tokens: int) -> float:
-        return self.cost.prefill_s(prompt_tokens - cached_tokens, prompt_tokens)
-
     def _prefill_after(self, pc: PlanContext, blocks: int) -> float:
-        """Prefill time of `pc`'s prompt with `blocks` blocks cached (memoised per request:
-        the plans of different nodes often reuse the same cached length)."""
+        """Prefill time of `pc`'s prompt with `blocks` blocks cached, the last prompt token
+        always computed (the engine needs its logits, as in vLLM). Memoised per request:
+        the plans of different nodes often reuse the same cached length."""
         cached = min(blocks * self.block_size, pc.prompt_tokens - 1)
         t = pc.prefill_memo.get(cached)
         if t is None:
