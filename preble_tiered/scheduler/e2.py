@@ -377,11 +377,12 @@ class E2Tiered(PrebleE2):
         # LRU-front eviction price underestimates: require a clear win, Preble's autoscaling
         # factor (TTFT x2) applied to expected delay. Eviction harm >= 0, so only nodes whose
         # queue + plan already clear that bar are priced in full.
-        nodes, ratio = self.cluster.nodes, self.config.autoscale_ttft_ratio
-        held_s = nodes[costs.nodes[best]].pending_prefill_s + costs.plans[best]
-        if min(plans) * ratio >= held_s:  # queues are >= 0: no node can clear the bar
+        ratio = self.config.autoscale_ttft_ratio
+        pend = self.cluster.terms.pending_s
+        held_s = pend[costs.nodes[best]] + costs.plans[best]
+        if min(map(add, pend, plans)) * ratio >= held_s:  # no node at all clears the bar (C loops)
             return best, costs, Branch.EXPLOIT
-        holder_set, pend = set(holders), self.cluster.terms.pending_s
+        holder_set = set(holders)
         others = [n for n in alive if (pend[n] + plans[n]) * ratio < held_s and n not in holder_set]
         if not others:
             return best, costs, Branch.EXPLOIT
