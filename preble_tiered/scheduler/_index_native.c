@@ -345,11 +345,12 @@ static inline void best_tiers(const Entry *e, mask_t alive, mask_t out[4]) {
 /* ------------------------------------------------------------------ walk */
 PyDoc_STRVAR(walk_doc,
 "walk(entries, idle_append, hashes, now, bucket, node_match) ->\n"
-"    (nodes, longest, holders, longest_hbm, hbm_holders, walked, source)\n\n"
+"    (nodes, longest, holders, longest_hbm, hbm_holders, walked, source, shapes)\n\n"
 "Match `hashes` against the index, counting a request for every block when `now` is not\n"
 "None (then `walked` lists every block's entry, created as needed; else None).\n"
 "`source` is the NodeMatch of the best pull source: no pending block, the most blocks held,\n"
-"then the most in HBM, then the lowest node id; None when no node holds a block.");
+"then the most in HBM, then the lowest node id; None when no node holds a block.\n"
+"`shapes` maps each distinct (hbm, dram, disk, pending, hbm_prefix) to its nodes, ascending.");
 
 static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 6) {
@@ -385,10 +386,10 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
             return NULL;
         }
     }
-    PyObject *walked = NULL, *nodes = NULL, *result = NULL;
+    PyObject *walked = NULL, *nodes = NULL, *shapes = NULL, *result = NULL;
     if (record && (walked = PyList_New(0)) == NULL)
         goto done;
-    if ((nodes = PyDict_New()) == NULL)
+    if ((nodes = PyDict_New()) == NULL || (shapes = PyDict_New()) == NULL)
         goto done;
 
     mask_t alive = {{0}}, alive_hbm = {{0}}, first_alive = {{0}};
@@ -474,13 +475,37 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
                 MASK_FOR(first_alive, nd, { if (hbm_prefix[nd] == best) m_set(&hbm_holders, nd); });
             int failed = 0, src_held = 0, src_hbm = 0;
             PyObject *source = Py_None;  /* borrowed from `nodes` */
+            /* nodes grouped by shape (hbm, dram, disk, pending, hbm_prefix): few distinct ones */
+            int shape_of[MAX_NODES][5], n_shapes = 0;
+            PyObject *shape_nodes[MAX_NODES];
             MASK_FOR(first_alive, nd, {
                 if (!failed) {
                     PyObject *key = PyLong_FromLong(nd);
                     PyObject *nm = key ? make_node_match(nm_type, nd, counts[nd], hbm_prefix[nd]) : NULL;
                     if (nm == NULL || PyDict_SetItem(nodes, key, nm) < 0)
                         failed = 1;
-                    else if (counts[nd][1] == 0) {  /* a pull source: nothing pending */
+                    if (!failed) {
+                        int sh[5];  /* no braces initialiser: commas would split MASK_FOR's body */
+                        sh[0] = counts[nd][0];
+                        sh[1] = counts[nd][2];
+                        sh[2] = counts[nd][3];
+                        sh[3] = counts[nd][1];
+                        sh[4] = hbm_prefix[nd];
+                        int k = 0;
+                        while (k < n_shapes && memcmp(shape_of[k], sh, sizeof sh))
+                            k++;
+                        if (k == n_shapes) {
+                            if ((shape_nodes[k] = PyList_New(0)) == NULL)
+                                failed = 1;
+                            else {
+                                memcpy(shape_of[k], sh, sizeof sh);
+                                n_shapes++;
+                            }
+                        }
+                        if (!failed && PyList_Append(shape_nodes[k], key) < 0)
+                            failed = 1;
+                    }
+                    if (!failed && counts[nd][1] == 0) {  /* a pull source: nothing pending */
                         int held = counts[nd][0] + counts[nd][2] + counts[nd][3];
                         if (held > src_held || (held == src_held && held && counts[nd][0] > src_hbm)) {
                             src_held = held;
@@ -492,6 +517,16 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
                     Py_XDECREF(nm);
                 }
             });
+            for (int k = 0; k < n_shapes; k++) {
+                if (!failed) {
+                    const int *v = shape_of[k];
+                    PyObject *key = Py_BuildValue("(iiiii)", v[0], v[1], v[2], v[3], v[4]);
+                    if (key == NULL || PyDict_SetItem(shapes, key, shape_nodes[k]) < 0)
+                        failed = 1;
+                    Py_XDECREF(key);
+                }
+                Py_DECREF(shape_nodes[k]);
+            }
             if (failed)
                 goto done;
             if (record) {  /* the blocks past the match are counted too */
@@ -505,7 +540,8 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
             }
             PyObject *holders = mask_to_int(&alive), *hh = mask_to_int(&hbm_holders);
             if (holders && hh)
-                result = Py_BuildValue("(OnNiNOO)", nodes, i, holders, best, hh, record ? walked : Py_None, source);
+                result = Py_BuildValue("(OnNiNOOO)", nodes, i, holders, best, hh, record ? walked : Py_None,
+                                       source, shapes);
             else {
                 Py_XDECREF(holders);
                 Py_XDECREF(hh);
@@ -523,11 +559,12 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
                 goto done;
         }
     }
-    result = Py_BuildValue("(OiiiiOO)", nodes, 0, 0, 0, 0, record ? walked : Py_None, Py_None);
+    result = Py_BuildValue("(OiiiiOOO)", nodes, 0, 0, 0, 0, record ? walked : Py_None, Py_None, shapes);
 done:
     Py_DECREF(seq);
     Py_XDECREF(walked);
     Py_XDECREF(nodes);
+    Py_XDECREF(shapes);
     return result;
 }
 

@@ -94,7 +94,7 @@ def walk(entries: dict, idle_append: Callable, hashes: Sequence[int], now: float
          node_match: type) -> tuple:
     record = now is not None
     if not hashes:
-        return {}, 0, 0, 0, 0, ([] if record else None), None
+        return {}, 0, 0, 0, 0, ([] if record else None), None, {}
     get = entries.get
     e = get(hashes[0])
     if record:
@@ -102,7 +102,7 @@ def walk(entries: dict, idle_append: Callable, hashes: Sequence[int], now: float
     alive = 0 if e is None else e.hbm | e.dram | e.disk | e.pending
     if not alive:
         walked = [e, *_record_from(entries, idle_append, hashes, 1, now, bucket)] if record else None
-        return {}, 0, 0, 0, 0, walked, None
+        return {}, 0, 0, 0, 0, walked, None, {}
     counts = {n: [0, 0, 0, 0] for n in bits(alive)}  # hbm, pending, dram, disk
     hbm_prefix = dict.fromkeys(counts, 0)
     alive_hbm = (e.hbm | e.pending) & alive
@@ -158,7 +158,10 @@ def walk(entries: dict, idle_append: Callable, hashes: Sequence[int], now: float
     nodes = {n: node_match(n, h, d, k, p, hbm_prefix[n]) for n, (h, p, d, k) in counts.items()}
     best = max(hbm_prefix.values())
     hbm_holders = sum(1 << n for n, v in hbm_prefix.items() if v == best) if best else 0
-    return nodes, i, alive, best, hbm_holders, walked, _pull_source(nodes)
+    shapes: dict[tuple[int, ...], list[int]] = {}
+    for n in sorted(nodes):
+        shapes.setdefault(nodes[n][1:], []).append(n)
+    return nodes, i, alive, best, hbm_holders, walked, _pull_source(nodes), shapes
 
 
 def _pull_source(nodes: dict) -> Any:

@@ -122,6 +122,9 @@ class MatchResult:
     source: NodeMatch | None = None
     """The node to pull from: no pending block (not there yet), the most blocks held, then
     the most of them in HBM, then the lowest id; None when no node holds a block."""
+    shapes: dict[tuple[int, ...], list[NodeId]] = field(default_factory=dict)
+    """`nodes` grouped by `NodeMatch.shape`, ids ascending: nodes holding the same thing
+    cost the same, so plans are costed once per shape."""
 
     def get(self, node: NodeId) -> NodeMatch | None:
         return self.nodes.get(node)
@@ -165,9 +168,9 @@ class PrefixIndex:
 
     def match(self, hashes: Sequence[int]) -> MatchResult:
         """Longest usable prefix of `hashes` on every node, per tier (read only)."""
-        nodes, longest, holders, longest_hbm, hbm_holders, _, source = self._k.walk(
+        nodes, longest, holders, longest_hbm, hbm_holders, _, source, shapes = self._k.walk(
             self._entries, self._idle.append, hashes, None, 0, NodeMatch)
-        return MatchResult(len(hashes), nodes, longest, holders, longest_hbm, hbm_holders, None, source)
+        return MatchResult(len(hashes), nodes, longest, holders, longest_hbm, hbm_holders, None, source, shapes)
 
     def lookup(self, hashes: Sequence[int], now: float) -> MatchResult:
         """`record_access(hashes, now)` and `match(hashes)` in one walk over the blocks
@@ -179,10 +182,10 @@ class PrefixIndex:
         O(blocks + nodes) for the layouts caches produce. `entries` of the result is every
         block's entry (created as needed), for `add_pending_entries`.
         """
-        nodes, longest, holders, longest_hbm, hbm_holders, walked, source = self._k.walk(
+        nodes, longest, holders, longest_hbm, hbm_holders, walked, source, shapes = self._k.walk(
             self._entries, self._idle.append, hashes, float(now), int(now // self.window_s), NodeMatch)
         self._expire(now)
-        return MatchResult(len(hashes), nodes, longest, holders, longest_hbm, hbm_holders, walked, source)
+        return MatchResult(len(hashes), nodes, longest, holders, longest_hbm, hbm_holders, walked, source, shapes)
 
     def demand(self, h: int, now: float) -> float:
         """Requests for block `h` in the last window (sliding two-bucket estimate)."""

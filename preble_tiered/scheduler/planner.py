@@ -133,20 +133,17 @@ class Planner:
 
     def plan_times(self, pc: PlanContext, n_nodes: int) -> list[float]:
         """Cheapest plan time for every node id: one `plan_time` per distinct holding shape
-        (nodes often hold the same thing), the pull source apart (it cannot pull from
-        itself); nodes holding nothing share `pc.default_s`."""
+        (`MatchResult.shapes`: nodes often hold the same thing), the pull source apart (it
+        cannot pull from itself); nodes holding nothing share `pc.default_s`."""
         times = [pc.default_s] * n_nodes
-        memo: dict[tuple, float] = {}
         src, plan_time = pc.src, self.plan_time
-        for n, nm in pc.match.nodes.items():
-            if n == src:
-                times[n] = plan_time(n, pc)
-                continue
-            key = nm[1:]  # NodeMatch.shape, without the property call
-            t = memo.get(key)
-            if t is None:
-                t = memo[key] = plan_time(n, pc)
-            times[n] = t
+        for nodes in pc.match.shapes.values():
+            n0 = nodes[0] if nodes[0] != src else (nodes[1] if len(nodes) > 1 else src)
+            t = plan_time(n0, pc)
+            for n in nodes:
+                times[n] = t
+        if src is not None:
+            times[src] = plan_time(src, pc)
         return times
 
     def _fetch_s(self, nm: NodeMatch) -> float:

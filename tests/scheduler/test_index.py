@@ -268,6 +268,10 @@ def test_match_equals_per_node_reference(seed):
         sources = sorted((-(v[0] + v[1] + v[2]), -v[0], n) for n, v in ref.items() if not v[3] and sum(v[:3]))
         assert (res.source.node if res.source else None) == (sources[0][2] if sources else None)
         assert res.source is None or res.source is res.nodes[res.source.node]
+        shapes: dict = {}
+        for n in sorted(ref):
+            shapes.setdefault((ref[n][0], ref[n][1], ref[n][2], ref[n][3], ref[n][4]), []).append(n)
+        assert res.shapes == shapes
     for n in range(n_nodes):
         for t in TIERS:
             assert ix.held_blocks(n, t) == len(held[n, t])

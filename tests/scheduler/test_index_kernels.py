@@ -20,7 +20,7 @@ def snapshot(ix: PrefixIndex) -> dict:
 
 def match_tuple(res):
     return ({n: tuple(g) for n, g in res.nodes.items()}, res.longest, res.holders, res.longest_hbm,
-            res.hbm_holders, res.n_blocks, None if res.source is None else tuple(res.source))
+            res.hbm_holders, res.n_blocks, None if res.source is None else tuple(res.source), res.shapes)
 
 
 @native
