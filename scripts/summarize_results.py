@@ -12,14 +12,25 @@ def ratio(runs: dict, base: str, key: str) -> float:
     return runs[base]["latency"][key] / runs["e2_tiered"]["latency"][key]
 
 
+def bound_cells(block: dict) -> str:
+    """The warm-cluster bound's mean / p99 and round_robin over it: the most any router
+    could show against round_robin at that load (see benchmarks/sim_policies.py)."""
+    wb = block.get("warm_bound")
+    if wb is None:
+        return "- | -"
+    rr, lat = block["runs"]["round_robin"]["latency"], wb["latency"]
+    return (f"{lat['mean']:.2f} / {lat['p99']:.2f} | "
+            f"{rr['mean'] / lat['mean']:.2f}x / {rr['p99'] / lat['p99']:.2f}x")
+
+
 def sim_table() -> list[str]:
     doc = json.loads((RES / "sim_policies.json").read_text())
     out = [f"`{doc['command']}` (8 nodes, Mistral-7B/A6000 preset; full tables in "
            "`benchmarks/results/sim_policies.md`, plot `sim_policies.png`).", "",
            "e2_tiered latency (s, mean / p99) and how many times lower it is than each baseline's "
            "(mean / p99; >1 is better for us). Targets not met are in bold.", "",
-           "| workload | load (req/s) | e2_tiered | vs round_robin | vs preble_e2 | vs sglang_cache_aware | vs dynamo_kv | ideal mean |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| workload | load (req/s) | e2_tiered | vs round_robin | vs preble_e2 | vs sglang_cache_aware | vs dynamo_kv | ideal mean | warm-cluster bound | round_robin / bound |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for b in doc["grid"]:
         r = b["runs"]
         missed = {t["target"] for t in b["targets"] if not t["ok"]}
@@ -35,7 +46,7 @@ def sim_table() -> list[str]:
         out.append(f"| {b['workload']} | {b['load']} ({b['rps']:g}) | {o['mean']:.2f} / {o['p99']:.2f} | "
                    f"{cell('round_robin', 'vs round_robin')} | {cell('preble_e2', 'vs preble_e2')} | "
                    f"{cell('sglang_cache_aware', 'vs sglang_cache_aware')} | {cell('dynamo_kv', 'vs dynamo_kv')} | "
-                   f"{r['e2_tiered']['ideal']['latency']['mean']:.2f} |")
+                   f"{r['e2_tiered']['ideal']['latency']['mean']:.2f} | {bound_cells(b)} |")
     n_t = sum(len(b["targets"]) for b in doc["grid"])
     n_miss = sum(not t["ok"] for b in doc["grid"] for t in b["targets"])
     out += ["", f"{n_t - n_miss} of {n_t} target checks met."]
