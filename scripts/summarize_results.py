@@ -59,14 +59,15 @@ def scale_table() -> list[str]:
         return []
     doc = json.loads(path.read_text())
     out = ["", f"Scale sweep: `{doc['command']}` (mid load per node; 300 toolbench / 60 loogle requests per node).", "",
-           "| workload | nodes | requests | e2_tiered mean / p99 (s) | vs round_robin | vs preble_e2 |",
-           "|---|---|---|---|---|---|"]
+           "| workload | nodes | requests | e2_tiered mean / p99 (s) | vs round_robin | vs preble_e2 | round_robin / warm-cluster bound |",
+           "|---|---|---|---|---|---|---|"]
     for b in doc["scale"]:
         r = b["runs"]
         o = r["e2_tiered"]["latency"]
         out.append(f"| {b['workload']} | {b['nodes']} | {r['e2_tiered']['requests']} | {o['mean']:.2f} / {o['p99']:.2f} | "
                    f"{ratio(r, 'round_robin', 'mean'):.2f}x / {ratio(r, 'round_robin', 'p99'):.2f}x | "
-                   f"{ratio(r, 'preble_e2', 'mean'):.2f}x / {ratio(r, 'preble_e2', 'p99'):.2f}x |")
+                   f"{ratio(r, 'preble_e2', 'mean'):.2f}x / {ratio(r, 'preble_e2', 'p99'):.2f}x | "
+                   f"{bound_cells(b).split(' | ')[1] if 'warm_bound' in b else '-'} |")
     return out
 
 
