@@ -101,7 +101,7 @@ class NodeState:
 
     node: NodeId
     hbm_capacity_tokens: int
-    terms: LoadTerms
+    terms: LoadTerms = field(repr=False, compare=False)
     alive: bool = True  # change it through ClusterState.set_alive (which keeps alive_nodes)
     n_inflight: int = 0
     n_prefilling: int = 0  # dispatched, no first token yet
