@@ -475,9 +475,12 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
                 MASK_FOR(first_alive, nd, { if (hbm_prefix[nd] == best) m_set(&hbm_holders, nd); });
             int failed = 0, src_held = 0, src_hbm = 0;
             PyObject *source = Py_None;  /* borrowed from `nodes` */
-            /* nodes grouped by shape (hbm, dram, disk, pending, hbm_prefix): few distinct ones */
-            int shape_of[MAX_NODES][5], n_shapes = 0;
+            /* nodes grouped by shape (hbm, dram, disk, pending, hbm_prefix) through a small
+             * open-addressing table of shape ids: O(holders) even when every node's layout
+             * differs (a linear search over the shapes would be O(holders x shapes)) */
+            int shape_of[MAX_NODES][5], n_shapes = 0, slot_of[2 * MAX_NODES];
             PyObject *shape_nodes[MAX_NODES];
+            memset(slot_of, -1, sizeof slot_of);
             MASK_FOR(first_alive, nd, {
                 if (!failed) {
                     PyObject *key = PyLong_FromLong(nd);
@@ -491,14 +494,20 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
                         sh[2] = counts[nd][3];
                         sh[3] = counts[nd][1];
                         sh[4] = hbm_prefix[nd];
-                        int k = 0;
-                        while (k < n_shapes && memcmp(shape_of[k], sh, sizeof sh))
-                            k++;
-                        if (k == n_shapes) {
+                        uint32_t hsh = 0;
+                        for (int f = 0; f < 5; f++)
+                            hsh = (hsh ^ (uint32_t)sh[f]) * 0x9E3779B1u;
+                        unsigned j = (hsh >> 16) & (2 * MAX_NODES - 1);
+                        while (slot_of[j] >= 0 && memcmp(shape_of[slot_of[j]], sh, sizeof sh))
+                            j = (j + 1) & (2 * MAX_NODES - 1);
+                        int k = slot_of[j];
+                        if (k < 0) {
+                            k = n_shapes;
                             if ((shape_nodes[k] = PyList_New(0)) == NULL)
                                 failed = 1;
                             else {
                                 memcpy(shape_of[k], sh, sizeof sh);
+                                slot_of[j] = k;
                                 n_shapes++;
                             }
                         }

@@ -164,3 +164,24 @@ def test_a_bad_hash_leaves_no_half_done_mutation(kernel):
             call()
     assert sorted(h for h, _ in ix.items()) == [1, 2] and ix.held_blocks(0, Tier.HBM) == 2
     assert ix.remove(0, Tier.HBM, [1, 2], 1.0) == 2 and ix.held_blocks(0, Tier.HBM) == 0
+
+
+@native
+def test_native_groups_many_distinct_shapes_like_python():
+    """256 nodes in (almost) all different layouts: the shape table's probing and
+    collisions, against the Python grouping."""
+    rng = random.Random(9)
+    a, b = PrefixIndex(5.0, kernel="native"), PrefixIndex(5.0, kernel="python")
+    hs = [rng.randrange(1, 2**64) for _ in range(64)]
+    for node in range(256):
+        k = 1 + node % 64
+        tier = rng.choice([Tier.DRAM, Tier.DISK])
+        for ix in (a, b):
+            ix.store(node, Tier.HBM, hs[: 1 + (node // 64) * 7 % k], None, 0.0)
+        a.store(node, tier, hs[:k], None, 0.0)
+        b.store(node, tier, hs[:k], None, 0.0)
+    ra, rb = a.match(hs), b.match(hs)
+    assert match_tuple(ra) == match_tuple(rb)
+    assert len(ra.shapes) > 100 and sum(map(len, ra.shapes.values())) == 256
+    for shape, nodes in ra.shapes.items():
+        assert nodes == sorted(nodes) and all(ra.nodes[n][1:] == shape for n in nodes)
