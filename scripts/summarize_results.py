@@ -12,15 +12,22 @@ def ratio(runs: dict, base: str, key: str) -> float:
     return runs[base]["latency"][key] / runs["e2_tiered"]["latency"][key]
 
 
+def bound_ratio(block: dict) -> str:
+    """round_robin over the warm-cluster bound (mean / p99): the most any router could
+    show against round_robin at that load (see benchmarks/sim_policies.py)."""
+    wb = block.get("warm_bound")
+    if wb is None:
+        return "-"
+    rr, lat = block["runs"]["round_robin"]["latency"], wb["latency"]
+    return f"{rr['mean'] / lat['mean']:.2f}x / {rr['p99'] / lat['p99']:.2f}x"
+
+
 def bound_cells(block: dict) -> str:
-    """The warm-cluster bound's mean / p99 and round_robin over it: the most any router
-    could show against round_robin at that load (see benchmarks/sim_policies.py)."""
+    """The warm-cluster bound's mean / p99, then `bound_ratio`."""
     wb = block.get("warm_bound")
     if wb is None:
         return "- | -"
-    rr, lat = block["runs"]["round_robin"]["latency"], wb["latency"]
-    return (f"{lat['mean']:.2f} / {lat['p99']:.2f} | "
-            f"{rr['mean'] / lat['mean']:.2f}x / {rr['p99'] / lat['p99']:.2f}x")
+    return f"{wb['latency']['mean']:.2f} / {wb['latency']['p99']:.2f} | {bound_ratio(block)}"
 
 
 def sim_table() -> list[str]:
@@ -67,7 +74,7 @@ def scale_table() -> list[str]:
         out.append(f"| {b['workload']} | {b['nodes']} | {r['e2_tiered']['requests']} | {o['mean']:.2f} / {o['p99']:.2f} | "
                    f"{ratio(r, 'round_robin', 'mean'):.2f}x / {ratio(r, 'round_robin', 'p99'):.2f}x | "
                    f"{ratio(r, 'preble_e2', 'mean'):.2f}x / {ratio(r, 'preble_e2', 'p99'):.2f}x | "
-                   f"{bound_cells(b).split(' | ')[1] if 'warm_bound' in b else '-'} |")
+                   f"{bound_ratio(b)} |")
     return out
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -80,15 +81,9 @@ class Simulator:
         hbm = config.hbm_tokens or cost.hbm_tokens
         self._hashes = self._hash_all()
         self._shared: list[int] = []
-        if config.prewarm_shared:
-            seen: set[int] = set()
-            shared: dict[int, None] = {}
-            for hs in self._hashes.values():
-                for h in set(hs):
-                    if h in seen:
-                        shared[h] = None
-                    seen.add(h)
-            self._shared = list(shared)
+        if config.prewarm_shared:  # blocks in two or more requests (hashes chain: none repeats within one)
+            counts = Counter(h for hs in self._hashes.values() for h in hs)
+            self._shared = [h for h, c in counts.items() if c >= 2]
             hbm += len(self._shared) * config.block_size
         self.scheduler = Scheduler(
             SchedulerConfig(config.policy, config.nodes, config.block_size, hbm, config.policy_config),
