@@ -1,13 +1,17 @@
 /* Native kernels of the PrefixIndex (scheduler/index.py): the router's decision path.
  *
  * Same functions, same arguments and same results as scheduler/_index_py.py, which is the
- * reference and the fallback where this module is not built. The index itself (a dict of
- * block hash -> BlockEntry, and a deque of hashes that may be idle) stays a Python object;
- * this module only walks it without the interpreter:
+ * reference and the fallback where this module is not built (there the entries are a dict;
+ * the deque of hashes that may be idle is a Python object in both):
  *
  *   BlockEntry   one block: parent hash, four node masks (HBM, DRAM, disk, pending) as
  *                fixed 256-bit words, pins, demand window, idle time. Python sees the masks
  *                as ints (attributes hbm, dram, disk, pending), exactly as the fallback.
+ *   EntryMap     block hash -> BlockEntry: an open-addressing table of (64-bit hash, entry)
+ *                slots with a dict's interface (len, in, [], get, del, items, keys, values).
+ *                A probe reads one 16-byte slot, where a dict reads its index array, its
+ *                entry array and the stored int key; large tables sit in transparent huge
+ *                pages where the kernel offers them. Block hashes are ints in [0, 2**64).
  *   walk         lookup/match: demand counting and per-node tier split in one pass.
  *   store, remove, clear_pending, add_pending, expire: the mutations of the hot paths.
  *
@@ -18,6 +22,9 @@
 #include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #define W 4                 /* 64-bit words per node mask */
 #define MAX_NODES (64 * W)  /* 256 nodes */
@@ -30,7 +37,8 @@ typedef struct { uint64_t w[W]; } mask_t;
 
 typedef struct {
     PyObject_HEAD
-    PyObject *parent;   /* int or None */
+    uint64_t parent;    /* parent block hash, when has_parent */
+    int has_parent;     /* 0: a chain's first block (parent None) */
     mask_t m[4];        /* HBM, DRAM, DISK, PENDING */
     long long pins;
     double idle_at;
@@ -126,12 +134,29 @@ static int check_tier(long tier) {
     return 0;
 }
 
+/* `v` as a block hash (an int in [0, 2**64)); `what` names it in the error. */
+static inline int hash_key(PyObject *v, uint64_t *out, const char *what) {
+    if (!PyLong_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "%s must be %s, not %.100s", what,
+                     strcmp(what, "parent") ? "ints" : "a block hash (int) or None", Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    unsigned long long x = PyLong_AsUnsignedLongLong(v);
+    if (x == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s must be in [0, 2**64) (64-bit unsigned), not %R", what, v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
 /* ------------------------------------------------------------------ BlockEntry */
-static Entry *entry_new(PyObject *parent) {
+static Entry *entry_new(int has_parent, uint64_t parent) {
     Entry *e = (Entry *)EntryType.tp_alloc(&EntryType, 0);  /* zero-filled */
     if (e == NULL)
         return NULL;
-    Py_INCREF(parent);
+    e->has_parent = has_parent;
     e->parent = parent;
     e->idle_at = -Py_HUGE_VAL;
     e->bucket = -1;
@@ -144,7 +169,6 @@ static inline int entry_kept(const Entry *e) {
 }
 
 static void Entry_dealloc(Entry *e) {
-    Py_XDECREF(e->parent);
     Py_TYPE(e)->tp_free((PyObject *)e);
 }
 
@@ -157,17 +181,16 @@ static int Entry_init(Entry *e, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOOOLdLLLd", names, &parent, &masks[HBM], &masks[DRAM],
                                      &masks[DISK], &masks[PENDING], &pins, &idle_at, &bucket, &dcur, &dprev, &last))
         return -1;
-    if (parent != Py_None && !PyLong_Check(parent)) {
-        PyErr_Format(PyExc_TypeError, "parent must be a block hash (int) or None, not %.100s", Py_TYPE(parent)->tp_name);
+    uint64_t pk = 0;
+    if (parent != Py_None && hash_key(parent, &pk, "parent") < 0)
         return -1;
-    }
     mask_t m[4] = {{{0}}};  /* all checked before anything changes */
     for (int t = 0; t < 4; t++)
         if (masks[t] != NULL && int_to_mask(masks[t], &m[t]) < 0)
             return -1;
     memcpy(e->m, m, sizeof m);
-    Py_INCREF(parent);
-    Py_XSETREF(e->parent, parent);
+    e->has_parent = parent != Py_None;
+    e->parent = pk;
     e->pins = pins;
     e->idle_at = idle_at;
     e->bucket = bucket;
@@ -178,6 +201,12 @@ static int Entry_init(Entry *e, PyObject *args, PyObject *kw) {
 }
 
 static PyObject *Entry_get_mask(Entry *e, void *slot) { return mask_to_int(&e->m[(intptr_t)slot]); }
+
+static PyObject *Entry_get_parent(Entry *e, void *unused) {
+    if (!e->has_parent)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(e->parent);
+}
 
 static int Entry_set_mask(Entry *e, PyObject *v, void *slot) {
     if (v == NULL) {
@@ -201,17 +230,16 @@ static PyObject *Entry_mask(Entry *e, PyObject *tier) {
 static PyObject *Entry_repr(Entry *e) {
     PyObject *h = mask_to_int(&e->m[HBM]), *d = mask_to_int(&e->m[DRAM]), *k = mask_to_int(&e->m[DISK]),
              *p = mask_to_int(&e->m[PENDING]);
-    PyObject *out = NULL;
-    if (h && d && k && p)
+    PyObject *out = NULL, *par = Entry_get_parent(e, NULL);
+    if (h && d && k && p && par)
         out = PyUnicode_FromFormat("BlockEntry(parent=%R, hbm=%R, dram=%R, disk=%R, pending=%R, pins=%lld, "
                                    "bucket=%lld, demand_cur=%lld, demand_prev=%lld)",
-                                   e->parent, h, d, k, p, e->pins, e->bucket, e->demand_cur, e->demand_prev);
-    Py_XDECREF(h); Py_XDECREF(d); Py_XDECREF(k); Py_XDECREF(p);
+                                   par, h, d, k, p, e->pins, e->bucket, e->demand_cur, e->demand_prev);
+    Py_XDECREF(h); Py_XDECREF(d); Py_XDECREF(k); Py_XDECREF(p); Py_XDECREF(par);
     return out;
 }
 
 static PyMemberDef Entry_members[] = {
-    {"parent", T_OBJECT_EX, offsetof(Entry, parent), READONLY, "parent block hash (None for a chain's first block)"},
     {"pins", T_LONGLONG, offsetof(Entry, pins), 0, "counted pins (admin); a pinned entry never expires"},
     {"idle_at", T_DOUBLE, offsetof(Entry, idle_at), 0, "when it last lost its residency, pending mark or pin"},
     {"bucket", T_LONGLONG, offsetof(Entry, bucket), 0, "window bucket index that demand_cur counts"},
@@ -222,6 +250,7 @@ static PyMemberDef Entry_members[] = {
 };
 
 static PyGetSetDef Entry_getset[] = {
+    {"parent", (getter)Entry_get_parent, NULL, "parent block hash (None for a chain's first block)", NULL},
     {"hbm", (getter)Entry_get_mask, (setter)Entry_set_mask, "nodes holding it in HBM (bitmask)", (void *)HBM},
     {"dram", (getter)Entry_get_mask, (setter)Entry_set_mask, "nodes holding it in DRAM (bitmask)", (void *)DRAM},
     {"disk", (getter)Entry_get_mask, (setter)Entry_set_mask, "nodes holding it on disk (bitmask)", (void *)DISK},
@@ -270,24 +299,427 @@ static PyTypeObject EntryType = {
     .tp_methods = Entry_methods,
 };
 
-/* ------------------------------------------------------------------ helpers */
-static inline Entry *get_entry(PyObject *entries, PyObject *h) {
-    PyObject *e = PyDict_GetItemWithError(entries, h);  /* borrowed */
-    if (e != NULL && Py_TYPE(e) != &EntryType) {
-        PyErr_SetString(PyExc_TypeError, "the index holds an entry that is not a native BlockEntry");
-        return NULL;
-    }
-    return (Entry *)e;
+
+/* ------------------------------------------------------------------ EntryMap */
+typedef struct { uint64_t key; Entry *val; } Slot;  /* val NULL: empty */
+
+typedef struct {
+    PyObject_HEAD
+    Slot *slots;
+    size_t cap;        /* a power of two, or 0 before the first insert */
+    Py_ssize_t used;
+    int shift;         /* 64 - log2(cap) */
+    int mapped;        /* slots come from mmap (large tables), else PyMem */
+    uint64_t version;  /* bumped by every insert and delete: iterators check it */
+} EntryMap;
+
+static PyTypeObject EntryMapType;
+
+#define MAP_MIN_CAP 64
+#define MAP_MMAP_BYTES ((size_t)2 << 20)  /* from here on: mmap, in huge pages where offered */
+
+static inline size_t map_slot(const EntryMap *m, uint64_t key) {
+    return (size_t)((key * 0x9E3779B97F4A7C15ull) >> m->shift);  /* Fibonacci hashing */
 }
 
-/* Count a request for block `h` (entry `e`, created with `parent` when NULL and queued as
- * idle) and append it to `walked`, which then keeps it alive whatever `idle_append` does.
- * Returns the entry (borrowed from `walked`), NULL on error. */
-static Entry *touch(PyObject *entries, PyObject *idle_append, Entry *e, PyObject *h, PyObject *parent,
-                    double now, long long bucket, PyObject *walked) {
+static Slot *slots_alloc(size_t cap, int *mapped) {
+    size_t bytes = cap * sizeof(Slot);
+#if defined(__linux__)
+    if (bytes >= MAP_MMAP_BYTES) {
+        void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+#ifdef MADV_HUGEPAGE
+        madvise(p, bytes, MADV_HUGEPAGE);  /* advice only: without it the table still works */
+#endif
+        *mapped = 1;
+        return (Slot *)p;  /* zero-filled */
+    }
+#endif
+    Slot *p = (Slot *)PyMem_Calloc(cap, sizeof(Slot));
+    if (p == NULL)
+        PyErr_NoMemory();
+    *mapped = 0;
+    return p;
+}
+
+static void slots_free(Slot *p, size_t cap, int mapped) {
+    if (p == NULL)
+        return;
+#if defined(__linux__)
+    if (mapped) {
+        munmap(p, cap * sizeof(Slot));
+        return;
+    }
+#endif
+    PyMem_Free(p);
+}
+
+static inline Entry *map_get(const EntryMap *m, uint64_t key) {
+    if (m->cap == 0)
+        return NULL;
+    size_t mask = m->cap - 1, i = map_slot(m, key);
+    for (;;) {
+        const Slot *s = &m->slots[i];
+        if (s->val == NULL)
+            return NULL;
+        if (s->key == key)
+            return s->val;
+        i = (i + 1) & mask;
+    }
+}
+
+/* Rebuild with `cap` slots (a power of two above used / 0.6). */
+static int map_resize(EntryMap *m, size_t cap) {
+    int mapped;
+    Slot *ns = slots_alloc(cap, &mapped);
+    if (ns == NULL)
+        return -1;
+    int shift = 64;
+    for (size_t c = cap; c > 1; c >>= 1)
+        shift--;
+    size_t mask = cap - 1;
+    for (size_t k = 0; k < m->cap; k++) {
+        Slot s = m->slots[k];
+        if (s.val == NULL)
+            continue;
+        size_t i = (size_t)((s.key * 0x9E3779B97F4A7C15ull) >> shift);
+        while (ns[i].val != NULL)
+            i = (i + 1) & mask;
+        ns[i] = s;
+    }
+    slots_free(m->slots, m->cap, m->mapped);
+    m->slots = ns;
+    m->cap = cap;
+    m->shift = shift;
+    m->mapped = mapped;
+    return 0;
+}
+
+/* Insert `e` under `key`, which must be absent; the map takes a new reference. */
+static int map_insert(EntryMap *m, uint64_t key, Entry *e) {
+    if ((size_t)(m->used + 1) * 5 > m->cap * 3) {  /* load factor 0.6 */
+        size_t cap = m->cap ? m->cap * 2 : MAP_MIN_CAP;
+        if (map_resize(m, cap) < 0)
+            return -1;
+    }
+    size_t mask = m->cap - 1, i = map_slot(m, key);
+    while (m->slots[i].val != NULL)
+        i = (i + 1) & mask;
+    Py_INCREF(e);
+    m->slots[i].key = key;
+    m->slots[i].val = e;
+    m->used++;
+    m->version++;
+    return 0;
+}
+
+/* Remove `key`'s slot (backward-shift deletion: no tombstones, probes stay short) and
+ * return its entry, whose reference passes to the caller; NULL when absent. */
+static Entry *map_pop(EntryMap *m, uint64_t key) {
+    if (m->cap == 0)
+        return NULL;
+    size_t mask = m->cap - 1, i = map_slot(m, key);
+    for (;;) {
+        if (m->slots[i].val == NULL)
+            return NULL;
+        if (m->slots[i].key == key)
+            break;
+        i = (i + 1) & mask;
+    }
+    Entry *out = m->slots[i].val;
+    size_t j = i;
+    for (;;) {  /* move later members of the cluster back into the hole when allowed */
+        j = (j + 1) & mask;
+        if (m->slots[j].val == NULL)
+            break;
+        size_t home = map_slot(m, m->slots[j].key);
+        /* slot j may move to i when its home is not cyclically within (i, j] */
+        if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
+            m->slots[i] = m->slots[j];
+            i = j;
+        }
+    }
+    m->slots[i].val = NULL;
+    m->slots[i].key = 0;
+    m->used--;
+    m->version++;
+    if (m->cap > MAP_MIN_CAP && (size_t)m->used * 8 < m->cap) {  /* shrink: memory follows the index */
+        size_t cap = m->cap;
+        while (cap > MAP_MIN_CAP && (size_t)m->used * 4 < cap)
+            cap >>= 1;
+        if (map_resize(m, cap) < 0)
+            PyErr_Clear();  /* keeping the larger table is correct */
+    }
+    return out;
+}
+
+static void map_clear(EntryMap *m) {
+    Slot *slots = m->slots;
+    size_t cap = m->cap;
+    int mapped = m->mapped;
+    m->slots = NULL;
+    m->cap = 0;
+    m->used = 0;
+    m->shift = 64;
+    m->version++;
+    for (size_t k = 0; k < cap; k++)  /* the map is empty before any entry's dealloc runs */
+        Py_XDECREF(slots[k].val);
+    slots_free(slots, cap, mapped);
+}
+
+static PyObject *EntryMap_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    if ((args && PyTuple_GET_SIZE(args)) || (kw && PyDict_GET_SIZE(kw))) {
+        PyErr_SetString(PyExc_TypeError, "EntryMap() takes no arguments");
+        return NULL;
+    }
+    EntryMap *m = (EntryMap *)type->tp_alloc(type, 0);
+    if (m != NULL)
+        m->shift = 64;
+    return (PyObject *)m;
+}
+
+static void EntryMap_dealloc(EntryMap *m) {
+    map_clear(m);
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+static Py_ssize_t EntryMap_len(EntryMap *m) { return m->used; }
+
+/* A key for reading: anything that is not a block hash is simply absent (as in a dict). */
+static inline int read_key(PyObject *k, uint64_t *out) {
+    if (!PyLong_Check(k))
+        return 0;
+    unsigned long long x = PyLong_AsUnsignedLongLong(k);
+    if (x == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    *out = x;
+    return 1;
+}
+
+static int EntryMap_contains(EntryMap *m, PyObject *k) {
+    uint64_t key;
+    return read_key(k, &key) && map_get(m, key) != NULL;
+}
+
+static PyObject *EntryMap_subscript(EntryMap *m, PyObject *k) {
+    uint64_t key;
+    Entry *e = read_key(k, &key) ? map_get(m, key) : NULL;
+    if (e == NULL) {
+        PyErr_SetObject(PyExc_KeyError, k);
+        return NULL;
+    }
+    Py_INCREF(e);
+    return (PyObject *)e;
+}
+
+static int EntryMap_ass_subscript(EntryMap *m, PyObject *k, PyObject *v) {
+    uint64_t key;
+    if (v == NULL) {
+        Entry *e = read_key(k, &key) ? map_pop(m, key) : NULL;
+        if (e == NULL) {
+            PyErr_SetObject(PyExc_KeyError, k);
+            return -1;
+        }
+        Py_DECREF(e);
+        return 0;
+    }
+    if (hash_key(k, &key, "block hashes") < 0)
+        return -1;
+    if (Py_TYPE(v) != &EntryType) {
+        PyErr_Format(PyExc_TypeError, "an EntryMap holds only the native BlockEntry, not %.100s "
+                     "(an entry of the Python kernel?)", Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    Entry *old = map_pop(m, key);
+    int rc = map_insert(m, key, (Entry *)v);
+    Py_XDECREF(old);
+    return rc;
+}
+
+static PyObject *EntryMap_get(EntryMap *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "get(hash, default=None) takes 1 or 2 arguments");
+        return NULL;
+    }
+    uint64_t key;
+    PyObject *e = read_key(args[0], &key) ? (PyObject *)map_get(m, key) : NULL;
+    if (e == NULL)
+        e = nargs == 2 ? args[1] : Py_None;
+    Py_INCREF(e);
+    return e;
+}
+
+static PyObject *EntryMap_clear(EntryMap *m, PyObject *unused) {
+    map_clear(m);
+    Py_RETURN_NONE;
+}
+
+static PyObject *EntryMap_memory(EntryMap *m, PyObject *unused) {
+    return PyLong_FromSize_t(m->cap * sizeof(Slot));
+}
+
+/* Iteration over keys (0), values (1) or items (2); a change in size or content during
+ * iteration raises RuntimeError, as for a dict. */
+typedef struct {
+    PyObject_HEAD
+    EntryMap *map;
+    size_t pos;
+    uint64_t version;
+    int kind;
+} MapIter;
+
+static PyTypeObject MapIterType;
+
+static PyObject *map_iter(EntryMap *m, int kind) {
+    MapIter *it = PyObject_New(MapIter, &MapIterType);
+    if (it == NULL)
+        return NULL;
+    Py_INCREF(m);
+    it->map = m;
+    it->pos = 0;
+    it->version = m->version;
+    it->kind = kind;
+    return (PyObject *)it;
+}
+
+static void MapIter_dealloc(MapIter *it) {
+    Py_XDECREF(it->map);
+    PyObject_Free(it);
+}
+
+static PyObject *MapIter_next(MapIter *it) {
+    EntryMap *m = it->map;
+    if (m == NULL)
+        return NULL;
+    if (m->version != it->version) {
+        PyErr_SetString(PyExc_RuntimeError, "EntryMap changed during iteration");
+        return NULL;
+    }
+    while (it->pos < m->cap) {
+        Slot s = m->slots[it->pos++];
+        if (s.val == NULL)
+            continue;
+        if (it->kind == 1) {
+            Py_INCREF(s.val);
+            return (PyObject *)s.val;
+        }
+        PyObject *k = PyLong_FromUnsignedLongLong(s.key);
+        if (k == NULL || it->kind == 0)
+            return k;
+        PyObject *t = PyTuple_New(2);
+        if (t == NULL) {
+            Py_DECREF(k);
+            return NULL;
+        }
+        Py_INCREF(s.val);
+        PyTuple_SET_ITEM(t, 0, k);
+        PyTuple_SET_ITEM(t, 1, (PyObject *)s.val);
+        return t;
+    }
+    Py_CLEAR(it->map);
+    return NULL;
+}
+
+static PyTypeObject MapIterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "preble_tiered.scheduler._index_native.EntryMapIterator",
+    .tp_basicsize = sizeof(MapIter),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)MapIter_dealloc,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)MapIter_next,
+};
+
+static PyObject *EntryMap_iter(EntryMap *m) { return map_iter(m, 0); }
+static PyObject *EntryMap_keys(EntryMap *m, PyObject *unused) { return map_iter(m, 0); }
+static PyObject *EntryMap_values(EntryMap *m, PyObject *unused) { return map_iter(m, 1); }
+static PyObject *EntryMap_items(EntryMap *m, PyObject *unused) { return map_iter(m, 2); }
+
+static PyMethodDef EntryMap_methods[] = {
+    {"get", (PyCFunction)(void (*)(void))EntryMap_get, METH_FASTCALL, "get(hash, default=None)"},
+    {"keys", (PyCFunction)EntryMap_keys, METH_NOARGS, "an iterator over the hashes"},
+    {"values", (PyCFunction)EntryMap_values, METH_NOARGS, "an iterator over the entries"},
+    {"items", (PyCFunction)EntryMap_items, METH_NOARGS, "an iterator over (hash, entry)"},
+    {"clear", (PyCFunction)EntryMap_clear, METH_NOARGS, "drop every entry"},
+    {"table_bytes", (PyCFunction)EntryMap_memory, METH_NOARGS, "bytes of the slot table"},
+    {NULL},
+};
+
+static PyMappingMethods EntryMap_as_mapping = {
+    .mp_length = (lenfunc)EntryMap_len,
+    .mp_subscript = (binaryfunc)EntryMap_subscript,
+    .mp_ass_subscript = (objobjargproc)EntryMap_ass_subscript,
+};
+
+static PySequenceMethods EntryMap_as_sequence = {
+    .sq_contains = (objobjproc)EntryMap_contains,
+};
+
+static PyTypeObject EntryMapType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "preble_tiered.scheduler._index_native.EntryMap",
+    .tp_doc = "Block hash (int in [0, 2**64)) -> native BlockEntry: the native index's table.",
+    .tp_basicsize = sizeof(EntryMap),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = EntryMap_new,
+    .tp_dealloc = (destructor)EntryMap_dealloc,
+    .tp_as_mapping = &EntryMap_as_mapping,
+    .tp_as_sequence = &EntryMap_as_sequence,
+    .tp_iter = (getiterfunc)EntryMap_iter,
+    .tp_methods = EntryMap_methods,
+};
+
+/* ------------------------------------------------------------------ helpers */
+static EntryMap *as_map(PyObject *entries) {
+    if (Py_TYPE(entries) != &EntryMapType) {
+        PyErr_Format(PyExc_TypeError, "entries must be an EntryMap, not %.100s", Py_TYPE(entries)->tp_name);
+        return NULL;
+    }
+    return (EntryMap *)entries;
+}
+
+/* `hashes` as a list/tuple of ints (a new reference in *seq) and their 64-bit keys (in `buf`
+ * when it holds them, else in a PyMem block the caller frees when *keys != buf), all checked
+ * before anything changes, so a bad hash never leaves a call half done. */
+static int hash_keys(PyObject *hashes, PyObject **seq, uint64_t **keys, uint64_t *buf, Py_ssize_t buf_n) {
+    *seq = PySequence_Fast(hashes, "hashes must be an iterable of ints");
+    if (*seq == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(*seq);
+    PyObject **hs = PySequence_Fast_ITEMS(*seq);
+    *keys = n <= buf_n ? buf : (uint64_t *)PyMem_Malloc((size_t)n * sizeof(uint64_t));
+    if (*keys == NULL) {
+        Py_CLEAR(*seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (hash_key(hs[k], &(*keys)[k], "block hashes") < 0) {
+            if (*keys != buf)
+                PyMem_Free(*keys);
+            Py_CLEAR(*seq);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+#define KEYS_BUF 256  /* hashes converted on the stack; longer prompts use the heap */
+
+/* Count a request for block `keys[i]` (entry `e`, created with the previous key as parent
+ * when NULL and queued as idle: `hs[i]`) and append it to `walked`, which then keeps it
+ * alive whatever `idle_append` does. Returns the entry (borrowed from `walked`), NULL on
+ * error. */
+static Entry *touch(EntryMap *map, PyObject *idle_append, Entry *e, PyObject *const *hs, const uint64_t *keys,
+                    Py_ssize_t i, double now, long long bucket, PyObject *walked) {
     int is_new = e == NULL;
     if (is_new) {
-        if ((e = entry_new(parent)) == NULL)
+        if ((e = entry_new(i > 0, i > 0 ? keys[i - 1] : 0)) == NULL)
             return NULL;
     } else {
         Py_INCREF(e);
@@ -300,8 +732,8 @@ static Entry *touch(PyObject *entries, PyObject *idle_append, Entry *e, PyObject
     e->demand_cur += 1;
     e->last_access = now;
     int rc = PyList_Append(walked, (PyObject *)e);
-    if (rc == 0 && is_new && (rc = PyDict_SetItem(entries, h, (PyObject *)e)) == 0) {
-        PyObject *r = PyObject_CallOneArg(idle_append, h);  /* a new entry is idle until held */
+    if (rc == 0 && is_new && (rc = map_insert(map, keys[i], e)) == 0) {
+        PyObject *r = PyObject_CallOneArg(idle_append, hs[i]);  /* a new entry is idle until held */
         if (r == NULL)
             rc = -1;
         Py_XDECREF(r);
@@ -357,10 +789,13 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
         PyErr_SetString(PyExc_TypeError, "walk takes 6 arguments");
         return NULL;
     }
-    PyObject *entries = args[0], *idle_append = args[1], *now_obj = args[3];
+    PyObject *idle_append = args[1], *now_obj = args[3];
     PyTypeObject *nm_type = (PyTypeObject *)args[5];
-    if (!PyDict_Check(entries) || !PyType_Check(args[5]) || !PyType_IsSubtype(nm_type, &PyTuple_Type)) {
-        PyErr_SetString(PyExc_TypeError, "walk: entries must be a dict and node_match a tuple type");
+    EntryMap *map = as_map(args[0]);
+    if (map == NULL)
+        return NULL;
+    if (!PyType_Check(args[5]) || !PyType_IsSubtype(nm_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "walk: node_match must be a tuple type");
         return NULL;
     }
     int record = now_obj != Py_None;
@@ -374,18 +809,12 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
         if (bucket == -1 && PyErr_Occurred())
             return NULL;
     }
-    PyObject *seq = PySequence_Fast(args[2], "hashes must be a sequence of ints");
-    if (seq == NULL)
+    PyObject *seq;
+    uint64_t kbuf[KEYS_BUF], *keys;
+    if (hash_keys(args[2], &seq, &keys, kbuf, KEYS_BUF) < 0)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **hs = PySequence_Fast_ITEMS(seq);
-    for (Py_ssize_t k = 0; k < n; k++) {  /* exact ints: no dict probe can run Python code */
-        if (!PyLong_CheckExact(hs[k])) {
-            Py_DECREF(seq);
-            PyErr_Format(PyExc_TypeError, "block hashes must be ints, not %.100s", Py_TYPE(hs[k])->tp_name);
-            return NULL;
-        }
-    }
     PyObject *walked = NULL, *nodes = NULL, *shapes = NULL, *result = NULL;
     if (record && (walked = PyList_New(0)) == NULL)
         goto done;
@@ -395,11 +824,9 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     mask_t alive = {{0}}, alive_hbm = {{0}}, first_alive = {{0}};
     Py_ssize_t i = 0;
     if (n > 0) {
-        Entry *e = get_entry(entries, hs[0]);
-        if (e == NULL && PyErr_Occurred())
-            goto done;
+        Entry *e = map_get(map, keys[0]);
         if (record) {
-            if ((e = touch(entries, idle_append, e, hs[0], Py_None, now, bucket, walked)) == NULL)
+            if ((e = touch(map, idle_append, e, hs, keys, 0, now, bucket, walked)) == NULL)
                 goto done;
         }
         i = 1;
@@ -420,12 +847,10 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
             mask_t prev[4];  /* the previous block's masks (values: the entry may go away) */
             memcpy(prev, e->m, sizeof prev);
             while (i < n) {
-                Entry *x = get_entry(entries, hs[i]);
+                Entry *x = map_get(map, keys[i]);
                 if (x == NULL) {
-                    if (PyErr_Occurred())
-                        goto done;
                     if (record) {
-                        if (touch(entries, idle_append, NULL, hs[i], hs[i - 1], now, bucket, walked) == NULL)
+                        if (touch(map, idle_append, NULL, hs, keys, i, now, bucket, walked) == NULL)
                             goto done;
                     }
                     break;
@@ -540,10 +965,7 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
                 goto done;
             if (record) {  /* the blocks past the match are counted too */
                 for (Py_ssize_t j = i + 1; j < n; j++) {
-                    Entry *y = get_entry(entries, hs[j]);
-                    if (y == NULL && PyErr_Occurred())
-                        goto done;
-                    if (touch(entries, idle_append, y, hs[j], hs[j - 1], now, bucket, walked) == NULL)
+                    if (touch(map, idle_append, map_get(map, keys[j]), hs, keys, j, now, bucket, walked) == NULL)
                         goto done;
                 }
             }
@@ -561,15 +983,14 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     /* nothing usable: count the rest of the blocks */
     if (record) {
         for (Py_ssize_t j = 1; j < n; j++) {
-            Entry *y = get_entry(entries, hs[j]);
-            if (y == NULL && PyErr_Occurred())
-                goto done;
-            if (touch(entries, idle_append, y, hs[j], hs[j - 1], now, bucket, walked) == NULL)
+            if (touch(map, idle_append, map_get(map, keys[j]), hs, keys, j, now, bucket, walked) == NULL)
                 goto done;
         }
     }
     result = Py_BuildValue("(OiiiiOOO)", nodes, 0, 0, 0, 0, record ? walked : Py_None, Py_None, shapes);
 done:
+    if (keys != kbuf)
+        PyMem_Free(keys);
     Py_DECREF(seq);
     Py_XDECREF(walked);
     Py_XDECREF(nodes);
@@ -588,28 +1009,6 @@ static int parse_tier_node(PyObject *tier_obj, PyObject *node_obj, long *tier, l
     return check_tier(*tier) < 0 || check_node(*node) < 0 ? -1 : 0;
 }
 
-/* `hashes` as a list/tuple of exact ints (a new reference), checked before anything changes,
- * so a bad hash never leaves a call half done; NULL with an exception otherwise. */
-static PyObject *hash_seq(PyObject *entries, PyObject *hashes) {
-    if (!PyDict_Check(entries)) {
-        PyErr_SetString(PyExc_TypeError, "entries must be a dict");
-        return NULL;
-    }
-    PyObject *seq = PySequence_Fast(hashes, "hashes must be an iterable of ints");
-    if (seq == NULL)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    PyObject **hs = PySequence_Fast_ITEMS(seq);
-    for (Py_ssize_t k = 0; k < n; k++) {
-        if (!PyLong_CheckExact(hs[k])) {
-            PyErr_Format(PyExc_TypeError, "block hashes must be ints, not %.100s", Py_TYPE(hs[k])->tp_name);
-            Py_DECREF(seq);
-            return NULL;
-        }
-    }
-    return seq;
-}
-
 PyDoc_STRVAR(store_doc, "store(entries, hashes, tier, node, parent) -> blocks newly held");
 
 static PyObject *store(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
@@ -620,23 +1019,23 @@ static PyObject *store(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     long tier, node;
     if (parse_tier_node(args[2], args[3], &tier, &node) < 0)
         return NULL;
-    if (args[4] != Py_None && !PyLong_CheckExact(args[4])) {
-        PyErr_SetString(PyExc_TypeError, "parent must be a block hash (int) or None");
+    uint64_t parent = 0;
+    if (args[4] != Py_None && hash_key(args[4], &parent, "parent") < 0)
         return NULL;
-    }
-    PyObject *entries = args[0], *seq = hash_seq(entries, args[1]);
-    if (seq == NULL)
+    EntryMap *map = as_map(args[0]);
+    PyObject *seq;
+    uint64_t kbuf[KEYS_BUF], *keys;
+    if (map == NULL || hash_keys(args[1], &seq, &keys, kbuf, KEYS_BUF) < 0)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    PyObject **hs = PySequence_Fast_ITEMS(seq);
     long added = 0;
     for (Py_ssize_t k = 0; k < n; k++) {
-        Entry *e = get_entry(entries, hs[k]);
+        Entry *e = map_get(map, keys[k]);
         if (e == NULL) {
-            if (PyErr_Occurred() || (e = entry_new(k ? hs[k - 1] : args[4])) == NULL)
+            if ((e = entry_new(k || args[4] != Py_None, k ? keys[k - 1] : parent)) == NULL)
                 goto fail;
-            int rc = PyDict_SetItem(entries, hs[k], (PyObject *)e);
-            Py_DECREF(e);  /* the dict holds it */
+            int rc = map_insert(map, keys[k], e);
+            Py_DECREF(e);  /* the map holds it */
             if (rc < 0)
                 goto fail;
         }
@@ -647,26 +1046,32 @@ static PyObject *store(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
         if (tier == HBM)
             m_clear(&e->m[PENDING], (int)node);  /* the promised block arrived */
     }
+    if (keys != kbuf)
+        PyMem_Free(keys);
     Py_DECREF(seq);
     return PyLong_FromLong(added);
 fail:
+    if (keys != kbuf)
+        PyMem_Free(keys);
     Py_DECREF(seq);
     return NULL;
 }
 
-/* Clear `node`'s bit in mask `slot` of every entry of `seq`; an entry left with nothing is
- * stamped idle and queued. Returns how many bits were set, -1 on error. */
-static long clear_bits(PyObject *entries, PyObject *idle_append, PyObject *seq, int slot, int node, double now) {
+/* Clear `node`'s bit in mask `slot` of the entries of `hashes`; an entry left with nothing
+ * is stamped idle and queued. Returns how many bits were set, -1 on error. */
+static long clear_bits(PyObject *entries, PyObject *idle_append, PyObject *hashes, int slot, int node, double now) {
+    EntryMap *map = as_map(entries);
+    PyObject *seq;
+    uint64_t kbuf[KEYS_BUF], *keys;
+    if (map == NULL || hash_keys(hashes, &seq, &keys, kbuf, KEYS_BUF) < 0)
+        return -1;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **hs = PySequence_Fast_ITEMS(seq);
     long cleared = 0;
     for (Py_ssize_t k = 0; k < n; k++) {
-        Entry *e = get_entry(entries, hs[k]);
-        if (e == NULL) {
-            if (PyErr_Occurred())
-                return -1;
+        Entry *e = map_get(map, keys[k]);  /* afresh: idle_append may have changed the map */
+        if (e == NULL)
             continue;  /* unknown hashes are ignored */
-        }
         if (!m_test(&e->m[slot], node))
             continue;
         m_clear(&e->m[slot], node);
@@ -674,11 +1079,16 @@ static long clear_bits(PyObject *entries, PyObject *idle_append, PyObject *seq, 
         if (!entry_kept(e)) {
             e->idle_at = now;
             PyObject *r = PyObject_CallOneArg(idle_append, hs[k]);
-            if (r == NULL)
-                return -1;
+            if (r == NULL) {
+                cleared = -1;
+                break;
+            }
             Py_DECREF(r);
         }
     }
+    if (keys != kbuf)
+        PyMem_Free(keys);
+    Py_DECREF(seq);
     return cleared;
 }
 
@@ -695,11 +1105,7 @@ static PyObject *remove_(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     double now = PyFloat_AsDouble(args[5]);
     if (now == -1.0 && PyErr_Occurred())
         return NULL;
-    PyObject *seq = hash_seq(args[0], args[2]);
-    if (seq == NULL)
-        return NULL;
-    long removed = clear_bits(args[0], args[1], seq, (int)tier, (int)node, now);
-    Py_DECREF(seq);
+    long removed = clear_bits(args[0], args[1], args[2], (int)tier, (int)node, now);
     return removed < 0 ? NULL : PyLong_FromLong(removed);
 }
 
@@ -716,11 +1122,7 @@ static PyObject *clear_pending(PyObject *mod, PyObject *const *args, Py_ssize_t 
     double now = PyFloat_AsDouble(args[4]);
     if (now == -1.0 && PyErr_Occurred())
         return NULL;
-    PyObject *seq = hash_seq(args[0], args[2]);
-    if (seq == NULL)
-        return NULL;
-    long cleared = clear_bits(args[0], args[1], seq, PENDING, (int)node, now);
-    Py_DECREF(seq);
+    long cleared = clear_bits(args[0], args[1], args[2], PENDING, (int)node, now);
     if (cleared < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -765,11 +1167,10 @@ static PyObject *expire(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) 
         PyErr_SetString(PyExc_TypeError, "expire takes 5 arguments");
         return NULL;
     }
-    PyObject *entries = args[0], *idle = args[1];
-    if (!PyDict_Check(entries)) {
-        PyErr_SetString(PyExc_TypeError, "entries must be a dict");
+    PyObject *idle = args[1];
+    EntryMap *map = as_map(args[0]);
+    if (map == NULL)
         return NULL;
-    }
     double cutoff = PyFloat_AsDouble(args[2]);
     if (cutoff == -1.0 && PyErr_Occurred())
         return NULL;
@@ -792,20 +1193,19 @@ static PyObject *expire(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) 
         PyObject *h = PyObject_CallNoArgs(popleft);
         if (h == NULL)
             goto out;
-        Entry *e = get_entry(entries, h);
-        if (e == NULL && PyErr_Occurred()) {
+        uint64_t key;
+        if (hash_key(h, &key, "block hashes") < 0) {
             Py_DECREF(h);
             goto out;
         }
+        Entry *e = map_get(map, key);
         if (e == NULL || entry_kept(e)) {
             Py_DECREF(h);  /* already dropped (a duplicate), or held again: re-queued when idle */
             continue;
         }
         if (e->last_access <= cutoff && e->idle_at <= cutoff) {
-            int rc = PyDict_DelItem(entries, h);
             Py_DECREF(h);
-            if (rc < 0)
-                goto out;
+            Py_DECREF(map_pop(map, key));
             continue;
         }
         PyObject *r = PyObject_CallOneArg(append, h);
@@ -840,18 +1240,15 @@ static PyObject *shared_depth(PyObject *mod, PyObject *const *args, Py_ssize_t n
     long long min_req = PyLong_AsLongLong(args[3]);
     if (min_req == -1 && PyErr_Occurred())
         return NULL;
-    PyObject *seq = hash_seq(args[0], args[1]);
-    if (seq == NULL)
+    EntryMap *map = as_map(args[0]);
+    PyObject *seq;
+    uint64_t kbuf[KEYS_BUF], *keys;
+    if (map == NULL || hash_keys(args[1], &seq, &keys, kbuf, KEYS_BUF) < 0)
         return NULL;
-    PyObject **hs = PySequence_Fast_ITEMS(seq);
     Py_ssize_t lo = 0, hi = PySequence_Fast_GET_SIZE(seq);  /* invariant: prefix of lo blocks qualifies */
     while (lo < hi) {
         Py_ssize_t mid = (lo + hi + 1) / 2;
-        Entry *e = get_entry(args[0], hs[mid - 1]);
-        if (e == NULL && PyErr_Occurred()) {
-            Py_DECREF(seq);
-            return NULL;
-        }
+        Entry *e = map_get(map, keys[mid - 1]);
         long long r = e == NULL ? 0 : e->bucket == b ? e->demand_cur + e->demand_prev
                                                      : e->bucket == b - 1 ? e->demand_cur : 0;
         if (r >= min_req)
@@ -859,6 +1256,8 @@ static PyObject *shared_depth(PyObject *mod, PyObject *const *args, Py_ssize_t n
         else
             hi = mid - 1;
     }
+    if (keys != kbuf)
+        PyMem_Free(keys);
     Py_DECREF(seq);
     return PyLong_FromSsize_t(lo);
 }
@@ -881,12 +1280,13 @@ static struct PyModuleDef moduledef = {
 };
 
 PyMODINIT_FUNC PyInit__index_native(void) {
-    if (PyType_Ready(&EntryType) < 0)
+    if (PyType_Ready(&EntryType) < 0 || PyType_Ready(&EntryMapType) < 0 || PyType_Ready(&MapIterType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (m == NULL)
         return NULL;
     if (PyModule_AddObjectRef(m, "BlockEntry", (PyObject *)&EntryType) < 0 ||
+        PyModule_AddObjectRef(m, "EntryMap", (PyObject *)&EntryMapType) < 0 ||
         PyModule_AddIntConstant(m, "MAX_NODES", MAX_NODES) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -2,8 +2,9 @@
 where it is not built. Both modules offer the same names with the same arguments:
 
     BlockEntry                                  one block's residency, pins and demand
+    EntryMap()                                  an empty hash -> BlockEntry map (here a dict)
     walk(entries, idle_append, hashes, now, bucket, node_match)
-        -> (nodes, longest, holders, longest_hbm, hbm_holders, walked)
+        -> (nodes, longest, holders, longest_hbm, hbm_holders, walked, source, shapes)
     store(entries, hashes, tier, node, parent) -> added
     remove(entries, idle_append, hashes, tier, node, now) -> removed
     clear_pending(entries, idle_append, hashes, node, now)
@@ -11,8 +12,9 @@ where it is not built. Both modules offer the same names with the same arguments
     expire(entries, idle, cutoff, batch, fresh_limit)
     shared_depth(entries, hashes, bucket, min_requests) -> blocks
 
-`entries` is the index's dict of hash -> BlockEntry, `idle` its deque of hashes that may be
-idle (see index.py for what the walk computes and why). Pure: `now` is passed in.
+`entries` is the index's map of hash -> BlockEntry (an `EntryMap`), `idle` its deque of
+hashes that may be idle (see index.py for what the walk computes and why). Block hashes are
+ints in [0, 2**64), the hasher's range. Pure: `now` is passed in.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from functools import lru_cache
 from typing import Any
 
 from preble_tiered.types import Tier
+
+EntryMap = dict  # the native kernel's is a C table with the same interface
+_HASH_LIMIT = 1 << 64
 
 def iter_bits(mask: int):
     """Node ids set in `mask`, lowest first."""
@@ -206,6 +211,8 @@ def _checked(hashes: Iterable[int]) -> Sequence[int]:
     for h in hashes:
         if type(h) is not int:
             raise TypeError(f"block hashes must be ints, not {type(h).__name__}")
+        if not 0 <= h < _HASH_LIMIT:
+            raise ValueError(f"block hashes must be in [0, 2**64) (64-bit unsigned), not {h}")
     return hashes
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import NamedTuple
@@ -147,7 +147,7 @@ class PrefixIndex:
         self._k = _pick_kernel(kernel, n_nodes)
         self.kernel = "native" if self._k is _index_native else "python"
         self._new_entry = self._k.BlockEntry
-        self._entries: dict[int, BlockEntry] = {}
+        self._entries: MutableMapping[int, BlockEntry] = self._k.EntryMap()  # a dict in Python
         self._idle: deque[int] = deque()  # hashes that may be idle (see module docstring)
         self._held: dict[Tier, dict[NodeId, int]] = {t: {} for t in Tier}  # blocks held per tier, node
         # node -> blocks held in HBM; read only outside: the decision path reads it per candidate

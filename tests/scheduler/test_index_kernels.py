@@ -7,10 +7,16 @@ import random
 import pytest
 
 from preble_tiered.scheduler import _index_py
-from preble_tiered.scheduler.index import KERNEL_ENV, PrefixIndex, kernel_names
+from preble_tiered.scheduler.index import KERNEL_ENV, NodeMatch, PrefixIndex, kernel_names
 from preble_tiered.types import TIERS, Tier
 
 native = pytest.mark.skipif("native" not in kernel_names(), reason="C extension not built here")
+
+
+def _native():
+    from preble_tiered.scheduler import _index_native
+
+    return _index_native
 
 
 def snapshot(ix: PrefixIndex) -> dict:
@@ -102,9 +108,11 @@ def test_native_kernel_refuses_what_it_cannot_hold():
     with pytest.raises(ValueError, match="native index holds 256 nodes"):
         PrefixIndex(10.0, kernel="native", n_nodes=300)
     # A mixed index is refused rather than misread.
-    ix._entries[5] = _index_py.BlockEntry(None, hbm=1)
-    with pytest.raises(TypeError, match="not a native BlockEntry"):
-        ix.match([5])
+    with pytest.raises(TypeError, match="only the native BlockEntry"):
+        ix._entries[5] = _index_py.BlockEntry(None, hbm=1)
+    assert 5 not in ix and len(ix) == 0
+    with pytest.raises(TypeError, match="entries must be an EntryMap"):
+        _native().walk({}, [].append, [1], None, 0, NodeMatch)
 
 
 def test_kernel_choice(monkeypatch):
@@ -124,14 +132,15 @@ def test_native_walk_survives_callbacks_that_drop_entries():
     from preble_tiered.scheduler import _index_native as N
     from preble_tiered.scheduler.index import NodeMatch
 
-    d: dict = {}
+    d = N.EntryMap()
     out = N.walk(d, lambda h: d.clear(), [1, 2, 3], 1.0, 0, NodeMatch)
     walked = out[5]
     assert len(walked) == 3 and all(e.demand_cur == 1 for e in walked)
+    assert [e.parent for e in walked] == [None, 1, 2]
     with pytest.raises(TypeError, match="tuple type"):
-        N.walk({}, [].append, [1], None, 0, dict)
+        N.walk(N.EntryMap(), [].append, [1], None, 0, dict)
     with pytest.raises(TypeError, match="block hashes must be ints"):
-        N.walk({}, [].append, [1, 2.0], None, 0, NodeMatch)
+        N.walk(N.EntryMap(), [].append, [1, 2.0], None, 0, NodeMatch)
 
 
 @native
@@ -185,3 +194,71 @@ def test_native_groups_many_distinct_shapes_like_python():
     assert len(ra.shapes) > 100 and sum(map(len, ra.shapes.values())) == 256
     for shape, nodes in ra.shapes.items():
         assert nodes == sorted(nodes) and all(ra.nodes[n][1:] == shape for n in nodes)
+
+
+@native
+@pytest.mark.parametrize("seed,key_range", [(0, 1 << 64), (1, 300), (2, 5000)])
+def test_entry_map_behaves_as_a_dict(seed, key_range):
+    """The native table against a dict on random inserts, replacements, deletes, reads and
+    iteration: small key ranges make long probe clusters, so backward-shift deletion and
+    the grow/shrink rehashes are exercised."""
+    N = _native()
+    rng = random.Random(seed)
+    m, d = N.EntryMap(), {}
+    for step in range(30000):
+        k = rng.randrange(key_range)
+        op = rng.random()
+        if op < 0.45 or (op < 0.7 and step < 10000):
+            e = N.BlockEntry(None, pins=step)
+            m[k] = e
+            d[k] = e
+        elif op < 0.9:
+            if k in d:
+                del m[k]
+                del d[k]
+            else:
+                with pytest.raises(KeyError):
+                    del m[k]
+        else:
+            assert m.get(k) is d.get(k) and (k in m) == (k in d)
+        if step % 5000 == 4999:
+            assert len(m) == len(d) and dict(m.items()) == d
+            assert sorted(m) == sorted(d) and sorted(m.keys()) == sorted(d)
+            assert sorted(map(id, m.values())) == sorted(map(id, d.values()))
+            assert all(m[k] is v for k, v in d.items())
+    grown = m.table_bytes()
+    for k in list(d):
+        del m[k]
+    assert len(m) == 0 and list(m.items()) == [] and m.table_bytes() < grown  # memory follows size
+
+
+@native
+def test_entry_map_refuses_bad_keys_and_changes_during_iteration():
+    N = _native()
+    m = N.EntryMap()
+    for bad in (-1, 1 << 64):
+        with pytest.raises(ValueError, match=r"\[0, 2\*\*64\)"):
+            m[bad] = N.BlockEntry(None)
+        assert bad not in m and m.get(bad, 7) == 7
+    with pytest.raises(TypeError, match="must be ints"):
+        m["a"] = N.BlockEntry(None)
+    assert "a" not in m and len(m) == 0
+    m[(1 << 64) - 1] = N.BlockEntry(None)  # the top of the range is a hash like any other
+    assert ((1 << 64) - 1) in m and next(iter(m)) == (1 << 64) - 1
+    it = iter(m.items())
+    m[3] = N.BlockEntry(3)
+    with pytest.raises(RuntimeError, match="changed during iteration"):
+        next(it)
+    m.clear()
+    assert len(m) == 0 and m.get(3) is None
+
+
+@pytest.mark.parametrize("kernel", kernel_names())
+def test_hashes_outside_64_bits_are_refused_by_both_kernels(kernel):
+    ix = PrefixIndex(10.0, kernel=kernel)
+    ix.store(0, Tier.HBM, [1, 2], None, 0.0)
+    for call in (lambda: ix.store(0, Tier.HBM, [3, -4], 2, 0.0),
+                 lambda: ix.remove(0, Tier.HBM, [1, 1 << 64], 0.0)):
+        with pytest.raises(ValueError, match=r"\[0, 2\*\*64\)"):
+            call()
+    assert sorted(h for h, _ in ix.items()) == [1, 2] and ix.held_blocks(0, Tier.HBM) == 2
