@@ -24,8 +24,10 @@ per-touch reordering, 8 bytes per queued entry. Demand is a two-bucket sliding w
 
 The per-block loops run in one of two kernels with the same interface and results:
 `_index_native.c` (C; node masks as 256-bit words, so up to 256 nodes) where setup.py built
-it, else `_index_py.py` (the reference). `PrefixIndex` keeps the state (a dict of entries,
-the idle deque, held counts) and picks the kernel; tests run on both.
+it, else `_index_py.py` (the reference). `PrefixIndex` keeps the state (the kernel's
+`EntryMap` of entries: a C hash table keyed by the 64-bit block hash, or a dict; the idle
+deque; held counts) and picks the kernel; tests run on both. Block hashes are ints in
+[0, 2**64), the hasher's range.
 
 The index is pure: callers pass `now`; it never reads a clock.
 """
