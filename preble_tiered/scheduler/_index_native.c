@@ -535,10 +535,19 @@ static int EntryMap_ass_subscript(EntryMap *m, PyObject *k, PyObject *v) {
                      "(an entry of the Python kernel?)", Py_TYPE(v)->tp_name);
         return -1;
     }
-    Entry *old = map_pop(m, key);
-    int rc = map_insert(m, key, (Entry *)v);
-    Py_XDECREF(old);
-    return rc;
+    if (m->cap) {  /* an existing key: swap the value in place (no rehash, no version bump) */
+        size_t mask = m->cap - 1, i = map_slot(m, key);
+        for (; m->slots[i].val != NULL; i = (i + 1) & mask) {
+            if (m->slots[i].key == key) {
+                Entry *old = m->slots[i].val;
+                Py_INCREF(v);
+                m->slots[i].val = (Entry *)v;
+                Py_DECREF(old);
+                return 0;
+            }
+        }
+    }
+    return map_insert(m, key, (Entry *)v);
 }
 
 static PyObject *EntryMap_get(EntryMap *m, PyObject *const *args, Py_ssize_t nargs) {
@@ -604,21 +613,24 @@ static PyObject *MapIter_next(MapIter *it) {
         Slot s = m->slots[it->pos++];
         if (s.val == NULL)
             continue;
-        if (it->kind == 1) {
-            Py_INCREF(s.val);
-            return (PyObject *)s.val;
+        /* owned before any allocation: a collection it triggers may run a finalizer that
+         * changes the map */
+        PyObject *v = (PyObject *)s.val;
+        Py_INCREF(v);
+        if (it->kind == 1)
+            return v;
+        if (it->kind == 0) {
+            Py_DECREF(v);  /* freeing an entry runs no Python code */
+            return PyLong_FromUnsignedLongLong(s.key);
         }
-        PyObject *k = PyLong_FromUnsignedLongLong(s.key);
-        if (k == NULL || it->kind == 0)
-            return k;
-        PyObject *t = PyTuple_New(2);
+        PyObject *k = PyLong_FromUnsignedLongLong(s.key), *t = k ? PyTuple_New(2) : NULL;
         if (t == NULL) {
-            Py_DECREF(k);
+            Py_XDECREF(k);
+            Py_DECREF(v);
             return NULL;
         }
-        Py_INCREF(s.val);
         PyTuple_SET_ITEM(t, 0, k);
-        PyTuple_SET_ITEM(t, 1, (PyObject *)s.val);
+        PyTuple_SET_ITEM(t, 1, v);
         return t;
     }
     Py_CLEAR(it->map);
@@ -711,11 +723,24 @@ static int hash_keys(PyObject *hashes, PyObject **seq, uint64_t **keys, uint64_t
 
 #define KEYS_BUF 256  /* hashes converted on the stack; longer prompts use the heap */
 
+/* `idle_append(key)` with a fresh int: never an item of the caller's hash list, which the
+ * callback could change under us. */
+static int queue_idle(PyObject *idle_append, uint64_t key) {
+    PyObject *h = PyLong_FromUnsignedLongLong(key);
+    if (h == NULL)
+        return -1;
+    PyObject *r = PyObject_CallOneArg(idle_append, h);
+    Py_DECREF(h);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 /* Count a request for block `keys[i]` (entry `e`, created with the previous key as parent
- * when NULL and queued as idle: `hs[i]`) and append it to `walked`, which then keeps it
- * alive whatever `idle_append` does. Returns the entry (borrowed from `walked`), NULL on
- * error. */
-static Entry *touch(EntryMap *map, PyObject *idle_append, Entry *e, PyObject *const *hs, const uint64_t *keys,
+ * when NULL and queued as idle) and append it to `walked`, which then keeps it alive
+ * whatever `idle_append` does. Returns the entry (borrowed from `walked`), NULL on error. */
+static Entry *touch(EntryMap *map, PyObject *idle_append, Entry *e, const uint64_t *keys,
                     Py_ssize_t i, double now, long long bucket, PyObject *walked) {
     int is_new = e == NULL;
     if (is_new) {
@@ -732,12 +757,8 @@ static Entry *touch(EntryMap *map, PyObject *idle_append, Entry *e, PyObject *co
     e->demand_cur += 1;
     e->last_access = now;
     int rc = PyList_Append(walked, (PyObject *)e);
-    if (rc == 0 && is_new && (rc = map_insert(map, keys[i], e)) == 0) {
-        PyObject *r = PyObject_CallOneArg(idle_append, hs[i]);  /* a new entry is idle until held */
-        if (r == NULL)
-            rc = -1;
-        Py_XDECREF(r);
-    }
+    if (rc == 0 && is_new && (rc = map_insert(map, keys[i], e)) == 0)
+        rc = queue_idle(idle_append, keys[i]);  /* a new entry is idle until held */
     Py_DECREF(e);
     return rc < 0 ? NULL : e;
 }
@@ -814,7 +835,6 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     if (hash_keys(args[2], &seq, &keys, kbuf, KEYS_BUF) < 0)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    PyObject **hs = PySequence_Fast_ITEMS(seq);
     PyObject *walked = NULL, *nodes = NULL, *shapes = NULL, *result = NULL;
     if (record && (walked = PyList_New(0)) == NULL)
         goto done;
@@ -826,7 +846,7 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     if (n > 0) {
         Entry *e = map_get(map, keys[0]);
         if (record) {
-            if ((e = touch(map, idle_append, e, hs, keys, 0, now, bucket, walked)) == NULL)
+            if ((e = touch(map, idle_append, e, keys, 0, now, bucket, walked)) == NULL)
                 goto done;
         }
         i = 1;
@@ -850,7 +870,7 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
                 Entry *x = map_get(map, keys[i]);
                 if (x == NULL) {
                     if (record) {
-                        if (touch(map, idle_append, NULL, hs, keys, i, now, bucket, walked) == NULL)
+                        if (touch(map, idle_append, NULL, keys, i, now, bucket, walked) == NULL)
                             goto done;
                     }
                     break;
@@ -965,7 +985,7 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
                 goto done;
             if (record) {  /* the blocks past the match are counted too */
                 for (Py_ssize_t j = i + 1; j < n; j++) {
-                    if (touch(map, idle_append, map_get(map, keys[j]), hs, keys, j, now, bucket, walked) == NULL)
+                    if (touch(map, idle_append, map_get(map, keys[j]), keys, j, now, bucket, walked) == NULL)
                         goto done;
                 }
             }
@@ -983,7 +1003,7 @@ static PyObject *walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     /* nothing usable: count the rest of the blocks */
     if (record) {
         for (Py_ssize_t j = 1; j < n; j++) {
-            if (touch(map, idle_append, map_get(map, keys[j]), hs, keys, j, now, bucket, walked) == NULL)
+            if (touch(map, idle_append, map_get(map, keys[j]), keys, j, now, bucket, walked) == NULL)
                 goto done;
         }
     }
@@ -1066,7 +1086,6 @@ static long clear_bits(PyObject *entries, PyObject *idle_append, PyObject *hashe
     if (map == NULL || hash_keys(hashes, &seq, &keys, kbuf, KEYS_BUF) < 0)
         return -1;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    PyObject **hs = PySequence_Fast_ITEMS(seq);
     long cleared = 0;
     for (Py_ssize_t k = 0; k < n; k++) {
         Entry *e = map_get(map, keys[k]);  /* afresh: idle_append may have changed the map */
@@ -1078,12 +1097,10 @@ static long clear_bits(PyObject *entries, PyObject *idle_append, PyObject *hashe
         cleared++;
         if (!entry_kept(e)) {
             e->idle_at = now;
-            PyObject *r = PyObject_CallOneArg(idle_append, hs[k]);
-            if (r == NULL) {
+            if (queue_idle(idle_append, keys[k]) < 0) {
                 cleared = -1;
                 break;
             }
-            Py_DECREF(r);
         }
     }
     if (keys != kbuf)
@@ -1194,11 +1211,7 @@ static PyObject *expire(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) 
         if (h == NULL)
             goto out;
         uint64_t key;
-        if (hash_key(h, &key, "block hashes") < 0) {
-            Py_DECREF(h);
-            goto out;
-        }
-        Entry *e = map_get(map, key);
+        Entry *e = read_key(h, &key) ? map_get(map, key) : NULL;  /* not a hash: nothing to drop */
         if (e == NULL || entry_kept(e)) {
             Py_DECREF(h);  /* already dropped (a duplicate), or held again: re-queued when idle */
             continue;

@@ -98,6 +98,7 @@ def _record_from(entries: dict, idle_append: Callable, hashes: Sequence[int], st
 def walk(entries: dict, idle_append: Callable, hashes: Sequence[int], now: float | None, bucket: int,
          node_match: type) -> tuple:
     record = now is not None
+    hashes = checked_hashes(hashes)  # as the native kernel: bad hashes are refused, not stored
     if not hashes:
         return {}, 0, 0, 0, 0, ([] if record else None), None, {}
     get = entries.get
@@ -205,7 +206,7 @@ def _check_node(node: int) -> None:
         raise ValueError(f"node {node} out of range: node ids are >= 0")
 
 
-def _checked(hashes: Iterable[int]) -> Sequence[int]:
+def checked_hashes(hashes: Iterable[int]) -> Sequence[int]:
     """`hashes` as a sequence of ints, checked before anything changes (no call half done)."""
     hashes = hashes if isinstance(hashes, (list, tuple)) else list(hashes)
     for h in hashes:
@@ -218,7 +219,7 @@ def _checked(hashes: Iterable[int]) -> Sequence[int]:
 
 def store(entries: dict, hashes: Iterable[int], tier: Tier, node: int, parent: int | None) -> int:
     _check_node(node)
-    hashes = _checked(hashes)
+    hashes = checked_hashes(hashes)
     bit = 1 << node
     added = 0
     prev = parent
@@ -238,7 +239,7 @@ def store(entries: dict, hashes: Iterable[int], tier: Tier, node: int, parent: i
 
 def remove(entries: dict, idle_append: Callable, hashes: Iterable[int], tier: Tier, node: int, now: float) -> int:
     _check_node(node)
-    hashes = _checked(hashes)
+    hashes = checked_hashes(hashes)
     bit = 1 << node
     removed = 0
     for h in hashes:
@@ -257,7 +258,7 @@ def remove(entries: dict, idle_append: Callable, hashes: Iterable[int], tier: Ti
 
 def clear_pending(entries: dict, idle_append: Callable, hashes: Iterable[int], node: int, now: float) -> None:
     _check_node(node)
-    hashes = _checked(hashes)
+    hashes = checked_hashes(hashes)
     bit = 1 << node
     for h in hashes:
         e = entries.get(h)
@@ -292,6 +293,7 @@ def expire(entries: dict, idle: deque, cutoff: float, batch: int, fresh_limit: i
 
 
 def shared_depth(entries: dict, hashes: Sequence[int], bucket: int, min_requests: int) -> int:
+    hashes = checked_hashes(hashes)
     get = entries.get
     lo, hi = 0, len(hashes)  # invariant: prefix of lo blocks qualifies
     while lo < hi:

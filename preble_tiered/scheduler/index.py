@@ -225,6 +225,7 @@ class PrefixIndex:
         """Count one request for each block of `hashes` (creating entries as needed; the
         first one's parent is `parent`). Plain per-entry code, independent of the kernels'
         `walk`: the reference `lookup` is tested against."""
+        hashes = _index_py.checked_hashes(hashes)  # all checked before anything changes
         bucket, prev = int(now // self.window_s), parent
         for h in hashes:
             e = self._entries.get(h)
@@ -292,7 +293,7 @@ class PrefixIndex:
         loads) them. The router's own knowledge of work it dispatched, kept apart from
         residency: cleared by the node's BlockStored(HBM) or by `clear_pending`."""
         entries, walked, prev = self._entries, [], parent
-        for h in hashes:
+        for h in _index_py.checked_hashes(hashes):  # all checked before anything changes
             e = entries.get(h)
             if e is None:
                 e = entries[h] = self._new_entry(prev)
@@ -317,7 +318,7 @@ class PrefixIndex:
     def pin(self, hashes: Iterable[int], now: float) -> None:
         """Count one pin per block of a chain (entries created as needed, with chain parents)."""
         parent = None
-        for h in hashes:
+        for h in _index_py.checked_hashes(hashes):  # all checked before anything changes
             e = self._entries.get(h)
             if e is None:
                 e = self._entries[h] = self._new_entry(parent)

@@ -262,3 +262,47 @@ def test_hashes_outside_64_bits_are_refused_by_both_kernels(kernel):
         with pytest.raises(ValueError, match=r"\[0, 2\*\*64\)"):
             call()
     assert sorted(h for h, _ in ix.items()) == [1, 2] and ix.held_blocks(0, Tier.HBM) == 2
+
+
+@native
+def test_walk_callbacks_get_the_hash_even_if_the_callers_list_changes():
+    from preble_tiered.scheduler import _index_native as N
+
+    m = N.EntryMap()
+    hashes = [10**12 + i for i in range(8)]
+    expected = list(hashes)
+    seen = []
+
+    def idle_append(h):
+        seen.append(h)
+        if len(seen) == 1:  # the caller's list moves (and its items die) mid-walk
+            hashes.clear()
+            hashes.extend(10**13 + j for j in range(10000))
+
+    N.walk(m, idle_append, hashes, 1.0, 0, NodeMatch)
+    assert seen == expected and sorted(m) == expected
+
+
+@native
+def test_entry_map_replacing_a_value_keeps_iterators_valid():
+    N = _native()
+    m = N.EntryMap()
+    for k in range(100):
+        m[k] = N.BlockEntry(None)
+    it = iter(m.items())
+    first = next(it)
+    e = N.BlockEntry(5, pins=3)
+    m[first[0]] = e  # a new value for an existing key: no rehash, as for a dict
+    assert m[first[0]] is e and len(list(it)) == 99 and len(m) == 100
+
+
+@pytest.mark.parametrize("kernel", kernel_names())
+def test_both_kernels_refuse_bad_hashes_before_any_change(kernel):
+    ix = PrefixIndex(10.0, kernel=kernel)
+    for bad in (-1, 1 << 64):
+        for call in (lambda: ix.lookup([1, 2, bad], 1.0), lambda: ix.match([bad]),
+                     lambda: ix.record_access([3, bad], 1.0), lambda: ix.pin([4, 5, bad], 1.0),
+                     lambda: ix.add_pending(0, [6, bad]), lambda: ix.shared_depth([7, bad], 1.0)):
+            with pytest.raises(ValueError, match=r"\[0, 2\*\*64\)"):
+                call()
+    assert len(ix) == 0  # nothing created, nothing pinned
