@@ -134,11 +134,10 @@ static int check_tier(long tier) {
     return 0;
 }
 
-/* `v` as a block hash (an int in [0, 2**64)); `what` names it in the error. */
-static inline int hash_key(PyObject *v, uint64_t *out, const char *what) {
-    if (!PyLong_Check(v)) {
-        PyErr_Format(PyExc_TypeError, "%s must be %s, not %.100s", what,
-                     strcmp(what, "parent") ? "ints" : "a block hash (int) or None", Py_TYPE(v)->tp_name);
+/* `v` as a block hash (an int in [0, 2**64)); the errors say "`what` must be `expected`". */
+static inline int hash_key(PyObject *v, uint64_t *out, const char *what, const char *expected) {
+    if (!PyLong_CheckExact(v)) {  /* exact ints, as the Python kernel: True is not a hash */
+        PyErr_Format(PyExc_TypeError, "%s must be %s, not %.100s", what, expected, Py_TYPE(v)->tp_name);
         return -1;
     }
     unsigned long long x = PyLong_AsUnsignedLongLong(v);
@@ -182,7 +181,7 @@ static int Entry_init(Entry *e, PyObject *args, PyObject *kw) {
                                      &masks[DISK], &masks[PENDING], &pins, &idle_at, &bucket, &dcur, &dprev, &last))
         return -1;
     uint64_t pk = 0;
-    if (parent != Py_None && hash_key(parent, &pk, "parent") < 0)
+    if (parent != Py_None && hash_key(parent, &pk, "parent", "a block hash (int) or None") < 0)
         return -1;
     mask_t m[4] = {{{0}}};  /* all checked before anything changes */
     for (int t = 0; t < 4; t++)
@@ -528,7 +527,7 @@ static int EntryMap_ass_subscript(EntryMap *m, PyObject *k, PyObject *v) {
         Py_DECREF(e);
         return 0;
     }
-    if (hash_key(k, &key, "block hashes") < 0)
+    if (hash_key(k, &key, "block hashes", "ints") < 0)
         return -1;
     if (Py_TYPE(v) != &EntryType) {
         PyErr_Format(PyExc_TypeError, "an EntryMap holds only the native BlockEntry, not %.100s "
@@ -711,7 +710,7 @@ static int hash_keys(PyObject *hashes, PyObject **seq, uint64_t **keys, uint64_t
         return -1;
     }
     for (Py_ssize_t k = 0; k < n; k++) {
-        if (hash_key(hs[k], &(*keys)[k], "block hashes") < 0) {
+        if (hash_key(hs[k], &(*keys)[k], "block hashes", "ints") < 0) {
             if (*keys != buf)
                 PyMem_Free(*keys);
             Py_CLEAR(*seq);
@@ -1040,7 +1039,7 @@ static PyObject *store(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     if (parse_tier_node(args[2], args[3], &tier, &node) < 0)
         return NULL;
     uint64_t parent = 0;
-    if (args[4] != Py_None && hash_key(args[4], &parent, "parent") < 0)
+    if (args[4] != Py_None && hash_key(args[4], &parent, "parent", "a block hash (int) or None") < 0)
         return NULL;
     EntryMap *map = as_map(args[0]);
     PyObject *seq;

@@ -30,6 +30,7 @@ from preble_tiered.types import Tier
 EntryMap = dict  # the native kernel's is a C table with the same interface
 _HASH_LIMIT = 1 << 64
 
+
 def iter_bits(mask: int):
     """Node ids set in `mask`, lowest first."""
     while mask:

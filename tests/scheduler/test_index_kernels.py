@@ -240,8 +240,9 @@ def test_entry_map_refuses_bad_keys_and_changes_during_iteration():
         with pytest.raises(ValueError, match=r"\[0, 2\*\*64\)"):
             m[bad] = N.BlockEntry(None)
         assert bad not in m and m.get(bad, 7) == 7
-    with pytest.raises(TypeError, match="must be ints"):
-        m["a"] = N.BlockEntry(None)
+    for bad in ("a", True):
+        with pytest.raises(TypeError, match="must be ints"):
+            m[bad] = N.BlockEntry(None)
     assert "a" not in m and len(m) == 0
     m[(1 << 64) - 1] = N.BlockEntry(None)  # the top of the range is a hash like any other
     assert ((1 << 64) - 1) in m and next(iter(m)) == (1 << 64) - 1
