@@ -131,6 +131,7 @@ def _logging(level: str = "INFO") -> None:
 
 
 def cmd_router(args: argparse.Namespace) -> int:
+    from preble_tiered.gc_tuning import tune_gc_for_serving
     from preble_tiered.server.router import RouterConfig
     from preble_tiered.server.router_service import serve_router
 
@@ -138,6 +139,7 @@ def cmd_router(args: argparse.Namespace) -> int:
     cfg = RouterConfig(host=args.host, port=args.port, policy=args.policy, block_size=args.block_size,
                        tokenizer=args.tokenizer, max_nodes=args.max_nodes, max_outstanding=args.max_outstanding,
                        metrics_port=args.metrics_port, **_security_config(args))
+    tune_gc_for_serving()  # the decision path allocates per request: see gc_tuning.py
     asyncio.run(serve_router(cfg))
     return 0
 
