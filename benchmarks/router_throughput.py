@@ -236,6 +236,7 @@ def run(nodes: int, requests: int, rps: float, seed: int, policy: str, dram_x: f
     quarters = [float(x.mean() * 1e6) for x in q]
     # the same, leaving out the decisions a collection ran inside (a few, tens of ms each)
     quiet = [float(x[~p].mean() * 1e6) for x, p in zip(q, np.array_split(paused, 4))]
+    medians = [float(np.median(x) * 1e6) for x in q]  # robust to the machine's own spikes
     drift = [float(x.mean()) for x in np.array_split(np.array(probe_times), 4)]
     drift = [x / drift[0] for x in drift]  # machine speed per quarter, relative to the first
     sched_only = times - hash_times
@@ -250,6 +251,7 @@ def run(nodes: int, requests: int, rps: float, seed: int, policy: str, dram_x: f
         "quarter_mean_us": quarters, "last_over_first": quarters[-1] / quarters[0],
         "machine_drift_by_quarter": drift,
         "last_over_first_drift_corrected": quarters[-1] / quarters[0] / drift[-1],
+        "quarter_median_us": medians, "median_last_over_first": medians[-1] / medians[0],
         "quarter_mean_us_without_collections": quiet,
         "last_over_first_without_collections": quiet[-1] / quiet[0],
         "collector": {"thresholds": list(gc_tuning.SERVING_THRESHOLDS),
@@ -288,7 +290,7 @@ def main() -> int:
               f"quarters {' '.join(f'{x:.1f}' for x in r['quarter_mean_us'])} us (last/first {r['last_over_first']:.2f}; "
               f"machine drift {r['machine_drift_by_quarter'][-1]:.2f}, corrected {r['last_over_first_drift_corrected']:.2f}; "
               f"{r['last_over_first_without_collections']:.2f} without the {r['collector']['decisions_paused']} decisions "
-              f"a collection ran in)  collector {' '.join(f'{x:.0f}' for x in r['collector']['ms_by_quarter'])} ms  "
+              f"a collection ran in; medians {r['median_last_over_first']:.2f})  collector {' '.join(f'{x:.0f}' for x in r['collector']['ms_by_quarter'])} ms  "
               f"events {r['event_apply_us_per_request']:.1f} us/req  index {r['index_entries_by_quarter']} entries  "
               f"holders {' '.join(f'{x:.1f}' for x in r['holders_by_quarter'])}  "
               f"peak RSS {r['peak_rss_mb']:.0f} MB  [{r['index_kernel']} index, "

@@ -79,8 +79,8 @@ def scale_table() -> list[str]:
 
 
 def router_table() -> list[str]:
-    out = ["", "| run | nodes | decisions/s (with hashing) | schedule() alone | mean / p99 us | quarters (us) | last/first | drift-corrected | without collections | collector ms by quarter | holders by quarter | index entries at end | peak RSS |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["", "| run | nodes | decisions/s (with hashing) | schedule() alone | mean / p99 us | quarters (us) | last/first | drift-corrected | medians last/first | without collections | collector ms by quarter | holders by quarter | index entries at end | peak RSS |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in ("router_throughput", "router_throughput_explain", "router_throughput_steady"):
         path = RES / f"{name}.json"
         if not path.exists():
@@ -91,11 +91,12 @@ def router_table() -> list[str]:
             r.setdefault("last_over_first_drift_corrected", float("nan"))  # runs before the drift probe
             hq = " / ".join(f"{x:.0f}" for x in r["holders_by_quarter"]) if "holders_by_quarter" in r else "-"
             quiet = f"{r['last_over_first_without_collections']:.2f}" if "collector" in r else "-"
+            med = f"{r['median_last_over_first']:.2f}" if "median_last_over_first" in r else "-"
             gcq = " / ".join(f"{x:.0f}" for x in r["collector"]["ms_by_quarter"]) if "collector" in r else "-"
             out.append(f"| `{doc['command']}` | {r['nodes']} | {r['decisions_per_s']:.0f} | "
                        f"{r['decisions_per_s_excluding_hashing']:.0f} | {r['decision_us']['mean']:.0f} / "
                        f"{r['decision_us']['p99']:.0f} | {q} | {r['last_over_first']:.2f} | "
-                       f"{r['last_over_first_drift_corrected']:.2f} | {quiet} | {gcq} | {hq} | {r['index_entries']:,} | "
+                       f"{r['last_over_first_drift_corrected']:.2f} | {med} | {quiet} | {gcq} | {hq} | {r['index_entries']:,} | "
                        f"{r['peak_rss_mb']:.0f} MB |")
     return out
 
