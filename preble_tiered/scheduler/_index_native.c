@@ -458,9 +458,13 @@ static Entry *map_pop(EntryMap *m, uint64_t key) {
 /* Start loading every key's slot, then every found entry, before the walk needs them: the
  * misses of a cold chain overlap instead of following one another block by block. Hints
  * only (nothing is kept: a callback may change the map before the walk gets there). */
+#define PREFETCH_MAX 128  /* keys ahead: ~40 KB of lines, what the near caches hold */
+
 static void map_prefetch(const EntryMap *m, const uint64_t *keys, Py_ssize_t n) {
     if (m->cap == 0)
         return;
+    if (n > PREFETCH_MAX)
+        n = PREFETCH_MAX;  /* a long document's later blocks would evict its first ones */
     for (Py_ssize_t k = 0; k < n; k++)
         __builtin_prefetch(&m->slots[map_slot(m, keys[k])]);
     for (Py_ssize_t k = 0; k < n; k++) {
