@@ -14,6 +14,7 @@
  *                pages where the kernel offers them. Block hashes are ints in [0, 2**64).
  *   walk         lookup/match: demand counting and per-node tier split in one pass.
  *   store, remove, clear_pending, add_pending, expire: the mutations of the hot paths.
+ *   hbm_scan     the eviction price's walk down a node's LRU (held in HBM? demand?).
  *
  * Pure: no clock, no I/O; `now` is passed in.
  */
@@ -1296,6 +1297,67 @@ static PyObject *shared_depth(PyObject *mod, PyObject *const *args, Py_ssize_t n
     return PyLong_FromSsize_t(lo);
 }
 
+PyDoc_STRVAR(hbm_scan_doc,
+"hbm_scan(entries, items, node, bucket, limit) -> (stale, seen)\n\n"
+"Walk `items` ((key, size) pairs, least recently used first) until `limit` keys held in\n"
+"HBM by `node` were seen. `stale` lists the keys passed over (unknown, or not in that HBM);\n"
+"`seen` the (size, requests in the window beyond the first) of those held, in order.");
+
+static PyObject *hbm_scan(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "hbm_scan takes 5 arguments");
+        return NULL;
+    }
+    EntryMap *map = as_map(args[0]);
+    if (map == NULL)
+        return NULL;
+    long node = PyLong_AsLong(args[2]);
+    if ((node == -1 && PyErr_Occurred()) || check_node(node) < 0)
+        return NULL;
+    long long b = PyLong_AsLongLong(args[3]);
+    if (b == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t limit = PyLong_AsSsize_t(args[4]);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *it = PyObject_GetIter(args[1]), *stale = PyList_New(0), *seen = PyList_New(0), *item = NULL;
+    if (it == NULL || stale == NULL || seen == NULL)
+        goto fail;
+    while (PyList_GET_SIZE(seen) < limit && (item = PyIter_Next(it)) != NULL) {
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+            PyErr_SetString(PyExc_TypeError, "hbm_scan: items must be (key, size) pairs");
+            goto fail;
+        }
+        PyObject *key = PyTuple_GET_ITEM(item, 0), *size = PyTuple_GET_ITEM(item, 1);
+        uint64_t k;
+        Entry *e = read_key(key, &k) ? map_get(map, k) : NULL;
+        if (e == NULL || !m_test(&e->m[HBM], (int)node)) {
+            if (PyList_Append(stale, key) < 0)
+                goto fail;
+        } else {
+            long long hits = (e->bucket == b ? e->demand_cur + e->demand_prev
+                                             : e->bucket == b - 1 ? e->demand_cur : 0) - 1;
+            PyObject *pair = Py_BuildValue("(OL)", size, hits);
+            if (pair == NULL || PyList_Append(seen, pair) < 0) {
+                Py_XDECREF(pair);
+                goto fail;
+            }
+            Py_DECREF(pair);
+        }
+        Py_CLEAR(item);
+    }
+    if (PyErr_Occurred())
+        goto fail;
+    Py_DECREF(it);
+    return Py_BuildValue("(NN)", stale, seen);
+fail:
+    Py_XDECREF(item);
+    Py_XDECREF(it);
+    Py_XDECREF(stale);
+    Py_XDECREF(seen);
+    return NULL;
+}
+
 /* ------------------------------------------------------------------ module */
 static PyMethodDef methods[] = {
     {"walk", (PyCFunction)(void (*)(void))walk, METH_FASTCALL, walk_doc},
@@ -1305,6 +1367,7 @@ static PyMethodDef methods[] = {
     {"add_pending", (PyCFunction)(void (*)(void))add_pending, METH_FASTCALL, add_pending_doc},
     {"expire", (PyCFunction)(void (*)(void))expire, METH_FASTCALL, expire_doc},
     {"shared_depth", (PyCFunction)(void (*)(void))shared_depth, METH_FASTCALL, shared_depth_doc},
+    {"hbm_scan", (PyCFunction)(void (*)(void))hbm_scan, METH_FASTCALL, hbm_scan_doc},
     {NULL},
 };
 

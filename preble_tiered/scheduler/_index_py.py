@@ -11,6 +11,7 @@ where it is not built. Both modules offer the same names with the same arguments
     add_pending(walked, node)
     expire(entries, idle, cutoff, batch, fresh_limit)
     shared_depth(entries, hashes, bucket, min_requests) -> blocks
+    hbm_scan(entries, items, node, bucket, limit) -> (stale, seen)
 
 `entries` is the index's map of hash -> BlockEntry (an `EntryMap`), `idle` its deque of
 hashes that may be idle (see index.py for what the walk computes and why). Block hashes are
@@ -316,3 +317,22 @@ def set_mask(e: BlockEntry, tier: Tier, value: int) -> None:
         e.dram = value
     else:
         e.disk = value
+
+
+def hbm_scan(entries: dict, items: Iterable[tuple[int, Any]], node: int, bucket: int,
+             limit: int) -> tuple[list[int], list[tuple[Any, int]]]:
+    """Walk `items` ((key, size), least recently used first) until `limit` keys held in HBM
+    by `node` were seen: (keys passed over, [(size, requests in the window beyond the
+    first)] of those held)."""
+    _check_node(node)
+    bit, stale, seen = 1 << node, [], []
+    for key, size in items:
+        if len(seen) >= limit:
+            break
+        e = entries.get(key)
+        if e is None or not e.hbm & bit:
+            stale.append(key)
+            continue
+        b = e.bucket
+        seen.append((size, (e.demand_cur + e.demand_prev if b == bucket else e.demand_cur if b == bucket - 1 else 0) - 1))
+    return stale, seen

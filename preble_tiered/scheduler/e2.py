@@ -170,20 +170,10 @@ class PrebleE2(Policy):
         index, cost_model = self.cluster.index, self.cluster.cost
         if self._pf_cost is not cost_model:  # prefill(size, size) per prefix size, per cost model
             self._pf_cost, self._pf_memo = cost_model, {}
-        memo, entry, lru = self._pf_memo, index.entry, self.lru[node]
-        bucket = int(now // index.window_s)
-        freed, cost, seen, stale = 0, 0.0, 0, []
-        for key, size in lru.items():
-            if seen >= _EVICT_SCAN:
-                break
-            e = entry(key)
-            if e is None or not e.holds(Tier.HBM, node):
-                stale.append(key)
-                continue
-            seen += 1
-            # requests in the window beyond the first (`requests_in_window`, inlined)
-            b = e.bucket
-            hits = (e.demand_cur + e.demand_prev if b == bucket else e.demand_cur if b == bucket - 1 else 0) - 1
+        memo, lru = self._pf_memo, self.lru[node]
+        stale, seen = index.hbm_scan(lru.items(), node, now, _EVICT_SCAN)
+        freed, cost = 0, 0.0
+        for size, hits in seen:  # hits: requests in the window beyond the first
             if hits > 0:
                 pf = memo.get(size)
                 if pf is None:

@@ -204,6 +204,14 @@ class PrefixIndex:
             return e.demand_cur * (1.0 - frac)
         return 0.0
 
+    def hbm_scan(self, items: Iterable[tuple[int, object]], node: NodeId, now: float,
+                 limit: int) -> tuple[list[int], list[tuple[object, int]]]:
+        """Walk `items` ((key, size) pairs, least recently used first: a node's LRU of
+        prefixes) until `limit` keys `node` holds in HBM were seen. Returns the keys passed
+        over (unknown, or not in that HBM) and, for those seen, (size, requests in the
+        window beyond the first): what the eviction price is made of, in one native loop."""
+        return self._k.hbm_scan(self._entries, items, node, int(now // self.window_s), limit)
+
     def requests_in_window(self, h: int, now: float) -> int:
         """Requests for `h` counted in the current and previous window buckets."""
         e = self._entries.get(h)

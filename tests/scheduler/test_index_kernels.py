@@ -307,3 +307,40 @@ def test_both_kernels_refuse_bad_hashes_before_any_change(kernel):
             with pytest.raises(ValueError, match=r"\[0, 2\*\*64\)"):
                 call()
     assert len(ix) == 0  # nothing created, nothing pinned
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_hbm_scan_is_the_same_in_both_kernels_and_matches_per_entry_reads(seed):
+    """The eviction price's LRU walk: keys passed over (unknown, or not in the node's HBM)
+    and (size, requests beyond the first) of those held, stopping after `limit` held."""
+    rng = random.Random(seed)
+    ixs = [PrefixIndex(10.0, kernel=k) for k in kernel_names()]
+    keys = [rng.randrange(1, 2**64) for _ in range(300)]
+    for k in keys[:250]:
+        node, tier = rng.randrange(3), rng.choice([Tier.HBM, Tier.HBM, Tier.DRAM])
+        t, asks = rng.choice([0.0, 12.0, 25.0]), rng.randrange(4)
+        for ix in ixs:
+            ix.store(node, tier, [k], None, t)
+            for _ in range(asks):
+                ix.record_access([k], t)
+    items = [(k, rng.randrange(1, 5000)) for k in keys]
+    rng.shuffle(items)
+    for node in range(3):
+        for limit in (0, 5, 1000):
+            results = [ix.hbm_scan(iter(items), node, 25.0, limit) for ix in ixs]
+            assert all(r == results[0] for r in results)
+            stale, seen = results[0]
+            ix = ixs[0]
+            want_stale, want_seen = [], []
+            for k, size in items:  # the same, one entry at a time
+                if len(want_seen) >= limit:
+                    break
+                e = ix.entry(k)
+                if e is None or not e.holds(Tier.HBM, node):
+                    want_stale.append(k)
+                else:
+                    want_seen.append((size, ix.requests_in_window(k, 25.0) - 1))
+            assert (stale, seen) == (want_stale, want_seen)
+    assert any(h > 0 for _, h in results[0][1]) and results[0][0]  # both branches exercised
+    with pytest.raises(TypeError, match="pairs|unpack"):
+        ixs[0].hbm_scan([5], 0, 25.0, 3)
