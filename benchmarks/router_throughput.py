@@ -46,7 +46,6 @@ import numpy as np
 
 from preble_tiered.events import BlockRemoved, BlockStored
 from preble_tiered import gc_tuning
-from preble_tiered.gc_tuning import tune_gc_for_serving
 from preble_tiered import hashing
 from preble_tiered.hashing import BlockHasher
 from preble_tiered.scheduler.clock import ManualClock
@@ -178,7 +177,7 @@ def run(nodes: int, requests: int, rps: float, seed: int, policy: str, dram_x: f
     sizes: list[int] = []  # index entries at each quarter's end
     n_events = 0
     gc_defaults = gc.get_threshold()
-    tune_gc_for_serving()  # as `preble router` runs: collections inside the timed region count
+    gc_tuning.tune_gc_for_serving()  # as `preble router` runs: collections inside the timed region count
     watch = CollectorWatch()
     gc.callbacks.append(watch)
     paused = np.zeros(requests, dtype=bool)  # a collection ran inside this decision
