@@ -9,8 +9,9 @@ machine): defaults 7.0k decisions/s; `gc.freeze()` after start-up plus threshold
 (700, 10, 10) 7.8k, (10000, 10, 100) 9.9k, (20000, 10, 100) 10.5k, (50000, 20, 100) 11.9k;
 the collector off 11.9k. So the router freezes what start-up built (imports, config:
 never garbage) and collects the youngest generation every 50,000 allocations: cycles are
-still found, a few hundred milliseconds later at most. Reference counting frees everything
-else as before, so memory does not grow with the threshold.
+still found, only later. Reference counting frees everything else as before: the
+benchmark's peak RSS at 128 nodes was 985-987 MB tuned against 984-1006 MB with the
+collector off.
 """
 
 from __future__ import annotations

@@ -37,7 +37,6 @@ from preble_tiered.scheduler.index import MatchResult, bits
 from preble_tiered.scheduler.planner import PlanContext, Planner
 from preble_tiered.scheduler.policy import Policy, PolicyConfig, register_policy
 from preble_tiered.scheduler.types import Branch, CandidateCost, Decision, RouteRequest
-from preble_tiered.types import Tier
 
 _EVICT_SCAN = 32  # LRU entries examined per eviction estimate
 
