@@ -33,8 +33,8 @@ class PolicyConfig:
     (design.md does not fix it; with H = 180 s a hot prefix swamps its node for minutes
     before the first comparison can happen)."""
     replicate_hot_share: float = 0.5
-    """e2_tiered: a prefix is hot (worth more than one node) when its requests in the window
-    reach this share of an average node's requests."""
+    """e2_tiered: a prefix is hot (worth one more node) while its requests in the window per
+    node holding it reach this share of an average node's requests."""
     sglang_cache_threshold: float = 0.5
     sglang_balance_abs: int = 64
     sglang_balance_rel: float = 1.5

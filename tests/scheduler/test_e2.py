@@ -176,6 +176,29 @@ def test_e2_tiered_keeps_a_prefix_that_is_not_hot_on_its_holder():
     assert (d.node, d.branch) == (0, Branch.EXPLOIT)
 
 
+@pytest.mark.parametrize("holders, copies", [((0,), True), ((0, 1), False)])
+def test_e2_tiered_copies_a_hot_prefix_only_while_its_holders_are_too_few(holders, copies):
+    # 20 requests in the window over 4 nodes (5 each), 4 of them for PREFIX: hot enough for
+    # a second node (4 >= 0.5 x 5 x 1) but not a third (4 < 0.5 x 5 x 2), however queued the
+    # holders are: copies are bounded by the prefix's demand, not by momentary queues.
+    s, clock = make_sched("e2_tiered")
+    for i in range(16):
+        s.schedule(req(f"other{i}", blocks(40, 50_000 + 100 * i)))
+    for n in holders:
+        hold(s, n, Tier.HBM, PREFIX)
+    make_hot(s, PREFIX)
+    for n in range(4):
+        s.cluster.nodes[n].pending_prefill_s = 10.0 if n in holders else 0.0
+    d = s.schedule(req("r", PREFIX + blocks(1, 1)))
+    assert s.index.requests_in_window(PREFIX[-1], clock.now()) == 4
+    assert len(s.cluster.inflight) == 20
+    if copies:
+        assert d.branch is Branch.REPLICATE and d.node not in holders
+        assert d.plan.pull_from in holders
+    else:
+        assert d.branch is Branch.EXPLOIT and d.node in holders
+
+
 def test_e2_tiered_replicates_only_for_a_clear_win():
     # Holder queue just under twice the alternative's delay: no copy.
     s, clock = make_sched("e2_tiered")
