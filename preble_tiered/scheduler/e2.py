@@ -22,8 +22,8 @@ are kept per node, and the prefix index forgets what nobody holds or asks for.
 pulls from another node; "held" means held in any tier. Its load term adds three times the
 node's queued prefill to Preble's windowed work, so it reacts to bursts within the window.
 Replication is by KV copy, for hot prefixes only (their windowed requests per holder reach
-half an average node's share), when a non-holder would serve the request at least twice as soon
-as the best holder (queued prefill + pull/plan + eviction harm; see `_exploit`).
+half an average node's), when a non-holder would serve the request at least twice
+as soon as the best holder (queued prefill + pull/plan + eviction harm; see `_exploit`).
 """
 
 from __future__ import annotations
@@ -387,14 +387,13 @@ class E2Tiered(PrebleE2):
         """A prefix is hot, worth one more node, while its requests in the window per node
         holding it are at least `replicate_hot_share` of an average node's requests.
 
-        With one holder this is "more than one node should serve it" (a conversation's
-        history or a document asked a few times is not; copying those only spends cache
-        space). Dividing by the holders bounds the copies by demand: a prefix with 2.5% of
-        the requests on 128 nodes earns about 6 copies, not 127. Without the division each
-        copy to an idle node was judged alone, and queue burst after queue burst spread hot
-        prefixes to every node (toolbench at 128 nodes: 3,276 copies, the eight most
-        requested prefixes on all 128 nodes; with it 311 copies, those prefixes on 15-100
-        nodes, the same mean latency and 0.3% higher p99).
+        With one holder: more than one node should serve it (a conversation's history or a
+        document asked a few times is not; copying those only spends cache space). Dividing
+        by the holders bounds the copies by demand: at the default share a prefix with 2.5%
+        of the requests on 128 nodes earns about 6 holders, not 128. Without the division
+        each copy to an idle node was judged alone, and queue burst after queue burst spread
+        hot prefixes to every node (toolbench at 128 nodes: 3,276 copies, the eight most
+        requested prefixes on all 128 nodes; with it, 311). docs/decisions.md has the sweep.
         """
         key = self._prefix_key(req, now)
         if key is None:

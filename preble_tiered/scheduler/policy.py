@@ -34,7 +34,8 @@ class PolicyConfig:
     before the first comparison can happen)."""
     replicate_hot_share: float = 0.5
     """e2_tiered: a prefix is hot (worth one more node) while its requests in the window per
-    node holding it reach this share of an average node's requests."""
+    node holding it reach this share of an average node's requests (swept 0.25 / 0.5 / 1 in
+    docs/decisions.md)."""
     sglang_cache_threshold: float = 0.5
     sglang_balance_abs: int = 64
     sglang_balance_rel: float = 1.5

@@ -145,7 +145,7 @@ def test_e2_tiered_fetches_disk_blocks_and_keeps_hbm_ones_in_place():
 
 def make_hot(s, prefix, n=3):
     """Request `prefix` `n` times (each dispatched, none finished): with few requests in the
-    window it is then hot (more than half an average node's share)."""
+    window it is then hot (over the hot share of an average node's requests)."""
     for i in range(n):
         s.schedule(req(f"warm{i}", prefix + blocks(1, 900 + i)))
 
@@ -178,10 +178,10 @@ def test_e2_tiered_keeps_a_prefix_that_is_not_hot_on_its_holder():
 
 @pytest.mark.parametrize("holders, copies", [((0,), True), ((0, 1), False)])
 def test_e2_tiered_copies_a_hot_prefix_only_while_its_holders_are_too_few(holders, copies):
-    # 20 requests in the window over 4 nodes (5 each), 4 of them for PREFIX: hot enough for
-    # a second node (4 >= 0.5 x 5 x 1) but not a third (4 < 0.5 x 5 x 2), however queued the
-    # holders are: copies are bounded by the prefix's demand, not by momentary queues.
-    s, clock = make_sched("e2_tiered")
+    # 20 requests in the window over 4 nodes (5 each), 4 of them for PREFIX: at a hot share
+    # of 0.5 it earns a second node (4 >= 0.5 x 5 x 1) but not a third (4 < 0.5 x 5 x 2),
+    # however queued the holders are: copies are bounded by demand, not by momentary queues.
+    s, clock = make_sched("e2_tiered", replicate_hot_share=0.5)
     for i in range(16):
         s.schedule(req(f"other{i}", blocks(40, 50_000 + 100 * i)))
     for n in holders:
