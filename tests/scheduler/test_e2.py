@@ -488,3 +488,62 @@ def test_plan_time_is_the_cheapest_choice_exactly(seed):
         want = planner.choice(n, pc).total_s
         assert planner.plan_time(n, pc) == want and times[n] == want
         assert planner.build(n, pc).est_ttft_s == pytest.approx(want)
+
+
+@pytest.mark.parametrize("policy", ["preble_e2", "e2_tiered"])
+def test_pruned_eviction_pricing_makes_the_same_decisions_with_fewer_lru_walks(policy):
+    """Explore prices Evict_n only for nodes whose Load + plan could still win; `explain`
+    prices every node. Run in lockstep on full HBMs (engines evicting LRU blocks), both
+    make every decision alike, and the pruned one walks fewer LRUs."""
+    import random
+    from collections import OrderedDict
+
+    from preble_tiered.events import BlockRemoved
+
+    n_nodes, cap = 16, 200  # HBM blocks per node: ~3 prompts, so every node is full early
+    runs = []
+    for explain in (True, False):
+        s, clock = make_sched(policy, n_nodes=n_nodes, hbm_tokens=cap * BS, explain=explain,
+                              rebalance_interval_s=5.0)
+        walks = [0]
+        price = s.policy._evict_price
+
+        def counted(node, now, price=price, walks=walks, s=s):
+            walks[0] += s.policy._price_at[node] != int(now)  # a refresh walks the LRU
+            return price(node, now)
+
+        s.policy._evict_price = counted
+        runs.append((s, clock, walks, [OrderedDict() for _ in range(n_nodes)]))
+    rng = random.Random(7)
+    prefixes = [blocks(rng.randrange(8, 60), 100_000 + 1000 * k) for k in range(40)]
+    inflight, branches = [], set()
+    for i in range(1500):
+        k = min(int(rng.paretovariate(1.0)) - 1, len(prefixes) - 1)
+        r = req(f"r{i}", prefixes[k] + blocks(rng.randrange(1, 30), 1_000_000 + 100 * i), out=8)
+        picks, bump = [], (rng.randrange(n_nodes), rng.uniform(0, 30)) if i % 4 == 0 else None
+        for s, clock, _, lrus in runs:
+            clock.advance(0.25)
+            if bump:  # uneven load, as bursts leave it: some nodes cannot win an explore
+                s.policy.add_work(bump[0], clock.now(), bump[1])
+            d = s.schedule(r)
+            picks.append((d.node, d.branch))
+            lru = lrus[d.node]
+            for h in r.block_hashes:
+                lru[h] = None
+                lru.move_to_end(h)
+            hold(s, d.node, Tier.HBM, r.block_hashes)
+            out = [lru.popitem(last=False)[0] for _ in range(max(0, len(lru) - cap))]
+            if out:
+                s.apply(BlockRemoved(d.node, Tier.HBM, tuple(out)))
+        assert picks[0] == picks[1], f"request {i}"
+        branches.add(picks[0][1])
+        inflight.append(r.request_id)
+        if len(inflight) > 24:
+            rid = inflight.pop(0)
+            for s, *_ in runs:
+                s.on_first_token(rid)
+                s.on_finish(rid, 8)
+    assert Branch.EXPLORE in branches
+    (_, _, all_walks, _), (_, _, pruned_walks, _) = runs
+    print(pruned_walks, all_walks, branches)
+    assert 0 < pruned_walks[0] < all_walks[0] * 0.8
