@@ -313,10 +313,16 @@ def render(method: str, resp) -> None:
                   f"actual hbm {ac.hbm} dram {ac.dram} disk {ac.disk} remote {ac.remote}")
         con.print(f"TTFT estimated {r.est_ttft_ms:.1f} ms, measured {r.ttft_ms:.1f} ms")
         t = table("candidates", "node", "load s", "evict s", "plan s", "total s", "chosen")
+        unpriced = 0
         for c in sorted(r.candidates, key=lambda c: c.total_s):
-            t.add_row(c.node, f"{c.load_s:.4f}", f"{c.evict_s:.4f}", f"{c.plan_s:.4f}", f"{c.total_s:.4f}",
-                      "<-" if c.node_id == r.node_id else "")
+            priced = c.HasField("evict_s")
+            unpriced += not priced
+            t.add_row(c.node, f"{c.load_s:.4f}", f"{c.evict_s:.4f}" if priced else "-", f"{c.plan_s:.4f}",
+                      f"{c.total_s:.4f}" if priced else f">= {c.total_s:.4f}", "<-" if c.node_id == r.node_id else "")
         con.print(t)
+        if unpriced:
+            con.print(f"evict '-': not priced on {unpriced} node(s) whose load + plan alone already exceeded "
+                      "the chosen node's cost")
         s = table("plan", "action", "blocks", "tokens", "tier", "source")
         for seg in r.plan:
             s.add_row(seg.action, str(seg.blocks), str(seg.tokens), _TIER_NAMES[seg.tier],

@@ -116,3 +116,23 @@ def test_admin_with_an_unreadable_token_file_exits_2_with_the_reason(capsys, tmp
 
     assert main(["admin", "--admin-token-file", str(tmp_path / "nope"), "nodes"]) == 2
     assert "cannot read token file" in capsys.readouterr().err
+
+
+def test_admin_explain_renders_a_candidate_that_was_not_priced(capsys):
+    """A candidate without evict_s (not priced: it could not win) shows '-' and a lower-bound
+    total, and the table says why; priced candidates show their numbers."""
+    from preble_tiered.cli_admin import render
+    from preble_tiered.server.pb import admin_pb2
+
+    rec = admin_pb2.DecisionRecord(request_id="r1", branch="explore", node_id=1, node="n1", state="done")
+    rec.candidates.add(node_id=1, node="n1", load_s=0.5, evict_s=0.25, plan_s=0.125, total_s=0.875)
+    rec.candidates.add(node_id=0, node="n0", load_s=9.0, plan_s=0.125, total_s=9.125)
+    assert rec.candidates[0].HasField("evict_s") and not rec.candidates[1].HasField("evict_s")
+    render("Explain", rec)
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if "0.1250" in line]  # the plan column
+    n0 = next(line for line in rows if " n0 " in line)
+    n1 = next(line for line in rows if " n1 " in line)
+    assert ">= 9.1250" in n0 and " - " in n0
+    assert "0.2500" in n1 and "0.8750" in n1 and ">=" not in n1
+    assert "not priced on 1 node(s)" in out

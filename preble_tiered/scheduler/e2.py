@@ -264,19 +264,17 @@ class PrebleE2(Policy):
         The caller ranks candidates by base + Evict and considers those within `slack` x the
         best. Evict >= 0, so base is a lower bound: candidates are priced in ascending base
         until base exceeds `slack` x the best ranked cost seen, and the rest (which could not
-        be chosen) get inf. Same choice as pricing every node, without a walk down each
-        full node's LRU (at 128 full nodes, 35-40 us each once a second: 4-10 us per
-        decision on average). With `explain` every candidate is priced, to be shown."""
+        be chosen) get inf (`explain` shows them as not priced). Same choice as pricing every
+        node, without a walk down each full node's LRU (at 128 full nodes, 35-60 us each once
+        a second: 4-10 us per decision on average)."""
         cl = self.cluster
         bs, grow = cl.block_size, pc.prompt_tokens + pc.req.max_output_tokens
         get, held, price, states = pc.match.nodes.get, cl.index.hbm_held.get, self._evict_price, cl.nodes
         dtok = cl.terms.decode_tokens
-        prune = not self.config.explain
-        order = sorted(range(len(nodes)), key=base.__getitem__) if prune else range(len(nodes))
         evicts, stop = [_INF] * len(nodes), _INF
-        for i in order:
+        for i in sorted(range(len(nodes)), key=base.__getitem__):
             lb = base[i]
-            if lb > stop and prune:
+            if lb > stop:
                 break
             n = nodes[i]  # `evict_s` and `hbm_free_tokens` inlined: need = prompt - in-place HBM
             nm = get(n)  # + output budget; free = capacity - held - decode reservations
@@ -452,4 +450,6 @@ class _Costs:
                       self.plans + other.plans, self.totals + other.totals)
 
     def candidates(self) -> list[CandidateCost]:
-        return [CandidateCost(n, ld, ev, p) for n, ld, ev, p in zip(self.nodes, self.loads, self.evicts, self.plans)]
+        """inf in `evicts` marks a node not priced (it could not win; see `_evicts`): None."""
+        return [CandidateCost(n, ld, ev if ev != _INF else None, p)
+                for n, ld, ev, p in zip(self.nodes, self.loads, self.evicts, self.plans)]

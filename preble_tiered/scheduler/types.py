@@ -91,16 +91,20 @@ class Plan:
 
 @dataclass(slots=True)
 class CandidateCost:
-    """One node's cost terms for a request (kept for `explain`)."""
+    """One node's cost terms for a request (kept for `explain`).
+
+    `evict_s` None: eviction was not priced there, because load + plan alone already
+    exceeded what the chosen node cost (times E2's `pd_slack`), so the node could not have
+    been chosen; `total_s` is then load + plan, a lower bound."""
 
     node: NodeId
     load_s: float
-    evict_s: float
+    evict_s: float | None
     plan_s: float
 
     @property
     def total_s(self) -> float:
-        return self.load_s + self.evict_s + self.plan_s
+        return self.load_s + (self.evict_s or 0.0) + self.plan_s
 
 
 class CostTerms(Protocol):

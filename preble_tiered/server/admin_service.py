@@ -208,8 +208,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             actual_cached_tokens=convert.cached_to_pb(rec.actual), ttft_ms=rec.ttft_ms, state=rec.state,
             attempt=rec.attempt)
         for c in d.candidates:
-            out.candidates.add(node_id=c.node, node=self._node_name(c.node), load_s=c.load_s, evict_s=c.evict_s,
-                               plan_s=c.plan_s, total_s=c.total_s)
+            cand = out.candidates.add(node_id=c.node, node=self._node_name(c.node), load_s=c.load_s,
+                                      plan_s=c.plan_s, total_s=c.total_s)
+            if c.evict_s is not None:  # absent: not priced (could not have been chosen)
+                cand.evict_s = c.evict_s
         for seg in d.plan.segments:
             ps = out.plan.add(action=seg.action.value, blocks=seg.blocks, tokens=seg.tokens,
                               tier=convert.tier_to_pb(seg.tier))

@@ -492,19 +492,26 @@ def test_plan_time_is_the_cheapest_choice_exactly(seed):
 
 @pytest.mark.parametrize("policy", ["preble_e2", "e2_tiered"])
 def test_pruned_eviction_pricing_makes_the_same_decisions_with_fewer_lru_walks(policy):
-    """Explore prices Evict_n only for nodes whose Load + plan could still win; `explain`
-    prices every node. Run in lockstep on full HBMs (engines evicting LRU blocks), both
-    make every decision alike, and the pruned one walks fewer LRUs."""
+    """Explore (and replication) price Evict_n only for nodes whose Load + plan could still
+    win. Against a reference pricing every candidate through the public `evict_s`, run in
+    lockstep on full HBMs (engines evicting LRU blocks): every decision is the same, and
+    the pruned one walks fewer LRUs."""
     import random
     from collections import OrderedDict
 
     from preble_tiered.events import BlockRemoved
 
+    def price_all(s):
+        def evicts(nodes, pc, now, base, slack):
+            bs, grow = s.cluster.block_size, pc.prompt_tokens + pc.req.max_output_tokens
+            in_place = {n: m.hbm_prefix * bs for n, m in pc.match.nodes.items()}
+            return [s.policy.evict_s(n, grow - in_place.get(n, 0), now) for n in nodes]
+        return evicts
+
     n_nodes, cap = 16, 200  # HBM blocks per node: ~3 prompts, so every node is full early
     runs = []
-    for explain in (True, False):
-        s, clock = make_sched(policy, n_nodes=n_nodes, hbm_tokens=cap * BS, explain=explain,
-                              rebalance_interval_s=5.0)
+    for reference in (True, False):
+        s, clock = make_sched(policy, n_nodes=n_nodes, hbm_tokens=cap * BS, rebalance_interval_s=5.0)
         walks = [0]
         price = s.policy._evict_price
 
@@ -513,6 +520,8 @@ def test_pruned_eviction_pricing_makes_the_same_decisions_with_fewer_lru_walks(p
             return price(node, now)
 
         s.policy._evict_price = counted
+        if reference:
+            s.policy._evicts = price_all(s)
         runs.append((s, clock, walks, [OrderedDict() for _ in range(n_nodes)]))
     rng = random.Random(7)
     prefixes = [blocks(rng.randrange(8, 60), 100_000 + 1000 * k) for k in range(40)]
@@ -547,3 +556,23 @@ def test_pruned_eviction_pricing_makes_the_same_decisions_with_fewer_lru_walks(p
     (_, _, all_walks, _), (_, _, pruned_walks, _) = runs
     print(pruned_walks, all_walks, branches)
     assert 0 < pruned_walks[0] < all_walks[0] * 0.8
+
+
+def test_explain_shows_nodes_that_could_not_win_as_not_priced():
+    """A full node whose load + plan alone exceeds pd_slack x the winner's total is not
+    priced: `explain` lists it with evict_s None and load + plan as its total."""
+    s, clock = cache_hot_prefix(hbm_tokens=4099, explain=True)  # node 0 full of hot q
+    now = clock.now()
+    s.policy.add_work(0, now, 50.0)  # node 0 could not win, whatever its eviction costs
+    for n in (1, 2, 3):
+        hold(s, n, Tier.HBM, blocks(120, 60_000 + 1000 * n))  # full, but of cold blocks
+    d = s.schedule(req("x", blocks(127, 30_000), prompt_tokens=4095, out=1))
+    by_node = {c.node: c for c in d.candidates}
+    assert d.node != 0 and sorted(by_node) == [0, 1, 2, 3]
+    assert by_node[0].evict_s is None
+    assert by_node[0].total_s == pytest.approx(by_node[0].load_s + by_node[0].plan_s)
+    assert by_node[0].total_s > s.policy.config.pd_slack * by_node[d.node].total_s
+    assert all(by_node[n].evict_s is not None for n in (1, 2, 3))
+    # Priced, it would cost more again: the hot prefix on node 0 is what it would evict.
+    grow = 4095 + 1
+    assert s.policy.evict_s(0, grow, now) > 0.0
