@@ -220,6 +220,36 @@ def warm_bound(requests: Sequence[WorkloadRequest], nodes: int, cost: CostModel,
                      cost).run()
 
 
+@dataclass(frozen=True)
+class ComputeFloor:
+    """The least prefill any router must compute for a stream (`compute_floor`)."""
+
+    prompt_tokens: int
+    unshared_tokens: int  # tokens outside every shared block, over all requests
+    shared_blocks: int  # distinct blocks that two or more requests hold
+    floor_tokens: int  # unshared tokens + one computation of each shared block
+
+    @property
+    def share(self) -> float:
+        return self.floor_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+
+def compute_floor(requests: Sequence[WorkloadRequest], block_size: int = 32) -> ComputeFloor:
+    """Tokens no placement, tier or copy can avoid computing: each token outside every
+    shared block (a block two or more requests hold; a trailing partial block is never
+    shared) wherever its request runs, and each shared block once somewhere. A lower bound
+    on any policy's recomputed tokens; the warm-cluster bound computes only the first part."""
+    hasher = BlockHasher(block_size)
+    counts: Counter[int] = Counter()
+    total = 0
+    for r in requests:
+        counts.update(hasher(request_token_ids(r)))
+        total += r.prompt_tokens
+    shared = [c for c in counts.values() if c >= 2]
+    unshared = total - block_size * sum(shared)
+    return ComputeFloor(total, unshared, len(shared), unshared + block_size * len(shared))
+
+
 def simulate(requests: Sequence[WorkloadRequest], config: SimConfig, cost: CostModel,
              progress: Callable[[int, int], None] | None = None) -> SimResult:
     """Run one policy over `requests` (convenience wrapper)."""

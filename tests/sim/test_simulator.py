@@ -9,7 +9,7 @@ import pytest
 from preble_tiered.scheduler.cost_model import cost_preset
 from preble_tiered.scheduler.policy import policy_class
 from preble_tiered.sim.metrics import TIER_KEYS, ideal_records, shared_prefix_blocks
-from preble_tiered.sim.simulator import SimConfig, Simulator, simulate, warm_bound
+from preble_tiered.sim.simulator import SimConfig, Simulator, compute_floor, simulate, warm_bound
 from preble_tiered.types import Segment, Tier, WorkloadRequest
 from preble_tiered.workloads import WorkloadConfig, load_trace, make_workload, write_trace
 
@@ -251,3 +251,32 @@ def test_warm_bound_computes_only_each_requests_own_tokens(name):
     s, cold = res.summary(), run_sim(name, "least_load")[1].summary()
     assert s["recomputed_tokens"] < cold["recomputed_tokens"]
     assert s["latency"]["mean"] >= s["ideal"]["latency"]["mean"]  # still no faster than alone
+
+
+def test_compute_floor_counts_unshared_tokens_and_each_shared_block_once():
+    # a: sys(64) + q1(40); b: sys(64) + q2(40); c: sys(64) + doc(96) + q3(10); d: doc(96) + q4(8).
+    # Shared blocks: sys's 2 (a, b, c); doc's 3 are not shared (c's doc follows sys: other chain).
+    def r(rid, *segs):
+        return WorkloadRequest(rid, 0.0, tuple(Segment(s, n) for s, n in segs), 4)
+
+    reqs = [r("a", ("sys", 64), ("q1", 40)), r("b", ("sys", 64), ("q2", 40)),
+            r("c", ("sys", 64), ("doc", 96), ("q3", 10)), r("d", ("doc", 96), ("q4", 8))]
+    f = compute_floor(reqs, block_size=32)
+    total = 104 + 104 + 170 + 104
+    assert (f.prompt_tokens, f.shared_blocks) == (total, 2)
+    assert f.unshared_tokens == total - 3 * 64
+    assert f.floor_tokens == f.unshared_tokens + 64
+    assert f.share == pytest.approx(f.floor_tokens / total)
+
+
+@pytest.mark.parametrize("name, policy", CASES)
+def test_no_policy_computes_less_than_the_compute_floor(name, policy):
+    """The floor is a lower bound on what any policy recomputes (each shared block at least
+    once, every other token always); the warm-cluster bound, which starts with every
+    shared block, computes no more than the floor's unshared part plus a token a request."""
+    reqs = workload(name)
+    f = compute_floor(reqs)
+    assert run_sim(name, policy)[1].summary()["recomputed_tokens"] >= f.floor_tokens
+    _, hbm, _ = WORKLOADS[name]
+    warm = warm_bound(list(reqs), 4, COST, hbm_tokens=hbm).summary()["recomputed_tokens"]
+    assert f.unshared_tokens <= warm <= f.unshared_tokens + len(reqs) < f.floor_tokens
