@@ -321,8 +321,8 @@ def render(method: str, resp) -> None:
                       f"{c.total_s:.4f}" if priced else f">= {c.total_s:.4f}", "<-" if c.node_id == r.node_id else "")
         con.print(t)
         if unpriced:
-            con.print(f"evict '-': not priced on {unpriced} node(s) whose load + plan alone already exceeded "
-                      "the chosen node's cost")
+            con.print(f"evict '-': not priced on {unpriced} node(s) whose cost without eviction already "
+                      "exceeded the chosen node's")
         s = table("plan", "action", "blocks", "tokens", "tier", "source")
         for seg in r.plan:
             s.add_row(seg.action, str(seg.blocks), str(seg.tokens), _TIER_NAMES[seg.tier],

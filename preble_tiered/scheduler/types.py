@@ -93,9 +93,9 @@ class Plan:
 class CandidateCost:
     """One node's cost terms for a request (kept for `explain`).
 
-    `evict_s` None: eviction was not priced there, because load + plan alone already
-    exceeded what the chosen node cost (times E2's `pd_slack`), so the node could not have
-    been chosen; `total_s` is then load + plan, a lower bound."""
+    `evict_s` None: eviction was not priced there, because the node's cost without it (load
+    + plan for explore, queued prefill + plan for a copy) already exceeded the chosen
+    node's, so it could not have been chosen; `total_s` is then load + plan, a lower bound."""
 
     node: NodeId
     load_s: float
