@@ -29,8 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from preble_tiered import cli  # noqa: E402
-from preble_tiered.server.launcher import ClusterSpec, LocalCluster  # noqa: E402
+from preble_tiered.cli import main as cli  # noqa: E402
+from preble_tiered.cli.launcher import ClusterSpec, LocalCluster  # noqa: E402
 
 POLICIES = ("e2_tiered", "preble_e2", "least_load", "round_robin")
 KV_BYTES_PER_TOKEN = 8192  # the tiny model: 2 * 4 layers * 4 kv heads * 64 * fp32

@@ -54,7 +54,7 @@ from preble_tiered.scheduler.core import Scheduler, SchedulerConfig, predicted_c
 from preble_tiered.scheduler.policy import PolicyConfig
 from preble_tiered.scheduler.cost_model import cost_preset
 from preble_tiered.scheduler.types import RouteRequest
-from preble_tiered.server.decisions import DecisionRing
+from preble_tiered.router.decisions import DecisionRing
 from preble_tiered.types import Tier
 
 PREFIX_TOKENS, QUESTION_TOKENS = 1536, 512

@@ -74,7 +74,7 @@ def serve_source(n_blocks: int) -> None:
     from preble_tiered.kvstore.runtime import NodeKVRuntime
     from preble_tiered.kvstore.store import TieredStore
     from preble_tiered.scheduler.cost_model import engine_cost_model
-    from preble_tiered.server.grpc_util import SERVER_OPTIONS
+    from preble_tiered.api.grpc_util import SERVER_OPTIONS
     from preble_tiered.transfer.service import TransferService, add_transfer_service
 
     rt = NodeKVRuntime(TieredStore(DramTier(n_blocks * BLOCK_BYTES + 1), namespace=NS), BlockHasher(32),
@@ -101,7 +101,7 @@ def serve_grpc(total: int) -> None:
     and again) on a bare gRPC call: the most any gRPC stream carries here."""
     import grpc
 
-    from preble_tiered.server.grpc_util import SERVER_OPTIONS
+    from preble_tiered.api.grpc_util import SERVER_OPTIONS
 
     data = bytes(CHUNK)
 
@@ -287,7 +287,7 @@ def pull_paths(n: int, reps: int) -> dict:
     from preble_tiered.kvstore.runtime import NodeKVRuntime
     from preble_tiered.kvstore.store import TieredStore
     from preble_tiered.scheduler.cost_model import engine_cost_model
-    from preble_tiered.server.grpc_util import CHANNEL_OPTIONS
+    from preble_tiered.api.grpc_util import CHANNEL_OPTIONS
     from preble_tiered.transfer.puller import pull_blocks
 
     total = n * BLOCK_BYTES

@@ -74,7 +74,7 @@ class Bench:
         import grpc
 
         from preble_tiered.engine.vllm_engine import EngineRequest, GenParams
-        from preble_tiered.server.grpc_util import CHANNEL_OPTIONS
+        from preble_tiered.api.grpc_util import CHANNEL_OPTIONS
         from preble_tiered.transfer.puller import pull_blocks
 
         rt = self.engine.kv_runtime
@@ -135,7 +135,7 @@ def serve_source(namespace: str) -> None:
     from preble_tiered.kvstore.config import KVStoreConfig, build_store
     from preble_tiered.kvstore.runtime import NodeKVRuntime
     from preble_tiered.scheduler.cost_model import engine_cost_model
-    from preble_tiered.server.grpc_util import SERVER_OPTIONS
+    from preble_tiered.api.grpc_util import SERVER_OPTIONS
     from preble_tiered.transfer.service import TransferService, add_transfer_service
 
     rt = NodeKVRuntime(build_store(KVStoreConfig(dram_bytes=1 << 30, namespace=namespace)), BlockHasher(32),

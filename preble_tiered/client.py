@@ -6,10 +6,10 @@ from collections.abc import Iterator, Sequence
 
 
 from preble_tiered.engine.api import GenParams
-from preble_tiered.server import convert
-from preble_tiered.server.auth import bearer, channel
-from preble_tiered.server.grpc_util import CHANNEL_OPTIONS
-from preble_tiered.server.pb import common_pb2, inference_pb2, inference_pb2_grpc
+from preble_tiered.api import convert
+from preble_tiered.api.auth import bearer, channel
+from preble_tiered.api.grpc_util import CHANNEL_OPTIONS
+from preble_tiered.api.pb import common_pb2, inference_pb2, inference_pb2_grpc
 
 
 def build_request(prompt: str | Sequence[int], params: GenParams | None = None,

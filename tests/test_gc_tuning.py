@@ -28,8 +28,8 @@ def test_bad_thresholds_are_refused_before_anything_changes(bad):
 
 
 def test_preble_router_tunes_the_collector_before_serving(monkeypatch):
-    from preble_tiered import cli
-    from preble_tiered.server import router_service
+    from preble_tiered.cli import main as cli
+    from preble_tiered.router import service as router_service
 
     calls = []
     monkeypatch.setattr(gc_tuning, "tune_gc_for_serving", lambda: calls.append("tune"))

@@ -351,7 +351,7 @@ class VLLMEngine:
         transfer = None
         if self._kv is not None:
             transfer = v["KVTransferConfig"](
-                kv_connector="PrebleTieredConnector", kv_connector_module_path="preble_tiered.kvstore.connector",
+                kv_connector="PrebleTieredConnector", kv_connector_module_path="preble_tiered.engine.kv_connector",
                 kv_role="kv_both", kv_connector_extra_config={"store_id": self._store_id},
                 kv_load_failure_policy="recompute")  # a block gone bad is recomputed, never fatal
         return v["EngineArgs"](

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from preble_tiered.engine.sim_engine import SimEngine, SimEngineConfig, SimRequest
+from preble_tiered.sim.engine import SimEngine, SimEngineConfig, SimRequest
 from preble_tiered.hashing import BlockHasher
 from preble_tiered.scheduler.clock import ManualClock
 from preble_tiered.scheduler.core import Scheduler, SchedulerConfig

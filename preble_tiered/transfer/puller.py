@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from preble_tiered.server.pb import transfer_pb2
+from preble_tiered.api.pb import transfer_pb2
 from preble_tiered.transfer.framing import DEFAULT_PIECE_BYTES, Assembler, Block, Piece, TransferError, decode_piece
 
 PULL_METHOD = "/preble.v1.Transfer/Pull"

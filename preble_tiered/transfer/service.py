@@ -24,7 +24,7 @@ from typing import Protocol
 
 import grpc
 
-from preble_tiered.server.pb import transfer_pb2, transfer_pb2_grpc
+from preble_tiered.api.pb import transfer_pb2, transfer_pb2_grpc
 from preble_tiered.transfer.framing import DEFAULT_PIECE_BYTES, MAX_PIECE_BYTES, MIN_PIECE_BYTES, encode_piece, split
 
 logger = logging.getLogger(__name__)

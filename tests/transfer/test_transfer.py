@@ -15,7 +15,7 @@ from preble_tiered.kvstore.runtime import NodeKVRuntime
 from preble_tiered.kvstore.store import TieredStore
 from preble_tiered.kvstore.dram import DramTier
 from preble_tiered.scheduler.cost_model import engine_cost_model
-from preble_tiered.server.pb import transfer_pb2, transfer_pb2_grpc
+from preble_tiered.api.pb import transfer_pb2, transfer_pb2_grpc
 from preble_tiered.transfer.framing import (Assembler, Piece, TransferError, block_checksum, decode_piece, encode_piece,
                                             split)
 from preble_tiered.transfer.meter import BandwidthMeter

@@ -1,0 +1,260 @@
+"""The serving commands of `preble`: serve, router, node, generate, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shlex
+import sys
+
+from preble_tiered.scheduler.policy import policy_names
+
+DEFAULT_PORT = 50051
+
+
+def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
+    sv = sub.add_parser("serve", help="start a router and N node agents on loopback (the embedded default)",
+                        description="Start a router and --nodes node agents (one vLLM engine each, pinned to "
+                                    "one core each) on loopback. Without --model, builds a tiny random-weight "
+                                    "model once under ~/.cache/preble_tiered. Ctrl-C stops everything.")
+    sv.add_argument("--nodes", type=positive_int, default=2, help="node agents to start (default: 2)")
+    sv.add_argument("--model", metavar="PATH", help="local model directory (default: the tiny model)")
+    sv.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"router port (default: {DEFAULT_PORT})")
+    sv.add_argument("--policy", default="e2_tiered", choices=policy_names(), help="routing policy (default: e2_tiered)")
+    sv.add_argument("--kv-cache-bytes", type=positive_int, default=256 << 20,
+                    help="KV cache per node in bytes (default: 256 MiB)")
+    sv.add_argument("--block-size", type=positive_int, default=32, help="tokens per KV block (default: 32)")
+    sv.add_argument("--max-model-len", type=positive_int, default=None,
+                    help="longest prompt + output in tokens (default: the model's)")
+    sv.add_argument("--log-dir", metavar="DIR", help="where the processes' logs go (default: under the cache dir)")
+    sv.add_argument("--dram-bytes", type=positive_int, default=None,
+                    help="each node's host-memory KV tier in bytes (default: none; pins need one)")
+    _add_security_args(sv)
+
+    rt = sub.add_parser("router", help="run the router (global scheduler + client API)",
+                        description="Serve preble.v1.Inference/Admin/Registry; nodes register with it.")
+    rt.add_argument("--host", default="127.0.0.1")
+    rt.add_argument("--port", type=int, default=DEFAULT_PORT)
+    rt.add_argument("--policy", default="e2_tiered", choices=policy_names())
+    rt.add_argument("--block-size", type=positive_int, default=32)
+    rt.add_argument("--tokenizer", metavar="PATH", help="tokenizer directory (default: the first node's model)")
+    rt.add_argument("--max-nodes", type=positive_int, default=64)
+    rt.add_argument("--max-outstanding", type=positive_int, default=1024,
+                    help="requests in flight before RESOURCE_EXHAUSTED (default: 1024)")
+    rt.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (default: off)")
+    _add_security_args(rt)
+
+    nd = sub.add_parser("node", help="run a node agent (one vLLM engine)",
+                        description="Serve preble.v1.Node with an in-process vLLM engine and register with "
+                                    "the router.")
+    nd.add_argument("--model", required=True, metavar="PATH", help="local model directory")
+    nd.add_argument("--router", metavar="ADDR", help="router host:port to register with")
+    nd.add_argument("--host", default="127.0.0.1")
+    nd.add_argument("--port", type=int, default=0, help="Node service port (default: any free port)")
+    nd.add_argument("--name", default=None, help="node name (default: node-<port>)")
+    nd.add_argument("--block-size", type=positive_int, default=32, help="tokens per KV block, multiple of 32 on CPU")
+    nd.add_argument("--kv-cache-bytes", type=positive_int, default=256 << 20)
+    nd.add_argument("--max-model-len", type=positive_int, default=None,
+                    help="longest prompt + output in tokens (default: the model's); the KV cache must hold one")
+    nd.add_argument("--max-num-seqs", type=positive_int, default=16)
+    nd.add_argument("--max-queue", type=positive_int, default=256,
+                    help="requests waiting before RESOURCE_EXHAUSTED (default: 256)")
+    nd.add_argument("--cpu-core", type=int, default=None, help="pin the engine's compute to this core")
+    nd.add_argument("--dram-bytes", type=positive_int, default=None,
+                    help="host-memory KV tier under the engine's cache, bytes (default: none)")
+    nd.add_argument("--disk-path", metavar="DIR", help="RocksDB directory of the disk KV tier (default: none)")
+    nd.add_argument("--disk-bytes", type=positive_int, default=None, help="disk KV tier budget, bytes")
+    nd.add_argument("--disk-mmap-reads", action="store_true",
+                    help="map the disk tier's files for reads: faster loads, but a truncated file or a "
+                         "disk read error kills the node (SIGBUS) instead of costing a miss")
+    nd.add_argument("--write-policy", choices=["write_back", "write_through"], default="write_back",
+                    help="write_back: DRAM, demoted to disk on DRAM eviction; write_through: DRAM and disk")
+    nd.add_argument("--metrics-port", type=int, default=0)
+
+    gn = sub.add_parser("generate", help="send one prompt to a cluster",
+                        description="Stream a completion from the router; --json prints the final usage message.")
+    gn.add_argument("text", help="prompt text")
+    gn.add_argument("--addr", default=f"127.0.0.1:{DEFAULT_PORT}", help="router address")
+    gn.add_argument("--max-tokens", type=positive_int, default=32)
+    gn.add_argument("--temperature", type=float, default=0.0)
+    gn.add_argument("--top-p", type=float, default=1.0)
+    gn.add_argument("--seed", type=int, default=None)
+    gn.add_argument("--request-id", default="")
+    gn.add_argument("--json", action="store_true", help="print the usage message as JSON, not the text")
+    gn.add_argument("--timeout", type=positive_float, default=300.0, help="seconds (default: 300)")
+    gn.add_argument("--inference-token-file", metavar="FILE",
+                    help="file with the Inference API token (default: $PREBLE_INFERENCE_TOKEN)")
+    gn.add_argument("--tls-ca", metavar="PEM", help="CA (or server) certificate: connect with TLS")
+
+    bn = sub.add_parser("bench", help="drive a running cluster with a workload or trace",
+                        description="Open-loop load over the gRPC API; prints TTFT/latency/TPOT/throughput and "
+                                    "cached tokens by tier; --json writes the same shape as `preble sim`.")
+    add_workload_args(bn, trace=True)
+    bn.add_argument("--addr", default=f"127.0.0.1:{DEFAULT_PORT}", help="router address")
+    bn.add_argument("--max-output-tokens", type=positive_int, default=None, help="cap each request's output")
+    bn.add_argument("--json", metavar="PATH", help="write the summary as JSON")
+    bn.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_security_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state", metavar="FILE", default=None,
+                   help="JSON file of named prefixes and pins, kept across restarts "
+                        "(default: router-<port>-state.json under the cache dir)")
+    p.add_argument("--admin-token-file", metavar="FILE",
+                   help="file with the Admin API bearer token (default: $PREBLE_ADMIN_TOKEN; none: Admin is open)")
+    p.add_argument("--inference-token-file", metavar="FILE",
+                   help="file with the Inference API bearer token (default: $PREBLE_INFERENCE_TOKEN; none: open)")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (needs --tls-key)")
+    p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+
+
+def _security_config(args: argparse.Namespace) -> dict:
+    """RouterConfig fields from the security flags (tokens read now: a bad file fails fast)."""
+    import os
+    from pathlib import Path
+
+    from preble_tiered.api.auth import ADMIN_TOKEN_ENV, INFERENCE_TOKEN_ENV, load_token
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    base = Path(os.environ.get("PREBLE_CACHE_DIR") or Path.home() / ".cache" / "preble_tiered")
+    state = args.state or str(base / f"router-{args.port}-state.json")
+    return dict(state_path=state, admin_token=load_token(ADMIN_TOKEN_ENV, args.admin_token_file),
+                inference_token=load_token(INFERENCE_TOKEN_ENV, args.inference_token_file),
+                tls_cert=args.tls_cert, tls_key=args.tls_key)
+
+
+def _logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_router(args: argparse.Namespace) -> int:
+    from preble_tiered.gc_tuning import tune_gc_for_serving
+    from preble_tiered.router.router import RouterConfig
+    from preble_tiered.router.service import serve_router
+
+    _logging()
+    cfg = RouterConfig(host=args.host, port=args.port, policy=args.policy, block_size=args.block_size,
+                       tokenizer=args.tokenizer, max_nodes=args.max_nodes, max_outstanding=args.max_outstanding,
+                       metrics_port=args.metrics_port, **_security_config(args))
+    tune_gc_for_serving()  # the decision path allocates per request: see gc_tuning.py
+    asyncio.run(serve_router(cfg))
+    return 0
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from preble_tiered.node.agent import NodeConfig, serve_node
+
+    _logging()
+    from preble_tiered.engine.vllm_engine import EngineConfig
+
+    kv = None
+    if args.dram_bytes or args.disk_path:
+        from preble_tiered.kvstore.config import KVStoreConfig
+
+        kv = KVStoreConfig(dram_bytes=args.dram_bytes or (256 << 20), disk_path=args.disk_path,
+                           disk_bytes=args.disk_bytes or ((4 << 30) if args.disk_path else 0),
+                           write_policy=args.write_policy, disk_mmap_reads=args.disk_mmap_reads)
+    ecfg = EngineConfig(kv_store=kv, model=args.model, block_size=args.block_size, kv_cache_bytes=args.kv_cache_bytes,
+                        max_num_seqs=args.max_num_seqs, cpu_core=args.cpu_core,
+                        max_model_len=args.max_model_len)
+    ncfg = NodeConfig(name=args.name or f"node-{args.port}", host=args.host, port=args.port, router=args.router,
+                      max_queue=args.max_queue, metrics_port=args.metrics_port)
+    asyncio.run(serve_node(ncfg, ecfg))
+    return 0
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import time
+
+    from preble_tiered.cli.launcher import ClusterSpec, LocalCluster
+
+    sec = _security_config(args)  # fail here, not in the router child, on a bad token file or TLS pair
+    router_args: list[str] = []
+    for flag in ("state", "admin_token_file", "inference_token_file", "tls_cert", "tls_key"):
+        value = getattr(args, flag)
+        if value:
+            router_args += ["--" + flag.replace("_", "-"), str(value)]
+    spec = ClusterSpec(nodes=args.nodes, model=args.model, port=args.port, policy=args.policy,
+                       kv_cache_bytes=args.kv_cache_bytes, block_size=args.block_size, log_dir=args.log_dir,
+                       max_model_len=args.max_model_len, dram_bytes=args.dram_bytes,
+                       router_args=tuple(router_args), inference_token=sec["inference_token"], tls_ca=args.tls_cert)
+    cluster = LocalCluster(spec)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops as cleanly as Ctrl-C
+    try:
+        cluster.start(progress=lambda m: print(m, flush=True))
+        print(f"\npreble is serving on {cluster.addr}: {args.nodes} node(s), policy {args.policy}, "
+              f"model {cluster.model}\ntry:\n  preble generate --addr {cluster.addr} "
+              f"{shlex.quote('Summarise the plot of Hamlet.')}\nCtrl-C stops everything.", flush=True)
+        while True:
+            for name, p in cluster.processes():
+                if p.poll() is not None:
+                    print(f"{name} exited with code {p.returncode}; see {cluster.log_dir / (name + '.log')}; "
+                          "stopping", file=sys.stderr, flush=True)
+                    return 1
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        print("\nstopping ...", flush=True)
+        return 0
+    finally:
+        cluster.stop()
+        print("stopped: router and nodes exited", flush=True)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import grpc
+
+    from preble_tiered.client import Client, build_request, usage_dict
+    from preble_tiered.engine.api import GenParams
+
+    from preble_tiered.api.auth import INFERENCE_TOKEN_ENV, load_token
+
+    params = GenParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    req = build_request(args.text, params, args.request_id)
+    token = load_token(INFERENCE_TOKEN_ENV, args.inference_token_file)
+    try:
+        with Client(args.addr, args.timeout, token=token, tls_ca=args.tls_ca) as c:
+            if args.json:
+                print(json.dumps(usage_dict(c.generate(req)), indent=2))
+                return 0
+            for msg in c.stream(req):
+                if msg.WhichOneof("kind") == "chunk":
+                    print(msg.chunk.text, end="", flush=True)
+                else:
+                    u = msg.complete.usage
+                    print(f"\n[node {u.node}, {u.prompt_tokens} prompt tokens, "
+                          f"{u.prompt_tokens - u.recomputed_tokens} cached, ttft {u.ttft_ms:.0f} ms, "
+                          f"latency {u.latency_ms:.0f} ms]", file=sys.stderr)
+    except grpc.RpcError as e:
+        print(f"preble generate: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, load_requests) -> int:
+    from preble_tiered.cli.bench import BenchConfig, run_bench
+    from preble_tiered.client import Client
+    from preble_tiered.sim.report import format_table, write_json
+
+    if getattr(args, "nodes", None) is None:
+        with Client(args.addr) as c:
+            args.nodes = max(1, c.model_info().nodes_alive)
+    reqs, wname = load_requests(args)
+    cfg = BenchConfig(addr=args.addr, max_output_tokens=args.max_output_tokens, progress=not args.quiet)
+    out = asyncio.run(run_bench(reqs, cfg, wname))
+    s = out.summary
+    print(format_table([s]))
+    print(f"cached-token share {s['cached_token_share']:.3f}; failed {s['failed']}")
+    for f in out.failures[:10]:
+        print(f"  failed: {f}", file=sys.stderr)
+    if args.json:
+        write_json(args.json, [s], "preble " + shlex.join(args.argv))
+        print(f"wrote {args.json}")
+    return 1 if out.failures else 0

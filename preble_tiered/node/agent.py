@@ -1,0 +1,437 @@
+"""The node agent: one vLLM engine behind the `preble.v1.Node` gRPC service.
+
+    router --Submit--> agent --EngineRequest--> VLLMEngine (own thread; fair admission)
+    router <-chunks--- agent <--EngineOutput--- (engine thread, via call_soon_threadsafe)
+    router <-Events--- agent <--(seq, events)-- (KV-event thread: vLLM ZMQ -> router hashes)
+    peer   <-Pull----- agent (Transfer service: this node's DRAM/disk blocks for other nodes)
+    agent  --Pull----> peer  (a Submit carrying a PullPlan: pull first, then run)
+
+Everything the engine calls back with is handed to the asyncio loop, which alone touches
+the agent's state. Residency batches are kept in a bounded ring so a reconnecting router can
+resume after a sequence number; when that number has left the ring it gets OUT_OF_RANGE and
+resynchronises with `Snapshot`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import grpc
+
+from preble_tiered.engine.api import EngineOutput, EngineRequest, ModelInfo, validate_prompt
+from preble_tiered.events import ResidencyEvent
+from preble_tiered.api import convert
+from preble_tiered.api.grpc_util import CHANNEL_OPTIONS, SERVER_OPTIONS, ServingHealth, bind, enable_reflection
+from preble_tiered.api.metrics import serve_metrics
+from preble_tiered.node.metrics import NodeMetrics
+from preble_tiered.api.pb import node_pb2, node_pb2_grpc
+from preble_tiered.transfer.puller import pull_blocks
+from preble_tiered.transfer.service import TransferService, add_transfer_service
+from preble_tiered.types import Tier
+
+logger = logging.getLogger(__name__)
+
+MAX_PIN_BLOCKS = 65536
+
+FAULT_DROP_EVENT_SEQ = "PREBLE_FAULT_DROP_EVENT_SEQ"
+"""Test-only fault injection: the agent never publishes the event batch with this sequence
+number, as if it were lost on the wire (the router must detect the gap and resynchronise)."""
+FAULT_DIE_AFTER_PIECES = "PREBLE_FAULT_DIE_AFTER_PIECES"
+"""Test-only fault injection: the process exits abruptly (exit code 3, no cleanup) after
+sending this many pieces of a pull to another node: a node dying mid-transfer."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """How a node agent runs (the engine's own settings are in EngineConfig)."""
+
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    """Port of the Node service (0: any free port)."""
+    router: str | None = None
+    """host:port of the router's Registry; None: do not register (tests)."""
+    max_queue: int = 256
+    """Requests accepted and not yet started; beyond it Submit answers RESOURCE_EXHAUSTED."""
+    event_ring: int = 65536
+    """Residency batches kept for resuming routers."""
+    register_interval_s: float = 2.0
+    metrics_port: int = 0
+    pull_timeout_s: float = 10.0
+    """A pull from another node taking longer is cut off; the rest is recomputed."""
+    pull_window: int = 8
+    """Pieces a peer may send ahead of our credits (each at most 1 MiB)."""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("a node needs a name")
+        if self.max_queue <= 0 or self.event_ring <= 0:
+            raise ValueError("max_queue and event_ring must be positive")
+
+
+@dataclass
+class _Stream:
+    queue: asyncio.Queue[EngineOutput]
+    received_at: float
+    first_token_at: float | None = None
+    tokens: int = 0
+    done: bool = False
+
+
+@dataclass
+class _Ring:
+    batches: deque[node_pb2.EventBatch] = field(default_factory=deque)
+    last_seq: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class NodeAgent(node_pb2_grpc.NodeServicer):
+    def __init__(self, config: NodeConfig, engine_factory, metrics: NodeMetrics | None = None) -> None:
+        """`engine_factory(on_output, on_events)` returns an unstarted engine (VLLMEngine)."""
+        self.config = config
+        self.metrics = metrics or NodeMetrics()
+        self.engine = engine_factory(self._on_output_threadsafe, self._on_events_threadsafe)
+        self.info: ModelInfo | None = None
+        self.address = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._streams: dict[str, _Stream] = {}
+        self._ring = _Ring()
+        self._queued = 0
+        self._drop_seq = int(os.environ.get(FAULT_DROP_EVENT_SEQ, "0") or 0)
+        self._server: grpc.aio.Server | None = None
+        self._health: ServingHealth | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._peers: dict[str, grpc.aio.Channel] = {}  # pull sources, by address
+        die_after = int(os.environ.get(FAULT_DIE_AFTER_PIECES, "0") or 0)
+        self.transfer = TransferService(lambda: self.engine.kv_runtime,
+                                        _die_after(die_after) if die_after > 0 else None)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> int:
+        """Listen (NOT_SERVING), start the engine, then serve and register. Returns the port."""
+        self._loop = asyncio.get_running_loop()
+        self._ring.changed = asyncio.Event()
+        server = self._server = grpc.aio.server(options=SERVER_OPTIONS)
+        node_pb2_grpc.add_NodeServicer_to_server(self, server)
+        add_transfer_service(self.transfer, server)
+        self._health = ServingHealth(server, ["preble.v1.Node", "preble.v1.Transfer"])
+        enable_reflection(server, ["preble.v1.Node", "preble.v1.Transfer"])
+        port = bind(server, self.config.host, self.config.port)
+        self.address = f"{self.config.host}:{port}"
+        await server.start()
+        await self._health.set(False)
+        serve_metrics(self.metrics.registry, self.config.metrics_port)
+        logger.info("node %s listening on %s; starting the engine", self.config.name, self.address)
+        self.info = await asyncio.to_thread(self.engine.start)
+        await self._health.set(True)
+        logger.info("node %s ready: %s, %d KV tokens", self.config.name, self.info.model,
+                    self.info.kv_capacity_tokens)
+        self._tasks.append(asyncio.create_task(self._stats_loop()))
+        if self.config.router:
+            self._tasks.append(asyncio.create_task(self._register_loop()))
+        return port
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        for t in self._tasks:
+            t.cancel()
+        if self._health is not None:
+            await self._health.set(False)
+        if self._server is not None:
+            await self._server.stop(grace_s)
+        for ch in self._peers.values():
+            await ch.close()
+        await asyncio.to_thread(self.engine.shutdown)
+
+    async def wait(self) -> None:
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+    # ------------------------------------------------------------------ engine callbacks (other threads)
+    def _on_output_threadsafe(self, out: EngineOutput) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._deliver, out)
+
+    def _on_events_threadsafe(self, seq: int, events: list[ResidencyEvent]) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._publish, seq, events)
+
+    def _deliver(self, out: EngineOutput) -> None:
+        st = self._streams.get(out.request_id)
+        if st is not None:
+            st.queue.put_nowait(out)
+
+    def _publish(self, seq: int, events: list[ResidencyEvent]) -> None:
+        ring = self._ring
+        ring.last_seq = max(ring.last_seq, seq)
+        if seq != self._drop_seq:
+            ring.batches.append(convert.batch_to_pb(seq, events))
+            if len(ring.batches) > self.config.event_ring:
+                ring.batches.popleft()
+        self.metrics.event_batches.inc()
+        ring.changed.set()
+        ring.changed = asyncio.Event()
+
+    # ------------------------------------------------------------------ Node service
+    async def Submit(self, request: node_pb2.SubmitRequest, context: grpc.aio.ServicerContext):
+        info = self.info
+        if info is None or not self.engine.ready:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"node {self.config.name} is not ready yet")
+        rid = request.request_id
+        if not rid:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request_id is required")
+        ids = list(request.prompt_token_ids)
+        params = convert.params_from_pb(request.sampling)
+        try:
+            validate_prompt(info.vocab_size, info.max_model_len, ids, params)
+        except ValueError as e:
+            self.metrics.requests.labels("invalid").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if rid in self._streams:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"request {rid!r} is already running here")
+        if self._queued >= self.config.max_queue:
+            self.metrics.requests.labels("rejected").inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"node {self.config.name} has {self._queued} requests waiting (limit "
+                                f"{self.config.max_queue}); retry later or add nodes")
+        st = self._streams[rid] = _Stream(asyncio.Queue(), time.monotonic())
+        self._queued += 1
+        rt = self.engine.kv_runtime
+        try:
+            if request.HasField("pull") and request.pull.hashes and rt is not None:
+                await self._pull(rid, request.pull, rt)
+            self.engine.add(EngineRequest(rid, ids, params, min(9, request.priority_group)))
+            async for msg in self._relay(rid, st, len(ids)):
+                yield msg
+        except _EngineError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"node {self.config.name}: engine failed: {e}")
+        finally:
+            if st.first_token_at is None:
+                self._queued -= 1
+            self._streams.pop(rid, None)
+            if rt is not None:
+                rt.release_pulled(rid)
+            if not st.done:
+                self.engine.abort(rid)  # the router went away or the call was cancelled
+                self.metrics.requests.labels("cancelled").inc()
+
+    async def _pull(self, rid: str, plan: node_pb2.PullPlan, rt) -> None:
+        """Pull the plan's blocks this node lacks into DRAM (pinned for `rid`). Never raises
+        for a failed pull: whatever did not arrive is recomputed."""
+        want = rt.missing(list(plan.hashes))
+        if not want or plan.source_address == self.address:
+            return
+        ch = self._peers.get(plan.source_address)
+        if ch is None:
+            ch = self._peers[plan.source_address] = grpc.aio.insecure_channel(plan.source_address,
+                                                                             options=CHANNEL_OPTIONS)
+
+        async def sink(block) -> bool:  # inline when the store is free, else off the loop
+            done = rt.store_pulled(rid, block, blocking=False)
+            return done if done is not None else await asyncio.to_thread(rt.store_pulled, rid, block)
+
+        res = await pull_blocks(ch, rt.namespace, want, sink, window=self.config.pull_window,
+                                timeout_s=self.config.pull_timeout_s)
+        rt.meter.observe(f"net:{plan.source_address}", res.bytes, res.seconds)
+        self.metrics.pulled_bytes.inc(res.bytes)
+        result = "complete" if res.complete else ("partial" if res.stored else "failed")
+        self.metrics.pulls.labels(result).inc()
+        if not res.complete:
+            logger.warning("request %s: pulled %d of %d blocks from %s (%s); recomputing the rest", rid,
+                           len(res.stored), len(want), plan.source_name or plan.source_address, res.error)
+
+    async def _relay(self, rid: str, st: _Stream, prompt_tokens: int):
+        while True:
+            out = await st.queue.get()
+            if out.error:
+                st.done = True
+                self.metrics.requests.labels("failed").inc()
+                raise _EngineError(out.error)
+            now = time.monotonic()
+            if st.first_token_at is None and (out.new_token_ids or out.finished):
+                st.first_token_at = now
+                self._queued -= 1
+                self.metrics.ttft.observe(now - st.received_at)
+            st.tokens += len(out.new_token_ids)
+            if out.new_token_ids or out.new_text:
+                yield node_pb2.SubmitResponse(chunk=node_pb2.TokenChunk(token_ids=out.new_token_ids,
+                                                                         text=out.new_text))
+            if out.finished:
+                st.done = True
+                yield self._done(out, st, prompt_tokens, now)
+                return
+
+    def _done(self, out: EngineOutput, st: _Stream, prompt_tokens: int, now: float) -> node_pb2.SubmitResponse:
+        m = self.metrics
+        m.requests.labels(out.finish_reason or "stop").inc()
+        m.latency.observe(now - st.received_at)
+        m.prompt_tokens.inc(prompt_tokens)
+        cached = out.cached_by_tier or {"hbm": out.num_cached_tokens}
+        for tier, n in cached.items():
+            if n:
+                m.cached_tokens.labels(tier).inc(n)
+        first = st.first_token_at or now
+        return node_pb2.SubmitResponse(done=node_pb2.SubmitDone(
+            finish_reason=out.finish_reason or "stop", prompt_tokens=prompt_tokens,
+            completion_tokens=st.tokens, cached_tokens=convert.cached_to_pb(cached),
+            ttft_ms=(first - st.received_at) * 1e3))
+
+    async def Events(self, request: node_pb2.EventsRequest, context: grpc.aio.ServicerContext):
+        after = request.after_seq
+        ring = self._ring
+        if after > ring.last_seq:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE,
+                                f"after_seq {after} is ahead of this node's last batch {ring.last_seq}; take a Snapshot")
+        if ring.batches and after + 1 < ring.batches[0].seq and after < ring.last_seq:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE,
+                                f"batches after {after} are no longer held (oldest {ring.batches[0].seq}); "
+                                "take a Snapshot")
+        while True:
+            changed = ring.changed
+            new = []
+            for b in reversed(ring.batches):  # only the batches after `after`: O(new)
+                if b.seq <= after:
+                    break
+                new.append(b)
+            for b in reversed(new):
+                yield b
+                after = b.seq
+            await changed.wait()
+
+    async def Snapshot(self, request, context):
+        if not self.engine.ready:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"node {self.config.name} is not ready yet")
+        seq, blocks = await asyncio.to_thread(self.engine.tier_snapshot)
+        return convert.snapshot_to_pb(seq, blocks)
+
+    async def Load(self, request, context):
+        if not self.engine.ready:
+            return node_pb2.LoadReport(ready=False)
+        s = self.engine.stats()
+        rep = node_pb2.LoadReport(ready=True, running=s.running, waiting=s.waiting, kv_usage=s.kv_usage,
+                                  kv_used_tokens=s.kv_used_tokens, tpot_ms=(s.tpot_s or 0.0) * 1e3,
+                                  event_seq=self._ring.last_seq)
+        for e, c, t in self.engine.take_prefill_samples():
+            rep.prefill_samples.add(new_tokens=e, context_tokens=c, seconds=t)
+        rt = self.engine.kv_runtime
+        if rt is not None:
+            for link, r in sorted(rt.meter.rates().items()):
+                rep.link_rates.add(link=link, bytes_per_s=r.bytes_per_s, samples=r.samples)
+            for tier, used, cap, blocks, pinned in rt.tier_usage():
+                rep.tiers.add(tier=convert.tier_to_pb(tier), used_bytes=used, capacity_bytes=cap, blocks=blocks,
+                              pinned_blocks=pinned)
+        return rep
+
+    async def PinBlocks(self, request: node_pb2.PinBlocksRequest, context: grpc.aio.ServicerContext):
+        rt = self._kv_if_ready()
+        if rt is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"node {self.config.name} has no DRAM/disk tier to pin in (start it with --dram-bytes)")
+        if not request.owner or len(request.owner) > 128:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "owner must be 1-128 characters")
+        if len(request.hashes) > MAX_PIN_BLOCKS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"at most {MAX_PIN_BLOCKS} blocks per pin, got {len(request.hashes)}")
+        try:
+            tier = convert.tier_from_pb(request.tier) or Tier.DRAM
+            if tier is Tier.HBM:
+                tier = Tier.DRAM  # the engine cache cannot pin: keep its DRAM copy (the router re-warms HBM)
+            pinned, missing = await asyncio.to_thread(rt.set_pins, request.owner, list(request.hashes), tier)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return node_pb2.PinBlocksResponse(pinned=pinned, missing=missing)
+
+    async def EvictBlocks(self, request: node_pb2.EvictBlocksRequest, context: grpc.aio.ServicerContext):
+        rt = self._kv_if_ready()
+        if rt is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"node {self.config.name} has no DRAM/disk tier (the engine's cache evicts by itself)")
+        try:
+            evicted, kept = await asyncio.to_thread(rt.evict, list(request.hashes),
+                                                    convert.tier_from_pb(request.tier))
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return node_pb2.EvictBlocksResponse(evicted=evicted, pinned_kept=kept)
+
+    def _kv_if_ready(self):
+        return self.engine.kv_runtime if self.engine.ready else None
+
+    async def Info(self, request, context):
+        if self.info is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"node {self.config.name} is not ready yet")
+        return self.node_info()
+
+    def node_info(self) -> node_pb2.NodeInfo:
+        i = self.info
+        assert i is not None
+        return node_pb2.NodeInfo(name=self.config.name, model=i.model, vocab_size=i.vocab_size,
+                                 max_model_len=i.max_model_len, block_size=i.block_size,
+                                 kv_capacity_tokens=i.kv_capacity_tokens, kv_bytes_per_token=i.kv_bytes_per_token,
+                                 hash_namespace=getattr(self.engine.config, "hash_namespace", ""))
+
+    # ------------------------------------------------------------------ background
+    async def _register_loop(self) -> None:
+        """Register with the router now and every few seconds (a restarted router relearns us)."""
+        warned = False
+        async with grpc.aio.insecure_channel(self.config.router, options=CHANNEL_OPTIONS) as ch:
+            stub = node_pb2_grpc.RegistryStub(ch)
+            while True:
+                try:
+                    await stub.Register(node_pb2.RegisterRequest(address=self.address, info=self.node_info()),
+                                        timeout=2.0)
+                    warned = False
+                except grpc.aio.AioRpcError as e:
+                    if not warned:
+                        logger.warning("cannot register with router %s: %s", self.config.router, e.details())
+                        warned = True
+                await asyncio.sleep(self.config.register_interval_s)
+
+    async def _stats_loop(self) -> None:
+        while True:
+            s = self.engine.stats()
+            self.metrics.queue_depth.set(s.waiting)
+            self.metrics.running.set(s.running)
+            self.metrics.kv_usage.set(s.kv_usage)
+            await asyncio.sleep(1.0)
+
+
+class _EngineError(Exception):
+    pass
+
+
+def _die_after(pieces: int):
+    async def hook(sent: int) -> None:
+        if sent >= pieces:
+            logger.error("fault injection: dying after sending %d pieces of a pull", sent)
+            os._exit(3)
+    return hook
+
+
+async def serve_node(config: NodeConfig, engine_config) -> None:
+    """Run a node agent with a vLLM engine until SIGINT/SIGTERM (also during engine start)."""
+    import signal
+
+    from preble_tiered.engine.vllm_engine import VLLMEngine
+
+    agent = NodeAgent(config, lambda on_out, on_ev: VLLMEngine(engine_config, on_out, on_ev))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.create_task(agent.start())
+    stopping = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if starting in done:
+        starting.result()  # raise a start failure
+        print(f"node {config.name} serving on {agent.address}", flush=True)
+        await stopping
+    else:
+        logger.info("node %s: stop requested during engine start", config.name)
+        starting.cancel()
+    await agent.stop()

@@ -1,0 +1,106 @@
+"""gRPC servicers of the router process (thin: they delegate to `Router`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+
+from preble_tiered.router.admin_service import AdminService
+from preble_tiered.api.auth import TokenAuth, server_credentials
+from preble_tiered.api.grpc_util import SERVER_OPTIONS, ServingHealth, bind, enable_reflection
+from preble_tiered.api.metrics import serve_metrics
+from preble_tiered.api.pb import (admin_pb2_grpc, inference_pb2, inference_pb2_grpc,
+                                     node_pb2, node_pb2_grpc)
+from preble_tiered.router.router import RequestError, Router, RouterConfig
+
+logger = logging.getLogger(__name__)
+
+SERVICES = ["preble.v1.Inference", "preble.v1.Admin", "preble.v1.Registry"]
+
+
+class InferenceService(inference_pb2_grpc.InferenceServicer):
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    async def Generate(self, request, context: grpc.aio.ServicerContext):
+        try:
+            async for msg in self.router.generate(request):
+                yield msg
+        except RequestError as e:
+            await context.abort(e.code, e.message)
+
+    async def GenerateOnce(self, request, context: grpc.aio.ServicerContext):
+        try:
+            async for msg in self.router.generate(request):
+                if msg.WhichOneof("kind") == "complete":
+                    return msg.complete
+        except RequestError as e:
+            await context.abort(e.code, e.message)
+        await context.abort(grpc.StatusCode.INTERNAL, "generation ended without a result")
+
+    async def GetModelInfo(self, request, context):
+        m = self.router.model
+        alive = sum(lk.alive for lk in self.router.links.values())
+        if m is None:
+            return inference_pb2.ModelInfo(block_size=self.router.config.block_size)
+        return inference_pb2.ModelInfo(model=m.model, vocab_size=m.vocab_size, max_model_len=m.max_model_len,
+                                       block_size=m.block_size, nodes_alive=alive)
+
+
+class RegistryService(node_pb2_grpc.RegistryServicer):
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    async def Register(self, request, context):
+        try:
+            node = await self.router.register(request)
+        except RequestError as e:
+            await context.abort(e.code, e.message)
+        return node_pb2.RegisterResponse(node_id=node)
+
+
+async def serve_router(config: RouterConfig, ready: asyncio.Event | None = None) -> None:
+    """Run the router until SIGINT/SIGTERM."""
+    router = Router(config)
+    tokens = {}
+    if config.admin_token:
+        tokens["/preble.v1.Admin/"] = config.admin_token
+    else:
+        logger.warning("the Admin API has no token: anyone who reaches this port can pin and evict "
+                       "(set PREBLE_ADMIN_TOKEN or --admin-token-file)")
+    if config.inference_token:
+        tokens["/preble.v1.Inference/"] = config.inference_token
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[TokenAuth(tokens)] if tokens else None)
+    inference_pb2_grpc.add_InferenceServicer_to_server(InferenceService(router), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(router), server)
+    node_pb2_grpc.add_RegistryServicer_to_server(RegistryService(router), server)
+    health = ServingHealth(server, SERVICES)
+    enable_reflection(server, SERVICES)
+    creds = server_credentials(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
+    port = bind(server, config.host, config.port, creds)
+    await server.start()
+    router.start()
+    await health.set(True)  # the router serves as soon as it listens; Generate says when no node is up
+    serve_metrics(router.metrics.registry, config.metrics_port)
+    logger.info("router listening on %s:%d (policy %s)", config.host, port, config.policy)
+    print(f"router listening on {config.host}:{port} policy={config.policy}{' tls' if creds else ''}", flush=True)
+    if ready is not None:
+        ready.set()
+    await _until_signal()
+    logger.info("router shutting down")
+    await health.set(False)
+    await server.stop(2.0)
+    await router.close()
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+

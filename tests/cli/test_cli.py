@@ -1,0 +1,138 @@
+"""`preble sim` and `preble workload`: output schema, plot, trace round trip, errors."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from preble_tiered.cli.main import main
+from preble_tiered.scheduler.policy import policy_names
+
+STATS = {"mean", "p50", "p90", "p99"}
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_sim_json_schema_and_plot(tmp_path, capsys):
+    js, png = tmp_path / "r.json", tmp_path / "r.png"
+    code, out, _ = run_cli(capsys, "sim", "--workload", "toolbench", "--nodes", "2", "--requests", "60",
+                           "--policy", "round_robin", "--policy", "e2_tiered", "--json", str(js), "--plot", str(png))
+    assert code == 0
+    doc = json.loads(js.read_text())
+    assert doc["command"] == ("preble sim --workload toolbench --nodes 2 --requests 60 --policy round_robin "
+                              f"--policy e2_tiered --json {js} --plot {png}")
+    assert [r["policy"] for r in doc["runs"]] == ["round_robin", "e2_tiered"]
+    for r in doc["runs"]:
+        assert r["workload"] == "toolbench" and r["nodes"] == 2 and r["requests"] == 60
+        for key in ("latency", "ttft", "tpot"):
+            assert set(r[key]) == STATS
+            assert r[key]["p50"] <= r[key]["p90"] <= r[key]["p99"]
+        assert set(r["cached_tokens"]) == {"hbm", "dram", "disk", "remote"}
+        assert set(r["decision_us"]) == {"mean", "p99"}
+        assert r["throughput_rps"] > 0
+        assert r["recomputed_tokens"] + sum(r["cached_tokens"].values()) == r["prompt_tokens"]
+    # round_robin runs on an HBM-only stack: it can never report lower tiers or pulls.
+    rr = doc["runs"][0]["cached_tokens"]
+    assert rr["dram"] == rr["disk"] == rr["remote"] == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The table names every policy and the ideal bound.
+    assert "round_robin" in out and "e2_tiered" in out and "(ideal bound)" in out
+
+
+def test_sim_policy_all_runs_every_policy(tmp_path, capsys):
+    js = tmp_path / "r.json"
+    code, _, _ = run_cli(capsys, "sim", "--workload", "agent", "--nodes", "2", "--requests", "40",
+                         "--policy", "all", "--json", str(js), "--quiet")
+    assert code == 0
+    assert [r["policy"] for r in json.loads(js.read_text())["runs"]] == policy_names()
+
+
+def test_workload_export_then_replay_gives_the_same_run(tmp_path, capsys):
+    trace = tmp_path / "t.jsonl"
+    code, _, err = run_cli(capsys, "workload", "export", "--workload", "loogle", "--nodes", "2",
+                           "--requests", "30", "-o", str(trace))
+    assert code == 0 and "wrote 30 requests" in err
+    assert len(trace.read_text().splitlines()) == 30
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert run_cli(capsys, "sim", "--trace", str(trace), "--nodes", "2", "--json", str(a), "--quiet")[0] == 0
+    assert run_cli(capsys, "sim", "--workload", "loogle", "--nodes", "2", "--requests", "30",
+                   "--json", str(b), "--quiet")[0] == 0
+    ra, rb = json.loads(a.read_text())["runs"][0], json.loads(b.read_text())["runs"][0]
+    for key in ("latency", "ttft", "cached_tokens", "recomputed_tokens", "prompt_tokens", "requests"):
+        assert ra[key] == rb[key]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sim", "--workload", "toolbench", "--policy", "nope"], "unknown policy 'nope'"),
+    (["sim", "--trace", "/no/such/trace.jsonl"], "No such file"),
+    (["sim", "--workload", "loogle", "--nodes", "2", "--requests", "5", "--hbm-tokens", "1000"], "--hbm-tokens"),
+])
+def test_sim_errors_say_what_to_fix(capsys, argv, message):
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert message in err
+
+
+def test_sim_rejects_bad_numbers_at_parse_time(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["sim", "--workload", "toolbench", "--nodes", "0"])
+    assert e.value.code == 2
+    assert "expected a positive number" in capsys.readouterr().err
+
+
+def test_bad_trace_line_is_reported_with_its_line_number(tmp_path, capsys):
+    trace = tmp_path / "bad.jsonl"
+    trace.write_text('{"t": 0, "segments": [["a", 64]], "output_tokens": 4}\n{"t": 1, "segments": []}\n')
+    code, _, err = run_cli(capsys, "sim", "--trace", str(trace), "--nodes", "2")
+    assert code == 2 and ":2:" in err
+
+
+def test_console_script_help_lists_the_commands():
+    exe = shutil.which("preble") or str(__import__("pathlib").Path(sys.executable).with_name("preble"))
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert "sim" in out.stdout and "workload" in out.stdout
+
+
+def test_admin_ttl_durations_parse_with_units_and_refuse_garbage():
+    import argparse
+
+    from preble_tiered.cli.admin import parse_duration
+
+    assert [parse_duration(s) for s in ("90", "90s", "15m", "2h", "1.5d")] == [90, 90, 900, 7200, 129600]
+    for bad in ("", "abc", "5y", "-3m", "0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_duration(bad)
+
+
+def test_admin_with_an_unreadable_token_file_exits_2_with_the_reason(capsys, tmp_path):
+    from preble_tiered.cli.main import main
+
+    assert main(["admin", "--admin-token-file", str(tmp_path / "nope"), "nodes"]) == 2
+    assert "cannot read token file" in capsys.readouterr().err
+
+
+def test_admin_explain_renders_a_candidate_that_was_not_priced(capsys):
+    """A candidate without evict_s (not priced: it could not win) shows '-' and a lower-bound
+    total, and the table says why; priced candidates show their numbers."""
+    from preble_tiered.cli.admin import render
+    from preble_tiered.api.pb import admin_pb2
+
+    rec = admin_pb2.DecisionRecord(request_id="r1", branch="explore", node_id=1, node="n1", state="done")
+    rec.candidates.add(node_id=1, node="n1", load_s=0.5, evict_s=0.25, plan_s=0.125, total_s=0.875)
+    rec.candidates.add(node_id=0, node="n0", load_s=9.0, plan_s=0.125, total_s=9.125)
+    assert rec.candidates[0].HasField("evict_s") and not rec.candidates[1].HasField("evict_s")
+    render("Explain", rec)
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if "0.1250" in line]  # the plan column
+    n0 = next(line for line in rows if " n0 " in line)
+    n1 = next(line for line in rows if " n1 " in line)
+    assert ">= 9.1250" in n0 and " - " in n0
+    assert "0.2500" in n1 and "0.8750" in n1 and ">=" not in n1
+    assert "not priced on 1 node(s)" in out

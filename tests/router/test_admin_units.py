@@ -1,0 +1,188 @@
+"""Admin building blocks on their own: node-side pins and eviction over real tiers, the
+persisted state file, the decision ring, token loading, and the auth interceptor on a real
+gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import grpc
+import pytest
+
+from preble_tiered.hashing import BlockHasher
+from preble_tiered.kvstore.base import StoredBlock
+from preble_tiered.kvstore.disk import DiskTier
+from preble_tiered.kvstore.dram import DramTier
+from preble_tiered.kvstore.runtime import NodeKVRuntime
+from preble_tiered.kvstore.store import TieredStore
+from preble_tiered.scheduler.cost_model import engine_cost_model
+from preble_tiered.scheduler.pins import NamedPrefix, PinSpec
+from preble_tiered.scheduler.types import Branch, Decision, Plan
+from preble_tiered.router.admin_state import AdminState, check_name
+from preble_tiered.api.auth import TokenAuth, bearer, load_token
+from preble_tiered.router.decisions import DecisionRing
+from preble_tiered.api.pb import admin_pb2, admin_pb2_grpc
+from preble_tiered.types import Tier
+
+BLOCK = 4096
+NS = "ns"
+
+
+def runtime(tmp_path, dram_blocks: int, disk: bool = True) -> NodeKVRuntime:
+    d = DiskTier(tmp_path / "disk", 64 * (BLOCK + 64), NS) if disk else None
+    return NodeKVRuntime(TieredStore(DramTier(dram_blocks * BLOCK), d, namespace=NS), BlockHasher(32),
+                         engine_cost_model("t", 8192, 1 << 16))
+
+
+def put(rt: NodeKVRuntime, hashes) -> None:
+    for i, h in enumerate(hashes):
+        rt.store.store_in_dram(StoredBlock(rt.store.key(h), hashes[i - 1] if i else None, bytes([h % 251]) * BLOCK))
+
+
+def in_dram(rt, h) -> bool:
+    return rt.store.dram.contains(rt.store.key(h))
+
+
+# ---------------------------------------------------------------- node-side pins
+def test_pinned_blocks_survive_dram_pressure_unpinned_ones_do_not(tmp_path):
+    rt = runtime(tmp_path, 8, disk=False)
+    put(rt, [1, 2, 3, 4])
+    assert rt.set_pins("sys", [1, 2], Tier.DRAM) == (2, [])
+    put(rt, list(range(100, 112)))  # 12 more blocks through an 8-block tier
+    assert in_dram(rt, 1) and in_dram(rt, 2)
+    assert not in_dram(rt, 3) and not in_dram(rt, 4)
+    rt.set_pins("sys", [], Tier.DRAM)  # released: evictable again
+    put(rt, list(range(200, 212)))
+    assert not in_dram(rt, 1) and not in_dram(rt, 2)
+
+
+def test_pins_replace_the_owners_previous_set_and_report_missing(tmp_path):
+    rt = runtime(tmp_path, 8)
+    put(rt, [1, 2, 3])
+    assert rt.set_pins("a", [1, 2, 9], Tier.DRAM) == (2, [9])
+    assert rt.set_pins("a", [3], Tier.DRAM) == (1, [])
+    assert rt.store.dram.pin_count(rt.store.key(1)) == 0 and rt.store.dram.pin_count(rt.store.key(3)) == 1
+    assert rt.set_pins("b", [3], Tier.DRAM) == (1, [])  # owners count separately
+    assert rt.store.dram.pin_count(rt.store.key(3)) == 2
+
+
+def test_disk_pin_copies_a_dram_block_to_disk_first(tmp_path):
+    rt = runtime(tmp_path, 8)
+    put(rt, [1, 2])
+    assert not rt.store.disk.contains(rt.store.key(1))
+    assert rt.set_pins("d", [1, 2], Tier.DISK) == (2, [])
+    assert rt.store.disk.contains(rt.store.key(1)) and rt.store.disk.pin_count(rt.store.key(1)) == 1
+    with pytest.raises(ValueError, match="no disk tier"):
+        runtime(tmp_path / "x", 4, disk=False).set_pins("d", [1], Tier.DISK)
+
+
+def test_evict_drops_unpinned_copies_and_keeps_pinned_ones(tmp_path):
+    rt = runtime(tmp_path, 8)
+    put(rt, [1, 2, 3])
+    rt.set_pins("p", [1], Tier.DRAM)
+    assert rt.evict([1, 2, 3, 77], Tier.DRAM) == (2, 1)
+    assert in_dram(rt, 1) and not in_dram(rt, 2)
+    with pytest.raises(ValueError, match="evict from dram or disk"):
+        rt.evict([1], Tier.HBM)
+
+
+# ---------------------------------------------------------------- persisted state
+def test_state_round_trips_and_a_corrupt_file_is_moved_aside(tmp_path):
+    path = tmp_path / "state.json"
+    st = AdminState(path)
+    st.prefixes["sys"] = NamedPrefix("sys", (1, 2, 3), (0xDEADBEEF, 0xFFFFFFFFFFFFFFFF), 5.0)
+    st.pins["sys"] = PinSpec("sys", Tier.DISK, 2, 5.0, 99.0)
+    st.save()
+    again = AdminState(path)
+    assert again.prefixes == st.prefixes and again.pins == st.pins
+    path.write_text("{not json")
+    fresh = AdminState(path)
+    assert not fresh.prefixes and not fresh.pins
+    assert list(tmp_path.glob("state.json.corrupt-*"))
+    fresh.save()  # and the router can write a good one again
+    assert json.loads(path.read_text())["version"] == 1
+
+
+@pytest.mark.parametrize("name", ["", "-x", "a b", "x" * 65, "é"])
+def test_bad_names_are_refused(name):
+    with pytest.raises(ValueError, match="bad prefix name"):
+        check_name(name)
+
+
+# ---------------------------------------------------------------- decision ring
+def decision(rid: str) -> Decision:
+    return Decision(rid, 0, Plan(0, ()), Branch.EXPLORE)
+
+
+def test_ring_keeps_the_last_requests_and_prompts_within_budget():
+    ring = DecisionRing(capacity=3, token_budget=1000)
+    for i in range(6):
+        ring.record(f"r{i}", float(i), decision(f"r{i}"), [i] * 4, {})
+    assert len(ring) == 6  # trimming is housekeeping, off the decision path ...
+    ring.record("r6", 6.0, decision("r6"), [6] * 4, {})
+    assert len(ring) == 3  # ... unless it falls behind by twice the bound
+    assert [r for r in ("r3", "r4", "r5", "r6") if ring.get(r)] == ["r4", "r5", "r6"]
+
+    ring = DecisionRing(capacity=3, token_budget=10)
+    for i in range(3):
+        ring.record(f"r{i}", float(i), decision(f"r{i}"), [i] * 4, {})
+    ring.trim()
+    kept = [r for r in ("r0", "r1", "r2") if ring.get(r).prompt is not None]
+    assert kept == ["r1", "r2"]  # 8 tokens fit in 10; the oldest prompt went first
+    rec = ring.record("r2", 9.0, decision("r2"), [1], {})  # a re-route: same record, next attempt
+    assert rec.attempt == 1 and len(ring) == 3
+    ring.finish(rec, "done")
+    assert rec.state == "done" and list(rec.prompt) == [1] and not isinstance(rec.prompt, list)
+
+
+# ---------------------------------------------------------------- tokens
+def test_token_loading(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREBLE_TEST_TOKEN", raising=False)
+    assert load_token("PREBLE_TEST_TOKEN", None) is None
+    monkeypatch.setenv("PREBLE_TEST_TOKEN", "short")
+    with pytest.raises(ValueError, match="16 to"):
+        load_token("PREBLE_TEST_TOKEN", None)
+    f = tmp_path / "tok"
+    f.write_text("  " + "a" * 32 + "  \n")
+    assert load_token("PREBLE_TEST_TOKEN", str(f)) == "a" * 32  # the file wins over the variable
+    with pytest.raises(ValueError, match="cannot read"):
+        load_token("PREBLE_TEST_TOKEN", str(tmp_path / "missing"))
+
+
+class _CountingAdmin(admin_pb2_grpc.AdminServicer):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def ClusterStats(self, request, context):
+        self.calls += 1
+        return admin_pb2.ClusterStatsResponse(policy="p")
+
+
+def test_interceptor_refuses_without_the_token_and_the_handler_never_runs():
+    token = "t" * 32
+
+    async def body():
+        svc = _CountingAdmin()
+        server = grpc.aio.server(interceptors=[TokenAuth({"/preble.v1.Admin/": token})])
+        admin_pb2_grpc.add_AdminServicer_to_server(svc, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                stub = admin_pb2_grpc.AdminStub(ch)
+                codes = []
+                for md in ((), bearer("x" * 32), (("authorization", token),)):
+                    try:
+                        await stub.ClusterStats(admin_pb2.ClusterStatsRequest(), metadata=md)
+                    except grpc.aio.AioRpcError as e:
+                        codes.append((e.code(), e.details()))
+                assert [c for c, _ in codes] == [grpc.StatusCode.UNAUTHENTICATED] * 3
+                assert "missing" in codes[0][1] and "wrong" in codes[1][1]
+                assert svc.calls == 0
+                ok = await stub.ClusterStats(admin_pb2.ClusterStatsRequest(), metadata=bearer(token))
+                assert ok.policy == "p" and svc.calls == 1
+        finally:
+            await server.stop(0)
+
+    asyncio.run(body())
