@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 
-from preble_tiered.engine.api import GenParams
+from preble_tiered.types import GenParams
 from preble_tiered.api import convert
 from preble_tiered.api.auth import bearer, channel
 from preble_tiered.api.grpc_util import CHANNEL_OPTIONS

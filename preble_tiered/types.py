@@ -35,6 +35,18 @@ TIERS: tuple[Tier, ...] = (Tier.HBM, Tier.DRAM, Tier.DISK)
 
 
 @dataclass(frozen=True, slots=True)
+class GenParams:
+    """Sampling parameters (vLLM's defaults when unset by the client)."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Segment:
     """A run of prompt tokens named by id: equal ids mean equal tokens (see workloads.tokens)."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from preble_tiered.engine.api import GenParams
+from preble_tiered.types import GenParams
 from preble_tiered.events import AllBlocksCleared, BlockRemoved, BlockStored, ResidencyEvent
 from preble_tiered.api.pb import common_pb2, node_pb2
 from preble_tiered.types import NodeId, Tier

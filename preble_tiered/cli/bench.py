@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from preble_tiered.engine.api import GenParams
+from preble_tiered.types import GenParams
 from preble_tiered.api import convert
 from preble_tiered.api.grpc_util import CHANNEL_OPTIONS
 from preble_tiered.api.pb import admin_pb2, admin_pb2_grpc, inference_pb2, inference_pb2_grpc

@@ -212,7 +212,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import grpc
 
     from preble_tiered.client import Client, build_request, usage_dict
-    from preble_tiered.engine.api import GenParams
+    from preble_tiered.types import GenParams
 
     from preble_tiered.api.auth import INFERENCE_TOKEN_ENV, load_token
 

@@ -44,14 +44,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
 
-from preble_tiered.engine.api import (
-    EngineOutput,
-    EngineRequest,
-    EngineStats,
-    GenParams,
-    ModelInfo,
-    validate_prompt,
-)
+from preble_tiered.api.validate import validate_prompt
+from preble_tiered.engine.api import EngineOutput, EngineRequest, EngineStats, ModelInfo
 from preble_tiered.events import ResidencyEvent
 from preble_tiered.hashing import BlockHasher
 from preble_tiered.engine.kv_events import KVEventSubscriber, KVEventTranslator
@@ -59,7 +53,7 @@ from preble_tiered.kvstore import runtime as kv_runtime
 from preble_tiered.kvstore.config import KVStoreConfig, build_store
 from preble_tiered.kvstore.runtime import NodeKVRuntime
 from preble_tiered.scheduler.cost_model import engine_cost_model
-from preble_tiered.types import Tier
+from preble_tiered.types import GenParams, Tier
 from preble_tiered.scheduler.fair_queue import FairQueue
 
 __all__ = [

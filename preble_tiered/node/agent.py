@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from preble_tiered.engine.api import EngineOutput, EngineRequest, ModelInfo, validate_prompt
+from preble_tiered.api.validate import validate_prompt
+from preble_tiered.engine.api import EngineOutput, EngineRequest, ModelInfo
 from preble_tiered.events import ResidencyEvent
 from preble_tiered.api import convert
 from preble_tiered.api.grpc_util import CHANNEL_OPTIONS, SERVER_OPTIONS, ServingHealth, bind, enable_reflection

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from preble_tiered.engine.api import GenParams
+from preble_tiered.types import GenParams
 from preble_tiered.scheduler.pins import (NamedPrefix, NodePin, PinOp, PinSpec, held_counts, pin_targets,
                                           reconcile, replica_state, storage_tier)
 from preble_tiered.scheduler.index import BlockEntry, iter_bits

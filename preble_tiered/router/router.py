@@ -24,7 +24,8 @@ from pathlib import Path
 
 import grpc
 
-from preble_tiered.engine.api import GenParams, validate_prompt
+from preble_tiered.api.validate import validate_prompt
+from preble_tiered.types import GenParams
 from preble_tiered.hashing import BlockHasher
 from preble_tiered.scheduler.calibration import PrefillCalibrator
 from preble_tiered.scheduler.clock import Clock, MonotonicClock

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from preble_tiered.engine.api import GenParams
+from preble_tiered.types import GenParams
 from preble_tiered.events import AllBlocksCleared, BlockRemoved, BlockStored
 from preble_tiered.api import convert
 from preble_tiered.api.pb import common_pb2

@@ -1,6 +1,7 @@
 import pytest
 
-from preble_tiered.engine.api import GenParams, validate_prompt
+from preble_tiered.api.validate import validate_prompt
+from preble_tiered.types import GenParams
 
 
 @pytest.mark.parametrize("ids, params, fix", [
