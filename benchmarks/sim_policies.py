@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from preble_tiered.scheduler.cost_model import GB, Link, Links, cost_preset
-from preble_tiered.scheduler.policy import policy_names
+from preble_tiered.scheduler.registry import policy_names
 from preble_tiered.sim.simulator import SimConfig, Simulator, warm_bound
 from preble_tiered.workloads import WorkloadConfig, make_workload
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from sim_policies import LOADS, RR_TARGET  # noqa: E402  (the grid's loads and targets)
 
 from preble_tiered.scheduler.cost_model import cost_preset  # noqa: E402
-from preble_tiered.scheduler.policy import policy_names  # noqa: E402
+from preble_tiered.scheduler.registry import policy_names  # noqa: E402
 from preble_tiered.sim.simulator import SimConfig, Simulator  # noqa: E402
 from preble_tiered.workloads import SPECS, WorkloadConfig, make_workload  # noqa: E402
 

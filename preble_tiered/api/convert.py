@@ -1,13 +1,14 @@
-"""Proto <-> dataclass conversion: the only module that knows both shapes."""
+"""Proto <-> dataclass conversion, in one place: tiers, sampling parameters, cached-token
+counts, residency events and snapshots, and the router <-> node messages of `messages`."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from preble_tiered.types import GenParams
-from preble_tiered.events import AllBlocksCleared, BlockRemoved, BlockStored, ResidencyEvent
+from preble_tiered.api.messages import DispatchOrder, NodeDone, NodeInfo, NodeLoad, TierUsage
 from preble_tiered.api.pb import common_pb2, node_pb2
-from preble_tiered.types import NodeId, Tier
+from preble_tiered.events import AllBlocksCleared, BlockRemoved, BlockStored, ResidencyEvent
+from preble_tiered.types import GenParams, NodeId, Tier
 
 CACHE_SOURCES = ("hbm", "dram", "disk", "remote")
 
@@ -113,3 +114,45 @@ def snapshot_events(snap: node_pb2.SnapshotResponse, node: NodeId) -> list[Resid
             raise ValueError("a snapshot block needs a tier")
         out.append(BlockStored(node, tier, (b.hash,), b.parent if b.HasField("parent") else None))
     return out
+
+
+# ------------------------------------------------------------------ router <-> node messages
+def node_info_from_pb(i: node_pb2.NodeInfo) -> NodeInfo:
+    return NodeInfo(i.name, i.model, i.vocab_size, i.max_model_len, i.block_size, i.kv_capacity_tokens,
+                    i.kv_bytes_per_token, i.hash_namespace)
+
+
+def node_info_to_pb(i: NodeInfo) -> node_pb2.NodeInfo:
+    return node_pb2.NodeInfo(name=i.name, model=i.model, vocab_size=i.vocab_size, max_model_len=i.max_model_len,
+                             block_size=i.block_size, kv_capacity_tokens=i.kv_capacity_tokens,
+                             kv_bytes_per_token=i.kv_bytes_per_token, hash_namespace=i.hash_namespace)
+
+
+def order_to_pb(o: DispatchOrder) -> node_pb2.SubmitRequest:
+    sub = node_pb2.SubmitRequest(request_id=o.request_id, prompt_token_ids=o.prompt, sampling=params_to_pb(o.params),
+                                 priority_group=o.priority_group)
+    if o.expected_cached is not None:
+        sub.expected_cached_tokens.CopyFrom(cached_to_pb(o.expected_cached))
+    if o.pull is not None:
+        sub.pull.CopyFrom(node_pb2.PullPlan(source_address=o.pull.address, source_name=o.pull.name,
+                                            hashes=o.pull.block_hashes))
+    return sub
+
+
+def done_from_pb(d: node_pb2.SubmitDone) -> NodeDone:
+    return NodeDone(d.finish_reason, cached_from_pb(d.cached_tokens))
+
+
+def tier_usage_to_pb(u: TierUsage) -> node_pb2.TierUsage:
+    return node_pb2.TierUsage(tier=tier_to_pb(u.tier), used_bytes=u.used_bytes, capacity_bytes=u.capacity_bytes,
+                              blocks=u.blocks, pinned_blocks=u.pinned_blocks)
+
+
+def load_from_pb(r: node_pb2.LoadReport) -> NodeLoad:
+    return NodeLoad(
+        ready=r.ready, running=r.running, waiting=r.waiting, kv_usage=r.kv_usage, kv_used_tokens=r.kv_used_tokens,
+        tpot_ms=r.tpot_ms, event_seq=r.event_seq,
+        prefill_samples=[(s.new_tokens, s.context_tokens, s.seconds) for s in r.prefill_samples],
+        link_rates={x.link: x.bytes_per_s for x in r.link_rates if x.bytes_per_s > 0},
+        tiers=[TierUsage(tier_from_pb(u.tier), u.used_bytes, u.capacity_bytes, u.blocks, u.pinned_blocks)
+               for u in r.tiers])

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 
 from preble_tiered.cli import admin as cli_admin, serving as cli_serving
 from preble_tiered.scheduler.cost_model import COST_PRESETS, cost_preset
-from preble_tiered.scheduler.policy import PolicyConfig, policy_names
+from preble_tiered.scheduler.policy import PolicyConfig
+from preble_tiered.scheduler.registry import policy_names
 
 
 def _positive_int(s: str) -> int:

@@ -9,7 +9,7 @@ import logging
 import shlex
 import sys
 
-from preble_tiered.scheduler.policy import policy_names
+from preble_tiered.scheduler.registry import policy_names
 
 DEFAULT_PORT = 50051
 
@@ -132,7 +132,7 @@ def _logging(level: str = "INFO") -> None:
 
 def cmd_router(args: argparse.Namespace) -> int:
     from preble_tiered.gc_tuning import tune_gc_for_serving
-    from preble_tiered.router.router import RouterConfig
+    from preble_tiered.router.config import RouterConfig
     from preble_tiered.router.service import serve_router
 
     _logging()

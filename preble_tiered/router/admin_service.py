@@ -1,4 +1,4 @@
-"""`preble.v1.Admin`: the operator API, thin over `Router` and `PrefixAdmin` (proto <-> views)."""
+"""`preble.v1.Admin`: the operator API, thin over the router's parts (proto <-> views)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import grpc
 
 from preble_tiered.api import convert
 from preble_tiered.api.pb import admin_pb2, admin_pb2_grpc
-from preble_tiered.router.prefix_admin import AdminError, PrefixView
-from preble_tiered.router.router import RequestError, Router
+from preble_tiered.router.errors import RequestError
+from preble_tiered.router.prefix_views import PrefixView
+from preble_tiered.router.router import Router
 from preble_tiered.types import Tier
 
 MAX_WARM_NODES = 64
@@ -19,14 +20,15 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, router: Router) -> None:
         self.router = router
         self.admin = router.admin
+        self.view = router.view
+        self.nodes = router.nodes
 
     # ------------------------------------------------------------------ helpers
     def _node_name(self, node: int) -> str:
-        link = self.router.links.get(node)
-        return link.name if link is not None else f"node-{node}"
+        return self.view.node_name(node)
 
     def _block_bytes(self) -> int:
-        m = self.router.model
+        m = self.nodes.model
         return (m.kv_bytes_per_token * m.block_size) if m is not None else 0
 
     def _prefix_pb(self, v: PrefixView) -> admin_pb2.PrefixInfo:
@@ -53,33 +55,32 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         try:
             return convert.tier_from_pb(value)
         except ValueError as e:
-            raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
 
     # ------------------------------------------------------------------ nodes / stats
     async def ListNodes(self, request, context):
-        r = self.router
-        idx = r.scheduler.index
+        idx = self.view.index
         out = admin_pb2.ListNodesResponse()
-        for link in r.links.values():
-            ns = r.scheduler.cluster.nodes[link.node_id]
+        for link in self.nodes.links.values():
             n = link.node_id
             st = out.nodes.add(node_id=n, name=link.name, address=link.address, alive=link.alive,
-                               running=link.load.running, waiting=link.load.waiting, inflight=ns.n_inflight,
+                               running=link.load.running, waiting=link.load.waiting, inflight=self.view.inflight(n),
                                kv_usage=link.load.kv_usage, kv_capacity_tokens=link.info.kv_capacity_tokens,
                                hbm_blocks=idx.held_blocks(n, Tier.HBM), dram_blocks=idx.held_blocks(n, Tier.DRAM),
                                disk_blocks=idx.held_blocks(n, Tier.DISK), tpot_ms=link.load.tpot_ms,
                                requests_total=link.requests_total, event_seq=link.event_seq, resyncs=link.resyncs,
                                pinned_prefixes=len(self.admin.acked.get(n, {})))
-            st.tiers.extend(link.load.tiers)
+            st.tiers.extend(convert.tier_usage_to_pb(u) for u in link.load.tiers)
         return out
 
     async def ClusterStats(self, request, context):
         r = self.router
-        st = r.stats
-        cal = r.calibrator
+        st = r.dispatch.stats
+        cal = r.feed.calibrator
+        model = self.nodes.model
         return admin_pb2.ClusterStatsResponse(
-            policy=r.config.policy, model=r.model.model if r.model else "",
-            nodes_alive=sum(lk.alive for lk in r.links.values()), nodes_total=len(r.links),
+            policy=r.config.policy, model=model.model if model else "",
+            nodes_alive=len(self.nodes.alive()), nodes_total=len(self.nodes.links),
             requests_total=st.requests_total, requests_failed=st.requests_failed,
             requests_rerouted=st.requests_rerouted, branch_counts=dict(r.scheduler.branch_counts),
             prompt_tokens_total=st.prompt_tokens, cached_tokens_total=convert.cached_to_pb(st.cached),
@@ -87,13 +88,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             cost_model=f"fitted ({len(cal)} samples, {cal.fits} fits)" if cal.fitted else "preset (cpu tiny)")
 
     async def GetNodeResidency(self, request, context):
-        r = self.router
-        link = r.links.get(request.node_id)
+        link = self.nodes.links.get(request.node_id)
         if link is None:
             await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"no node {request.node_id}; known: {sorted(r.links)} (see ListNodes)")
+                                f"no node {request.node_id}; known: {self.view.nodes()} (see ListNodes)")
         tier = convert.tier_from_pb(request.tier) or Tier.HBM
-        hashes = sorted(r.scheduler.index.node_blocks(link.node_id, tier))
+        hashes = sorted(self.view.index.node_blocks(link.node_id, tier))
         return admin_pb2.NodeResidency(node_id=link.node_id, tier=convert.tier_to_pb(tier), hashes=hashes,
                                        event_seq=link.event_seq)
 
@@ -103,8 +103,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     def _list(self, request):
         node = request.node_id if request.HasField("node_id") else None
-        if node is not None and node not in self.router.links:
-            raise AdminError(grpc.StatusCode.NOT_FOUND, f"no node {node}; known: {sorted(self.router.links)}")
+        if node is not None and not self.view.is_known(node):
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"no node {node}; known: {self.view.nodes()}")
         views, total = self.admin.listing(node, self._tier(request.tier), request.min_tokens,
                                        request.named_only, request.limit)
         return admin_pb2.ListPrefixesResponse(prefixes=[self._prefix_pb(v) for v in views], total=total)
@@ -116,25 +116,22 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         kind = request.WhichOneof("source")
         if kind == "text":
             if len(request.text) > (4 << 20):
-                raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, "text is over 4 MiB")
-            try:
-                ids = self.router.tokenizer().encode(request.text)
-            except RequestError as e:
-                raise AdminError(e.code, e.message) from None
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "text is over 4 MiB")
+            ids = self.router.dispatch.tokenizer().encode(request.text)
         elif kind == "token_ids":
             ids = list(request.token_ids.ids)
         elif kind == "request_id":
             rec = self.router.decisions.get(request.request_id)
             if rec is None:
-                raise AdminError(grpc.StatusCode.NOT_FOUND,
+                raise RequestError(grpc.StatusCode.NOT_FOUND,
                                  f"no recent request {request.request_id!r} (the router keeps the last "
                                  f"{self.router.decisions.capacity})")
             if rec.prompt is None:
-                raise AdminError(grpc.StatusCode.NOT_FOUND,
+                raise RequestError(grpc.StatusCode.NOT_FOUND,
                                  f"the prompt of {request.request_id!r} is no longer kept; name it by --text")
             ids = list(rec.prompt)
         else:
-            raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, "give the prefix as text, token_ids or request_id")
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "give the prefix as text, token_ids or request_id")
         p = self.admin.name(request.name, ids, request.replace)
         return self._prefix_pb(self.admin.view(p))
 
@@ -180,13 +177,13 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def _warm(self, request):
         prefix, _ = self.admin.resolve(request.key)
         if prefix is None:
-            raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, "warm takes a named prefix (its tokens are needed)")
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "warm takes a named prefix (its tokens are needed)")
         nodes = list(request.node_ids)
         if not 0 < len(nodes) <= MAX_WARM_NODES or len(set(nodes)) != len(nodes):
-            raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, f"name 1 to {MAX_WARM_NODES} distinct nodes")
-        unknown = [n for n in nodes if n not in self.router.links]
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"name 1 to {MAX_WARM_NODES} distinct nodes")
+        unknown = [n for n in nodes if not self.view.is_known(n)]
         if unknown:
-            raise AdminError(grpc.StatusCode.NOT_FOUND, f"no node {unknown[0]}; known: {sorted(self.router.links)}")
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"no node {unknown[0]}; known: {self.view.nodes()}")
         out = admin_pb2.WarmPrefixResponse()
         for n in nodes:  # one at a time: a later node can pull what an earlier one computed
             w = await self.admin.warm(prefix.name, n)
@@ -225,7 +222,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         try:
             out = fn(request)
             return await out if inspect.isawaitable(out) else out
-        except AdminError as e:
+        except RequestError as e:
             await context.abort(e.code, e.message)
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))

@@ -1,4 +1,5 @@
-"""gRPC servicers of the router process (thin: they delegate to `Router`)."""
+"""gRPC servicers of the router process (thin: they convert and delegate to the router's
+parts) and `serve_router`, which runs them."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ from preble_tiered.api.grpc_util import SERVER_OPTIONS, ServingHealth, bind, ena
 from preble_tiered.api.metrics import serve_metrics
 from preble_tiered.api.pb import (admin_pb2_grpc, inference_pb2, inference_pb2_grpc,
                                      node_pb2, node_pb2_grpc)
-from preble_tiered.router.router import RequestError, Router, RouterConfig
+from preble_tiered.api import convert
+from preble_tiered.router.config import RouterConfig
+from preble_tiered.router.dispatch import Outcome, Prompt
+from preble_tiered.router.errors import RequestError
+from preble_tiered.router.router import Router
 
 logger = logging.getLogger(__name__)
 
@@ -24,30 +29,54 @@ SERVICES = ["preble.v1.Inference", "preble.v1.Admin", "preble.v1.Registry"]
 class InferenceService(inference_pb2_grpc.InferenceServicer):
     def __init__(self, router: Router) -> None:
         self.router = router
+        self.dispatch = router.dispatch
 
     async def Generate(self, request, context: grpc.aio.ServicerContext):
         try:
-            async for msg in self.router.generate(request):
-                yield msg
+            async for msg in self._generate(request):
+                if isinstance(msg, Outcome):
+                    yield inference_pb2.GenerateResponse(complete=_complete_pb(msg))
+                else:
+                    yield inference_pb2.GenerateResponse(chunk=inference_pb2.GenerateChunk(
+                        token_ids=msg.token_ids, text=msg.text))
         except RequestError as e:
             await context.abort(e.code, e.message)
 
     async def GenerateOnce(self, request, context: grpc.aio.ServicerContext):
         try:
-            async for msg in self.router.generate(request):
-                if msg.WhichOneof("kind") == "complete":
-                    return msg.complete
+            async for msg in self._generate(request):
+                if isinstance(msg, Outcome):
+                    return _complete_pb(msg)
         except RequestError as e:
             await context.abort(e.code, e.message)
         await context.abort(grpc.StatusCode.INTERNAL, "generation ended without a result")
 
+    def _generate(self, request: inference_pb2.GenerateRequest):
+        kind = request.WhichOneof("prompt")
+        prompt = Prompt(text=request.text if kind == "text" else None,
+                        token_ids=list(request.token_ids.ids) if kind == "token_ids" else None)
+        run = self.dispatch.admit(request.request_id, prompt, convert.params_from_pb(request.sampling),
+                                  request.priority)
+        return self.dispatch.run(run)
+
     async def GetModelInfo(self, request, context):
-        m = self.router.model
-        alive = sum(lk.alive for lk in self.router.links.values())
+        m = self.router.nodes.model
         if m is None:
             return inference_pb2.ModelInfo(block_size=self.router.config.block_size)
         return inference_pb2.ModelInfo(model=m.model, vocab_size=m.vocab_size, max_model_len=m.max_model_len,
-                                       block_size=m.block_size, nodes_alive=alive)
+                                       block_size=m.block_size, nodes_alive=len(self.router.nodes.alive()))
+
+
+def _complete_pb(o: Outcome) -> inference_pb2.GenerateComplete:
+    run, cached = o.run, convert.cached_to_pb(o.cached)
+    usage = inference_pb2.Usage(
+        request_id=run.rid, prompt_tokens=len(run.ids), completion_tokens=len(run.generated), cached_tokens=cached,
+        recomputed_tokens=o.recomputed_tokens, node=o.node, ttft_ms=o.ttft_s * 1e3, latency_ms=o.latency_s * 1e3,
+        finish_reason=o.finish_reason, branch=o.decision.branch.value,
+        predicted_cached_tokens=convert.cached_to_pb(run.record.predicted if run.record is not None
+                                                     else o.decision.predicted_cached),
+        reroutes=run.reroutes)
+    return inference_pb2.GenerateComplete(text="".join(run.text), token_ids=run.generated, usage=usage)
 
 
 class RegistryService(node_pb2_grpc.RegistryServicer):
@@ -56,7 +85,7 @@ class RegistryService(node_pb2_grpc.RegistryServicer):
 
     async def Register(self, request, context):
         try:
-            node = await self.router.register(request)
+            node = self.router.nodes.register(request.address, convert.node_info_from_pb(request.info))
         except RequestError as e:
             await context.abort(e.code, e.message)
         return node_pb2.RegisterResponse(node_id=node)

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from preble_tiered.types import Tier
 
@@ -81,13 +81,26 @@ def _touch(entries: dict, idle_append: Callable, e: BlockEntry | None, h: int, p
     if e is None:
         e = entries[h] = BlockEntry(parent)
         idle_append(h)  # a new entry is idle until something holds it
+    count_demand(e, bucket, now)
+    return e
+
+
+def count_demand(e: BlockEntry, bucket: int, now: float) -> None:
+    """Count one request for `e` in window bucket `bucket` (the previous bucket's count is
+    kept, older ones dropped): the one place demand is counted, for every index path."""
     if e.bucket != bucket:
         e.demand_prev = e.demand_cur if e.bucket == bucket - 1 else 0
         e.demand_cur = 0
         e.bucket = bucket
     e.demand_cur += 1
     e.last_access = now
-    return e
+
+
+def windowed_requests(e: BlockEntry, bucket: int) -> int:
+    """Requests `e` counted in window bucket `bucket` and the one before it."""
+    if e.bucket == bucket:
+        return e.demand_cur + e.demand_prev
+    return e.demand_cur if e.bucket == bucket - 1 else 0
 
 
 def _record_from(entries: dict, idle_append: Callable, hashes: Sequence[int], start: int, now: float,
@@ -97,12 +110,26 @@ def _record_from(entries: dict, idle_append: Callable, hashes: Sequence[int], st
             for i in range(start, len(hashes))]
 
 
+class Walk(NamedTuple):
+    """What `walk` finds along a prompt's blocks (the native kernel returns the same fields as a
+    plain tuple, in this order)."""
+
+    nodes: dict  # node -> node_match(node, hbm, dram, disk, pending, hbm_prefix blocks)
+    longest: int  # blocks of the longest prefix held anywhere
+    holders: int  # bitmask of the nodes holding that prefix
+    longest_hbm: int  # blocks of the longest prefix in some node's HBM (or pending)
+    hbm_holders: int  # bitmask of the nodes holding that HBM prefix
+    walked: list | None  # every block's entry (created as needed) when demand was recorded
+    pull_source: Any  # the best node to pull from, or None
+    shapes: dict  # match shape -> nodes that share it
+
+
 def walk(entries: dict, idle_append: Callable, hashes: Sequence[int], now: float | None, bucket: int,
-         node_match: type) -> tuple:
+         node_match: type) -> Walk:
     record = now is not None
     hashes = checked_hashes(hashes)  # as the native kernel: bad hashes are refused, not stored
     if not hashes:
-        return {}, 0, 0, 0, 0, ([] if record else None), None, {}
+        return Walk({}, 0, 0, 0, 0, ([] if record else None), None, {})
     get = entries.get
     e = get(hashes[0])
     if record:
@@ -110,7 +137,7 @@ def walk(entries: dict, idle_append: Callable, hashes: Sequence[int], now: float
     alive = 0 if e is None else e.hbm | e.dram | e.disk | e.pending
     if not alive:
         walked = [e, *_record_from(entries, idle_append, hashes, 1, now, bucket)] if record else None
-        return {}, 0, 0, 0, 0, walked, None, {}
+        return Walk({}, 0, 0, 0, 0, walked, None, {})
     counts = {n: [0, 0, 0, 0] for n in bits(alive)}  # hbm, pending, dram, disk
     hbm_prefix = dict.fromkeys(counts, 0)
     alive_hbm = (e.hbm | e.pending) & alive
@@ -127,13 +154,7 @@ def walk(entries: dict, idle_append: Callable, hashes: Sequence[int], now: float
                 append(_touch(entries, idle_append, None, hashes[i], hashes[i - 1], now, bucket))  # type: ignore[misc]
             break
         if record:
-            # `_touch` inlined for an existing entry: the hottest loop of a decision.
-            if e.bucket != bucket:
-                e.demand_prev = e.demand_cur if e.bucket == bucket - 1 else 0
-                e.demand_cur = 0
-                e.bucket = bucket
-            e.demand_cur += 1
-            e.last_access = now
+            count_demand(e, bucket, now)  # type: ignore[arg-type]
             append(e)  # type: ignore[misc]
             # An idle entry stays queued; the sweep re-checks last_access.
         if e.hbm == r_hbm and e.pending == r_pend and e.dram == r_dram and e.disk == r_disk:
@@ -169,7 +190,7 @@ def walk(entries: dict, idle_append: Callable, hashes: Sequence[int], now: float
     shapes: dict[tuple[int, ...], list[int]] = {}
     for n in sorted(nodes):
         shapes.setdefault(nodes[n][1:], []).append(n)
-    return nodes, i, alive, best, hbm_holders, walked, _pull_source(nodes), shapes
+    return Walk(nodes, i, alive, best, hbm_holders, walked, _pull_source(nodes), shapes)
 
 
 def _pull_source(nodes: dict) -> Any:
@@ -301,8 +322,7 @@ def shared_depth(entries: dict, hashes: Sequence[int], bucket: int, min_requests
     while lo < hi:
         mid = (lo + hi + 1) // 2
         e = get(hashes[mid - 1])
-        r = 0 if e is None else e.demand_cur + e.demand_prev if e.bucket == bucket \
-            else e.demand_cur if e.bucket == bucket - 1 else 0
+        r = 0 if e is None else windowed_requests(e, bucket)
         if r >= min_requests:
             lo = mid
         else:
@@ -333,6 +353,5 @@ def hbm_scan(entries: dict, items: Iterable[tuple[int, Any]], node: int, bucket:
         if e is None or not e.hbm & bit:
             stale.append(key)
             continue
-        b = e.bucket
-        seen.append((size, (e.demand_cur + e.demand_prev if b == bucket else e.demand_cur if b == bucket - 1 else 0) - 1))
+        seen.append((size, windowed_requests(e, bucket) - 1))
     return stale, seen

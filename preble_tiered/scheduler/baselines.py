@@ -23,7 +23,7 @@ from collections import OrderedDict
 from preble_tiered.scheduler.cluster import ClusterState
 from preble_tiered.scheduler.index import MatchResult
 from preble_tiered.scheduler.planner import Planner
-from preble_tiered.scheduler.policy import Policy, PolicyConfig, first_alive, register_policy
+from preble_tiered.scheduler.policy import Policy, PolicyConfig, first_alive
 from preble_tiered.scheduler.types import Branch, Decision, RouteRequest
 
 
@@ -39,8 +39,8 @@ class _PlannedPolicy(Policy):
         return Decision(req.request_id, node, self.planner.build(node, pc), Branch.BASELINE)
 
 
-@register_policy("round_robin")
 class RoundRobin(_PlannedPolicy):
+    name = "round_robin"
     def __init__(self, cluster: ClusterState, config: PolicyConfig) -> None:
         super().__init__(cluster, config)
         self._next = 0
@@ -55,8 +55,8 @@ class RoundRobin(_PlannedPolicy):
         raise RuntimeError("no node is alive")
 
 
-@register_policy("least_load")
 class LeastLoad(_PlannedPolicy):
+    name = "least_load"
     def route(self, req: RouteRequest, match: MatchResult, now: float) -> Decision:
         best, best_load = first_alive(self.cluster), None
         for ns in self.cluster.nodes:
@@ -106,8 +106,8 @@ class ApproxTree:
                 masks.pop(h, None)
 
 
-@register_policy("sglang_cache_aware")
 class SGLangCacheAware(_PlannedPolicy):
+    name = "sglang_cache_aware"
     def __init__(self, cluster: ClusterState, config: PolicyConfig) -> None:
         super().__init__(cluster, config)
         tokens = config.sglang_tree_tokens or cluster.nodes[0].hbm_capacity_tokens
@@ -134,8 +134,8 @@ class SGLangCacheAware(_PlannedPolicy):
         return self._decide(req, match, node)
 
 
-@register_policy("dynamo_kv")
 class DynamoKV(_PlannedPolicy):
+    name = "dynamo_kv"
     uses_tiers = True  # Dynamo's KV block manager offloads to host and disk
 
     def route(self, req: RouteRequest, match: MatchResult, now: float) -> Decision:

@@ -1,6 +1,7 @@
 """The Scheduler: one object the simulator and the router process both drive.
 
-    schedule(request) -> Decision      demand + exact match + policy + bookkeeping
+    schedule(request) -> Decision      the complete dispatch order (node, plan, fair-queue group,
+                                       pull order): demand + exact match + policy + bookkeeping
     apply(event)                       residency events into the PrefixIndex
     on_first_token / on_finish         completion feedback (load, TPOT, autoscaling)
 
@@ -18,8 +19,10 @@ from preble_tiered.scheduler.clock import Clock
 from preble_tiered.scheduler.cluster import ClusterState, Inflight
 from preble_tiered.scheduler.cost_model import CostModel
 from preble_tiered.scheduler.index import PrefixIndex
-from preble_tiered.scheduler.policy import Policy, PolicyConfig, make_policy
-from preble_tiered.scheduler.types import Action, Decision, Plan, RouteRequest
+from preble_tiered.scheduler.policy import Policy, PolicyConfig
+from preble_tiered.scheduler.registry import make_policy
+from preble_tiered.scheduler.fair_queue import hit_group
+from preble_tiered.scheduler.types import Branch, Decision, Plan, PullOrder, RouteRequest
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,10 @@ class SchedulerConfig:
             raise ValueError(f"n_nodes must be positive, got {self.n_nodes}")
         if self.hbm_tokens is not None and self.hbm_tokens < self.block_size:
             raise ValueError(f"hbm_tokens must hold at least one block, got {self.hbm_tokens}")
+
+
+GROUPS = 10
+"""Fair-queue priority groups (Preble's 10)."""
 
 
 class Scheduler:
@@ -78,14 +85,26 @@ class Scheduler:
             self.index.add_pending_entries(decision.node, match.entries)
             self._promised[req.request_id] = (decision.node, req.block_hashes)
         self.branch_counts[decision.branch.value] += 1
+        decision.priority_group = min(GROUPS - 1, max(0, hit_group(min(1.0, plan.cached_tokens / req.prompt_tokens))
+                                                      + req.priority))
+        decision.pull = self._pull_order(plan, req.block_hashes)
         return decision
 
-    def plan_on(self, node: int, req: RouteRequest) -> Plan:
-        """The cheapest plan for serving `req` on `node` (a pinned prefix's warm-up): read
-        only, nothing counted as demand or dispatched."""
+    def order_on(self, node: int, req: RouteRequest) -> Decision:
+        """The order for serving `req` on `node` with its cheapest plan (a pinned prefix's
+        warm-up): read only, nothing counted as demand or dispatched. Background work, so
+        the lowest fair-queue group."""
         planner = self.policy.planner
-        pc = planner.prepare(req, self.index.match(req.block_hashes))
-        return planner.build(node, pc)
+        plan = planner.build(node, planner.prepare(req, self.index.match(req.block_hashes)))
+        return Decision(req.request_id, node, plan, Branch.REPLICATE, pull=self._pull_order(plan, req.block_hashes))
+
+    def _pull_order(self, plan: Plan, hashes: list[int]) -> PullOrder | None:
+        """The plan's "pull these blocks from node m", if it has one and m is alive (a dead
+        source would only cost the node a failed call)."""
+        src = plan.pull_from
+        if src is None or plan.pull_blocks <= 0 or not self.cluster.nodes[src].alive:
+            return None
+        return PullOrder(src, hashes[plan.local_blocks:plan.local_blocks + plan.pull_blocks])
 
     def apply(self, event: ResidencyEvent) -> None:
         now = self.clock.now()
@@ -140,13 +159,3 @@ class Scheduler:
         if promised is not None:
             self.index.clear_pending(promised[0], promised[1], now)
 
-
-def predicted_cached(decision: Decision) -> dict[str, int]:
-    """Cached tokens the plan expects, by source (for metrics and `explain`)."""
-    out = {"hbm": 0, "dram": 0, "disk": 0, "remote": 0}
-    for s in decision.plan.segments:
-        if s.action is Action.PULL:
-            out["remote"] += s.tokens
-        elif s.action is not Action.RECOMPUTE and s.tier is not None:
-            out[s.tier.name.lower()] += s.tokens
-    return out

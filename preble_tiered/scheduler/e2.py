@@ -35,7 +35,7 @@ from operator import add
 from preble_tiered.scheduler.cluster import ClusterState, Inflight
 from preble_tiered.scheduler.index import MatchResult, bits
 from preble_tiered.scheduler.planner import PlanContext, Planner
-from preble_tiered.scheduler.policy import Policy, PolicyConfig, register_policy
+from preble_tiered.scheduler.policy import Policy, PolicyConfig
 from preble_tiered.scheduler.types import Branch, CandidateCost, Decision, RouteRequest
 
 _EVICT_SCAN = 32  # LRU entries examined per eviction estimate
@@ -96,8 +96,8 @@ class _Buckets:
         return self.cur if b == self.bucket + 1 else 0.0
 
 
-@register_policy("preble_e2")
 class PrebleE2(Policy):
+    name = "preble_e2"
     """Preble's E2 on HBM only (see module docstring)."""
 
     uses_pending = True
@@ -354,8 +354,8 @@ class PrebleE2(Policy):
                 self._autoscale.add(key)
 
 
-@register_policy("e2_tiered")
 class E2Tiered(PrebleE2):
+    name = "e2_tiered"
     """E2 with tier- and transfer-aware costs, replication by KV copy (module docstring)."""
 
     uses_tiers = True

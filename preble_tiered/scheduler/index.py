@@ -50,7 +50,21 @@ try:  # built by `pip install` where a C compiler is present (setup.py); optiona
 except ImportError:  # pragma: no cover - depends on the build machine
     _index_native = None
 
-__all__ = ["BlockEntry", "MatchResult", "NodeMatch", "PrefixIndex", "bits", "iter_bits", "kernel_names"]
+__all__ = ["BlockEntry", "Forest", "MatchResult", "NodeMatch", "PrefixIndex", "SubtreeSummary", "bits", "iter_bits",
+           "kernel_names"]
+
+class Forest(NamedTuple):
+    children: dict[int, list[int]]
+    roots: list[int]
+
+
+class SubtreeSummary(NamedTuple):
+    blocks: int
+    depth: int  # blocks of the deepest chain
+    pinned: bool
+    last_access: float  # -inf: never requested
+    held: dict[tuple[NodeId, Tier], int]  # blocks of the subtree per (node, tier)
+
 
 _EXPIRE_BATCH = 32  # queued entries examined per mutating call: twice a request's ~16 new blocks
 _EXPIRE_FRESH = 4  # ... stopping after this many not yet due
@@ -217,10 +231,7 @@ class PrefixIndex:
         e = self._entries.get(h)
         if e is None:
             return 0
-        b = int(now // self.window_s)
-        if e.bucket == b:
-            return e.demand_cur + e.demand_prev
-        return e.demand_cur if e.bucket == b - 1 else 0
+        return _index_py.windowed_requests(e, int(now // self.window_s))
 
     def shared_depth(self, hashes: Sequence[int], now: float, min_requests: int = 2) -> int:
         """Blocks of the longest prefix of `hashes` requested at least `min_requests` times
@@ -232,7 +243,7 @@ class PrefixIndex:
     def record_access(self, hashes: Sequence[int], now: float, parent: int | None = None) -> None:
         """Count one request for each block of `hashes` (creating entries as needed; the
         first one's parent is `parent`). Plain per-entry code, independent of the kernels'
-        `walk`: the reference `lookup` is tested against."""
+        `walk` (it shares only `count_demand`): the reference `lookup` is tested against."""
         hashes = _index_py.checked_hashes(hashes)  # all checked before anything changes
         bucket, prev = int(now // self.window_s), parent
         for h in hashes:
@@ -240,12 +251,7 @@ class PrefixIndex:
             if e is None:
                 e = self._entries[h] = self._new_entry(prev)
                 self._idle.append(h)  # a new entry is idle until something holds it
-            if e.bucket != bucket:
-                e.demand_prev = e.demand_cur if e.bucket == bucket - 1 else 0
-                e.demand_cur = 0
-                e.bucket = bucket
-            e.demand_cur += 1
-            e.last_access = now
+            _index_py.count_demand(e, bucket, now)
             prev = h
         if hashes:
             self._expire(now)
@@ -336,6 +342,50 @@ class PrefixIndex:
     def items(self) -> Iterator[tuple[int, BlockEntry]]:
         """Every (hash, entry) (admin listings; O(entries))."""
         return iter(self._entries.items())
+
+    # ------------------------------------------------------------------ tree walks (admin)
+    def forest(self) -> Forest:
+        """The index as a forest of block chains: every block's children and the roots (blocks
+        whose parent is unknown). O(entries): for admin listings, never on the decision path."""
+        children: dict[int, list[int]] = {}
+        roots: list[int] = []
+        entries = self._entries
+        for h, e in entries.items():
+            if e.parent is None or e.parent not in entries:
+                roots.append(h)
+            else:
+                children.setdefault(e.parent, []).append(h)
+        return Forest(children, roots)
+
+    def subtree(self, root: int, forest: Forest | None = None) -> list[int]:
+        """`root` and its descendants, parents before children."""
+        children = (forest or self.forest()).children
+        out, stack = [], [root]
+        while stack:
+            h = stack.pop()
+            out.append(h)
+            stack.extend(children.get(h, ()))
+        return out
+
+    def subtree_summary(self, root: int, forest: Forest | None = None) -> SubtreeSummary:
+        """What the tree under block `root` holds: its blocks, its deepest chain, whether a
+        block is pinned, the last access and the blocks per (node, tier)."""
+        children = (forest or self.forest()).children
+        held: dict[tuple[NodeId, Tier], int] = {}
+        depth_max, pinned, last, n_blocks = 0, False, float("-inf"), 0
+        stack = [(root, 1)]
+        while stack:
+            h, d = stack.pop()
+            e = self._entries[h]
+            n_blocks += 1
+            depth_max = max(depth_max, d)
+            pinned = pinned or e.pins > 0
+            last = max(last, e.last_access)
+            for tier in (Tier.HBM, Tier.DRAM, Tier.DISK):
+                for node in iter_bits(e.mask(tier)):
+                    held[(node, tier)] = held.get((node, tier), 0) + 1
+            stack.extend((c, d + 1) for c in children.get(h, ()))
+        return SubtreeSummary(n_blocks, depth_max, pinned, last, held)
 
     def unpin(self, hashes: Iterable[int], now: float) -> None:
         """Release one pin per block. Raises ValueError if a block is not pinned."""

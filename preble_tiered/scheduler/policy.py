@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, ClassVar, TypeVar
+from typing import ClassVar
 
 from preble_tiered.scheduler.cluster import ClusterState, Inflight
 from preble_tiered.scheduler.index import MatchResult
@@ -108,43 +108,6 @@ class Policy(ABC):
 
     def on_finished(self, inflight: Inflight, now: float, ttft_s: float | None) -> None:
         """A dispatched request finished (default: nothing)."""
-
-
-_REGISTRY: dict[str, type[Policy]] = {}
-P = TypeVar("P", bound=type[Policy])
-
-
-def register_policy(name: str) -> Callable[[P], P]:
-    def deco(cls: P) -> P:
-        if name in _REGISTRY:
-            raise ValueError(f"policy {name!r} registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def policy_names() -> list[str]:
-    _load_builtin()
-    return list(_REGISTRY)
-
-
-def policy_class(name: str) -> type[Policy]:
-    _load_builtin()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown policy {name!r}; known: {', '.join(_REGISTRY)}") from None
-
-
-def make_policy(name: str, cluster: ClusterState, config: PolicyConfig | None = None) -> Policy:
-    return policy_class(name)(cluster, config or PolicyConfig())
-
-
-def _load_builtin() -> None:
-    # Imported for their registration side effect, in the order baselines-first.
-    from preble_tiered.scheduler import baselines, e2  # noqa: F401
 
 
 def first_alive(cluster: ClusterState) -> int:

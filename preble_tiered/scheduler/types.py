@@ -19,12 +19,14 @@ class RouteRequest:
         prompt_tokens: prompt length in tokens (the trailing partial block included).
         max_output_tokens: the request's output budget; policies use it as the expected
             output length (the router cannot know when generation stops).
+        priority: the client's priority in [-9, 9]; it shifts the node's fair-queue group.
     """
 
     request_id: str
     block_hashes: list[int]
     prompt_tokens: int
     max_output_tokens: int
+    priority: int = 0
 
 
 class Branch(enum.Enum):
@@ -88,6 +90,25 @@ class Plan:
     def est_ttft_s(self) -> float:
         return self.est_fetch_s + self.est_pull_s + self.est_prefill_s
 
+    def cached_by_source(self) -> dict[str, int]:
+        """Cached tokens the plan expects, by source: "hbm", "dram", "disk" (this node's tiers)
+        and "remote" (pulled from another node)."""
+        out = {"hbm": 0, "dram": 0, "disk": 0, "remote": 0}
+        for s in self.segments:
+            if s.action is Action.PULL:
+                out["remote"] += s.tokens
+            elif s.action is not Action.RECOMPUTE and s.tier is not None:
+                out[s.tier.name.lower()] += s.tokens
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class PullOrder:
+    """Blocks the chosen node pulls from another node before it runs the request."""
+
+    source: NodeId
+    block_hashes: list[int]
+
 
 @dataclass(slots=True)
 class CandidateCost:
@@ -115,7 +136,13 @@ class CostTerms(Protocol):
 
 @dataclass(slots=True)
 class Decision:
-    """Attributes:
+    """The complete dispatch order: where the request runs, how (the plan), its place in the
+    node's fair queue and what the node pulls first. The router only sends it.
+
+    Attributes:
+        priority_group: the node's fair-queue group (0..9): Preble's group of the plan's
+            cache-hit ratio, shifted by the client's priority (`Scheduler.schedule` sets it).
+        pull: blocks to pull from another (alive) node before running, if the plan has any.
         terms: the candidates' cost terms, kept as the policy's own parallel lists when
             `PolicyConfig.explain` is set (no per-candidate objects on the decision path);
             `candidates` builds the objects when asked (`explain`).
@@ -126,6 +153,13 @@ class Decision:
     plan: Plan
     branch: Branch
     terms: CostTerms | None = None
+    priority_group: int = 0
+    pull: PullOrder | None = None
+
+    @property
+    def predicted_cached(self) -> dict[str, int]:
+        """Cached tokens the plan expects, by source (for usage, metrics and `explain`)."""
+        return self.plan.cached_by_source()
 
     @property
     def candidates(self) -> list[CandidateCost]:

@@ -24,7 +24,8 @@ from preble_tiered.hashing import BlockHasher
 from preble_tiered.scheduler.clock import ManualClock
 from preble_tiered.scheduler.core import Scheduler, SchedulerConfig
 from preble_tiered.scheduler.cost_model import CostModel
-from preble_tiered.scheduler.policy import PolicyConfig, policy_class
+from preble_tiered.scheduler.policy import PolicyConfig
+from preble_tiered.scheduler.registry import policy_class
 from preble_tiered.scheduler.types import RouteRequest
 from preble_tiered.sim.metrics import RequestRecord, SimResult, ideal_records
 from preble_tiered.types import WorkloadRequest

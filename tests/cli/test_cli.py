@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from preble_tiered.cli.main import main
-from preble_tiered.scheduler.policy import policy_names
+from preble_tiered.scheduler.registry import policy_names
 
 STATS = {"mean", "p50", "p90", "p99"}
 

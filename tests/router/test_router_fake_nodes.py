@@ -17,7 +17,9 @@ from preble_tiered.hashing import BlockHasher
 from preble_tiered.api import convert
 from preble_tiered.api.pb import (admin_pb2, admin_pb2_grpc, common_pb2, inference_pb2, inference_pb2_grpc,
                                      node_pb2, node_pb2_grpc)
-from preble_tiered.router.router import EventGap, ResidencyFollower, Router, RouterConfig
+from preble_tiered.router.config import RouterConfig
+from preble_tiered.router.residency import EventGap, ResidencyFollower
+from preble_tiered.router.router import Router
 from preble_tiered.router.service import AdminService, InferenceService, RegistryService
 from preble_tiered.types import Tier
 
@@ -303,7 +305,7 @@ def test_dead_node_is_marked_down_and_its_request_continues_elsewhere():
             st = await h.admin.ClusterStats(admin_pb2.ClusterStatsRequest())
             assert st.requests_rerouted == 1 and st.nodes_alive == 1
             b.fail_snapshots = True
-            h.router.node_failed(h.router.links[1], "scripted")  # as if a submit to b failed...
+            h.router.nodes.mark_down(h.router.links[1], "scripted")  # as if a submit to b failed...
             b.store(doc(15, 64))  # ...while its stream still delivers a batch
             await asyncio.sleep(0.3)
             assert await h.residency(1) == []  # a down node's residency is not resurrected
@@ -344,7 +346,7 @@ def test_overload_gets_resource_exhausted_and_no_node_gets_unavailable():
             assert ei.value.code() == grpc.StatusCode.UNAVAILABLE and "no node" in ei.value.details()
             await h.add_nodes(FakeNode("a", tokens_per_request=5, delay_s=0.1))
             slow = asyncio.ensure_future(h.inference.GenerateOnce(ids_request([1, 2, 3], "slow", max_tokens=5)))
-            await h.until(lambda: len(h.router._active) == 1)
+            await h.until(lambda: h.router.dispatch.outstanding == 1)
             with pytest.raises(grpc.aio.AioRpcError) as ei:
                 await h.inference.GenerateOnce(ids_request([4, 5, 6]))
             assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

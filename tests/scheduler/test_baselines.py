@@ -6,7 +6,8 @@ from preble_tiered.events import BlockStored
 from preble_tiered.scheduler.clock import ManualClock
 from preble_tiered.scheduler.core import Scheduler, SchedulerConfig
 from preble_tiered.scheduler.cost_model import cost_preset
-from preble_tiered.scheduler.policy import PolicyConfig, make_policy, policy_class, policy_names
+from preble_tiered.scheduler.policy import PolicyConfig
+from preble_tiered.scheduler.registry import make_policy, policy_class, policy_names
 from preble_tiered.scheduler.types import Action, Branch, RouteRequest
 from preble_tiered.types import Tier
 

@@ -5,10 +5,10 @@ import pytest
 from preble_tiered.events import AllBlocksCleared, BlockRemoved, BlockStored
 from preble_tiered.scheduler.clock import ManualClock
 from preble_tiered.scheduler.cluster import TPOT_SEED_S, TpotTracker, WindowedSum
-from preble_tiered.scheduler.core import Scheduler, SchedulerConfig, predicted_cached
+from preble_tiered.scheduler.core import Scheduler, SchedulerConfig
 from preble_tiered.scheduler.cost_model import cost_preset
 from preble_tiered.scheduler.policy import PolicyConfig
-from preble_tiered.scheduler.types import Action, Branch, Decision, Plan, PlanSegment, RouteRequest
+from preble_tiered.scheduler.types import Action, Branch, Decision, Plan, PlanSegment, PullOrder, RouteRequest
 from preble_tiered.types import Tier
 
 BS = 32
@@ -81,10 +81,45 @@ def test_predicted_cached_by_source():
     plan = Plan(0, (PlanSegment(Action.IN_PLACE, 2, 64, Tier.HBM), PlanSegment(Action.FETCH, 1, 32, Tier.DRAM),
                     PlanSegment(Action.FETCH, 1, 32, Tier.DISK), PlanSegment(Action.PULL, 3, 96, Tier.HBM, 2),
                     PlanSegment(Action.RECOMPUTE, 0, 7)))
-    got = predicted_cached(Decision("r", 0, plan, Branch.EXPLOIT))
+    got = Decision("r", 0, plan, Branch.EXPLOIT).predicted_cached
     assert got == {"hbm": 64, "dram": 32, "disk": 32, "remote": 96}
     assert plan.cached_tokens == 224 and plan.recompute_tokens == 7
     assert plan.tokens(Action.FETCH) == 64 and plan.tokens(Action.FETCH, Tier.DISK) == 32
+
+
+@pytest.mark.parametrize("held_blocks,priority,group", [
+    (0, 0, 0),  # no hit: group 0
+    (0, 3, 3),  # the client's priority shifts the group
+    (2, 0, 4),  # 64 of 128 tokens cached: hit ratio 0.5 -> group 4
+    (2, 9, 9),  # clamped at the top group
+    (2, -9, 0),  # and at the bottom
+    (3, 0, 7),  # 96 of 128: 0.75 -> group 7
+])
+def test_schedule_sets_the_fair_queue_group_from_the_plan_and_the_priority(held_blocks, priority, group):
+    s, _ = make_sched("least_load", n_nodes=1)
+    if held_blocks:
+        s.apply(BlockStored(0, Tier.HBM, tuple(range(1, held_blocks + 1))))
+    d = s.schedule(RouteRequest("r", [1, 2, 3, 4], 4 * BS, 5, priority=priority))
+    assert d.plan.cached_tokens == held_blocks * BS
+    assert d.priority_group == group
+
+
+def test_pull_order_names_the_pulled_blocks_only_while_the_source_is_alive():
+    s, _ = make_sched()
+    plan = Plan(0, (PlanSegment(Action.IN_PLACE, 1, BS, Tier.HBM), PlanSegment(Action.PULL, 2, 2 * BS, Tier.HBM, 2),
+                    PlanSegment(Action.RECOMPUTE, 0, 5)), local_blocks=1, pull_blocks=2, pull_from=2)
+    assert s._pull_order(plan, [10, 11, 12, 13]) == PullOrder(2, [11, 12])
+    s.mark_down(2)
+    assert s._pull_order(plan, [10, 11, 12, 13]) is None
+    assert s._pull_order(Plan(0, (PlanSegment(Action.RECOMPUTE, 0, 5),)), [10]) is None
+
+
+def test_order_on_plans_a_warm_up_without_counting_it():
+    s, _ = make_sched()
+    s.apply(BlockStored(1, Tier.HBM, (1, 2)))
+    d = s.order_on(0, RouteRequest("w", [1, 2, 3], 3 * BS, 1))
+    assert d.node == 0 and d.branch is Branch.REPLICATE and d.priority_group == 0
+    assert s.cluster.nodes[0].n_inflight == 0 and "w" not in s.cluster.inflight
 
 
 def test_scheduler_config_bounds():

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from preble_tiered.scheduler.cost_model import cost_preset
-from preble_tiered.scheduler.policy import policy_class
+from preble_tiered.scheduler.registry import policy_class
 from preble_tiered.sim.metrics import TIER_KEYS, ideal_records, shared_prefix_blocks
 from preble_tiered.sim.simulator import SimConfig, Simulator, compute_floor, simulate, warm_bound
 from preble_tiered.types import Segment, Tier, WorkloadRequest

@@ -1,0 +1,95 @@
+"""The load feed: each node's load report, polled every `load_interval_s`, into the
+scheduler (running/waiting), the residency follower (is the stream behind?), the prefill
+calibration (measured samples -> a refitted prefill model) and the link prices (measured
+bandwidths). A node whose polls fail for `down_after_s` is marked down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import time
+from dataclasses import replace
+
+from preble_tiered.api.messages import NodeLoad
+from preble_tiered.router.config import RouterConfig
+from preble_tiered.router.node_client import NodeError
+from preble_tiered.router.nodes import NodeLink, NodeSet
+from preble_tiered.router.residency import check_behind
+from preble_tiered.scheduler.calibration import PrefillCalibrator
+from preble_tiered.scheduler.cost_model import Link
+
+logger = logging.getLogger(__name__)
+
+
+class LoadFeed:
+    def __init__(self, config: RouterConfig, nodes: NodeSet) -> None:
+        self.config = config
+        self.nodes = nodes
+        self.scheduler = nodes.scheduler
+        self.metrics = nodes.metrics
+        self.calibrator = PrefillCalibrator()
+
+    async def poll(self, link: NodeLink, closing) -> None:
+        """Poll `link`'s load until `closing()`."""
+        interval = self.config.load_interval_s
+        while not closing():
+            try:
+                rep = await link.client.load(timeout_s=max(interval, 0.5))
+                if not rep.ready:
+                    raise _NotReady()
+                self._take(link, rep)
+            except (NodeError, _NotReady) as e:
+                if link.alive and time.monotonic() - link.last_load_ok >= self.config.down_after_s:
+                    why = "engine not ready" if isinstance(e, _NotReady) else f"load polls failing ({e.code.name})"
+                    self.nodes.mark_down(link, why)
+            await asyncio.sleep(interval)
+
+    def _take(self, link: NodeLink, rep: NodeLoad) -> None:
+        link.load = rep
+        link.last_load_ok = time.monotonic()
+        ns = self.scheduler.cluster.nodes[link.node_id]
+        ns.reported_running, ns.reported_waiting = rep.running, rep.waiting
+        self.metrics.queue_depth.labels(link.name).set(rep.waiting)
+        self.metrics.inflight.labels(link.name).set(ns.n_inflight)
+        check_behind(link, rep.event_seq)
+        self._calibrate(rep)
+        self._update_links(link, rep)
+
+    def _update_links(self, link: NodeLink, rep: NodeLoad) -> None:
+        """Feed the nodes' measured bandwidths into the cost model: per kind ("dram", "disk",
+        "net"), the median over every node's (and, for net, every peer link's) EWMA. The
+        scheduler prices one link per kind, so per-link rates only shape that median."""
+        if not rep.link_rates:
+            return
+        link.rates = rep.link_rates
+        by_kind: dict[str, list[float]] = {}
+        for lk in self.nodes.links.values():
+            for name, bps in lk.rates.items():
+                by_kind.setdefault(name.split(":", 1)[0], []).append(bps)
+        cost = self.scheduler.cluster.cost
+        links = cost.links
+        for kind, vals in by_kind.items():
+            old = getattr(links, kind, None)
+            if old is None:
+                continue
+            new = statistics.median(vals)
+            if abs(new - old.bandwidth) > 0.1 * old.bandwidth:  # skip noise-level updates
+                links = replace(links, **{kind: Link(new, old.latency_s)})
+        if links != cost.links:
+            self.scheduler.update_cost(cost.with_links(links))
+            logger.info("link bandwidths now dram %.2f GB/s, disk %.2f GB/s, net %.2f GB/s",
+                        links.dram.bandwidth / 1e9, links.disk.bandwidth / 1e9, links.net.bandwidth / 1e9)
+
+    def _calibrate(self, rep: NodeLoad) -> None:
+        for new, ctx, seconds in rep.prefill_samples:
+            self.calibrator.add(new, ctx, seconds)
+        fitted = self.calibrator.maybe_refit()
+        if fitted is not None:
+            self.scheduler.update_cost(replace(self.scheduler.cluster.cost, prefill=fitted))
+            logger.info("prefill model refitted from %d samples: %s", len(self.calibrator), fitted)
+
+
+class _NotReady(Exception):
+    pass
