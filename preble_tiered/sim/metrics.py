@@ -1,4 +1,4 @@
-"""Per-request records, run summaries (design.md section 9), and the ideal bound."""
+"""Per-request records, run summaries (docs/architecture.md §8), and the ideal bound."""
 
 from __future__ import annotations
 

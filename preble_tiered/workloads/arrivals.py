@@ -6,7 +6,7 @@ between consecutive requests have mean `1 / rps`.
 
 - ``poisson``: exponential gaps (coefficient of variation 1).
 - ``gamma``: gamma gaps with shape ``k = cv**-2`` and the same mean, so ``cv > 1`` gives bursts
-  of closely spaced requests separated by long lulls (the "bursty" option of design.md §8).
+  of closely spaced requests separated by long lulls (the "bursty" option of docs/architecture.md §8).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     make_workload("toolbench", WorkloadConfig(nodes=4, seed=1)) -> list[WorkloadRequest]
 
-Statistics follow Preble's Table 1 (design.md §8). Default stream sizes are per 2 GPUs and
+Statistics follow Preble's Table 1 (docs/architecture.md §8). Default stream sizes are per 2 GPUs and
 scale linearly with `nodes / 2` (rounded up); an explicit `rps` is the total cluster rate.
 Only segment descriptions are produced; :mod:`.tokens` turns them into token ids.
 

@@ -1,7 +1,7 @@
 """Distributions the workload generators draw from (lengths, popularity, shared fractions).
 
 The generators match a published prompt-length mean/std and shared-fraction mean/std
-(design.md §8). Two ideas keep the sampled statistics on target:
+(docs/architecture.md §8). Two ideas keep the sampled statistics on target:
 
 - **Stratified prefix lengths.** Prefix `k` gets the length-distribution quantile at the
   middle of its slice of the popularity mass (prefixes visited in a seeded random order).

@@ -17,7 +17,7 @@ class WorkloadSpec:
 
     Attributes:
         name: registry name, also the namespace of its segment ids.
-        prompt_mean: mean prompt tokens (design.md §8).
+        prompt_mean: mean prompt tokens (docs/architecture.md §8).
         prompt_std: standard deviation of prompt tokens.
         shared_mean: mean fraction of a prompt shared with other requests.
         shared_std: standard deviation of that fraction.
