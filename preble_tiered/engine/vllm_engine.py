@@ -58,12 +58,11 @@ from preble_tiered.scheduler.fair_queue import FairQueue
 
 __all__ = [
     "EngineConfig", "EngineOutput", "EngineRequest", "EngineStats", "GenParams", "KVEventTranslator",
-    "ModelInfo", "VLLMEngine", "group_hit_ratio", "validate_request",
+    "ModelInfo", "VLLMEngine", "validate_request",
 ]
 
 logger = logging.getLogger(__name__)
 
-PRIORITY_GROUPS = 10
 _FINISH_REASONS = frozenset({"stop", "length", "abort"})
 _HELLO_TRIES = 50
 _IDLE_WAIT_S = 0.05
@@ -117,19 +116,11 @@ def validate_request(info: ModelInfo, prompt_token_ids: Sequence[int], params: G
     validate_prompt(info.vocab_size, info.max_model_len, prompt_token_ids, params)
 
 
-def group_hit_ratio(priority_group: int) -> float:
-    """A hit ratio inside `priority_group` (FairQueue takes ratios, not groups)."""
-    if not 0 <= priority_group < PRIORITY_GROUPS:
-        raise ValueError(f"priority_group must be in 0..{PRIORITY_GROUPS - 1}, got {priority_group}")
-    return 0.0 if priority_group == 0 else (priority_group + 0.5) / PRIORITY_GROUPS
-
-
 @dataclass(slots=True)
 class _Tracked:
     """A request from `add` until its final output."""
 
     req: EngineRequest
-    hit_ratio: float
     in_vllm: bool = False
     admitted_at: float = 0.0
     clean: bool = False  # nothing else ran in vLLM from its admission to its first token
@@ -412,14 +403,13 @@ class VLLMEngine:
             raise RuntimeError("the engine is not running; call start() (or see the log for "
                                "why it stopped)")
         validate_request(self.info, req.prompt_token_ids, req.params)
-        ratio = group_hit_ratio(req.priority_group)
         with self._lock:
             if req.request_id in self._known:
                 raise ValueError(f"request id {req.request_id!r} is already in use; "
                                  "use a fresh id for every request")
-            t = _Tracked(req, ratio)
+            t = _Tracked(req)
+            self._queue.push(t, req.priority_group)
             self._known[req.request_id] = t
-            self._queue.push(t, ratio)
         self._wake.set()
 
     def abort(self, request_id: str) -> None:
@@ -590,7 +580,7 @@ class VLLMEngine:
                     return
                 n = len(t.req.prompt_token_ids)
                 if admitted and n > budget:
-                    self._queue.push_front(t, t.hit_ratio)
+                    self._queue.push_front(t, t.req.priority_group)
                     return
                 t.in_vllm = True
             self._submit(t)

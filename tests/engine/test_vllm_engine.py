@@ -25,12 +25,10 @@ from preble_tiered.engine.vllm_engine import (
     KVEventTranslator,
     ModelInfo,
     VLLMEngine,
-    group_hit_ratio,
     validate_request,
 )
 from preble_tiered.events import AllBlocksCleared, BlockRemoved, BlockStored
 from preble_tiered.hashing import BlockHasher
-from preble_tiered.scheduler.fair_queue import hit_group
 from preble_tiered.types import Tier
 
 BS = 32
@@ -215,12 +213,6 @@ def test_engine_config_rejects_cpu_unfriendly_block_sizes():
         EngineConfig(model="m", block_size=16)
     with pytest.raises(ValueError, match="kv_cache_bytes must be positive"):
         EngineConfig(model="m", kv_cache_bytes=0)
-
-
-def test_priority_groups_map_to_fair_queue_groups():
-    assert [hit_group(group_hit_ratio(g)) for g in range(10)] == list(range(10))
-    with pytest.raises(ValueError, match="0..9"):
-        group_hit_ratio(10)
 
 
 # --------------------------------------------------------------------------- translator
