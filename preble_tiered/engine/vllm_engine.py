@@ -44,7 +44,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
 
-from preble_tiered.api.validate import validate_prompt
 from preble_tiered.engine.api import EngineOutput, EngineRequest, EngineStats, ModelInfo
 from preble_tiered.events import ResidencyEvent
 from preble_tiered.hashing import BlockHasher
@@ -58,7 +57,7 @@ from preble_tiered.scheduler.fair_queue import FairQueue
 
 __all__ = [
     "EngineConfig", "EngineOutput", "EngineRequest", "EngineStats", "GenParams", "KVEventTranslator",
-    "ModelInfo", "VLLMEngine", "validate_request",
+    "ModelInfo", "VLLMEngine",
 ]
 
 logger = logging.getLogger(__name__)
@@ -105,15 +104,6 @@ class EngineConfig:
             raise ValueError(f"max_model_len must be positive or None, got {self.max_model_len}")
         if self.cpu_core is not None and self.cpu_core < 0:
             raise ValueError(f"cpu_core must be a core index >= 0 or None, got {self.cpu_core}")
-
-
-def validate_request(info: ModelInfo, prompt_token_ids: Sequence[int], params: GenParams) -> None:
-    """Check a request against the model before it is queued (see `api.validate_prompt`).
-
-    Raises:
-        ValueError: saying what is wrong and how to fix it.
-    """
-    validate_prompt(info.vocab_size, info.max_model_len, prompt_token_ids, params)
 
 
 @dataclass(slots=True)
@@ -321,12 +311,6 @@ class VLLMEngine:
         """The DRAM/disk tiers behind the connector (take `kv_runtime.lock` to touch the store)."""
         return self._kv
 
-    def kv_stats(self) -> dict[str, Any]:
-        if self._kv is None:
-            return {}
-        with self._kv.lock:
-            return {"store": self._kv.store.stats(), "connector": dict(self._kv.stats)}
-
     def _engine_args(self) -> Any:
         c, v = self.config, self._vllm
         assert self._sub is not None
@@ -394,15 +378,17 @@ class VLLMEngine:
     def add(self, req: EngineRequest) -> None:
         """Queue a request in the fair queue (thread-safe).
 
+        The request is not validated here: the edges that receive requests (the router, the
+        node agent's Submit) run `api.validate.validate_prompt`; vLLM rejects what slips past
+        with a final output carrying an error.
+
         Raises:
-            ValueError: for a duplicate request id or a request the model cannot serve
-                (see :func:`validate_request`).
+            ValueError: for a duplicate request id or a priority group outside 0..9.
             RuntimeError: if the engine is not running.
         """
         if not self._ready:
             raise RuntimeError("the engine is not running; call start() (or see the log for "
                                "why it stopped)")
-        validate_request(self.info, req.prompt_token_ids, req.params)
         with self._lock:
             if req.request_id in self._known:
                 raise ValueError(f"request id {req.request_id!r} is already in use; "
