@@ -1,6 +1,7 @@
 """VLLMEngine against real vLLM (CPU) with the tiny byte-level Llama: generation, prefix-cache
-hits, KV events re-hashed into the router's hashes, eviction, fair admission, abort,
-shutdown and crash handling. One engine serves the whole module (startup is seconds)."""
+hits, KV events re-hashed into the router's hashes, eviction, fair admission (the node's
+queue in front of the engine), abort, shutdown and crash handling. One engine serves the
+whole module (startup is seconds)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from preble_tiered.engine.vllm_engine import (
 )
 from preble_tiered.events import AllBlocksCleared, BlockRemoved, BlockStored
 from preble_tiered.hashing import BlockHasher
+from preble_tiered.node.admission import FairAdmissionQueue
 from preble_tiered.types import Tier
 
 BS = 32
@@ -119,7 +121,7 @@ def engine_and_rec(model_dir):
     rec = Recorder()
     cfg = EngineConfig(model=str(model_dir), block_size=BS,
                        kv_cache_bytes=(KV_BLOCKS + 1) * BS * KV_BYTES_PER_TOKEN, max_model_len=MAX_LEN)
-    engine = VLLMEngine(cfg, rec.on_output, rec.on_events)
+    engine = VLLMEngine(cfg, rec.on_output, rec.on_events, queue=FairAdmissionQueue())  # as a node runs it
     engine.start()
     yield engine, rec
     engine.shutdown()
