@@ -71,7 +71,7 @@ def serve_source(n_blocks: int) -> None:
     from preble_tiered.hashing import BlockHasher
     from preble_tiered.kvstore.base import StoredBlock
     from preble_tiered.kvstore.dram import DramTier
-    from preble_tiered.kvstore.runtime import NodeKVRuntime
+    from preble_tiered.node.kv_runtime import NodeKVRuntime
     from preble_tiered.kvstore.store import TieredStore
     from preble_tiered.scheduler.cost_model import engine_cost_model
     from preble_tiered.api.grpc_util import SERVER_OPTIONS
@@ -284,7 +284,7 @@ def pull_paths(n: int, reps: int) -> dict:
 
     from preble_tiered.hashing import BlockHasher
     from preble_tiered.kvstore.dram import DramTier
-    from preble_tiered.kvstore.runtime import NodeKVRuntime
+    from preble_tiered.node.kv_runtime import NodeKVRuntime
     from preble_tiered.kvstore.store import TieredStore
     from preble_tiered.scheduler.cost_model import engine_cost_model
     from preble_tiered.api.grpc_util import CHANNEL_OPTIONS

@@ -34,14 +34,16 @@ class Bench:
         from preble_tiered.engine.tiny_model import ensure_tiny_model
         from preble_tiered.engine.vllm_engine import EngineConfig, VLLMEngine
         from preble_tiered.kvstore.config import KVStoreConfig
+        from preble_tiered.node.kv_runtime import open_kv_runtime
 
         self.first: dict[str, float] = {}
         self.cached: dict[str, dict] = {}
         self.done: dict[str, threading.Event] = {}
         cfg = EngineConfig(model=str(ensure_tiny_model()), kv_cache_bytes=128 << 20, max_model_len=4096,
-                           cpu_core=0, kv_store=KVStoreConfig(dram_bytes=512 << 20, disk_bytes=1 << 30,
-                                                              disk_path=disk_path, write_policy="write_through"))
-        self.engine = VLLMEngine(cfg, self._on_out, lambda *_: None)
+                           cpu_core=0)
+        self.kv = open_kv_runtime(KVStoreConfig(dram_bytes=512 << 20, disk_bytes=1 << 30, disk_path=disk_path,
+                                                write_policy="write_through"), cfg.block_size, cfg.hash_namespace)
+        self.engine = VLLMEngine(cfg, self._on_out, lambda *_: None, kv=self.kv)
         self.engine.start()
         self.tokens = tokens
         self.n = 0
@@ -77,7 +79,7 @@ class Bench:
         from preble_tiered.api.grpc_util import CHANNEL_OPTIONS
         from preble_tiered.transfer.puller import pull_blocks
 
-        rt = self.engine.kv_runtime
+        rt = self.kv
         hashes = rt.hasher(prompt)[: (len(prompt) - 1) // 32]
         with rt.lock:
             blocks = [rt.store.get(rt.store.key(h))[0] for h in hashes]
@@ -107,7 +109,7 @@ class Bench:
         return (self.first[rid] - t0) * 1e3, self.cached[rid]
 
     def drop_dram(self) -> None:
-        rt = self.engine.kv_runtime
+        rt = self.kv
         with rt.lock:
             for key, _ in rt.store.dram.keys():
                 rt.store.dram.remove(key)
@@ -133,7 +135,7 @@ def serve_source(namespace: str) -> None:
     from preble_tiered.hashing import BlockHasher
     from preble_tiered.kvstore.base import StoredBlock
     from preble_tiered.kvstore.config import KVStoreConfig, build_store
-    from preble_tiered.kvstore.runtime import NodeKVRuntime
+    from preble_tiered.node.kv_runtime import NodeKVRuntime
     from preble_tiered.scheduler.cost_model import engine_cost_model
     from preble_tiered.api.grpc_util import SERVER_OPTIONS
     from preble_tiered.transfer.service import TransferService, add_transfer_service
@@ -179,7 +181,7 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="preble-tiers-") as tmp:
         b = Bench(str(Path(tmp) / "db"), args.tokens)
-        source = subprocess.Popen([sys.executable, __file__, "--serve-source", b.engine.kv_runtime.namespace],
+        source = subprocess.Popen([sys.executable, __file__, "--serve-source", b.kv.namespace],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         source_port, side_port = map(int, source.stdout.readline().split())
         try:

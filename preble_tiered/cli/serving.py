@@ -157,12 +157,12 @@ def cmd_node(args: argparse.Namespace) -> int:
         kv = KVStoreConfig(dram_bytes=args.dram_bytes or (256 << 20), disk_path=args.disk_path,
                            disk_bytes=args.disk_bytes or ((4 << 30) if args.disk_path else 0),
                            write_policy=args.write_policy, disk_mmap_reads=args.disk_mmap_reads)
-    ecfg = EngineConfig(kv_store=kv, model=args.model, block_size=args.block_size, kv_cache_bytes=args.kv_cache_bytes,
+    ecfg = EngineConfig(model=args.model, block_size=args.block_size, kv_cache_bytes=args.kv_cache_bytes,
                         max_num_seqs=args.max_num_seqs, cpu_core=args.cpu_core,
                         max_model_len=args.max_model_len)
     ncfg = NodeConfig(name=args.name or f"node-{args.port}", host=args.host, port=args.port, router=args.router,
                       max_queue=args.max_queue, metrics_port=args.metrics_port)
-    asyncio.run(serve_node(ncfg, ecfg))
+    asyncio.run(serve_node(ncfg, ecfg, kv))
     return 0
 
 

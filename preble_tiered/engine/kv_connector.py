@@ -11,13 +11,20 @@
 A block's bytes are every attention layer's slab for that block, concatenated in layer-name
 order. A load whose block vanished from the store is reported through
 `get_block_ids_with_load_errors`, so vLLM recomputes instead of reading garbage.
+
+vLLM builds the connector itself (both roles, from a class path), so it cannot be handed the
+node's KV runtime; it finds it in this module's registry by the id the engine puts in
+`kv_connector_extra_config` (`register` / `lookup` / `unregister`). The engine runs in-process,
+so both roles and the node agent share the runtime, and reach its tiers only through the
+`KVRuntime` port.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections import Counter
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,12 +32,35 @@ import torch
 from vllm.distributed.kv_transfer.kv_connector.v1.base import (KVConnectorBase_V1, KVConnectorMetadata,
                                                                KVConnectorRole)
 
-from preble_tiered.kvstore import runtime
-from preble_tiered.kvstore.base import StoredBlock
+from preble_tiered.engine.api import KVRuntime
 from preble_tiered.kvstore.block_copy import BlockLayout
-from preble_tiered.kvstore.pool import BlockPool
 
 logger = logging.getLogger(__name__)
+
+_RUNTIMES: dict[str, KVRuntime] = {}
+_REG_LOCK = threading.Lock()
+
+
+def register(rt: KVRuntime) -> str:
+    """Make `rt` findable by the connector vLLM builds; returns its id for `kv_connector_extra_config`."""
+    store_id = uuid.uuid4().hex
+    with _REG_LOCK:
+        _RUNTIMES[store_id] = rt
+    return store_id
+
+
+def lookup(store_id: str) -> KVRuntime:
+    with _REG_LOCK:
+        try:
+            return _RUNTIMES[store_id]
+        except KeyError:
+            raise RuntimeError(f"no KV store registered as {store_id!r} in this process; the connector "
+                               "only works with an in-process engine (VLLM_ENABLE_V1_MULTIPROCESSING=0)") from None
+
+
+def unregister(store_id: str) -> None:
+    with _REG_LOCK:
+        _RUNTIMES.pop(store_id, None)
 
 
 @dataclass
@@ -46,7 +76,7 @@ class _ReqState:
     block_ids: list[int] = field(default_factory=list)
     saved_upto: int = 0  # blocks [0, saved_upto) are stored or were checked
     loads: list[tuple[int, int, str]] = field(default_factory=list)  # (block index, hash, tier) to load
-    pinned: list[int] = field(default_factory=list)
+    pinned: list[int] = field(default_factory=list)  # router hashes pinned until the request ends
 
 
 def external_id(internal_id: str) -> str:
@@ -59,7 +89,7 @@ class PrebleTieredConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any = None) -> None:
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
         extra = self._kv_transfer_config.kv_connector_extra_config
-        self.rt = runtime.lookup(extra["store_id"])
+        self.rt: KVRuntime = lookup(extra["store_id"])
         self.block_size = vllm_config.cache_config.block_size
         self._reqs: dict[str, _ReqState] = {}
         self._caches: list[tuple[str, torch.Tensor, int]] = []  # (layer, cache, block dim)
@@ -76,28 +106,12 @@ class PrebleTieredConnector(KVConnectorBase_V1):
         start = num_computed_tokens // bs
         if usable <= start:
             return 0, False
-        rt = self.rt
-        with rt.lock:
-            tiers = rt.store.lookup(st.hashes[start:usable])
-            run = []
-            for t in tiers:
-                if t is None:
-                    break
-                run.append(t)
-            if not run or not rt.worth_loading(run, num_computed_tokens):
-                return 0, False
-            ext = external_id(request.request_id)
-            pulled = rt.pulled.get(ext, ())  # blocks the agent pulled from another node for it
-            st.loads = [(start + i, st.hashes[start + i], "remote" if st.hashes[start + i] in pulled
-                         else t.name.lower()) for i, t in enumerate(run)]
-            for _, h, _ in st.loads:  # counted pins, held until the request finishes: no eviction before the load
-                if rt.store.pin(rt.store.key(h)):
-                    st.pinned.append(h)
-            c = rt.loaded.setdefault(ext, Counter())
-            for _, _, tier in st.loads:
-                c[tier] += bs
-            c["planned"] += len(run) * bs  # vLLM counts these as cached even if a load fails
-        return len(run) * bs, False
+        plan = self.rt.plan_load(external_id(request.request_id), st.hashes[:usable], start, num_computed_tokens)
+        if plan is None:
+            return 0, False
+        st.loads = plan.loads
+        st.pinned += plan.pinned
+        return len(plan.loads) * bs, False
 
     def update_state_after_alloc(self, request: Any, blocks: Any, num_external_tokens: int) -> None:
         st = self._reqs.get(request.request_id)
@@ -139,28 +153,22 @@ class PrebleTieredConnector(KVConnectorBase_V1):
         st = self._reqs.get(request.request_id)
         if st is None:
             ids = list(request.prompt_token_ids or ())
-            st = self._reqs[request.request_id] = _ReqState(self.rt.hasher(ids))
+            st = self._reqs[request.request_id] = _ReqState(self.rt.block_hashes(ids))
         return st
 
     def _plan_saves(self, meta: PrebleConnectorMetadata, st: _ReqState, computed_after: int) -> None:
         done = min(computed_after // self.block_size, len(st.hashes), len(st.block_ids))
         if done <= st.saved_upto:
             return
-        store = self.rt.store
-        with self.rt.lock:
-            for i in range(st.saved_upto, done):
-                h = st.hashes[i]
-                if not any(t.contains(store.key(h)) for t in store.tiers):
-                    meta.saves.append((st.block_ids[i], h, st.hashes[i - 1] if i else None))
+        absent = set(self.rt.missing(st.hashes[st.saved_upto:done]))
+        for i in range(st.saved_upto, done):
+            h = st.hashes[i]
+            if h in absent:
+                meta.saves.append((st.block_ids[i], h, st.hashes[i - 1] if i else None))
         st.saved_upto = done
 
     def _release(self, rid: str, st: _ReqState, drop_loaded: bool = True) -> None:
-        rt = self.rt
-        with rt.lock:
-            for h in st.pinned:
-                rt.store.unpin(rt.store.key(h))
-            if drop_loaded:
-                rt.loaded.pop(external_id(rid), None)
+        self.rt.release_load(external_id(rid), st.pinned, forget_counts=drop_loaded)
         st.pinned = []
         st.loads = []
 
@@ -175,14 +183,10 @@ class PrebleTieredConnector(KVConnectorBase_V1):
                                    f"{n_blocks} blocks")
             self._caches.append((name, cache, dims[0]))
         self._layout = BlockLayout(self._caches)
-        store = self.rt.store
         # Saves copy into reused slots of one arena instead of a new buffer per block; the
         # store copies blocks arriving from elsewhere into the same slots.
         if self._layout.block_bytes:
-            # Made (and faulted in, ~0.6 s per GiB) before taking the lock the agent also uses.
-            pool = BlockPool.for_tier(self._layout.block_bytes, store.dram.capacity_bytes)
-            with self.rt.lock:
-                store.pool = pool
+            self.rt.attach_pool(self._layout.block_bytes)
         logger.info("KV connector: %d layers, block dim %d, cache shape %s", len(self._caches),
                     self._caches[0][2] if self._caches else -1,
                     tuple(self._caches[0][1].shape) if self._caches else ())
@@ -191,41 +195,18 @@ class PrebleTieredConnector(KVConnectorBase_V1):
         meta = self._get_connector_metadata()
         if not isinstance(meta, PrebleConnectorMetadata) or not meta.loads:
             return
-        rt = self.rt
-        failed: set[str] = set()  # requests with a failed block: vLLM recomputes from there on
-        moved: Counter[str] = Counter()  # bytes per source tier, for the meter
-        took: Counter[str] = Counter()  # seconds per source tier
+        read = self.rt.read_for_load([(h, rid, tier) for _, h, rid, tier in meta.loads])
         ids: list[int] = []
         datas: list[bytes | memoryview] = []
-        for block_id, h, rid, tier in meta.loads:
-            got = None
-            t0 = time.perf_counter()
-            if rid not in failed:
-                with rt.lock:
-                    got = rt.store.get(rt.store.key(h))
-            if got is None:
-                failed.add(rid)
+        for (block_id, _, _, _), data in zip(meta.loads, read.datas):
+            if data is None:  # vLLM recomputes this block and the rest of its request
                 self._load_errors.add(block_id)
-                rt.stats["load_failed"] += 1
-                with rt.lock:  # report only what was really loaded
-                    c = rt.loaded.get(rid)
-                    if c is not None:
-                        c[tier] -= self.block_size
-                continue
-            src = got[1].name.lower()
-            ids.append(block_id)
-            datas.append(got[0].data)
-            rt.stats[f"loaded_{src}"] += 1
-            moved[src] += got[0].nbytes
-            took[src] += time.perf_counter() - t0
+            else:
+                ids.append(block_id)
+                datas.append(data)
         t0 = time.perf_counter()
         self._layout.write(ids, datas)
-        copy_s = time.perf_counter() - t0
-        total = sum(moved.values())
-        for src, nbytes in moved.items():  # the copy's time shared by bytes
-            rt.meter.observe(src, nbytes, took[src] + copy_s * nbytes / total)
-        if moved:
-            rt.refresh_links()
+        self.rt.observe_load(read, time.perf_counter() - t0)
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         return
@@ -237,14 +218,8 @@ class PrebleTieredConnector(KVConnectorBase_V1):
         meta = self._get_connector_metadata()
         if not isinstance(meta, PrebleConnectorMetadata) or not meta.saves:
             return
-        rt = self.rt
-        pool = rt.store.pool
-        take = pool.take if pool is not None else None
-        datas = self._layout.read([block_id for block_id, _, _ in meta.saves], take)
-        with rt.lock:
-            for (_, h, parent), data in zip(meta.saves, datas):
-                stored = rt.store.put(StoredBlock(rt.store.key(h), parent, data))
-                rt.stats["saved" if stored else "save_refused"] += 1
+        datas = self._layout.read([block_id for block_id, _, _ in meta.saves], self.rt.save_slots())
+        self.rt.save([(h, parent, data) for (_, h, parent), data in zip(meta.saves, datas)])
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         out, self._load_errors = self._load_errors, set()

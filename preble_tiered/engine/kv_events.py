@@ -3,7 +3,7 @@
 `KVEventTranslator` re-hashes every stored block with :class:`BlockHasher` from the
 event's token ids and its router parent (vLLM's own hashes are not reproducible across
 processes) and keeps the set of blocks held; `KVEventSubscriber` receives vLLM's event
-batches over ZMQ. Both are used by `vllm_engine.VLLMEngine`.
+batches over ZMQ. Both are used by `event_feed.EventFeed`.
 """
 
 from __future__ import annotations

@@ -52,10 +52,6 @@ class KVStoreConfig:
         if "\x00" in self.namespace or "\x01" in self.namespace:
             raise ValueError(f"namespace {self.namespace!r} must not contain \\x00 or \\x01")
 
-    @property
-    def has_disk(self) -> bool:
-        return self.disk_path is not None
-
 
 def build_store(config: KVStoreConfig) -> TieredStore:
     """The TieredStore `config` describes (opening, and rebuilding, the disk tier if any)."""

@@ -131,12 +131,22 @@ class TieredStore:
         """
         out: list[Tier | None] = [None] * len(hashes)
         for i, h in enumerate(hashes):
-            key = self.key(h)
-            tier = next((t.tier for t in self.tiers if t.contains(key)), None)
+            tier = self.tier_of(self.key(h))
             if tier is None:
                 break
             out[i] = tier
         return out
+
+    def tier_of(self, key: BlockKey) -> Tier | None:
+        """The fastest tier holding `key`, or None (does not count as a use)."""
+        for t in self.tiers:
+            if t.contains(key):
+                return t.tier
+        return None
+
+    def holds(self, key: BlockKey) -> bool:
+        """Whether any tier holds `key` (does not count as a use)."""
+        return self.tier_of(key) is not None
 
     def get(self, key: BlockKey) -> tuple[StoredBlock, Tier] | None:
         """The block and the tier it was read from; None if no tier has a usable copy.

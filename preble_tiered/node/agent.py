@@ -1,10 +1,15 @@
 """The node agent: one vLLM engine behind the `preble.v1.Node` gRPC service.
 
-    router --Submit--> agent --EngineRequest--> VLLMEngine (own thread; fair admission)
+    router --Submit--> agent --EngineRequest--> VLLMEngine (own thread; admits from the
+                                                 node's FairAdmissionQueue)
     router <-chunks--- agent <--EngineOutput--- (engine thread, via call_soon_threadsafe)
     router <-Events--- agent <--(seq, events)-- (KV-event thread: vLLM ZMQ -> router hashes)
     peer   <-Pull----- agent (Transfer service: this node's DRAM/disk blocks for other nodes)
     agent  --Pull----> peer  (a Submit carrying a PullPlan: pull first, then run)
+
+The agent builds the node's KV runtime (`kv_runtime.py`: DRAM/disk tiers, pins, pulled
+blocks, meter) and hands it to the engine, whose KV connector loads and saves through it;
+the agent itself uses it for pulls, pins, eviction and load reports.
 
 Everything the engine calls back with is handed to the asyncio loop, which alone touches
 the agent's state. Residency batches are kept in a bounded ring so a reconnecting router can
@@ -29,8 +34,11 @@ from preble_tiered.events import ResidencyEvent
 from preble_tiered.api import convert
 from preble_tiered.api.grpc_util import CHANNEL_OPTIONS, SERVER_OPTIONS, ServingHealth, bind, enable_reflection
 from preble_tiered.api.metrics import serve_metrics
+from preble_tiered.node.admission import FairAdmissionQueue
+from preble_tiered.node.kv_runtime import NodeKVRuntime, open_kv_runtime
 from preble_tiered.node.metrics import NodeMetrics
 from preble_tiered.api.pb import node_pb2, node_pb2_grpc
+from preble_tiered.kvstore.config import KVStoreConfig
 from preble_tiered.transfer.puller import pull_blocks
 from preble_tiered.transfer.service import TransferService, add_transfer_service
 from preble_tiered.types import Tier
@@ -92,9 +100,12 @@ class _Ring:
 
 
 class NodeAgent(node_pb2_grpc.NodeServicer):
-    def __init__(self, config: NodeConfig, engine_factory, metrics: NodeMetrics | None = None) -> None:
-        """`engine_factory(on_output, on_events)` returns an unstarted engine (VLLMEngine)."""
+    def __init__(self, config: NodeConfig, engine_factory, metrics: NodeMetrics | None = None,
+                 kv: NodeKVRuntime | None = None) -> None:
+        """`engine_factory(on_output, on_events)` returns an unstarted engine (VLLMEngine);
+        `kv` is the node's KV runtime that engine was given (None: no DRAM/disk tiers)."""
         self.config = config
+        self.kv = kv
         self.metrics = metrics or NodeMetrics()
         self.engine = engine_factory(self._on_output_threadsafe, self._on_events_threadsafe)
         self.info: ModelInfo | None = None
@@ -109,7 +120,7 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
         self._tasks: list[asyncio.Task] = []
         self._peers: dict[str, grpc.aio.Channel] = {}  # pull sources, by address
         die_after = int(os.environ.get(FAULT_DIE_AFTER_PIECES, "0") or 0)
-        self.transfer = TransferService(lambda: self.engine.kv_runtime,
+        self.transfer = TransferService(self._kv_if_ready,
                                         _die_after(die_after) if die_after > 0 else None)
 
     # ------------------------------------------------------------------ lifecycle
@@ -203,7 +214,7 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
                                 f"{self.config.max_queue}); retry later or add nodes")
         st = self._streams[rid] = _Stream(asyncio.Queue(), time.monotonic())
         self._queued += 1
-        rt = self.engine.kv_runtime
+        rt = self.kv
         try:
             if request.HasField("pull") and request.pull.hashes and rt is not None:
                 await self._pull(rid, request.pull, rt)
@@ -222,7 +233,7 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
                 self.engine.abort(rid)  # the router went away or the call was cancelled
                 self.metrics.requests.labels("cancelled").inc()
 
-    async def _pull(self, rid: str, plan: node_pb2.PullPlan, rt) -> None:
+    async def _pull(self, rid: str, plan: node_pb2.PullPlan, rt: NodeKVRuntime) -> None:
         """Pull the plan's blocks this node lacks into DRAM (pinned for `rid`). Never raises
         for a failed pull: whatever did not arrive is recomputed."""
         want = rt.missing(list(plan.hashes))
@@ -239,7 +250,7 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
 
         res = await pull_blocks(ch, rt.namespace, want, sink, window=self.config.pull_window,
                                 timeout_s=self.config.pull_timeout_s)
-        rt.meter.observe(f"net:{plan.source_address}", res.bytes, res.seconds)
+        rt.observe_pull(plan.source_address, res.bytes, res.seconds)
         self.metrics.pulled_bytes.inc(res.bytes)
         result = "complete" if res.complete else ("partial" if res.stored else "failed")
         self.metrics.pulls.labels(result).inc()
@@ -320,9 +331,9 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
                                   event_seq=self._ring.last_seq)
         for e, c, t in self.engine.take_prefill_samples():
             rep.prefill_samples.add(new_tokens=e, context_tokens=c, seconds=t)
-        rt = self.engine.kv_runtime
+        rt = self.kv
         if rt is not None:
-            for link, r in sorted(rt.meter.rates().items()):
+            for link, r in sorted(rt.link_rates().items()):
                 rep.link_rates.add(link=link, bytes_per_s=r.bytes_per_s, samples=r.samples)
             for tier, used, cap, blocks, pinned in rt.tier_usage():
                 rep.tiers.add(tier=convert.tier_to_pb(tier), used_bytes=used, capacity_bytes=cap, blocks=blocks,
@@ -360,8 +371,8 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         return node_pb2.EvictBlocksResponse(evicted=evicted, pinned_kept=kept)
 
-    def _kv_if_ready(self):
-        return self.engine.kv_runtime if self.engine.ready else None
+    def _kv_if_ready(self) -> NodeKVRuntime | None:
+        return self.kv if self.engine.ready else None
 
     async def Info(self, request, context):
         if self.info is None:
@@ -414,13 +425,23 @@ def _die_after(pieces: int):
     return hook
 
 
-async def serve_node(config: NodeConfig, engine_config) -> None:
-    """Run a node agent with a vLLM engine until SIGINT/SIGTERM (also during engine start)."""
+async def serve_node(config: NodeConfig, engine_config, kv_config: KVStoreConfig | None = None) -> None:
+    """Run a node agent with a vLLM engine until SIGINT/SIGTERM (also during engine start).
+
+    With `kv_config`, the node's DRAM/disk tiers are opened first and handed to the engine.
+    """
     import signal
 
     from preble_tiered.engine.vllm_engine import VLLMEngine
 
-    agent = NodeAgent(config, lambda on_out, on_ev: VLLMEngine(engine_config, on_out, on_ev))
+    kv = None
+    if kv_config is not None:
+        kv = open_kv_runtime(kv_config, engine_config.block_size, engine_config.hash_namespace)
+
+    def engine_factory(on_out, on_ev):
+        return VLLMEngine(engine_config, on_out, on_ev, queue=FairAdmissionQueue(), kv=kv)
+
+    agent = NodeAgent(config, engine_factory, kv=kv)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,12 +1,12 @@
 """Preble's local fair queue: cache-hit priority groups with growing quotas.
 
-A request with cache-hit ratio r joins group g = ceil(10 r) - 1 (g = 0 with no hit).
-Scheduling rounds visit the non-empty groups round-robin from the top (most hits first);
+A request with cache-hit ratio r belongs to group g = ceil(10 r) - 1 (g = 0 with no hit):
+`hit_group` computes it, and the queue takes the group. Scheduling rounds visit the non-empty groups round-robin from the top (most hits first);
 a round admits up to (g + 1) * k requests of its group, FCFS inside the group. High-hit
 requests (cheap, they mostly decode) go first and in larger numbers, and every non-empty
 group is visited once per cycle, so nothing starves.
 
-Used by the simulator's engines now and by the node agents' admission later.
+Used by the simulator's engines and by the node agents' admission (`node/admission.py`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def hit_group(hit_ratio: float, groups: int = 10) -> int:
 
 
 class FairQueue(Generic[T]):
-    """Priority groups by cache-hit ratio with per-round quotas of (g + 1) * k.
+    """Priority groups (0..groups-1, by cache-hit ratio) with per-round quotas of (g + 1) * k.
 
     Args:
         k: quota unit (Preble: 10).
@@ -48,12 +48,14 @@ class FairQueue(Generic[T]):
     def __len__(self) -> int:
         return self._len
 
-    def push(self, item: T, hit_ratio: float) -> int:
-        """Queue `item`; returns its group."""
-        g = hit_group(hit_ratio, self.groups)
-        self._q[g].append(item)
+    def push(self, item: T, group: int) -> None:
+        """Queue `item` at the back of `group`.
+
+        Raises:
+            ValueError: if `group` is not in 0..groups-1.
+        """
+        self._q[self._check(group)].append(item)
         self._len += 1
-        return g
 
     def pop(self) -> T:
         """The next request under the round/quota rule.
@@ -77,13 +79,23 @@ class FairQueue(Generic[T]):
             return self._q[self._group][0]
         return self._q[self._following_group()][0]
 
-    def push_front(self, item: T, hit_ratio: float) -> None:
-        """Put back an item just popped that could not be admitted (keeps its turn)."""
-        g = hit_group(hit_ratio, self.groups)
+    def push_front(self, item: T, group: int) -> None:
+        """Put back an item just popped from `group` that could not be admitted (keeps its turn).
+
+        Raises:
+            ValueError: if `group` is not in 0..groups-1.
+        """
+        g = self._check(group)
         self._q[g].appendleft(item)
         self._len += 1
         if g == self._group:
             self._left += 1
+
+    def _check(self, group: int) -> int:
+        if not 0 <= group < self.groups:
+            raise ValueError(f"group must be in 0..{self.groups - 1}, got {group}; "
+                             "use hit_group(hit_ratio) to get a request's group")
+        return group
 
     def _following_group(self) -> int:
         g = self._group

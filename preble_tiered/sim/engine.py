@@ -30,7 +30,7 @@ from typing import Callable
 
 from preble_tiered.events import BlockRemoved, BlockStored, ResidencyEvent
 from preble_tiered.scheduler.cost_model import CostModel
-from preble_tiered.scheduler.fair_queue import FairQueue
+from preble_tiered.scheduler.fair_queue import FairQueue, hit_group
 from preble_tiered.scheduler.types import Plan
 from preble_tiered.types import NodeId, Tier
 
@@ -248,7 +248,7 @@ class SimEngine:
         """Queue a dispatched request (priority by its cache-hit ratio here, now)."""
         hit = self._local_prefix(req.hashes, tiers=self.dram.cap > 0)
         req.hit_ratio = min(1.0, len(hit) * self.config.block_size / max(req.prompt_tokens, 1))
-        self.queue.push(req, req.hit_ratio)
+        self.queue.push(req, hit_group(req.hit_ratio, self.queue.groups))
 
     def has_work(self) -> bool:
         return bool(self.queue) or bool(self.running)
@@ -270,10 +270,10 @@ class SimEngine:
                 deferred.append(req)
                 continue
             if not self._start(req, now):
-                self.queue.push_front(req, req.hit_ratio)
+                self.queue.push_front(req, hit_group(req.hit_ratio, self.queue.groups))
                 break
         for req in reversed(deferred):
-            self.queue.push_front(req, req.hit_ratio)
+            self.queue.push_front(req, hit_group(req.hit_ratio, self.queue.groups))
 
     def _waits_for_peer(self, req: SimRequest) -> bool:
         """True if the first block `req` lacks is being computed by a running request."""

@@ -23,14 +23,15 @@ class Runner:
         from preble_tiered.engine.tiny_model import ensure_tiny_model
         from preble_tiered.engine.vllm_engine import EngineConfig, VLLMEngine
         from preble_tiered.kvstore.config import KVStoreConfig
+        from preble_tiered.node.kv_runtime import open_kv_runtime
 
         self.outs: dict[str, list] = {}
         self.done: dict[str, threading.Event] = {}
         self.events: list = []
-        cfg = EngineConfig(model=str(ensure_tiny_model()), kv_cache_bytes=64 << 20, max_model_len=4096,
-                           kv_store=KVStoreConfig(dram_bytes=64 << 20, disk_bytes=64 << 20, disk_path=disk_path,
-                                                  write_policy="write_through"))
-        self.engine = VLLMEngine(cfg, self._on_out, lambda seq, evs: self.events.extend(evs))
+        cfg = EngineConfig(model=str(ensure_tiny_model()), kv_cache_bytes=64 << 20, max_model_len=4096)
+        self.kv = open_kv_runtime(KVStoreConfig(dram_bytes=64 << 20, disk_bytes=64 << 20, disk_path=disk_path,
+                                                write_policy="write_through"), cfg.block_size, cfg.hash_namespace)
+        self.engine = VLLMEngine(cfg, self._on_out, lambda seq, evs: self.events.extend(evs), kv=self.kv)
         self.engine.start()
         self.n = 0
 
@@ -56,10 +57,10 @@ class Runner:
 
     @property
     def store(self):
-        return self.engine.kv_runtime.store
+        return self.kv.store
 
     def drop_dram(self) -> None:
-        with self.engine.kv_runtime.lock:
+        with self.kv.lock:
             for key, _ in self.store.dram.keys():
                 self.store.dram.remove(key)
 
@@ -115,11 +116,11 @@ def test_prefix_pulled_from_another_node_is_loaded_as_remote(runner, baseline):
     import grpc
 
     from preble_tiered.kvstore.config import KVStoreConfig, build_store
-    from preble_tiered.kvstore.runtime import NodeKVRuntime
+    from preble_tiered.node.kv_runtime import NodeKVRuntime
     from preble_tiered.transfer.puller import pull_blocks
     from preble_tiered.transfer.service import TransferService, add_transfer_service
 
-    rt = runner.engine.kv_runtime
+    rt = runner.kv
     hashes = BlockHasher(32)(PROMPT)[: FULL // 32]
     other = NodeKVRuntime(build_store(KVStoreConfig(dram_bytes=64 << 20, namespace=rt.namespace)), rt.hasher, rt.cost)
     with rt.lock:  # "another node" holds the prefix: a copy of this node's blocks
@@ -165,7 +166,7 @@ def test_corrupted_disk_block_is_dropped_and_recomputed(runner, baseline):
     runner.drop_dram()
     victim = BlockHasher(32)(PROMPT)[5]
     disk = runner.store.disk
-    with runner.engine.kv_runtime.lock:
+    with runner.kv.lock:
         key = runner.store.key(victim)
         db = disk._open_db()
         raw = bytearray(db[disk._data_key(key)])
@@ -181,7 +182,7 @@ def test_corrupted_disk_block_is_dropped_and_recomputed(runner, baseline):
 
 def test_disk_tier_survives_a_restart(runner, baseline, tmp_path_factory):
     path = runner.store.disk.path
-    runner.engine.shutdown()  # closes the store; the module fixture's shutdown is idempotent
+    runner.engine.shutdown()  # closes the KV runtime; the module fixture's shutdown is idempotent
     again = Runner(str(path))
     try:
         assert len(again.store.disk.keys()) >= FULL // 32 - 1

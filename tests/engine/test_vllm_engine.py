@@ -1,6 +1,7 @@
 """VLLMEngine against real vLLM (CPU) with the tiny byte-level Llama: generation, prefix-cache
-hits, KV events re-hashed into the router's hashes, eviction, fair admission, abort,
-shutdown and crash handling. One engine serves the whole module (startup is seconds)."""
+hits, KV events re-hashed into the router's hashes, eviction, fair admission (the node's
+queue in front of the engine), abort, shutdown and crash handling. One engine serves the
+whole module (startup is seconds)."""
 
 from __future__ import annotations
 
@@ -23,14 +24,11 @@ from preble_tiered.engine.vllm_engine import (
     EngineRequest,
     GenParams,
     KVEventTranslator,
-    ModelInfo,
     VLLMEngine,
-    group_hit_ratio,
-    validate_request,
 )
 from preble_tiered.events import AllBlocksCleared, BlockRemoved, BlockStored
 from preble_tiered.hashing import BlockHasher
-from preble_tiered.scheduler.fair_queue import hit_group
+from preble_tiered.node.admission import FairAdmissionQueue
 from preble_tiered.types import Tier
 
 BS = 32
@@ -123,7 +121,7 @@ def engine_and_rec(model_dir):
     rec = Recorder()
     cfg = EngineConfig(model=str(model_dir), block_size=BS,
                        kv_cache_bytes=(KV_BLOCKS + 1) * BS * KV_BYTES_PER_TOKEN, max_model_len=MAX_LEN)
-    engine = VLLMEngine(cfg, rec.on_output, rec.on_events)
+    engine = VLLMEngine(cfg, rec.on_output, rec.on_events, queue=FairAdmissionQueue())  # as a node runs it
     engine.start()
     yield engine, rec
     engine.shutdown()
@@ -180,34 +178,7 @@ def test_ensure_builds_once_under_a_race_and_is_deterministic(model_dir, tmp_pat
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tiny-llama-v1.build")] == []
 
 
-# --------------------------------------------------------------------------- validation
-
-INFO = ModelInfo(model="m", vocab_size=260, max_model_len=100, block_size=32, kv_capacity_tokens=1024,
-                 kv_bytes_per_token=8192, eos_token_id=1)
-
-
-@pytest.mark.parametrize("prompt, params, message", [
-    ([], GenParams(), "prompt is empty"),
-    ([5, 260], GenParams(), r"token id 260 is out of the vocabulary: ids must be in \[0, 260\)"),
-    ([5, -1], GenParams(), "token id -1 is out of the vocabulary"),
-    ([5] * 90, GenParams(max_tokens=11),
-     "prompt of 90 tokens plus max_tokens 11 exceeds the model's limit of 100 tokens; shorten the prompt"),
-    ([5], GenParams(max_tokens=0), "max_tokens must be at least 1"),
-    ([5], GenParams(temperature=-0.1), "temperature must be a finite number >= 0"),
-    ([5], GenParams(temperature=float("nan")), "temperature"),
-    ([5], GenParams(top_p=0.0), r"top_p must be in \(0, 1\]"),
-    ([5], GenParams(top_p=1.5), "top_p"),
-    ([5], GenParams(stop=("x",) * 17), "at most 16 stop strings"),
-    ([5], GenParams(stop=("x" * 257,)), "stop strings must have 1 to 256 characters"),
-    ([5], GenParams(stop=("",)), "stop strings must have 1 to 256 characters"),
-])
-def test_validate_request_rejects_with_the_fix(prompt, params, message):
-    with pytest.raises(ValueError, match=message):
-        validate_request(INFO, prompt, params)
-
-
-def test_validate_request_accepts_the_limit():
-    validate_request(INFO, [0, 259] * 45, GenParams(max_tokens=10, stop=("a" * 256,) * 16))
+# --------------------------------------------------------------------------- config
 
 
 def test_engine_config_rejects_cpu_unfriendly_block_sizes():
@@ -215,12 +186,6 @@ def test_engine_config_rejects_cpu_unfriendly_block_sizes():
         EngineConfig(model="m", block_size=16)
     with pytest.raises(ValueError, match="kv_cache_bytes must be positive"):
         EngineConfig(model="m", kv_cache_bytes=0)
-
-
-def test_priority_groups_map_to_fair_queue_groups():
-    assert [hit_group(group_hit_ratio(g)) for g in range(10)] == list(range(10))
-    with pytest.raises(ValueError, match="0..9"):
-        group_hit_ratio(10)
 
 
 # --------------------------------------------------------------------------- translator

@@ -1,4 +1,4 @@
-"""TieredStore: write policies, demotion, promotion, lookup, pins, events; KVStoreConfig."""
+"""TieredStore: write policies, demotion, promotion, lookup and residency, pins, events; KVStoreConfig."""
 
 from __future__ import annotations
 
@@ -83,6 +83,8 @@ def test_lookup_stops_at_the_first_miss(tmp_path):
     # DRAM holds 3 and 5; 1 and 2 were demoted; 4 is nowhere
     assert s.lookup([3, 1, 4, 5]) == [Tier.DRAM, Tier.DISK, None, None]
     assert s.lookup([]) == []
+    assert [s.tier_of(key(h)) for h in (3, 1, 4)] == [Tier.DRAM, Tier.DISK, None]
+    assert [s.holds(key(h)) for h in (3, 1, 4)] == [True, True, False]
     s.close()
 
 

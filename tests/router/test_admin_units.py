@@ -1,6 +1,6 @@
-"""Admin building blocks on their own: node-side pins and eviction over real tiers, the
-persisted state file, the decision ring, token loading, and the auth interceptor on a real
-gRPC server."""
+"""Admin building blocks on their own: the persisted state file, the decision ring, token
+loading, and the auth interceptor on a real gRPC server (node-side pins and eviction are
+tested with the node's KV runtime, tests/node/test_kv_runtime.py)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,6 @@ import json
 import grpc
 import pytest
 
-from preble_tiered.hashing import BlockHasher
-from preble_tiered.kvstore.base import StoredBlock
-from preble_tiered.kvstore.disk import DiskTier
-from preble_tiered.kvstore.dram import DramTier
-from preble_tiered.kvstore.runtime import NodeKVRuntime
-from preble_tiered.kvstore.store import TieredStore
-from preble_tiered.scheduler.cost_model import engine_cost_model
 from preble_tiered.scheduler.pins import NamedPrefix, PinSpec
 from preble_tiered.scheduler.types import Branch, Decision, Plan
 from preble_tiered.router.admin_state import AdminState, check_name
@@ -24,68 +17,6 @@ from preble_tiered.api.auth import TokenAuth, bearer, load_token
 from preble_tiered.router.decisions import DecisionRing
 from preble_tiered.api.pb import admin_pb2, admin_pb2_grpc
 from preble_tiered.types import Tier
-
-BLOCK = 4096
-NS = "ns"
-
-
-def runtime(tmp_path, dram_blocks: int, disk: bool = True) -> NodeKVRuntime:
-    d = DiskTier(tmp_path / "disk", 64 * (BLOCK + 64), NS) if disk else None
-    return NodeKVRuntime(TieredStore(DramTier(dram_blocks * BLOCK), d, namespace=NS), BlockHasher(32),
-                         engine_cost_model("t", 8192, 1 << 16))
-
-
-def put(rt: NodeKVRuntime, hashes) -> None:
-    for i, h in enumerate(hashes):
-        rt.store.store_in_dram(StoredBlock(rt.store.key(h), hashes[i - 1] if i else None, bytes([h % 251]) * BLOCK))
-
-
-def in_dram(rt, h) -> bool:
-    return rt.store.dram.contains(rt.store.key(h))
-
-
-# ---------------------------------------------------------------- node-side pins
-def test_pinned_blocks_survive_dram_pressure_unpinned_ones_do_not(tmp_path):
-    rt = runtime(tmp_path, 8, disk=False)
-    put(rt, [1, 2, 3, 4])
-    assert rt.set_pins("sys", [1, 2], Tier.DRAM) == (2, [])
-    put(rt, list(range(100, 112)))  # 12 more blocks through an 8-block tier
-    assert in_dram(rt, 1) and in_dram(rt, 2)
-    assert not in_dram(rt, 3) and not in_dram(rt, 4)
-    rt.set_pins("sys", [], Tier.DRAM)  # released: evictable again
-    put(rt, list(range(200, 212)))
-    assert not in_dram(rt, 1) and not in_dram(rt, 2)
-
-
-def test_pins_replace_the_owners_previous_set_and_report_missing(tmp_path):
-    rt = runtime(tmp_path, 8)
-    put(rt, [1, 2, 3])
-    assert rt.set_pins("a", [1, 2, 9], Tier.DRAM) == (2, [9])
-    assert rt.set_pins("a", [3], Tier.DRAM) == (1, [])
-    assert rt.store.dram.pin_count(rt.store.key(1)) == 0 and rt.store.dram.pin_count(rt.store.key(3)) == 1
-    assert rt.set_pins("b", [3], Tier.DRAM) == (1, [])  # owners count separately
-    assert rt.store.dram.pin_count(rt.store.key(3)) == 2
-
-
-def test_disk_pin_copies_a_dram_block_to_disk_first(tmp_path):
-    rt = runtime(tmp_path, 8)
-    put(rt, [1, 2])
-    assert not rt.store.disk.contains(rt.store.key(1))
-    assert rt.set_pins("d", [1, 2], Tier.DISK) == (2, [])
-    assert rt.store.disk.contains(rt.store.key(1)) and rt.store.disk.pin_count(rt.store.key(1)) == 1
-    with pytest.raises(ValueError, match="no disk tier"):
-        runtime(tmp_path / "x", 4, disk=False).set_pins("d", [1], Tier.DISK)
-
-
-def test_evict_drops_unpinned_copies_and_keeps_pinned_ones(tmp_path):
-    rt = runtime(tmp_path, 8)
-    put(rt, [1, 2, 3])
-    rt.set_pins("p", [1], Tier.DRAM)
-    assert rt.evict([1, 2, 3, 77], Tier.DRAM) == (2, 1)
-    assert in_dram(rt, 1) and not in_dram(rt, 2)
-    with pytest.raises(ValueError, match="evict from dram or disk"):
-        rt.evict([1], Tier.HBM)
-
 
 # ---------------------------------------------------------------- persisted state
 def test_state_round_trips_and_a_corrupt_file_is_moved_aside(tmp_path):

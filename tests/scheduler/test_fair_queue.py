@@ -1,4 +1,4 @@
-"""Preble's local fair queue: hit-ratio groups, (g+1)*k quotas, top-down rounds, FCFS."""
+"""Preble's local fair queue: hit-ratio groups (pushed as groups), (g+1)*k quotas, top-down rounds, FCFS."""
 
 import random
 
@@ -38,39 +38,46 @@ def test_bad_constructor_args():
         FairQueue(groups=0)
 
 
-def test_push_returns_the_group():
+def test_push_takes_a_group_in_range():
     q = make_queue()
-    assert q.push("a", 0.95) == 9
-    assert q.push("b", 0.0) == 0
+    q.push("a", 9)
+    q.push("b", 0)
+    assert len(q) == 2
+    assert q.items() == ["a", "b"]
+    for bad in (-1, 10):
+        with pytest.raises(ValueError, match=r"group must be in 0\.\.9"):
+            q.push("c", bad)
+        with pytest.raises(ValueError, match=r"group must be in 0\.\.9"):
+            q.push_front("c", bad)
     assert len(q) == 2
 
 
 def test_quota_is_g_plus_one_times_k_per_round():
     q = make_queue(k=1)
     for i in range(7):
-        q.push(f"h{i}", 0.25)  # group 2: quota 3 per round
+        q.push(f"h{i}", 2)  # group 2: quota 3 per round
     for i in range(3):
-        q.push(f"z{i}", 0.0)  # group 0: quota 1 per round
+        q.push(f"z{i}", 0)  # group 0: quota 1 per round
     assert drain(q) == ["h0", "h1", "h2", "z0", "h3", "h4", "h5", "z1", "h6", "z2"]
 
 
 def test_quota_scales_with_k():
     q = make_queue(k=2)
     for i in range(5):
-        q.push(f"h{i}", 0.15)  # group 1: quota (1+1)*2 = 4
+        q.push(f"h{i}", 1)  # group 1: quota (1+1)*2 = 4
     for i in range(3):
-        q.push(f"z{i}", 0.0)  # group 0: quota 2
+        q.push(f"z{i}", 0)  # group 0: quota 2
     assert drain(q) == ["h0", "h1", "h2", "h3", "z0", "z1", "h4", "z2"]
 
 
 def test_rounds_go_top_down_over_non_empty_groups_and_wrap():
     q = make_queue(k=1)
     for i in range(12):
-        q.push(f"g9-{i}", 1.0)  # quota 10
+        q.push(f"g9-{i}", 9)  # quota 10
     for i in range(7):
-        q.push(f"g5-{i}", 0.55)  # quota 6
+        q.push(f"g5-{i}", 5)  # quota 6
     for i in range(2):
-        q.push(f"g0-{i}", 0.0)  # quota 1
+        q.push(f"g0-{i}", 0)  # quota 1
     got = drain(q)
     assert got == ([f"g9-{i}" for i in range(10)] + [f"g5-{i}" for i in range(6)] + ["g0-0"]
                    + ["g9-10", "g9-11", "g5-6", "g0-1"])
@@ -80,20 +87,20 @@ def test_fcfs_within_a_group():
     q = make_queue(k=10)
     order = [f"r{i}" for i in range(25)]
     for r in order:
-        q.push(r, 0.42)  # all group 4
+        q.push(r, 4)  # all group 4
     assert drain(q) == order
 
 
 def test_no_starvation_under_a_constant_stream_of_high_hit_requests():
     q = make_queue(k=10)
-    q.push("low", 0.0)
+    q.push("low", 0)
     for i in range(200):
-        q.push(f"hi{i}", 1.0)
+        q.push(f"hi{i}", 9)
     served, n = None, 0
     while served != "low":
         served = q.pop()
         n += 1
-        q.push(f"new{n}", 1.0)  # a new high-hit request arrives after every pop
+        q.push(f"new{n}", 9)  # a new high-hit request arrives after every pop
         assert n <= 10 * 10 + 1  # at most one full top round before group 0's turn
     assert n == 101
 
@@ -101,8 +108,8 @@ def test_no_starvation_under_a_constant_stream_of_high_hit_requests():
 def test_push_front_keeps_the_items_turn():
     def fill(q):
         for i in range(4):
-            q.push(f"h{i}", 0.25)  # group 2, quota 3
-        q.push("z0", 0.0)
+            q.push(f"h{i}", 2)  # group 2, quota 3
+        q.push("z0", 0)
 
     plain = make_queue(k=1)
     fill(plain)
@@ -112,7 +119,7 @@ def test_push_front_keeps_the_items_turn():
     fill(q)
     got = [q.pop(), q.pop()]
     x = q.pop()  # the last of this round's quota cannot be admitted yet
-    q.push_front(x, 0.25)
+    q.push_front(x, 2)
     got += drain(q)
     assert got == want == ["h0", "h1", "h2", "z0", "h3"]
 
@@ -120,10 +127,10 @@ def test_push_front_keeps_the_items_turn():
 def test_push_front_in_another_group_does_not_extend_the_round():
     q = make_queue(k=1)
     for i in range(3):
-        q.push(f"h{i}", 0.25)  # group 2, quota 3
-    q.push("z0", 0.0)
+        q.push(f"h{i}", 2)  # group 2, quota 3
+    q.push("z0", 0)
     assert q.pop() == "h0"
-    q.push_front("z-back", 0.0)  # goes before z0 in group 0, the current round is group 2's
+    q.push_front("z-back", 0)  # goes before z0 in group 0, the current round is group 2's
     assert drain(q) == ["h1", "h2", "z-back", "z0"]
 
 
@@ -135,13 +142,13 @@ def test_peek_equals_the_next_pop():
             expect = q.peek()
             assert q.pop() is expect
         else:
-            q.push(object(), rng.choice([0.0, 0.1, 0.3, 0.5, 0.77, 1.0]))
+            q.push(object(), rng.choice([0, 0, 2, 4, 7, 9]))
 
 
 def test_peek_does_not_consume_or_start_a_round():
     q = make_queue(k=1)
-    q.push("a", 0.0)
-    q.push("b", 1.0)
+    q.push("a", 0)
+    q.push("b", 9)
     assert q.peek() == "b" and q.peek() == "b"
     assert len(q) == 2
     assert drain(q) == ["b", "a"]
@@ -149,9 +156,9 @@ def test_peek_does_not_consume_or_start_a_round():
 
 def test_items_lists_top_group_first():
     q = make_queue()
-    q.push("a", 0.0)
-    q.push("b", 1.0)
-    q.push("c", 0.5)
+    q.push("a", 0)
+    q.push("b", 9)
+    q.push("c", 4)
     assert q.items() == ["b", "c", "a"]
 
 
@@ -161,7 +168,7 @@ def test_empty_pop_and_peek_raise_index_error():
         q.pop()
     with pytest.raises(IndexError):
         q.peek()
-    q.push("x", 0.3)
+    q.push("x", 2)
     q.pop()
     with pytest.raises(IndexError):
         q.pop()
