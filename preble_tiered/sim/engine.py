@@ -14,8 +14,8 @@ It behaves like vLLM/SGLang at the level the scheduler can see:
 - loads (DRAM, disk, pulls from another node) run on per-link queues before the request's
   prefill starts, like vLLM's asynchronous KV connector loads;
 - a queued request whose next missing block is being computed by a running request on this
-  node waits for it rather than computing it a second time (the node agent's admission
-  does this in front of vLLM, which would otherwise recompute concurrently).
+  node waits for it rather than computing it a second time. This is the simulator's rule
+  only: the node agent's admission has no such wait (docs/decisions.md, Simulator).
 
 Every change of what the node holds is queued as a residency event; the simulator drains
 them once per step (`take_events`).

@@ -11,7 +11,7 @@ import pytest
 
 from preble_tiered.hashing import BlockHasher
 from preble_tiered.kvstore.base import StoredBlock
-from preble_tiered.kvstore.runtime import NodeKVRuntime
+from preble_tiered.node.kv_runtime import NodeKVRuntime
 from preble_tiered.kvstore.store import TieredStore
 from preble_tiered.kvstore.dram import DramTier
 from preble_tiered.scheduler.cost_model import engine_cost_model
