@@ -6,6 +6,7 @@ router works with these only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -50,7 +51,7 @@ class DispatchOrder:
 class TokenChunk(NamedTuple):
     """New tokens of a running request (one engine step's worth)."""
 
-    token_ids: list[int]
+    token_ids: Sequence[int]
     text: str
 
 

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from preble_tiered.events import ResidencyEvent
+from preble_tiered.scheduler.fair_queue import GROUPS
 from preble_tiered.types import GenParams, Tier
 
-PRIORITY_GROUPS = 10
+PRIORITY_GROUPS = GROUPS
 """Preble's cache-hit priority groups: a request's `priority_group` is in 0..9."""
 
 

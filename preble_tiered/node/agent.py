@@ -32,6 +32,7 @@ from preble_tiered.api.validate import validate_prompt
 from preble_tiered.engine.api import EngineOutput, EngineRequest, ModelInfo
 from preble_tiered.events import ResidencyEvent
 from preble_tiered.api import convert
+from preble_tiered.api.messages import NodeInfo
 from preble_tiered.api.grpc_util import CHANNEL_OPTIONS, SERVER_OPTIONS, ServingHealth, bind, enable_reflection
 from preble_tiered.api.metrics import serve_metrics
 from preble_tiered.node.admission import FairAdmissionQueue
@@ -382,10 +383,9 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
     def node_info(self) -> node_pb2.NodeInfo:
         i = self.info
         assert i is not None
-        return node_pb2.NodeInfo(name=self.config.name, model=i.model, vocab_size=i.vocab_size,
-                                 max_model_len=i.max_model_len, block_size=i.block_size,
-                                 kv_capacity_tokens=i.kv_capacity_tokens, kv_bytes_per_token=i.kv_bytes_per_token,
-                                 hash_namespace=getattr(self.engine.config, "hash_namespace", ""))
+        return convert.node_info_to_pb(NodeInfo(self.config.name, i.model, i.vocab_size, i.max_model_len, i.block_size,
+                                                i.kv_capacity_tokens, i.kv_bytes_per_token,
+                                                getattr(self.engine.config, "hash_namespace", "")))
 
     # ------------------------------------------------------------------ background
     async def _register_loop(self) -> None:

@@ -44,10 +44,11 @@ class _StreamEnded(Exception):
     pass
 
 
-async def follow(link: NodeLink, nodes: NodeSet, metrics: RouterMetrics, closing) -> None:
+async def follow(link: NodeLink, nodes: NodeSet, closing) -> None:
     """Keep the scheduler's view of `link`'s residency exact until `closing()`; mark the
     node down when its stream fails, and up again when a snapshot succeeds."""
     follower = ResidencyFollower()
+    metrics = nodes.metrics
     apply = nodes.scheduler.apply
     backoff = 0.2
     while not closing():

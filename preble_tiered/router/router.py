@@ -76,7 +76,7 @@ class Router:
 
     def _start_link(self, link: NodeLink) -> None:
         closing = self._is_closing
-        link.tasks = [asyncio.create_task(follow(link, self.nodes, self.metrics, closing)),
+        link.tasks = [asyncio.create_task(follow(link, self.nodes, closing)),
                       asyncio.create_task(self.feed.poll(link, closing))]
 
     def _is_closing(self) -> bool:

@@ -21,7 +21,7 @@ from preble_tiered.scheduler.cost_model import CostModel
 from preble_tiered.scheduler.index import PrefixIndex
 from preble_tiered.scheduler.policy import Policy, PolicyConfig
 from preble_tiered.scheduler.registry import make_policy
-from preble_tiered.scheduler.fair_queue import hit_group
+from preble_tiered.scheduler.fair_queue import GROUPS, hit_group
 from preble_tiered.scheduler.types import Branch, Decision, Plan, PullOrder, RouteRequest
 
 
@@ -45,10 +45,6 @@ class SchedulerConfig:
             raise ValueError(f"n_nodes must be positive, got {self.n_nodes}")
         if self.hbm_tokens is not None and self.hbm_tokens < self.block_size:
             raise ValueError(f"hbm_tokens must hold at least one block, got {self.hbm_tokens}")
-
-
-GROUPS = 10
-"""Fair-queue priority groups (Preble's 10)."""
 
 
 class Scheduler:

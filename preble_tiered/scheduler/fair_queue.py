@@ -18,7 +18,11 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
-def hit_group(hit_ratio: float, groups: int = 10) -> int:
+GROUPS = 10
+"""Preble's cache-hit priority groups: a request's group is in 0..GROUPS-1."""
+
+
+def hit_group(hit_ratio: float, groups: int = GROUPS) -> int:
     """Priority group of a request whose prompt is `hit_ratio` cached (0 <= r <= 1)."""
     if not 0.0 <= hit_ratio <= 1.0:
         raise ValueError(f"hit ratio must be within [0, 1], got {hit_ratio}")
@@ -35,7 +39,7 @@ class FairQueue(Generic[T]):
         groups: number of groups (Preble: 10).
     """
 
-    def __init__(self, k: int = 10, groups: int = 10) -> None:
+    def __init__(self, k: int = 10, groups: int = GROUPS) -> None:
         if k <= 0 or groups <= 0:
             raise ValueError(f"k and groups must be positive, got k={k}, groups={groups}")
         self.k = k
