@@ -1,8 +1,9 @@
 """The node agent: one vLLM engine behind the `preble.v1.Node` gRPC service.
 
-    router --Submit--> agent --EngineRequest--> VLLMEngine (own thread; admits from the
+    router --Serve---> agent --EngineRequest--> VLLMEngine (own thread; admits from the
                                                  node's FairAdmissionQueue)
-    router <-chunks--- agent <--EngineOutput--- (engine thread, via call_soon_threadsafe)
+    router <-batch---- agent <--[EngineOutput]-- (engine thread, once per step, via
+             (one per step)                        call_soon_threadsafe; requests.py)
     router <-Events--- agent <--(seq, events)-- (KV-event thread: vLLM ZMQ -> router hashes)
     peer   <-Pull----- agent (Transfer service: this node's DRAM/disk blocks for other nodes)
     agent  --Pull----> peer  (a Submit carrying a PullPlan: pull first, then run)
@@ -22,14 +23,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections import deque
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import grpc
 
-from preble_tiered.api.validate import validate_prompt
-from preble_tiered.engine.api import EngineOutput, EngineRequest, ModelInfo
+from preble_tiered.engine.api import EngineOutput, ModelInfo
 from preble_tiered.events import ResidencyEvent
 from preble_tiered.api import convert
 from preble_tiered.api.messages import NodeInfo
@@ -38,6 +38,7 @@ from preble_tiered.api.metrics import serve_metrics
 from preble_tiered.node.admission import FairAdmissionQueue
 from preble_tiered.node.kv_runtime import NodeKVRuntime, open_kv_runtime
 from preble_tiered.node.metrics import NodeMetrics
+from preble_tiered.node.requests import NodeRequests
 from preble_tiered.api.pb import node_pb2, node_pb2_grpc
 from preble_tiered.kvstore.config import KVStoreConfig
 from preble_tiered.transfer.puller import pull_blocks
@@ -85,15 +86,6 @@ class NodeConfig:
 
 
 @dataclass
-class _Stream:
-    queue: asyncio.Queue[EngineOutput]
-    received_at: float
-    first_token_at: float | None = None
-    tokens: int = 0
-    done: bool = False
-
-
-@dataclass
 class _Ring:
     batches: deque[node_pb2.EventBatch] = field(default_factory=deque)
     last_seq: int = 0
@@ -109,12 +101,11 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
         self.kv = kv
         self.metrics = metrics or NodeMetrics()
         self.engine = engine_factory(self._on_outputs_threadsafe, self._on_events_threadsafe)
+        self.requests = NodeRequests(config.name, self.engine, kv, self.metrics, config.max_queue, self._pull)
         self.info: ModelInfo | None = None
         self.address = ""
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._streams: dict[str, _Stream] = {}
         self._ring = _Ring()
-        self._queued = 0
         self._drop_seq = int(os.environ.get(FAULT_DROP_EVENT_SEQ, "0") or 0)
         self._server: grpc.aio.Server | None = None
         self._health: ServingHealth | None = None
@@ -140,7 +131,7 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
         await self._health.set(False)
         serve_metrics(self.metrics.registry, self.config.metrics_port)
         logger.info("node %s listening on %s; starting the engine", self.config.name, self.address)
-        self.info = await asyncio.to_thread(self.engine.start)
+        self.info = self.requests.info = await asyncio.to_thread(self.engine.start)
         await self._health.set(True)
         logger.info("node %s ready: %s, %d KV tokens", self.config.name, self.info.model,
                     self.info.kv_capacity_tokens)
@@ -168,19 +159,13 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
     def _on_outputs_threadsafe(self, outs: list[EngineOutput]) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._deliver, outs)  # one hand-off per engine step
+            loop.call_soon_threadsafe(self.requests.deliver, outs)  # one hand-off per engine step
 
     def _on_events_threadsafe(self, seq: int, events: list[ResidencyEvent]) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._publish, seq, events)
 
-    def _deliver(self, outs: list[EngineOutput]) -> None:
-        streams = self._streams
-        for out in outs:
-            st = streams.get(out.request_id)
-            if st is not None:
-                st.queue.put_nowait(out)
 
     def _publish(self, seq: int, events: list[ResidencyEvent]) -> None:
         ring = self._ring
@@ -195,50 +180,19 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
 
     # ------------------------------------------------------------------ Node service
     async def Submit(self, request: node_pb2.SubmitRequest, context: grpc.aio.ServicerContext):
-        info = self.info
-        if info is None or not self.engine.ready:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"node {self.config.name} is not ready yet")
-        rid = request.request_id
-        if not rid:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request_id is required")
-        ids = list(request.prompt_token_ids)
-        params = convert.params_from_pb(request.sampling)
-        try:
-            validate_prompt(info.vocab_size, info.max_model_len, ids, params)
-        except ValueError as e:
-            self.metrics.requests.labels("invalid").inc()
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        if rid in self._streams:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"request {rid!r} is already running here")
-        if self._queued >= self.config.max_queue:
-            self.metrics.requests.labels("rejected").inc()
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"node {self.config.name} has {self._queued} requests waiting (limit "
-                                f"{self.config.max_queue}); retry later or add nodes")
-        st = self._streams[rid] = _Stream(asyncio.Queue(), time.monotonic())
-        self._queued += 1
-        rt = self.kv
-        try:
-            if request.HasField("pull") and request.pull.hashes and rt is not None:
-                await self._pull(rid, request.pull, rt)
-            self.engine.add(EngineRequest(rid, ids, params, min(9, request.priority_group)))
-            async for msg in self._relay(rid, st, len(ids)):
+        async with aclosing(self.requests.submit(request, context)) as stream:
+            async for msg in stream:
                 yield msg
-        except _EngineError as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"node {self.config.name}: engine failed: {e}")
-        finally:
-            if st.first_token_at is None:
-                self._queued -= 1
-            self._streams.pop(rid, None)
-            if rt is not None:
-                rt.release_pulled(rid)
-            if not st.done:
-                self.engine.abort(rid)  # the router went away or the call was cancelled
-                self.metrics.requests.labels("cancelled").inc()
 
-    async def _pull(self, rid: str, plan: node_pb2.PullPlan, rt: NodeKVRuntime) -> None:
+    async def Serve(self, request_iterator, context: grpc.aio.ServicerContext):
+        async with aclosing(self.requests.serve(request_iterator, context)) as stream:
+            async for batch in stream:
+                yield batch
+
+    async def _pull(self, rid: str, plan: node_pb2.PullPlan) -> None:
         """Pull the plan's blocks this node lacks into DRAM (pinned for `rid`). Never raises
         for a failed pull: whatever did not arrive is recomputed."""
+        rt = self.kv
         want = rt.missing(list(plan.hashes))
         if not want or plan.source_address == self.address:
             return
@@ -260,42 +214,6 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
         if not res.complete:
             logger.warning("request %s: pulled %d of %d blocks from %s (%s); recomputing the rest", rid,
                            len(res.stored), len(want), plan.source_name or plan.source_address, res.error)
-
-    async def _relay(self, rid: str, st: _Stream, prompt_tokens: int):
-        while True:
-            out = await st.queue.get()
-            if out.error:
-                st.done = True
-                self.metrics.requests.labels("failed").inc()
-                raise _EngineError(out.error)
-            now = time.monotonic()
-            if st.first_token_at is None and (out.new_token_ids or out.finished):
-                st.first_token_at = now
-                self._queued -= 1
-                self.metrics.ttft.observe(now - st.received_at)
-            st.tokens += len(out.new_token_ids)
-            if out.new_token_ids or out.new_text:
-                yield node_pb2.SubmitResponse(chunk=node_pb2.TokenChunk(token_ids=out.new_token_ids,
-                                                                         text=out.new_text))
-            if out.finished:
-                st.done = True
-                yield self._done(out, st, prompt_tokens, now)
-                return
-
-    def _done(self, out: EngineOutput, st: _Stream, prompt_tokens: int, now: float) -> node_pb2.SubmitResponse:
-        m = self.metrics
-        m.requests.labels(out.finish_reason or "stop").inc()
-        m.latency.observe(now - st.received_at)
-        m.prompt_tokens.inc(prompt_tokens)
-        cached = out.cached_by_tier or {"hbm": out.num_cached_tokens}
-        for tier, n in cached.items():
-            if n:
-                m.cached_tokens.labels(tier).inc(n)
-        first = st.first_token_at or now
-        return node_pb2.SubmitResponse(done=node_pb2.SubmitDone(
-            finish_reason=out.finish_reason or "stop", prompt_tokens=prompt_tokens,
-            completion_tokens=st.tokens, cached_tokens=convert.cached_to_pb(cached),
-            ttft_ms=(first - st.received_at) * 1e3))
 
     async def Events(self, request: node_pb2.EventsRequest, context: grpc.aio.ServicerContext):
         after = request.after_seq
@@ -413,10 +331,6 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
             self.metrics.running.set(s.running)
             self.metrics.kv_usage.set(s.kv_usage)
             await asyncio.sleep(1.0)
-
-
-class _EngineError(Exception):
-    pass
 
 
 def _die_after(pieces: int):

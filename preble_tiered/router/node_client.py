@@ -3,10 +3,16 @@
 `NodeClient` is the port the router's jobs (dispatch, residency, load feed) and the prefix
 admin use; `GrpcNodeClient` is the only router code that calls `preble.v1.Node`. Calls that
 fail raise `NodeError` with the node's gRPC status.
+
+Requests share one `Serve` stream per node (`ServeStream`): submits and cancels go out on
+it, and the node answers with one batch per engine step, which the stream's reader hands
+item by item to each request's queue. A broken stream fails every request on it with the
+stream's status (the dispatcher re-routes them); the next submit opens a new one.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Protocol
 
@@ -78,6 +84,60 @@ class _GrpcEventStream:
         self._call.cancel()
 
 
+_STATUS = {c.value[0]: c for c in grpc.StatusCode}
+
+
+class ServeStream:
+    """One `Node.Serve` call: requests out through a queue (one writer), batches in."""
+
+    def __init__(self, stub: node_pb2_grpc.NodeStub) -> None:
+        self._out: asyncio.Queue[node_pb2.ServeRequest | None] = asyncio.Queue()
+        self._queues: dict[str, asyncio.Queue] = {}
+        self.error: NodeError | None = None
+        self._call = stub.Serve(self._requests())
+        self._reader = asyncio.create_task(self._read())
+
+    async def _requests(self):
+        while (req := await self._out.get()) is not None:
+            yield req
+
+    async def _read(self) -> None:
+        queues = self._queues
+        try:
+            async for batch in self._call:
+                for item in batch.items:
+                    q = queues.get(item.request_id)
+                    if q is not None:
+                        q.put_nowait(item)
+            err = NodeError(grpc.StatusCode.UNAVAILABLE, "the node ended the request stream")
+        except grpc.aio.AioRpcError as e:
+            err = NodeError(e.code(), e.details() or "")
+        except asyncio.CancelledError:
+            err = NodeError(grpc.StatusCode.CANCELLED, "the router closed the request stream")
+        self.error = err
+        for q in queues.values():
+            q.put_nowait(err)
+
+    def open(self, order: DispatchOrder) -> asyncio.Queue:
+        """Send `order`; its items (or the stream's NodeError) arrive on the returned queue."""
+        rid = order.request_id
+        if rid in self._queues:
+            raise NodeError(grpc.StatusCode.ALREADY_EXISTS, f"request {rid!r} is already running on this node")
+        q = self._queues[rid] = asyncio.Queue()
+        self._out.put_nowait(node_pb2.ServeRequest(submit=convert.order_to_pb(order)))
+        return q
+
+    def close_request(self, rid: str, cancel: bool) -> None:
+        self._queues.pop(rid, None)
+        if cancel and self.error is None:
+            self._out.put_nowait(node_pb2.ServeRequest(cancel=rid))
+
+    async def close(self) -> None:
+        self._out.put_nowait(None)
+        self._call.cancel()
+        self._reader.cancel()
+
+
 class GrpcNodeClient:
     """`NodeClient` over one insecure gRPC channel (nodes sit on the cluster network)."""
 
@@ -86,20 +146,42 @@ class GrpcNodeClient:
         self.address = address
         self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = node_pb2_grpc.NodeStub(self._channel)
+        self._serve: ServeStream | None = None
+
+    def _stream(self) -> ServeStream:
+        if self._serve is None or self._serve.error is not None:
+            self._serve = ServeStream(self._stub)
+        return self._serve
 
     async def submit(self, order: DispatchOrder, timeout_s: float | None = None):
-        call = self._stub.Submit(convert.order_to_pb(order), timeout=timeout_s)
+        stream = self._stream()
+        q = stream.open(order)
+        deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
+        ended = False
         try:
-            async for resp in call:
-                if resp.WhichOneof("kind") == "chunk":
-                    yield TokenChunk(resp.chunk.token_ids, resp.chunk.text)
+            while True:
+                if deadline is None:
+                    item = await q.get()
                 else:
-                    yield convert.done_from_pb(resp.done)
+                    try:
+                        item = await asyncio.wait_for(q.get(), deadline - asyncio.get_running_loop().time())
+                    except TimeoutError:
+                        raise NodeError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                        f"no result within {timeout_s:g} s") from None
+                if isinstance(item, NodeError):
+                    ended = True
+                    raise item
+                kind = item.WhichOneof("kind")
+                if kind == "chunk":
+                    yield TokenChunk(item.chunk.token_ids, item.chunk.text)
+                    continue
+                ended = True
+                if kind == "done":
+                    yield convert.done_from_pb(item.done)
                     return
-        except grpc.aio.AioRpcError as e:
-            raise NodeError(e.code(), e.details() or "") from None
+                raise NodeError(_STATUS.get(item.error.code, grpc.StatusCode.UNKNOWN), item.error.message)
         finally:
-            call.cancel()
+            stream.close_request(order.request_id, cancel=not ended)
 
     async def snapshot(self, timeout_s: float) -> tuple[int, list[ResidencyEvent]]:
         snap = await self._call(self._stub.Snapshot(node_pb2.SnapshotRequest(), timeout=timeout_s))
@@ -122,6 +204,8 @@ class GrpcNodeClient:
         return resp.evicted, resp.pinned_kept
 
     async def close(self) -> None:
+        if self._serve is not None:
+            await self._serve.close()
         await self._channel.close()
 
     @staticmethod

@@ -176,6 +176,70 @@ def test_router_calibrated_its_prefill_model_from_the_nodes_measurements(stubs):
     assert st.cost_model.startswith("fitted"), st.cost_model
 
 
+def test_node_serve_stream_batches_per_step_and_fails_requests_one_by_one(stubs):
+    """The router's door to a node: many requests on one Serve stream. Outputs of one engine
+    step travel in one batch; a bad or duplicate request fails alone with the status Submit
+    would end with; a cancelled request stops and sends nothing more."""
+    import queue
+
+    _, admin = stubs
+    addr = nodes(admin)[0].address
+    sampling = common_pb2.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    prompt = [ord(c) + 4 for c in DOC[:300]]
+    out: queue.Queue = queue.Queue()
+
+    def requests():
+        while (r := out.get()) is not None:
+            yield r
+
+    def submit(rid, ids=prompt, params=sampling):
+        out.put(node_pb2.ServeRequest(submit=node_pb2.SubmitRequest(request_id=rid, prompt_token_ids=ids,
+                                                                   sampling=params)))
+
+    with grpc.insecure_channel(addr) as ch:
+        stub = node_pb2_grpc.NodeStub(ch)
+        reference = [t for r in stub.Submit(node_pb2.SubmitRequest(request_id="serve-ref", prompt_token_ids=prompt,
+                                                                   sampling=sampling), timeout=60)
+                     if r.WhichOneof("kind") == "chunk" for t in r.chunk.token_ids]
+        for i in range(3):
+            submit(f"serve-{i}")
+        submit("serve-0")  # already running
+        submit("serve-bad", ids=[5, 99999])
+        long = common_pb2.SamplingParams(max_tokens=2000, temperature=0.0, ignore_eos=True)
+        submit("serve-cancel", params=long)
+        tokens: dict[str, list[int]] = {}
+        ends: dict[str, object] = {}
+        mixed = False
+        cancelled_after = None
+        call = stub.Serve(requests(), timeout=120)
+        for batch in call:
+            chunk_rids = [it.request_id for it in batch.items if it.WhichOneof("kind") == "chunk"]
+            assert len(chunk_rids) == len(set(chunk_rids))  # one chunk per request per batch
+            mixed |= len({r for r in chunk_rids if r.startswith("serve-") and r[-1].isdigit()}) > 1
+            for it in batch.items:
+                kind = it.WhichOneof("kind")
+                if kind == "chunk":
+                    tokens.setdefault(it.request_id, []).extend(it.chunk.token_ids)
+                else:
+                    ends.setdefault(it.request_id, []).append(it)
+            if "serve-cancel" in tokens and cancelled_after is None:
+                cancelled_after = len(tokens["serve-cancel"])
+                out.put(node_pb2.ServeRequest(cancel="serve-cancel"))
+            if all(f"serve-{i}" in ends for i in range(3)) and "serve-bad" in ends and cancelled_after:
+                break
+        out.put(None)
+        call.cancel()
+    for i in range(3):
+        assert tokens[f"serve-{i}"] == reference
+        assert ends[f"serve-{i}"][-1].done.completion_tokens == 12
+    assert mixed, "requests running together should share batches"
+    dup = [e for e in ends["serve-0"] if e.WhichOneof("kind") == "error"]
+    assert dup and dup[0].error.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
+    bad = ends["serve-bad"][0]
+    assert bad.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "vocabulary" in bad.error.message
+    assert "serve-cancel" not in ends and len(tokens["serve-cancel"]) < 2000
+
+
 def test_killed_node_is_marked_down_fast_and_no_request_is_lost(cluster, stubs):
     inference, admin = stubs
     victim = cluster.nodes[0]

@@ -85,6 +85,35 @@ class FakeNode(node_pb2_grpc.NodeServicer):
             finish_reason="length", prompt_tokens=n, completion_tokens=self.tokens,
             cached_tokens=common_pb2.CachedTokens(hbm=(n - 1) // 32 * 32 if request.request_id.startswith("hit") else 0)))
 
+    async def Serve(self, request_iterator, context):
+        """The router's door: each submit runs as Submit would; items leave in batches."""
+        out: asyncio.Queue = asyncio.Queue()
+        tasks: dict[str, asyncio.Task] = {}
+
+        async def run(req):
+            async for resp in self.Submit(req, context):
+                kind = resp.WhichOneof("kind")
+                out.put_nowait(node_pb2.ServeItem(request_id=req.request_id, **{kind: getattr(resp, kind)}))
+
+        async def read():
+            async for r in request_iterator:
+                if r.WhichOneof("kind") == "submit":
+                    tasks[r.submit.request_id] = asyncio.create_task(run(r.submit))
+                elif r.cancel in tasks:
+                    tasks.pop(r.cancel).cancel()
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                items = [await out.get()]
+                while not out.empty():
+                    items.append(out.get_nowait())
+                yield node_pb2.ServeBatch(items=items)
+        finally:
+            reader.cancel()
+            for t in tasks.values():
+                t.cancel()
+
     async def Events(self, request, context):
         after = request.after_seq
         while True:

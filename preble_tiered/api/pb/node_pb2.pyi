@@ -65,6 +65,40 @@ class SubmitResponse(_message.Message):
     done: SubmitDone
     def __init__(self, chunk: _Optional[_Union[TokenChunk, _Mapping]] = ..., done: _Optional[_Union[SubmitDone, _Mapping]] = ...) -> None: ...
 
+class ServeRequest(_message.Message):
+    __slots__ = ("submit", "cancel")
+    SUBMIT_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    submit: SubmitRequest
+    cancel: str
+    def __init__(self, submit: _Optional[_Union[SubmitRequest, _Mapping]] = ..., cancel: _Optional[str] = ...) -> None: ...
+
+class ServeError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ServeItem(_message.Message):
+    __slots__ = ("request_id", "chunk", "done", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    chunk: TokenChunk
+    done: SubmitDone
+    error: ServeError
+    def __init__(self, request_id: _Optional[str] = ..., chunk: _Optional[_Union[TokenChunk, _Mapping]] = ..., done: _Optional[_Union[SubmitDone, _Mapping]] = ..., error: _Optional[_Union[ServeError, _Mapping]] = ...) -> None: ...
+
+class ServeBatch(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ServeItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[ServeItem, _Mapping]]] = ...) -> None: ...
+
 class EventsRequest(_message.Message):
     __slots__ = ("after_seq",)
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]

@@ -39,6 +39,11 @@ class NodeStub:
                 request_serializer=preble_dot_v1_dot_node__pb2.SubmitRequest.SerializeToString,
                 response_deserializer=preble_dot_v1_dot_node__pb2.SubmitResponse.FromString,
                 _registered_method=True)
+        self.Serve = channel.stream_stream(
+                '/preble.v1.Node/Serve',
+                request_serializer=preble_dot_v1_dot_node__pb2.ServeRequest.SerializeToString,
+                response_deserializer=preble_dot_v1_dot_node__pb2.ServeBatch.FromString,
+                _registered_method=True)
         self.Events = channel.unary_stream(
                 '/preble.v1.Node/Events',
                 request_serializer=preble_dot_v1_dot_node__pb2.EventsRequest.SerializeToString,
@@ -75,7 +80,16 @@ class NodeServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Submit(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One request, its tokens streamed back (tools and tests; the router uses Serve).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Serve(self, request_iterator, context):
+        """Many requests on one stream: the router sends submits and cancels; the node answers with
+        one batch per engine step holding every request's new tokens, results and errors.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -125,6 +139,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Submit,
                     request_deserializer=preble_dot_v1_dot_node__pb2.SubmitRequest.FromString,
                     response_serializer=preble_dot_v1_dot_node__pb2.SubmitResponse.SerializeToString,
+            ),
+            'Serve': grpc.stream_stream_rpc_method_handler(
+                    servicer.Serve,
+                    request_deserializer=preble_dot_v1_dot_node__pb2.ServeRequest.FromString,
+                    response_serializer=preble_dot_v1_dot_node__pb2.ServeBatch.SerializeToString,
             ),
             'Events': grpc.unary_stream_rpc_method_handler(
                     servicer.Events,
@@ -184,6 +203,33 @@ class Node:
             '/preble.v1.Node/Submit',
             preble_dot_v1_dot_node__pb2.SubmitRequest.SerializeToString,
             preble_dot_v1_dot_node__pb2.SubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Serve(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/preble.v1.Node/Serve',
+            preble_dot_v1_dot_node__pb2.ServeRequest.SerializeToString,
+            preble_dot_v1_dot_node__pb2.ServeBatch.FromString,
             options,
             channel_credentials,
             insecure,
