@@ -3,7 +3,10 @@
 and SGLang's model gateway (smg) over vLLM servers: the same requests, the same client, one run.
 
 Systems (each started, driven and stopped in turn; see serving_peers.py):
-  engine   a bare vLLM LLMEngine stepped in a loop in its own process (the limit; 1 node)
+  engine   a bare vLLM LLMEngine in its own process, stepped in a loop on the thread that
+           built it (the limit; 1 node)
+  engine-asyncllm  vLLM's AsyncLLM as vLLM's server runs it: the engine core in a process of
+           its own, outputs over ZMQ (1 node)
   vllm     vLLM's OpenAI server (1 node)
   smg      smg (cache_aware) over vLLM OpenAI servers (1 or 2 nodes)
   preble   `preble serve` (router + node agents; 1 or 2 nodes)
@@ -48,13 +51,13 @@ import numpy as np
 import xxhash
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving_peers import (_finish, NodeShape, OpenAIClient, PrebleClient, PrebleServe, Rec, Req, Smg,  # noqa: E402
+from serving_peers import (_finish, tree_cpu_s, tree_rss, NodeShape, OpenAIClient, PrebleClient, PrebleServe, Rec, Req, Smg,  # noqa: E402
                            CpuMeter, VllmServers, closed_loop, ensure_smg, open_loop)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 WORKLOADS = ("c1", "decode4", "decode16", "chat", "longdoc")
-SYSTEMS = ("engine", "vllm", "smg", "preble", "hops")
+SYSTEMS = ("engine", "engine-asyncllm", "vllm", "smg", "preble", "hops")
 NODES = {"c1": 1, "decode4": 1, "decode16": 1, "chat": 2, "longdoc": 2}
 ALPHABET = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz    ", dtype=np.uint8)
 
@@ -126,63 +129,126 @@ def summarise(recs: list[Rec], wall: float, cpu: dict[str, float]) -> dict:
 
 
 # ---------------------------------------------------------------------------- the bare engine
-def engine_driver(spec_path: str, out_path: str) -> None:
-    """Run in a child process: a bare LLMEngine stepped in a loop, requests added at their
-    arrival times (or `concurrency` kept in flight); writes the client-side records."""
-    spec = json.loads(Path(spec_path).read_text())
+def _engine_args(spec: dict, cls):
     shape = NodeShape(**spec["shape"])
-    os.environ.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_OMP_THREADS_BIND="0", VLLM_HOST_IP="127.0.0.1")
-    from vllm.engine.arg_utils import EngineArgs
-    from vllm.sampling_params import RequestOutputKind, SamplingParams
-    from vllm.v1.engine.llm_engine import LLMEngine
+    return cls(model=spec["model"], block_size=shape.block_size, kv_cache_memory_bytes=shape.kv_cache_bytes,
+               max_model_len=shape.max_model_len, max_num_seqs=shape.max_num_seqs,
+               max_num_batched_tokens=shape.max_num_batched_tokens, enable_prefix_caching=True,
+               disable_log_stats=True, enforce_eager=True, dtype="float32")
 
-    llm = LLMEngine.from_engine_args(EngineArgs(
-        model=spec["model"], block_size=shape.block_size, kv_cache_memory_bytes=shape.kv_cache_bytes,
-        max_model_len=shape.max_model_len, max_num_seqs=shape.max_num_seqs,
-        max_num_batched_tokens=shape.max_num_batched_tokens, enable_prefix_caching=True, disable_log_stats=True,
-        enforce_eager=True, dtype="float32"))
-    tok = llm.tokenizer
-    results = {}
-    for item in spec["workloads"]:
-        reqs = [Req(*r) for r in item["reqs"]]
-        conc = item["concurrency"]
-        ids = [tok.encode(r.prompt) for r in reqs]
-        recs = [Rec() for _ in reqs]
-        sent, first, last, count = [0.0] * len(reqs), [None] * len(reqs), [0.0] * len(reqs), [0] * len(reqs)
-        nxt, running, t0 = 0, 0, time.perf_counter()
-        cpu0 = time.process_time()
-        while nxt < len(reqs) or running:
-            now = time.perf_counter()
-            while nxt < len(reqs) and (running < conc if conc else reqs[nxt].t <= now - t0):
-                sp = SamplingParams(max_tokens=reqs[nxt].max_tokens, temperature=0.0, ignore_eos=True,
-                                    output_kind=RequestOutputKind.DELTA, detokenize=True)
-                llm.add_request(str(nxt), {"prompt_token_ids": ids[nxt]}, sp)
-                sent[nxt], nxt, running = time.perf_counter(), nxt + 1, running + 1
-            if not llm.has_unfinished_requests():
-                time.sleep(max(0.0, min(0.01, reqs[nxt].t - (time.perf_counter() - t0))))
-                continue
-            for o in llm.step():
-                i, now = int(o.request_id), time.perf_counter()
-                n = len(o.outputs[0].token_ids)
-                if n:
-                    first[i] = first[i] or now
-                    last[i], count[i] = now, count[i] + n
-                if o.finished:
-                    running -= 1
-                    r = recs[i]
-                    r.tokens, r.latency = count[i], now - sent[i]
-                    r.ttft = first[i] - sent[i]
-                    r.tpot = (last[i] - first[i]) / (count[i] - 1) if count[i] > 1 else float("nan")
-        wall = time.perf_counter() - t0
-        results[item["name"]] = summarise(recs, wall, {"engine": time.process_time() - cpu0})
+
+def engine_driver(spec_path: str, out_path: str) -> None:
+    """Run in a child process: a bare vLLM engine driven by the workloads, requests added at
+    their arrival times (or `concurrency` kept in flight); writes the client-side records.
+
+    mode "inproc": `LLMEngine` in this process, stepped in a loop on the thread that built it.
+    mode "asyncllm": `AsyncLLM`, as vLLM's OpenAI server runs it (engine core in its own
+    process, outputs over ZMQ to this one), one asyncio task per request.
+    """
+    import psutil
+    from transformers import AutoTokenizer
+
+    spec = json.loads(Path(spec_path).read_text())
+    mp = spec["mode"] == "asyncllm"
+    os.environ.update(VLLM_ENABLE_V1_MULTIPROCESSING="1" if mp else "0", VLLM_CPU_OMP_THREADS_BIND="0",
+                      VLLM_HOST_IP="127.0.0.1")
+    from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+    tok = AutoTokenizer.from_pretrained(spec["model"])
+    me = psutil.Process()
+
+    def tree_rss() -> int:
+        return sum(p.memory_info().rss for p in [me, *me.children(recursive=True)])
+
+    def params(r: Req):
+        return SamplingParams(max_tokens=r.max_tokens, temperature=0.0, ignore_eos=True,
+                              output_kind=RequestOutputKind.DELTA, detokenize=True)
+
+    if mp:
+        results = asyncio.run(_run_asyncllm(spec, tok, params, tree_rss))
+    else:
+        from vllm.engine.arg_utils import EngineArgs
+        from vllm.v1.engine.llm_engine import LLMEngine
+
+        t_start = time.perf_counter()
+        llm = LLMEngine.from_engine_args(_engine_args(spec, EngineArgs))
+        results = {"startup_s": time.perf_counter() - t_start, "rss_bytes": tree_rss()}
+        for item in spec["workloads"]:
+            reqs = [Req(*r) for r in item["reqs"]]
+            cpu0 = tree_cpu_s(os.getpid())
+            recs, wall = _drive_inproc(llm, reqs, [tok.encode(r.prompt) for r in reqs], item["concurrency"], params)
+            results[item["name"]] = summarise(recs, wall, {"engine": tree_cpu_s(os.getpid()) - cpu0})
     Path(out_path).write_text(json.dumps(results))
 
 
-def run_engine(model: str, shape: NodeShape, items: list[tuple[str, list[Req], int | None]], log_dir: Path) -> dict:
-    spec = {"model": model, "shape": shape.__dict__,
+async def _run_asyncllm(spec: dict, tok, params, tree_rss) -> dict:
+    """AsyncLLM binds its output loop to the running event loop: build and drive it in one."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    t_start = time.perf_counter()
+    llm = AsyncLLM.from_engine_args(_engine_args(spec, AsyncEngineArgs))
+    results = {"startup_s": time.perf_counter() - t_start, "rss_bytes": tree_rss()}
+    try:
+        for item in spec["workloads"]:
+            reqs = [Req(*r) for r in item["reqs"]]
+            cpu0 = tree_cpu_s(os.getpid())
+            recs, wall = await _drive_async(llm, reqs, [tok.encode(r.prompt) for r in reqs], item["concurrency"],
+                                            params)
+            results[item["name"]] = summarise(recs, wall, {"engine": tree_cpu_s(os.getpid()) - cpu0})
+    finally:
+        llm.shutdown()
+    return results
+
+
+def _drive_inproc(llm, reqs: list[Req], ids, conc: int | None, params) -> tuple[list[Rec], float]:
+    recs = [Rec() for _ in reqs]
+    sent, first, last, count = [0.0] * len(reqs), [None] * len(reqs), [0.0] * len(reqs), [0] * len(reqs)
+    nxt, running, t0 = 0, 0, time.perf_counter()
+    while nxt < len(reqs) or running:
+        now = time.perf_counter()
+        while nxt < len(reqs) and (running < conc if conc else reqs[nxt].t <= now - t0):
+            llm.add_request(str(nxt), {"prompt_token_ids": ids[nxt]}, params(reqs[nxt]))
+            sent[nxt], nxt, running = time.perf_counter(), nxt + 1, running + 1
+        if not llm.has_unfinished_requests():
+            time.sleep(max(0.0, min(0.01, reqs[nxt].t - (time.perf_counter() - t0))))
+            continue
+        for o in llm.step():
+            i, now = int(o.request_id), time.perf_counter()
+            n = len(o.outputs[0].token_ids)
+            if n:
+                first[i] = first[i] or now
+                last[i], count[i] = now, count[i] + n
+            if o.finished:
+                running -= 1
+                _finish(recs[i], sent[i], first[i], now if not n else last[i], count[i])
+    return recs, time.perf_counter() - t0
+
+
+async def _drive_async(llm, reqs: list[Req], ids, conc: int | None, params) -> tuple[list[Rec], float]:
+    class Client:
+        async def send(self, r: Req, i: int = 0) -> Rec:
+            rec, first, last, n = Rec(), None, 0.0, 0
+            t0 = time.perf_counter()
+            async for out in llm.generate({"prompt_token_ids": ids[index[id(r)]]}, params(r),
+                                          request_id=f"{index[id(r)]}-{time.monotonic_ns()}"):
+                k = len(out.outputs[0].token_ids)
+                if k:
+                    last = time.perf_counter()
+                    first = first or last
+                    n += k
+            return _finish(rec, t0, first, last, n)
+
+    index = {id(r): i for i, r in enumerate(reqs)}
+    return await drive(Client(), reqs, conc)
+
+
+def run_engine(mode: str, model: str, shape: NodeShape, items: list[tuple[str, list[Req], int | None]],
+               log_dir: Path) -> dict:
+    spec = {"model": model, "shape": shape.__dict__, "mode": mode,
             "workloads": [{"name": n, "reqs": [[r.t, r.prompt, r.max_tokens] for r in reqs], "concurrency": c}
                           for n, reqs, c in items]}
-    sp, op = log_dir / "engine-spec.json", log_dir / "engine-out.json"
+    sp, op = log_dir / f"engine-{mode}-spec.json", log_dir / f"engine-{mode}-out.json"
     sp.write_text(json.dumps(spec))
     with (log_dir / "engine.log").open("ab") as log:
         subprocess.run([sys.executable, __file__, "--engine-driver", str(sp), str(op)], check=True, stdout=log,
@@ -214,7 +280,7 @@ def profile_start(pids: dict[str, int], seconds: float, out_dir: Path) -> list[s
                              stderr=subprocess.DEVNULL) for k in ("router", "node0") if k in pids]
 
 
-def one_run(run: int, args, model: str, shape: NodeShape, log_dir: Path) -> list[dict]:
+def one_run(run: int, args, model: str, shape: NodeShape, log_dir: Path, starts: list[dict]) -> list[dict]:
     rows: list[dict] = []
     wl = {name: workload(name, seed=args.seed + run, scale=args.scale) for name in args.workloads}
     by_nodes = {n: [w for w in args.workloads if NODES[w] == n] for n in (1, 2)}
@@ -242,16 +308,25 @@ def one_run(run: int, args, model: str, shape: NodeShape, log_dir: Path) -> list
                         p.wait()
         asyncio.run(go())
 
+    def started(system: str, n_nodes: int, seconds: float, pids: dict[str, int]) -> None:
+        starts.append({"run": run, "system": system, "nodes": n_nodes, "startup_s": seconds,
+                       "rss_bytes": sum(tree_rss(p) for p in pids.values())})
+
     one_node = by_nodes[1]
-    if "engine" in args.systems and one_node:
-        out = run_engine(model, shape, [(n, *wl[n]) for n in one_node], log_dir)
-        for n in one_node:
-            add("engine", n, out[n])
+    for system, mode in (("engine", "inproc"), ("engine-asyncllm", "asyncllm")):
+        if system in args.systems and one_node:
+            out = run_engine(mode, model, shape, [(n, *wl[n]) for n in one_node], log_dir)
+            for n in one_node:
+                add(system, n, out[n])
+            starts.append({"run": run, "system": system, "nodes": 1, "startup_s": out["startup_s"],
+                           "rss_bytes": out["rss_bytes"]})
     for n_nodes, names in by_nodes.items():
         if not names:
             continue
         if {"vllm", "smg"} & set(args.systems):
+            t0 = time.perf_counter()
             with VllmServers(n_nodes, model, shape, log_dir) as v:
+                started("vllm", n_nodes, time.perf_counter() - t0, v.pids())
                 if "vllm" in args.systems and n_nodes == 1:
                     run_all("vllm", lambda: OpenAIClient(v.urls[0]), v.pids(), names)
                 if "smg" in args.systems:
@@ -259,7 +334,9 @@ def one_run(run: int, args, model: str, shape: NodeShape, log_dir: Path) -> list
                         run_all("smg", lambda: OpenAIClient(g.url), {**g.pids(), **v.pids()},
                                 [w for w in names if w in ("c1", "chat", "longdoc")])
         if {"preble", "hops"} & set(args.systems):
+            t0 = time.perf_counter()
             with PrebleServe(n_nodes, model, shape, log_dir) as p:
+                started("preble", n_nodes, time.perf_counter() - t0, p.pids())
                 if "hops" in args.systems and n_nodes == 1 and "c1" in names:
                     hops(p, wl["c1"], add)
                 if "preble" in args.systems:
@@ -356,6 +433,15 @@ def markdown(agg: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def startup_table(starts: list[dict]) -> str:
+    lines = ["", "| system | nodes | start-up s (median) | RSS MiB after start (median) |", "|---|---|---|---|"]
+    for key in sorted({(s["system"], s["nodes"]) for s in starts}):
+        ss = [s for s in starts if (s["system"], s["nodes"]) == key]
+        lines.append(f"| {key[0]} | {key[1]} | {np.median([s['startup_s'] for s in ss]):.1f} | "
+                     f"{np.median([s['rss_bytes'] for s in ss]) / 2**20:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     if len(sys.argv) == 4 and sys.argv[1] == "--engine-driver":
         engine_driver(sys.argv[2], sys.argv[3])
@@ -378,16 +464,17 @@ def main() -> int:
     shape = NodeShape()
     log_dir = Path(tempfile.mkdtemp(prefix="path-overhead-"))
     print(f"logs in {log_dir}", flush=True)
-    rows = []
+    rows: list[dict] = []
+    starts: list[dict] = []
     for run in range(args.runs):
-        rows += one_run(run, args, model, shape, log_dir)
+        rows += one_run(run, args, model, shape, log_dir, starts)
     agg = aggregate(rows)
-    md = markdown(agg)
+    md = markdown(agg) + startup_table(starts)
     print(md)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"config": {"runs": args.runs, "scale": args.scale, "seed": args.seed,
                                                 "shape": shape.__dict__, "cpus": os.cpu_count()},
-                                     "summary": agg, "runs": rows}, indent=1))
+                                     "summary": agg, "startup": starts, "runs": rows}, indent=1))
     args.json.with_suffix(".md").write_text(md)
     print(f"wrote {args.json}")
     return 0

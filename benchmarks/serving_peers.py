@@ -75,6 +75,15 @@ def tree_cpu_s(pid: int) -> float:
     return total
 
 
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants (0 if gone)."""
+    try:
+        p = psutil.Process(pid)
+        return sum(q.memory_info().rss for q in [p, *p.children(recursive=True)])
+    except psutil.NoSuchProcess:
+        return 0
+
+
 @dataclass
 class CpuMeter:
     """CPU seconds used by named process trees between start() and stop()."""
