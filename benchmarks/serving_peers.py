@@ -231,7 +231,7 @@ class PrebleServe:
     def __init__(self, n: int, model: str, shape: NodeShape, log_dir: Path, policy: str = "e2_tiered") -> None:
         self.spec = ClusterSpec(nodes=n, model=model, port=free_port(), policy=policy, block_size=shape.block_size,
                                 kv_cache_bytes=shape.kv_cache_bytes, max_num_seqs=shape.max_num_seqs,
-                                max_model_len=shape.max_model_len, log_dir=str(log_dir / "preble"))
+                                max_model_len=shape.max_model_len, log_dir=str(log_dir / f"preble-{n}nodes"))
         self.cluster: LocalCluster | None = None
 
     def __enter__(self) -> "PrebleServe":
@@ -255,9 +255,8 @@ class PrebleServe:
         out = []
         for i in range(len(self.cluster.nodes)):
             log = Path(self.spec.log_dir) / f"node{i}.log"
-            for line in log.read_text().splitlines():
-                if " listening on " in line:
-                    out.append(line.split(" listening on ")[1].split(";")[0].strip())
+            lines = [ln for ln in log.read_text().splitlines() if " listening on " in ln]
+            out.append(lines[-1].split(" listening on ")[1].split(";")[0].strip())  # this start's
         return out
 
 

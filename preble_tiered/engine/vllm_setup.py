@@ -32,7 +32,8 @@ class EngineConfig:
     hash_namespace: str = ""
     """Namespace of the router's BlockHasher (model id, salt)."""
     cpu_core: int | None = None
-    """Core to pin vLLM's compute to (sets VLLM_CPU_OMP_THREADS_BIND); None: vLLM's choice."""
+    """Core to run vLLM's compute on, with one compute thread (`pin_compute`); None: vLLM's
+    and the OpenMP runtime's choice (every core)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -75,7 +76,7 @@ def import_vllm(config: EngineConfig) -> VLLMApi:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
     if config.cpu_core is not None:
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(config.cpu_core)
+        pin_compute(config.cpu_core)
     import vllm.envs as envs
 
     if hasattr(envs, "disable_envs_cache"):
@@ -93,6 +94,26 @@ def import_vllm(config: EngineConfig) -> VLLMApi:
     return VLLMApi(KVEventsConfig=KVEventsConfig, KVEventBatch=KVEventBatch, KVTransferConfig=KVTransferConfig,
                    EngineArgs=EngineArgs, LLMEngine=LLMEngine, SamplingParams=SamplingParams,
                    delta=RequestOutputKind.DELTA, is_cpu=current_platform.is_cpu())
+
+
+def pin_compute(core: int) -> None:
+    """Run this thread's model compute on `core`, one thread: call it on the thread that will
+    build and step the engine, before building it.
+
+    vLLM binds CPU compute only in its multiprocess executor (it sets the OpenMP environment
+    of the worker process it spawns); an in-process engine gets none of that, and the OpenMP
+    runtime then runs every kernel with a team as wide as the machine. Two nodes on one
+    machine then fight over every core, spinning in each other's barriers (decode steps of
+    ~200 ms where 5 ms was measured alone; docs/serving-path.md). So: one OpenMP thread for
+    this thread's parallel regions (and for runtimes started later), and this thread, alone,
+    bound to `core` (the node's other threads stay free to run on any core).
+    """
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(core)
+    import torch
+
+    torch.set_num_threads(1)
+    os.sched_setaffinity(0, {core})  # 0: the calling thread
 
 
 def engine_args(c: EngineConfig, v: VLLMApi, events_endpoint: str, topic: str, store_id: str | None) -> Any:
