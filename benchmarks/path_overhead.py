@@ -227,7 +227,7 @@ def _drive_inproc(llm, reqs: list[Req], ids, conc: int | None, params) -> tuple[
 
 async def _drive_async(llm, reqs: list[Req], ids, conc: int | None, params) -> tuple[list[Rec], float]:
     class Client:
-        async def send(self, r: Req, i: int = 0) -> Rec:
+        async def send(self, r: Req) -> Rec:
             rec, first, last, n = Rec(), None, 0.0, 0
             t0 = time.perf_counter()
             async for out in llm.generate({"prompt_token_ids": ids[index[id(r)]]}, params(r),
@@ -258,7 +258,8 @@ def run_engine(mode: str, model: str, shape: NodeShape, items: list[tuple[str, l
 
 # ---------------------------------------------------------------------------- one run
 def warm(reqs: list[Req]) -> list[Req]:
-    """One request per distinct 2k prefix, so every system starts with the same cache state."""
+    """A 2-token request on the workload's first prompt, sent before the measured run (the
+    c1 prefix is then cached on every system alike)."""
     return [Req(0.0, reqs[0].prompt, 2)]
 
 

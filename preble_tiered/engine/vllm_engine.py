@@ -144,11 +144,10 @@ class VLLMEngine:
         self._step_thread = threading.Thread(target=self._main, args=(built,), name="vllm-step", daemon=True)
         self._step_thread.start()
         try:
-            self._info = built.result()
+            return built.result()
         except BaseException:
             self._step_thread.join()
             raise
-        return self._info
 
     def _main(self, built: Future) -> None:
         """The step thread: build the engine, report it through `built`, then step."""
@@ -159,7 +158,8 @@ class VLLMEngine:
             self._commands.close()
             built.set_exception(exc)
             return
-        self._ready = True
+        self._info = info
+        self._ready = True  # after _info: `ready` promises `info`
         logger.info("vLLM engine ready in %.1f s: %d KV tokens, block %d, max_model_len %d",
                     time.monotonic() - t0, info.kv_capacity_tokens, info.block_size, info.max_model_len)
         built.set_result(info)

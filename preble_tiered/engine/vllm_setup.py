@@ -109,7 +109,6 @@ def pin_compute(core: int) -> None:
     bound to `core` (the node's other threads stay free to run on any core).
     """
     os.environ["OMP_NUM_THREADS"] = "1"
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(core)
     import torch
 
     torch.set_num_threads(1)

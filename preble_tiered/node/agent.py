@@ -131,7 +131,7 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
         await self._health.set(False)
         serve_metrics(self.metrics.registry, self.config.metrics_port)
         logger.info("node %s listening on %s; starting the engine", self.config.name, self.address)
-        self.info = self.requests.info = await asyncio.to_thread(self.engine.start)
+        self.info = await asyncio.to_thread(self.engine.start)
         await self._health.set(True)
         logger.info("node %s ready: %s, %d KV tokens", self.config.name, self.info.model,
                     self.info.kv_capacity_tokens)
@@ -165,7 +165,6 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._publish, seq, events)
-
 
     def _publish(self, seq: int, events: list[ResidencyEvent]) -> None:
         ring = self._ring

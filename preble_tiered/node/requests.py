@@ -49,8 +49,7 @@ class ServeConn:
     items: list[node_pb2.ServeItem] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     rids: set[str] = field(default_factory=set)
-    closed: bool = False
-    """The router half-closed its side: end once its requests are done."""
+    """Its requests not yet ended (they are aborted if the stream goes away)."""
 
     def push(self, item: node_pb2.ServeItem) -> None:
         self.items.append(item)
@@ -82,16 +81,15 @@ class NodeRequests:
         self.metrics = metrics
         self.max_queue = max_queue
         self._pull = pull
-        self.info: ModelInfo | None = None
         self._streams: dict[str, Stream] = {}
         self._queued = 0
 
     # ------------------------------------------------------------------ shared
     def accept(self, request: node_pb2.SubmitRequest, conn: ServeConn | None = None) -> tuple[Stream, list[int], GenParams]:
         """Check a submit and register it. Raises Reject with the status to end it with."""
-        info = self.info
-        if info is None or not self.engine.ready:
+        if not self.engine.ready:
             raise Reject(grpc.StatusCode.UNAVAILABLE, f"node {self.name} is not ready yet")
+        info: ModelInfo = self.engine.info
         rid = request.request_id
         if not rid:
             raise Reject(grpc.StatusCode.INVALID_ARGUMENT, "request_id is required")
@@ -111,12 +109,17 @@ class NodeRequests:
                          "retry later or add nodes")
         st = self._streams[rid] = Stream(time.monotonic(), len(ids), None if conn else asyncio.Queue(), conn)
         self._queued += 1
+        if conn is not None:
+            conn.rids.add(rid)
         return st, ids, params
+
+    def _needs_pull(self, request: node_pb2.SubmitRequest) -> bool:
+        return request.HasField("pull") and bool(request.pull.hashes) and self.kv is not None
 
     async def start(self, request: node_pb2.SubmitRequest, ids: list[int], params: GenParams) -> None:
         """Pull the plan's blocks (if any), then hand the request to the engine."""
         rid = request.request_id
-        if request.HasField("pull") and request.pull.hashes and self.kv is not None:
+        if self._needs_pull(request):
             await self._pull(rid, request.pull)
             if rid not in self._streams:
                 return  # cancelled during the pull
@@ -196,8 +199,7 @@ class NodeRequests:
             try:
                 chunk, done = self.progress(st, out)
             except Reject as r:
-                st.conn.push(_error_item(rid, r))
-                self.close(rid)
+                self._fail(rid, st.conn, r)
                 continue
             if chunk is not None:
                 st.conn.push(node_pb2.ServeItem(request_id=rid, chunk=chunk))
@@ -257,8 +259,7 @@ class NodeRequests:
                     if st is not None and st.conn is conn:
                         self.close(req.cancel)
         finally:
-            conn.closed = True
-            conn.wake.set()
+            conn.wake.set()  # serve() ends once the router's side is closed and its requests are done
 
     def _serve_submit(self, request: node_pb2.SubmitRequest, conn: ServeConn) -> None:
         try:
@@ -266,30 +267,27 @@ class NodeRequests:
         except Reject as r:
             conn.push(_error_item(request.request_id, r))
             return
-        conn.rids.add(request.request_id)
-        if request.HasField("pull") and request.pull.hashes and self.kv is not None:
+        if self._needs_pull(request):
             asyncio.create_task(self._serve_start(request, ids, params, conn))
-        else:
-            self._start_now(request, ids, params, conn)
-
-    def _start_now(self, request, ids, params, conn: ServeConn) -> None:
+            return
         try:
-            self._add(request, ids, params)
+            self._add(request, ids, params)  # no pull: straight in, no task
         except Reject as r:
-            conn.push(_error_item(request.request_id, r))
-            self.close(request.request_id)
+            self._fail(request.request_id, conn, r)
 
     async def _serve_start(self, request, ids, params, conn: ServeConn) -> None:
         rid = request.request_id
         try:
             await self.start(request, ids, params)
         except Reject as r:
-            conn.push(_error_item(rid, r))
-            self.close(rid)
+            self._fail(rid, conn, r)
         except Exception:
             logger.exception("request %s: start failed", rid)
-            conn.push(_error_item(rid, Reject(grpc.StatusCode.INTERNAL, f"node {self.name}: start failed")))
-            self.close(rid)
+            self._fail(rid, conn, Reject(grpc.StatusCode.INTERNAL, f"node {self.name}: start failed"))
+
+    def _fail(self, rid: str, conn: ServeConn, r: Reject) -> None:
+        conn.push(_error_item(rid, r))
+        self.close(rid)
 
 
 def _error_item(rid: str, r: Reject) -> node_pb2.ServeItem:
