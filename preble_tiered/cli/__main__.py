@@ -2,6 +2,8 @@
 
 import sys
 
+from preble_tiered.cli.launcher import die_with_parent
 from preble_tiered.cli.main import main
 
+die_with_parent()
 sys.exit(main())

@@ -3,7 +3,9 @@ benchmarks), wait until every node serves, and stop them all cleanly.
 
 Children run `python -m preble_tiered.cli router|node ...`, each in its own process group
 so a terminal's Ctrl-C reaches only `preble serve`, which then stops the nodes first and the
-router last, escalating from SIGTERM to SIGKILL after a grace period. Node i is pinned to
+router last, escalating from SIGTERM to SIGKILL after a grace period. A child also gets
+SIGTERM from the kernel when the launcher dies without stopping it (killed with SIGKILL,
+crashed): `die_with_parent`, so no router or node lives on holding its port. Node i is pinned to
 core i mod ncpu (vLLM's OMP threads); their logs go to files under `log_dir`.
 """
 
@@ -23,6 +25,9 @@ import grpc
 from preble_tiered.api.pb import inference_pb2
 
 logger = logging.getLogger(__name__)
+
+PARENT_PID_ENV = "PREBLE_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,7 @@ class LocalCluster:
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-                    "VLLM_HOST_IP": "127.0.0.1", **env}
+                    "VLLM_HOST_IP": "127.0.0.1", PARENT_PID_ENV: str(os.getpid()), **env}
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         try:
             return subprocess.Popen([sys.executable, "-m", "preble_tiered.cli", *args], stdout=log,
@@ -206,6 +211,22 @@ class LocalCluster:
         self.stop()
 
 
+def die_with_parent() -> None:
+    """In a child the launcher started: ask the kernel for SIGTERM when the launcher dies
+    (Linux `PR_SET_PDEATHSIG`), and exit now if it already has. Nothing elsewhere."""
+    pid = os.environ.pop(PARENT_PID_ENV, None)
+    if not pid or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        logger.warning("cannot ask to die with the launcher (errno %d)", ctypes.get_errno())
+        return
+    if os.getppid() != int(pid):  # the launcher died before the request took effect
+        sys.exit(1)
+
+
 def _signal(p: subprocess.Popen, sig: int) -> None:
     if p.poll() is None:
         try:
@@ -214,6 +235,10 @@ def _signal(p: subprocess.Popen, sig: int) -> None:
             pass
 
 
+def cache_dir() -> Path:
+    """`$PREBLE_CACHE_DIR`, else `~/.cache/preble_tiered`: the model, logs, state and disk tiers."""
+    return Path(os.environ.get("PREBLE_CACHE_DIR") or Path.home() / ".cache" / "preble_tiered")
+
+
 def _default_log_dir() -> Path:
-    base = Path(os.environ.get("PREBLE_CACHE_DIR") or Path.home() / ".cache" / "preble_tiered")
-    return base / "logs" / time.strftime("%Y%m%d-%H%M%S")
+    return cache_dir() / "logs" / time.strftime("%Y%m%d-%H%M%S")

@@ -9,6 +9,7 @@ import logging
 import shlex
 import sys
 
+from preble_tiered.cli.tier_defaults import byte_size
 from preble_tiered.scheduler.registry import policy_names
 
 DEFAULT_PORT = 50051
@@ -29,8 +30,15 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     sv.add_argument("--max-model-len", type=positive_int, default=None,
                     help="longest prompt + output in tokens (default: the model's)")
     sv.add_argument("--log-dir", metavar="DIR", help="where the processes' logs go (default: under the cache dir)")
-    sv.add_argument("--dram-bytes", type=positive_int, default=None,
-                    help="each node's host-memory KV tier in bytes (default: none; pins need one)")
+    sv.add_argument("--dram-bytes", type=byte_size, default=None, metavar="SIZE",
+                    help="each node's host-memory KV tier, e.g. 2G (default: 20%% of available memory over the "
+                         "nodes, at most 4G; 0: off, and then pins to DRAM are refused)")
+    sv.add_argument("--disk-bytes", type=byte_size, default=None, metavar="SIZE",
+                    help="each node's disk KV tier, e.g. 16G (default: 10%% of the free disk over the nodes, "
+                         "at most 16G; 0: off)")
+    sv.add_argument("--disk-dir", metavar="DIR", default=None,
+                    help="where the nodes' disk tiers live, node i in DIR/node<i>; a tier left there by an "
+                         "earlier run is reused (default: kv/port-<port> under the cache dir)")
     _add_security_args(sv)
 
     rt = sub.add_parser("router", help="run the router (global scheduler + client API)",
@@ -62,10 +70,11 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     nd.add_argument("--max-queue", type=positive_int, default=256,
                     help="requests waiting before RESOURCE_EXHAUSTED (default: 256)")
     nd.add_argument("--cpu-core", type=int, default=None, help="pin the engine's compute to this core")
-    nd.add_argument("--dram-bytes", type=positive_int, default=None,
-                    help="host-memory KV tier under the engine's cache, bytes (default: none)")
+    nd.add_argument("--dram-bytes", type=byte_size, default=None, metavar="SIZE",
+                    help="host-memory KV tier under the engine's cache, e.g. 2G (default: none; 0: none)")
     nd.add_argument("--disk-path", metavar="DIR", help="RocksDB directory of the disk KV tier (default: none)")
-    nd.add_argument("--disk-bytes", type=positive_int, default=None, help="disk KV tier budget, bytes")
+    nd.add_argument("--disk-bytes", type=byte_size, default=None, metavar="SIZE",
+                    help="disk KV tier budget, e.g. 16G (default: 4G when --disk-path is given)")
     nd.add_argument("--disk-mmap-reads", action="store_true",
                     help="map the disk tier's files for reads: faster loads, but a truncated file or a "
                          "disk read error kills the node (SIGBUS) instead of costing a miss")
@@ -112,15 +121,12 @@ def _add_security_args(p: argparse.ArgumentParser) -> None:
 
 def _security_config(args: argparse.Namespace) -> dict:
     """RouterConfig fields from the security flags (tokens read now: a bad file fails fast)."""
-    import os
-    from pathlib import Path
-
     from preble_tiered.api.auth import ADMIN_TOKEN_ENV, INFERENCE_TOKEN_ENV, load_token
+    from preble_tiered.cli.launcher import cache_dir
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("--tls-cert and --tls-key go together")
-    base = Path(os.environ.get("PREBLE_CACHE_DIR") or Path.home() / ".cache" / "preble_tiered")
-    state = args.state or str(base / f"router-{args.port}-state.json")
+    state = args.state or str(cache_dir() / f"router-{args.port}-state.json")
     return dict(state_path=state, admin_token=load_token(ADMIN_TOKEN_ENV, args.admin_token_file),
                 inference_token=load_token(INFERENCE_TOKEN_ENV, args.inference_token_file),
                 tls_cert=args.tls_cert, tls_key=args.tls_key)
@@ -151,11 +157,15 @@ def cmd_node(args: argparse.Namespace) -> int:
     from preble_tiered.engine.vllm_engine import EngineConfig
 
     kv = None
-    if args.dram_bytes or args.disk_path:
+    disk_path = args.disk_path if args.disk_bytes != 0 else None
+    if disk_path and args.dram_bytes == 0:
+        raise ValueError("a disk tier needs a DRAM tier above it (blocks reach disk through DRAM): "
+                         "give --dram-bytes > 0, or drop --disk-path")
+    if args.dram_bytes or disk_path:
         from preble_tiered.kvstore.config import KVStoreConfig
 
-        kv = KVStoreConfig(dram_bytes=args.dram_bytes or (256 << 20), disk_path=args.disk_path,
-                           disk_bytes=args.disk_bytes or ((4 << 30) if args.disk_path else 0),
+        kv = KVStoreConfig(dram_bytes=args.dram_bytes or (256 << 20), disk_path=disk_path,
+                           disk_bytes=(args.disk_bytes or (4 << 30)) if disk_path else 0,
                            write_policy=args.write_policy, disk_mmap_reads=args.disk_mmap_reads)
     ecfg = EngineConfig(model=args.model, block_size=args.block_size, kv_cache_bytes=args.kv_cache_bytes,
                         max_num_seqs=args.max_num_seqs, cpu_core=args.cpu_core,
@@ -174,7 +184,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import time
 
-    from preble_tiered.cli.launcher import ClusterSpec, LocalCluster
+    from pathlib import Path
+
+    from preble_tiered.cli.launcher import ClusterSpec, LocalCluster, cache_dir
+    from preble_tiered.cli.tier_defaults import plan_tiers
 
     sec = _security_config(args)  # fail here, not in the router child, on a bad token file or TLS pair
     router_args: list[str] = []
@@ -182,16 +195,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value:
             router_args += ["--" + flag.replace("_", "-"), str(value)]
+    tiers = plan_tiers(args.nodes, args.dram_bytes, args.disk_bytes,
+                       Path(args.disk_dir) if args.disk_dir else cache_dir() / "kv" / f"port-{args.port}")
     spec = ClusterSpec(nodes=args.nodes, model=args.model, port=args.port, policy=args.policy,
                        kv_cache_bytes=args.kv_cache_bytes, block_size=args.block_size, log_dir=args.log_dir,
-                       max_model_len=args.max_model_len, dram_bytes=args.dram_bytes,
+                       max_model_len=args.max_model_len, dram_bytes=tiers.dram_bytes or None,
+                       disk_dir=str(tiers.disk_dir) if tiers.disk_dir else None, disk_bytes=tiers.disk_bytes or None,
                        router_args=tuple(router_args), inference_token=sec["inference_token"], tls_ca=args.tls_cert)
     cluster = LocalCluster(spec)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops as cleanly as Ctrl-C
     try:
+        print(tiers.describe(), flush=True)
         cluster.start(progress=lambda m: print(m, flush=True))
         print(f"\npreble is serving on {cluster.addr}: {args.nodes} node(s), policy {args.policy}, "
-              f"model {cluster.model}\ntry:\n  preble generate --addr {cluster.addr} "
+              f"model {cluster.model}\ntry:\n  {_preble_command()} generate --addr {cluster.addr} "
               f"{shlex.quote('Summarise the plot of Hamlet.')}\nCtrl-C stops everything.", flush=True)
         while True:
             for name, p in cluster.processes():
@@ -206,6 +223,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         cluster.stop()
         print("stopped: router and nodes exited", flush=True)
+
+
+def _preble_command() -> str:
+    """How to run `preble` from any shell: the console script beside this interpreter (a
+    virtual environment's bin/ is not on a fresh shell's PATH), else `python -m`."""
+    import os
+
+    script = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "preble")
+    if os.access(script, os.X_OK):
+        return shlex.quote(script)
+    return f"{shlex.quote(sys.executable)} -m preble_tiered.cli"
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

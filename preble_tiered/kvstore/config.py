@@ -32,6 +32,10 @@ class KVStoreConfig:
     disk_disable_wal: bool = True
     """Skip RocksDB's write-ahead log: a crash loses only the latest blocks of a cache."""
 
+    fingerprint: str = ""
+    """What the disk tier's blocks are valid for (model files, KV layout); a disk tier written
+    under another one is emptied on open (see DiskTier). Empty: no check."""
+
     disk_mmap_reads: bool = False
     """Map the disk tier's SST files for reads: faster loads (one copy out of the page cache),
     but a truncated file or a disk read error kills the node (SIGBUS) instead of costing a miss."""
@@ -58,5 +62,5 @@ def build_store(config: KVStoreConfig) -> TieredStore:
     disk = None
     if config.disk_path is not None:
         disk = DiskTier(config.disk_path, config.disk_bytes, config.namespace, disable_wal=config.disk_disable_wal,
-                        mmap_reads=config.disk_mmap_reads)
+                        mmap_reads=config.disk_mmap_reads, fingerprint=config.fingerprint)
     return TieredStore(DramTier(config.dram_bytes), disk, config.write_policy, namespace=config.namespace)

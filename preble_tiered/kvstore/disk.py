@@ -4,6 +4,7 @@ Layout in the db (raw bytes keys and values; one db may hold several namespaces)
 
     namespace + b"\\0" + hash (8 bytes, big-endian) -> header (32 B) + data   the block
     namespace + b"\\1" + hash (8 bytes, big-endian) -> header (32 B)          its metadata
+    namespace + b"\\2fingerprint"                  -> what wrote the blocks (model, layout)
 
     header = magic "PBKV" | version u8 | flags u8 (bit 0: has parent) | reserved u16
              | parent u64 | data length u64 | checksum u64            (little-endian)
@@ -43,6 +44,7 @@ HEADER_SIZE = _PREFIX.size + 8  # + checksum
 _HAS_PARENT = 0x1
 _DATA_SEP = b"\x00"
 _META_SEP = b"\x01"
+_FINGERPRINT_KEY = b"\x02fingerprint"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +143,14 @@ class DiskTier(LruTier):
             flushes; a crash loses only the most recent blocks, which is fine for a cache.
         mmap_reads: map the SST files for reads (faster; a truncated file or a disk read
             error then kills the process with SIGBUS instead of costing a miss).
+        fingerprint: what the blocks are valid for (the model's files, the KV layout). A tier
+            reopened with another fingerprint, or a non-empty one where none was recorded,
+            held blocks of something else that may have the same hashes: its blocks of this
+            namespace are deleted, not served. Empty: no check.
     """
 
     def __init__(self, path: str | os.PathLike[str], capacity_bytes: int, namespace: str = "", *,
-                 disable_wal: bool = True, mmap_reads: bool = False) -> None:
+                 disable_wal: bool = True, mmap_reads: bool = False, fingerprint: str = "") -> None:
         if _DATA_SEP.decode() in namespace or _META_SEP.decode() in namespace:
             raise ValueError(f"namespace {namespace!r} must not contain \\x00 or \\x01 (they separate db keys)")
         super().__init__(Tier.DISK, capacity_bytes)
@@ -156,6 +162,8 @@ class DiskTier(LruTier):
         self._write_opts.disable_wal = disable_wal
         self._get_opts = _get_options()
         self._db: Rdict | None = Rdict(self.path, _db_options(mmap_reads))
+        if fingerprint:
+            self._claim(fingerprint.encode("utf-8"))
         self._rebuild()
 
     # -- keys -----------------------------------------------------------------------------
@@ -294,6 +302,22 @@ class DiskTier(LruTier):
         except Exception as exc:
             return pairs, sizes, bad, exc
         return pairs, sizes, bad, None
+
+    def _claim(self, fingerprint: bytes) -> None:
+        """Record `fingerprint`, first deleting this namespace's blocks if another wrote them."""
+        db = self._open_db()
+        key = self._ns + _FINGERPRINT_KEY
+        recorded = db.get(key)
+        if recorded == fingerprint:
+            return
+        pairs, _ = self._scan_metadata()
+        if pairs:
+            logger.warning("disk tier at %s: its %d blocks were written for %s, not %s; deleted",
+                           self.path, len(pairs), (recorded or b"an unrecorded model").decode("utf-8", "replace"),
+                           fingerprint.decode("utf-8", "replace"))
+            self._erase_many([k for k, _ in pairs])
+        db.put(key, fingerprint, self._write_opts)
+        db.flush()
 
     def _rebuild(self) -> None:
         pairs, sizes = self._scan_metadata()

@@ -24,6 +24,10 @@ class DramTier(LruTier):
     def _read(self, key: BlockKey, entry: IndexEntry) -> StoredBlock | None:
         return entry.block
 
+    def blocks(self) -> list[StoredBlock]:
+        """Every block, from the next eviction victim to the most recently used."""
+        return [e.block for e in self._index.values()]
+
     def close(self) -> None:
         """Drop every block (memory is released; no events: the node is going away)."""
         self._index.clear()

@@ -25,7 +25,7 @@ import logging
 import os
 from collections import deque
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 
@@ -351,6 +351,10 @@ async def serve_node(config: NodeConfig, engine_config, kv_config: KVStoreConfig
 
     kv = None
     if kv_config is not None:
+        from preble_tiered.engine.vllm_setup import model_fingerprint
+
+        if kv_config.disk_path is not None and not kv_config.fingerprint:
+            kv_config = replace(kv_config, fingerprint=model_fingerprint(engine_config))
         kv = open_kv_runtime(kv_config, engine_config.block_size, engine_config.hash_namespace)
 
     def engine_factory(on_out, on_ev):

@@ -10,6 +10,7 @@ takes it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -27,6 +28,8 @@ from preble_tiered.scheduler.cost_model import CostModel, Link, engine_cost_mode
 from preble_tiered.transfer.framing import Block
 from preble_tiered.transfer.meter import BandwidthMeter, Rate
 from preble_tiered.types import Tier
+
+logger = logging.getLogger(__name__)
 
 
 def open_kv_runtime(config: KVStoreConfig, block_size: int, namespace: str) -> NodeKVRuntime:
@@ -187,7 +190,11 @@ class NodeKVRuntime:
             return [(e.tier, e.block_hash, e.parent) for e in self.store.snapshot()]
 
     def close(self) -> None:
+        """Keep DRAM's blocks on disk (a clean stop restarts warm), then close the tiers."""
         with self.lock:
+            kept = self.store.flush_to_disk()
+            if kept:
+                logger.info("kept %d DRAM blocks on disk for a warm restart", kept)
             self.store.close()
 
     # -- transfers (the Transfer service reads, the node agent stores pulled blocks) -------

@@ -136,3 +136,43 @@ def test_admin_explain_renders_a_candidate_that_was_not_priced(capsys):
     assert ">= 9.1250" in n0 and " - " in n0
     assert "0.2500" in n1 and "0.8750" in n1 and ">=" not in n1
     assert "not priced on 1 node(s)" in out
+
+
+@pytest.mark.parametrize("text, value", [("0", 0), ("268435456", 256 << 20), ("256M", 256 << 20), ("2G", 2 << 30),
+                                         ("2GiB", 2 << 30), ("512mb", 512 << 20), ("1.5K", 1536)])
+def test_sizes_take_binary_suffixes(text, value):
+    from preble_tiered.cli.tier_defaults import byte_size
+
+    assert byte_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "G", "-1G", "2X", "lots", "nan"])
+def test_bad_sizes_are_refused_with_an_example(text):
+    import argparse
+
+    from preble_tiered.cli.tier_defaults import byte_size
+
+    with pytest.raises(argparse.ArgumentTypeError, match="size"):
+        byte_size(text)
+
+
+def test_serve_sizes_tiers_from_the_machine_and_honours_explicit_sizes(tmp_path):
+    from preble_tiered.cli.tier_defaults import DISK_CAP, DRAM_CAP, plan_tiers
+
+    gib = 1 << 30
+    plan = plan_tiers(2, None, None, tmp_path / "kv", available_memory=20 * gib, free_disk=100 * gib)
+    assert plan.dram_bytes == 2 * gib and plan.disk_bytes == 5 * gib and plan.disk_dir == tmp_path / "kv"
+    assert "DRAM 2.0 GiB, disk 5.0 GiB under" in plan.describe()
+    big = plan_tiers(1, None, None, tmp_path, available_memory=1000 * gib, free_disk=10000 * gib)
+    assert (big.dram_bytes, big.disk_bytes) == (DRAM_CAP, DISK_CAP)
+    small = plan_tiers(8, None, None, tmp_path, available_memory=1 * gib, free_disk=1 * gib)
+    assert (small.dram_bytes, small.disk_bytes, small.disk_dir) == (0, 0, None)  # a share under 64 MiB: off
+    assert plan_tiers(2, 1 << 30, 0, tmp_path, free_disk=gib).describe().endswith("disk off")
+    assert plan_tiers(2, 0, None, tmp_path, free_disk=100 * gib).disk_bytes == 0  # no DRAM: no disk either
+    with pytest.raises(ValueError, match="disk tier needs a DRAM tier"):
+        plan_tiers(2, 0, 4 * gib, tmp_path)
+
+
+def test_node_refuses_a_disk_tier_without_dram(capsys, tmp_path):
+    assert main(["node", "--model", str(tmp_path), "--dram-bytes", "0", "--disk-path", str(tmp_path / "d")]) == 2
+    assert "disk tier needs a DRAM tier" in capsys.readouterr().err

@@ -179,3 +179,30 @@ def test_build_store_from_config(tmp_path):
     assert s.lookup([1]) == [Tier.DISK]
     s.close()
     assert build_store(KVStoreConfig(dram_bytes=100)).disk is None
+
+
+def test_flush_to_disk_keeps_write_back_dram_blocks_for_a_warm_restart(tmp_path):
+    store = make_store(tmp_path, "write_back", dram_blocks=3, disk_blocks=8)
+    for h, p in ((1, None), (2, 1), (3, 2)):
+        store.put(make_block(h, p))
+    assert all(where(store, h) == {Tier.DRAM} for h in (1, 2, 3))
+    assert store.flush_to_disk() == 3
+    assert store.flush_to_disk() == 0  # already there: nothing written twice
+    data = {h: bytes(store.get(key(h))[0].data) for h in (1, 2, 3)}
+    store.close()
+
+    reopened = DiskTier(tmp_path / "db", 8 * (HEADER_SIZE + SIZE), NS)
+    assert {k.block_hash: p for k, p in reopened.keys()} == {1: None, 2: 1, 3: 2}
+    assert {h: bytes(reopened.get(key(h)).data) for h in (1, 2, 3)} == data
+    reopened.close()
+
+
+def test_flush_to_disk_stops_at_its_time_budget_and_without_a_disk(tmp_path):
+    store = make_store(tmp_path, "write_back", dram_blocks=4)
+    for h in (1, 2, 3, 4):
+        store.put(make_block(h))
+    ticks = iter(range(100))
+    assert store.flush_to_disk(budget_s=2, clock=lambda: next(ticks)) == 2  # ticks 1, 2 in budget; 3 is past
+    assert [h for h in (1, 2, 3, 4) if Tier.DISK in where(store, h)] == [1, 2]  # oldest first
+    store.close()
+    assert TieredStore(DramTier(4 * SIZE)).flush_to_disk() == 0

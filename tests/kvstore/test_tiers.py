@@ -463,3 +463,38 @@ def test_a_really_full_disk_degrades_the_tier_and_close_still_succeeds(tmp_path)
     assert degraded == 1 and errors >= 1 and 0 < accepted < 600
     assert readable == 1  # what was accepted stays readable while the process lives
     assert lines[4] == "closed" and "disabling disk writes" in out.stderr
+
+
+def test_disk_tier_written_for_another_model_is_emptied_not_served(tmp_path, caplog):
+    path = tmp_path / "db"
+    t = DiskTier(path, disk_cap(8), NS, fingerprint="model-a")
+    t.put(make_block(1))
+    t.put(make_block(2, 1))
+    t.close()
+
+    t = DiskTier(path, disk_cap(8), NS, fingerprint="model-a")  # the same model: warm
+    assert sorted(hashes_of([k for k, _ in t.keys()])) == [1, 2]
+    t.close()
+
+    with caplog.at_level(logging.WARNING):
+        t = DiskTier(path, disk_cap(8), NS, fingerprint="model-b")
+    assert t.keys() == [] and t.used_bytes == 0 and t.get(key(1)) is None
+    assert "written for model-a, not model-b" in caplog.text
+    t.put(make_block(3))
+    t.close()
+    t = DiskTier(path, disk_cap(8), NS, fingerprint="model-b")
+    assert hashes_of([k for k, _ in t.keys()]) == [3]
+    t.close()
+
+
+def test_disk_tier_without_a_recorded_fingerprint_is_emptied_when_one_is_given(tmp_path):
+    path = tmp_path / "db"
+    t = DiskTier(path, disk_cap(8), NS)  # no fingerprint: no check, nothing recorded
+    t.put(make_block(1))
+    t.close()
+    t = DiskTier(path, disk_cap(8), NS)
+    assert hashes_of([k for k, _ in t.keys()]) == [1]
+    t.close()
+    t = DiskTier(path, disk_cap(8), NS, fingerprint="model-a")
+    assert t.keys() == []
+    t.close()

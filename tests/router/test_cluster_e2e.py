@@ -317,27 +317,66 @@ def test_node_is_not_serving_until_its_engine_is_ready_and_stops_on_sigterm(mode
     assert rc == 0, (tmp_path / "node.log").read_text()[-2000:]
 
 
-def test_preble_serve_starts_and_ctrl_c_stops_everything(model_dir, tmp_path):
-    port = free_port()
+def _start_serve(model_dir, port, tmp_path, *extra):
     p = subprocess.Popen([sys.executable, "-m", "preble_tiered.cli", "serve", "--nodes", "1", "--model", model_dir,
-                          "--port", str(port), "--kv-cache-bytes", str(64 << 20), "--max-model-len", "4096", "--log-dir", str(tmp_path)],
+                          "--port", str(port), "--kv-cache-bytes", str(64 << 20), "--max-model-len", "4096",
+                          "--log-dir", str(tmp_path / "logs"), "--state", str(tmp_path / "state.json"), *extra],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if "Ctrl-C stops everything" in line:
+            break
+    assert any(f"serving on 127.0.0.1:{port}" in ln for ln in lines), "".join(lines)
+    return p, lines
+
+
+def _children_of_port(port) -> str:
+    nodes = subprocess.run(["pgrep", "-f", f"--router 127.0.0.1:{port}"], capture_output=True, text=True).stdout
+    router = subprocess.run(["pgrep", "-f", f"router --host 127.0.0.1 --port {port}"], capture_output=True,
+                            text=True).stdout
+    return (nodes + router).strip()
+
+
+def test_preble_serve_tiers_pasted_command_warm_restart_ctrl_c_and_sigkill(model_dir, tmp_path):
+    port = free_port()
+    tiers = ("--dram-bytes", "64M", "--disk-bytes", "256M", "--disk-dir", str(tmp_path / "kv"))
+    p, lines = _start_serve(model_dir, port, tmp_path, *tiers)
     try:
-        for line in p.stdout:
-            lines.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
-        assert any(f"serving on 127.0.0.1:{port}" in ln for ln in lines), "".join(lines)
-        assert any("preble generate --addr" in ln for ln in lines)
-        p.send_signal(signal.SIGINT)
+        assert any(f"KV tiers per node: DRAM 64.0 MiB, disk 256.0 MiB under {tmp_path / 'kv'}" in ln
+                   for ln in lines), "".join(lines)
+        # The printed client command works from a fresh shell (no virtual environment on PATH).
+        cmd = next(ln.strip() for ln in lines if " generate --addr " in ln)
+        assert cmd.split()[0].startswith("/"), cmd
+        fresh = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
+        ran = subprocess.run(["bash", "-c", cmd.replace("'Summarise the plot of Hamlet.'", repr(DOC))],
+                             env=fresh, capture_output=True, text=True, timeout=120)
+        assert ran.returncode == 0, ran.stderr
+        assert "prompt tokens" in ran.stderr
+        p.send_signal(signal.SIGINT)  # a clean stop keeps the DRAM tier's blocks on disk
         rest = p.communicate(timeout=60)[0]
     finally:
         if p.poll() is None:
             p.kill()
     assert p.returncode == 0, "".join(lines) + rest
     assert "stopped" in rest
-    leftover = subprocess.run(["pgrep", "-f", f"--router 127.0.0.1:{port}"], capture_output=True, text=True).stdout
-    assert leftover.strip() == "", f"node processes left: {leftover}"
-    assert subprocess.run(["pgrep", "-f", f"router --host 127.0.0.1 --port {port}"],
-                          capture_output=True).stdout.strip() == b""
+    assert _children_of_port(port) == "", "processes left after Ctrl-C"
+
+    # Warm restart: the same disk tier is reopened and the router's index holds its blocks.
+    p, lines = _start_serve(model_dir, port, tmp_path, *tiers)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            status = nodes(admin_pb2_grpc.AdminStub(ch))[0]
+        assert status.disk_blocks > 0, status
+        disk = next(u for u in status.tiers if u.tier == common_pb2.TIER_DISK)
+        assert disk.blocks == status.disk_blocks and disk.capacity_bytes == 256 << 20
+        # Killed without a chance to stop them, the launcher's children still exit.
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+        deadline = time.monotonic() + 60
+        while _children_of_port(port) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _children_of_port(port) == "", "router or node outlived a SIGKILLed launcher"
+    finally:
+        if p.poll() is None:
+            p.kill()
