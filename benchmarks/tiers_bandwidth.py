@@ -12,6 +12,7 @@ same run on the same bytes and block size.
 | disk_read   | DiskTier.get (RocksDB + checksum verified)                      | raw sequential file read         |
 | disk_read_mmap | the same with the opt-in `mmap_reads` (SST files mapped)     | raw sequential file read         |
 | pull        | Transfer.Pull from another process, verified, stored in DRAM    | raw loopback TCP, another process|
+| pull_mooncake | Lease + Mooncake Transfer Engine read (TCP) into the DRAM pool, verified, stored, Release | raw loopback TCP |
 
 Beside the pull it also times a bare gRPC stream of 1 MiB raw-bytes messages between the
 same two processes (no protobuf, no project code): the most any gRPC-based pull could reach
@@ -77,8 +78,12 @@ def serve_source(n_blocks: int) -> None:
     from preble_tiered.api.grpc_util import SERVER_OPTIONS
     from preble_tiered.transfer.service import TransferService, add_transfer_service
 
+    from preble_tiered.transfer.bulk import BulkConfig, BulkEngine
+
     rt = NodeKVRuntime(TieredStore(DramTier(n_blocks * BLOCK_BYTES + 1), namespace=NS), BlockHasher(32),
                        engine_cost_model("b", 8192, 1 << 16))
+    rt.attach_pool(BLOCK_BYTES)  # blocks live in pool slots, as on a node: what peers read over Mooncake
+    bulk = BulkEngine.open("127.0.0.1", BulkConfig())
     base = block_data(0)
     for h in range(1, n_blocks + 1):
         data = h.to_bytes(8, "little") + base[8:]  # distinct blocks without n RNG calls
@@ -86,7 +91,7 @@ def serve_source(n_blocks: int) -> None:
 
     async def main():
         server = grpc.aio.server(options=SERVER_OPTIONS)
-        add_transfer_service(TransferService(lambda: rt), server)
+        add_transfer_service(TransferService(lambda: rt, bulk=bulk), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         print(port, flush=True)
@@ -288,10 +293,15 @@ def pull_paths(n: int, reps: int) -> dict:
     from preble_tiered.kvstore.store import TieredStore
     from preble_tiered.scheduler.cost_model import engine_cost_model
     from preble_tiered.api.grpc_util import CHANNEL_OPTIONS
+    from preble_tiered.transfer.bulk import BulkConfig, BulkEngine
+    from preble_tiered.transfer.bulk_puller import pull_blocks_bulk
     from preble_tiered.transfer.puller import pull_blocks
 
     total = n * BLOCK_BYTES
     out = {"pull": [], "socket": [], "bare_grpc": []}
+    bulk = BulkEngine.open("127.0.0.1", BulkConfig())
+    if bulk is not None:
+        out["pull_mooncake"], out["bare_mooncake"] = [], []
     source, sender = Child("--serve-source", str(n)), Child("--serve-socket", str(total))
     bare = Child("--serve-grpc", str(total))
     try:
@@ -318,6 +328,39 @@ def pull_paths(n: int, reps: int) -> dict:
             assert res.complete, res.error
             return res.seconds
 
+        async def pull_mooncake_once() -> float:
+            rt = NodeKVRuntime(TieredStore(DramTier(total + 1), namespace=NS), BlockHasher(32),
+                               engine_cost_model("b", 8192, 1 << 16))
+            rt.attach_pool(BLOCK_BYTES)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{source.port}", options=CHANNEL_OPTIONS) as ch:
+                async def sink(block) -> bool:
+                    done = rt.store_pulled("bench", block, blocking=False)
+                    return done if done is not None else await asyncio.to_thread(rt.store_pulled, "bench", block)
+                res = await pull_blocks_bulk(ch, bulk, rt.pool, NS, list(range(1, n + 1)), sink)
+            assert res.complete, res.error
+            return res.seconds
+
+        async def bare_mooncake_once() -> float:
+            """The transfer engine's read alone, on the same leased blocks into a pool."""
+            from preble_tiered.api.pb import transfer_pb2
+            from preble_tiered.kvstore.pool import BlockPool
+            from preble_tiered.transfer.bulk_puller import LEASE_METHOD, _release
+
+            pool = BlockPool(BLOCK_BYTES, n)
+            bulk.register(*pool.region())
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{source.port}", options=CHANNEL_OPTIONS) as ch:
+                lease = ch.unary_unary(LEASE_METHOD, request_serializer=transfer_pb2.LeaseRequest.SerializeToString,
+                                       response_deserializer=transfer_pb2.LeaseResponse.FromString)
+                resp = await lease(transfer_pb2.LeaseRequest(namespace=NS, hashes=list(range(1, n + 1))))
+                slots = [pool.take() for _ in resp.blocks]
+                t = time.perf_counter()
+                got = bulk.read(resp.session, [a for a, _ in slots], [b.address for b in resp.blocks],
+                                [b.length for b in resp.blocks])
+                seconds = time.perf_counter() - t
+                await _release(ch, resp.lease_id)
+            assert got == n
+            return seconds
+
         async def bare_once() -> float:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{bare.port}", options=CHANNEL_OPTIONS) as ch:
                 t = time.perf_counter()
@@ -331,6 +374,9 @@ def pull_paths(n: int, reps: int) -> dict:
             out["socket"].append(timed(raw_socket))
             out["bare_grpc"].append(asyncio.run(bare_once()))
             out["pull"].append(asyncio.run(pull_once()))
+            if bulk is not None:
+                out["pull_mooncake"].append(asyncio.run(pull_mooncake_once()))
+                out["bare_mooncake"].append(asyncio.run(bare_mooncake_once()))
     finally:
         for child in (source, sender, bare):
             child.close()
@@ -367,7 +413,10 @@ def main() -> int:
     print("  pull done", flush=True)
     gbps = {k: round(nbytes / statistics.median(v) / 1e9, 3) for k, v in secs.items()}
     pairs = {"dram_write": "memcpy", "dram_read": "memcpy", "disk_write": "file_write", "disk_read": "file_read",
-             "disk_read_mmap": "file_read", "pull": "socket"}
+             "disk_read_mmap": "file_read", "pull": "socket", "pull_mooncake": "socket"}
+    if "pull_mooncake" not in gbps:
+        del pairs["pull_mooncake"]
+        print("Mooncake did not load: no pull_mooncake row (KV pulls use the gRPC stream)")
     rows = {k: {"gb_per_s": gbps[k], "ceiling": c, "ceiling_gb_per_s": gbps[c],
                 "share_of_ceiling": round(gbps[k] / gbps[c], 3)} for k, c in pairs.items()}
     doc = {"command": "python " + shlex.join(sys.argv), "block_bytes": BLOCK_BYTES, "blocks": n, "reps": args.reps,
@@ -378,7 +427,10 @@ def main() -> int:
                "rocksdb_read": {"gb_per_s": gbps["bare_rocksdb_read"],
                                 "share_of_ceiling": round(gbps["bare_rocksdb_read"] / gbps["file_read"], 3)},
                "grpc_stream": {"gb_per_s": gbps["bare_grpc"],
-                               "share_of_ceiling": round(gbps["bare_grpc"] / gbps["socket"], 3)}},
+                               "share_of_ceiling": round(gbps["bare_grpc"] / gbps["socket"], 3)},
+               **({"mooncake_read": {"gb_per_s": gbps["bare_mooncake"],
+                                     "share_of_ceiling": round(gbps["bare_mooncake"] / gbps["socket"], 3)}}
+                  if "bare_mooncake" in gbps else {})},
            "bare_grpc_gb_per_s": gbps["bare_grpc"],
            "pull_share_of_bare_grpc": round(gbps["pull"] / gbps["bare_grpc"], 3), "seconds": secs}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -389,6 +441,10 @@ def main() -> int:
               f"{r['share_of_ceiling']:.0%}")
     print(f"(a bare gRPC stream of raw 1 MiB messages, no protobuf, no project code: {gbps['bare_grpc']:.2f} GB/s, "
           f"{gbps['bare_grpc'] / gbps['socket']:.0%} of the socket; the pull reaches {gbps['pull'] / gbps['bare_grpc']:.0%} of it)")
+    if "bare_mooncake" in gbps:
+        print(f"(the Mooncake Transfer Engine's read alone, same leased blocks, no lease, checksum or store: "
+              f"{gbps['bare_mooncake']:.2f} GB/s, {gbps['bare_mooncake'] / gbps['socket']:.0%} of the socket; "
+              f"the bulk pull reaches {gbps['pull_mooncake'] / gbps['bare_mooncake']:.0%} of it)")
     print(f"(bare RocksDB through rocksdict, same values and options, no project code: write "
           f"{gbps['bare_rocksdb_write']:.2f} GB/s = {gbps['bare_rocksdb_write'] / gbps['file_write']:.0%} of the raw file write, "
           f"read {gbps['bare_rocksdb_read']:.2f} GB/s = {gbps['bare_rocksdb_read'] / gbps['file_read']:.0%} of the raw file read)")

@@ -47,6 +47,9 @@ class ClusterSpec:
     disk_dir: str | None = None
     """Parent directory of the nodes' disk tiers (node i uses DIR/node{i}); None: no disk tier."""
     disk_bytes: int | None = None
+    transfer: str = "mooncake"
+    """Data path of KV pulls: "mooncake" (gRPC stream where it cannot load) or "grpc"."""
+    transfer_protocol: str = "tcp"
     log_dir: str | None = None
     node_env: dict[str, str] = field(default_factory=dict)
     router_args: tuple[str, ...] = ()
@@ -99,7 +102,8 @@ class LocalCluster:
         for i in range(s.nodes):
             args = ["node", "--model", self.model, "--router", self.addr, "--host", s.host, "--port", "0",
                     "--name", f"node{i}", "--block-size", str(s.block_size), "--kv-cache-bytes",
-                    str(s.kv_cache_bytes), "--max-num-seqs", str(s.max_num_seqs), "--cpu-core", str(i % ncpu)]
+                    str(s.kv_cache_bytes), "--max-num-seqs", str(s.max_num_seqs), "--cpu-core", str(i % ncpu),
+                    "--transfer", s.transfer, "--transfer-protocol", s.transfer_protocol]
             if s.max_model_len:
                 args += ["--max-model-len", str(s.max_model_len)]
             if s.dram_bytes:

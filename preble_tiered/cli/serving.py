@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import shlex
 import sys
 
@@ -39,6 +40,7 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     sv.add_argument("--disk-dir", metavar="DIR", default=None,
                     help="where the nodes' disk tiers live, node i in DIR/node<i>; a tier left there by an "
                          "earlier run is reused (default: kv/port-<port> under the cache dir)")
+    _add_transfer_args(sv)
     _add_security_args(sv)
 
     rt = sub.add_parser("router", help="run the router (global scheduler + client API)",
@@ -70,6 +72,11 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     nd.add_argument("--max-queue", type=positive_int, default=256,
                     help="requests waiting before RESOURCE_EXHAUSTED (default: 256)")
     nd.add_argument("--cpu-core", type=int, default=None, help="pin the engine's compute to this core")
+    nd.add_argument("--gpu-memory-utilization", type=float, metavar="SHARE",
+                    default=float(os.environ["PREBLE_GPU_MEMORY_UTILIZATION"])
+                    if os.environ.get("PREBLE_GPU_MEMORY_UTILIZATION") else None,
+                    help="GPU nodes: share of the GPU's memory the engine may take, lower when nodes share a GPU "
+                         "(default: $PREBLE_GPU_MEMORY_UTILIZATION, else vLLM's 0.9)")
     nd.add_argument("--dram-bytes", type=byte_size, default=None, metavar="SIZE",
                     help="host-memory KV tier under the engine's cache, e.g. 2G (default: none; 0: none)")
     nd.add_argument("--disk-path", metavar="DIR", help="RocksDB directory of the disk KV tier (default: none)")
@@ -81,6 +88,7 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     nd.add_argument("--write-policy", choices=["write_back", "write_through"], default="write_back",
                     help="write_back: DRAM, demoted to disk on DRAM eviction; write_through: DRAM and disk")
     nd.add_argument("--metrics-port", type=int, default=0)
+    _add_transfer_args(nd)
 
     gn = sub.add_parser("generate", help="send one prompt to a cluster",
                         description="Stream a completion from the router; --json prints the final usage message.")
@@ -105,6 +113,15 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     bn.add_argument("--max-output-tokens", type=positive_int, default=None, help="cap each request's output")
     bn.add_argument("--json", metavar="PATH", help="write the summary as JSON")
     bn.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_transfer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--transfer", choices=["mooncake", "grpc"], default="mooncake",
+                   help="data path of KV pulls between nodes: the Mooncake Transfer Engine (falls back to the "
+                        "gRPC stream, with a warning, where it cannot load) or always the gRPC stream "
+                        "(default: mooncake). Mooncake does not authenticate: keep nodes on a cluster network")
+    p.add_argument("--transfer-protocol", choices=["tcp", "rdma"], default="tcp",
+                   help="Mooncake's transport (default: tcp; rdma where the nodes have RDMA NICs)")
 
 
 def _add_security_args(p: argparse.ArgumentParser) -> None:
@@ -169,9 +186,13 @@ def cmd_node(args: argparse.Namespace) -> int:
                            write_policy=args.write_policy, disk_mmap_reads=args.disk_mmap_reads)
     ecfg = EngineConfig(model=args.model, block_size=args.block_size, kv_cache_bytes=args.kv_cache_bytes,
                         max_num_seqs=args.max_num_seqs, cpu_core=args.cpu_core,
+                        gpu_memory_utilization=args.gpu_memory_utilization,
                         max_model_len=args.max_model_len)
+    from preble_tiered.transfer.bulk import BulkConfig
+
     ncfg = NodeConfig(name=args.name or f"node-{args.port}", host=args.host, port=args.port, router=args.router,
-                      max_queue=args.max_queue, metrics_port=args.metrics_port)
+                      max_queue=args.max_queue, metrics_port=args.metrics_port,
+                      bulk=BulkConfig(args.transfer, args.transfer_protocol))
     asyncio.run(serve_node(ncfg, ecfg, kv))
     return 0
 
@@ -201,6 +222,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        kv_cache_bytes=args.kv_cache_bytes, block_size=args.block_size, log_dir=args.log_dir,
                        max_model_len=args.max_model_len, dram_bytes=tiers.dram_bytes or None,
                        disk_dir=str(tiers.disk_dir) if tiers.disk_dir else None, disk_bytes=tiers.disk_bytes or None,
+                       transfer=args.transfer, transfer_protocol=args.transfer_protocol,
                        router_args=tuple(router_args), inference_token=sec["inference_token"], tls_ca=args.tls_cert)
     cluster = LocalCluster(spec)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops as cleanly as Ctrl-C

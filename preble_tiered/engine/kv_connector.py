@@ -34,6 +34,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (KVConnectorBase_V
 
 from preble_tiered.engine.api import KVRuntime
 from preble_tiered.kvstore.block_copy import BlockLayout
+from preble_tiered.kvstore.block_copy_torch import TorchBlockLayout, block_mover
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class PrebleTieredConnector(KVConnectorBase_V1):
         self.block_size = vllm_config.cache_config.block_size
         self._reqs: dict[str, _ReqState] = {}
         self._caches: list[tuple[str, torch.Tensor, int]] = []  # (layer, cache, block dim)
-        self._layout: BlockLayout | None = None
+        self._layout: BlockLayout | TorchBlockLayout | None = None
         self._load_errors: set[int] = set()
 
     # ------------------------------------------------------------------ scheduler role
@@ -182,7 +183,7 @@ class PrebleTieredConnector(KVConnectorBase_V1):
                 raise RuntimeError(f"cannot find the block dimension of {name}: shape {tuple(cache.shape)}, "
                                    f"{n_blocks} blocks")
             self._caches.append((name, cache, dims[0]))
-        self._layout = BlockLayout(self._caches)
+        self._layout = block_mover(self._caches)  # host copies, or torch copies for a CUDA cache
         # Saves copy into reused slots of one arena instead of a new buffer per block; the
         # store copies blocks arriving from elsewhere into the same slots.
         if self._layout.block_bytes:

@@ -35,6 +35,9 @@ class EngineConfig:
     """Core to run vLLM's compute on, with one compute thread (`pin_compute`); None: vLLM's
     and the OpenMP runtime's choice (every core)."""
     seed: int = 0
+    gpu_memory_utilization: float | None = None
+    """GPU engines: the share of the GPU's memory vLLM may take (None: vLLM's default, 0.9).
+    Lower it when several nodes share one GPU. Ignored on CPU."""
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.block_size % 32:
@@ -158,6 +161,8 @@ def engine_args(c: EngineConfig, v: VLLMApi, events_endpoint: str, topic: str, s
         seed=c.seed, disable_log_stats=True, kv_events_config=events,
         # CPU: graph compilation costs ~1 min and bf16 kernels are slow or missing.
         enforce_eager=v.is_cpu, dtype="float32" if v.is_cpu else "auto",
+        **({"gpu_memory_utilization": c.gpu_memory_utilization}
+           if c.gpu_memory_utilization is not None and not v.is_cpu else {}),
     )
 
 

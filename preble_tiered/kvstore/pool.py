@@ -71,7 +71,8 @@ class BlockPool:
         # Fault the whole arena in now: the DRAM tier's memory is committed when the engine
         # starts (~0.6 s per GiB, once), and no save or load later pays first-touch faults
         # (~150 us per fresh 256 KiB block against ~25 us for a touched one).
-        ctypes.memset(flat.ctypes.data, 0, len(self._arena))
+        self._base = flat.ctypes.data
+        ctypes.memset(self._base, 0, len(self._arena))
         self._slots = [flat[_SKEW + i * pitch:_SKEW + i * pitch + slot_bytes] for i in range(n_slots)]
         self._addrs = [s.ctypes.data for s in self._slots]
         self._free_refs = _getrefcount(self._slots[0])  # the pool's own reference only
@@ -118,6 +119,16 @@ class BlockPool:
         addr, view = slot
         ctypes.memmove(addr, np.frombuffer(src, dtype=np.uint8).ctypes.data, self.slot_bytes)
         return view
+
+    def region(self) -> tuple[int, int]:
+        """(address, length) of the arena: what a transfer engine registers for peers to read
+        and to read into."""
+        return self._base, len(self._arena)
+
+    @staticmethod
+    def address_of(view: memoryview) -> int:
+        """The address of a slot's view (`owns(view)` must hold)."""
+        return np.frombuffer(view, dtype=np.uint8).ctypes.data
 
     def in_use(self) -> int:
         """Slots referenced outside the pool (O(n): for stats and tests)."""

@@ -41,7 +41,8 @@ from preble_tiered.node.metrics import NodeMetrics
 from preble_tiered.node.requests import NodeRequests
 from preble_tiered.api.pb import node_pb2, node_pb2_grpc
 from preble_tiered.kvstore.config import KVStoreConfig
-from preble_tiered.transfer.puller import pull_blocks
+from preble_tiered.node.pulls import Puller
+from preble_tiered.transfer.bulk import BulkConfig, BulkEngine
 from preble_tiered.transfer.service import TransferService, add_transfer_service
 from preble_tiered.types import Tier
 
@@ -77,6 +78,8 @@ class NodeConfig:
     """A pull from another node taking longer is cut off; the rest is recomputed."""
     pull_window: int = 8
     """Pieces a peer may send ahead of our credits (each at most 1 MiB)."""
+    bulk: BulkConfig = field(default_factory=BulkConfig)
+    """The bulk data path of pulls (Mooncake, or the gRPC stream)."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -101,7 +104,9 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
         self.kv = kv
         self.metrics = metrics or NodeMetrics()
         self.engine = engine_factory(self._on_outputs_threadsafe, self._on_events_threadsafe)
-        self.requests = NodeRequests(config.name, self.engine, kv, self.metrics, config.max_queue, self._pull)
+        self.bulk = BulkEngine.open(config.host, config.bulk) if kv is not None else None
+        self.puller = Puller(kv, self.metrics, self.bulk, config.pull_window, config.pull_timeout_s)
+        self.requests = NodeRequests(config.name, self.engine, kv, self.metrics, config.max_queue, self.puller.pull)
         self.info: ModelInfo | None = None
         self.address = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -110,10 +115,9 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
         self._server: grpc.aio.Server | None = None
         self._health: ServingHealth | None = None
         self._tasks: list[asyncio.Task] = []
-        self._peers: dict[str, grpc.aio.Channel] = {}  # pull sources, by address
         die_after = int(os.environ.get(FAULT_DIE_AFTER_PIECES, "0") or 0)
-        self.transfer = TransferService(self._kv_if_ready,
-                                        _die_after(die_after) if die_after > 0 else None)
+        self.transfer = TransferService(self._kv_if_ready, _die_after(die_after) if die_after > 0 else None,
+                                        bulk=self.bulk)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> int:
@@ -126,7 +130,7 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
         self._health = ServingHealth(server, ["preble.v1.Node", "preble.v1.Transfer"])
         enable_reflection(server, ["preble.v1.Node", "preble.v1.Transfer"])
         port = bind(server, self.config.host, self.config.port)
-        self.address = f"{self.config.host}:{port}"
+        self.address = self.puller.address = f"{self.config.host}:{port}"
         await server.start()
         await self._health.set(False)
         serve_metrics(self.metrics.registry, self.config.metrics_port)
@@ -147,9 +151,10 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
             await self._health.set(False)
         if self._server is not None:
             await self._server.stop(grace_s)
-        for ch in self._peers.values():
-            await ch.close()
+        await self.puller.close()
         await asyncio.to_thread(self.engine.shutdown)
+        if self.bulk is not None:
+            self.bulk.close()
 
     async def wait(self) -> None:
         assert self._server is not None
@@ -187,32 +192,6 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
         async with aclosing(self.requests.serve(request_iterator, context)) as stream:
             async for batch in stream:
                 yield batch
-
-    async def _pull(self, rid: str, plan: node_pb2.PullPlan) -> None:
-        """Pull the plan's blocks this node lacks into DRAM (pinned for `rid`). Never raises
-        for a failed pull: whatever did not arrive is recomputed."""
-        rt = self.kv
-        want = rt.missing(list(plan.hashes))
-        if not want or plan.source_address == self.address:
-            return
-        ch = self._peers.get(plan.source_address)
-        if ch is None:
-            ch = self._peers[plan.source_address] = grpc.aio.insecure_channel(plan.source_address,
-                                                                             options=CHANNEL_OPTIONS)
-
-        async def sink(block) -> bool:  # inline when the store is free, else off the loop
-            done = rt.store_pulled(rid, block, blocking=False)
-            return done if done is not None else await asyncio.to_thread(rt.store_pulled, rid, block)
-
-        res = await pull_blocks(ch, rt.namespace, want, sink, window=self.config.pull_window,
-                                timeout_s=self.config.pull_timeout_s)
-        rt.observe_pull(plan.source_address, res.bytes, res.seconds)
-        self.metrics.pulled_bytes.inc(res.bytes)
-        result = "complete" if res.complete else ("partial" if res.stored else "failed")
-        self.metrics.pulls.labels(result).inc()
-        if not res.complete:
-            logger.warning("request %s: pulled %d of %d blocks from %s (%s); recomputing the rest", rid,
-                           len(res.stored), len(want), plan.source_name or plan.source_address, res.error)
 
     async def Events(self, request: node_pb2.EventsRequest, context: grpc.aio.ServicerContext):
         after = request.after_seq
@@ -329,6 +308,8 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
             self.metrics.queue_depth.set(s.waiting)
             self.metrics.running.set(s.running)
             self.metrics.kv_usage.set(s.kv_usage)
+            self.transfer.sweep()
+            self.metrics.leased_blocks.set(self.transfer.leases.held_blocks)
             await asyncio.sleep(1.0)
 
 

@@ -204,6 +204,31 @@ class NodeKVRuntime:
             got = self.store.get(self.store.key(block_hash))
         return None if got is None else (got[0].parent, got[0].data)
 
+    def lease_block(self, block_hash: int) -> tuple[int | None, memoryview, int] | None:
+        """(parent, view, address) of a held block in a slot of the block pool, for a peer's
+        one-sided read: a block elsewhere (on disk, or kept outside the pool) is copied into
+        a free slot. Whoever holds the view keeps the slot's bytes. None when the block is
+        not held, there is no pool yet, or no slot is free."""
+        with self.lock:
+            pool = self.store.pool
+            got = self.store.get(self.store.key(block_hash))
+        if pool is None or got is None:
+            return None
+        block = got[0]
+        view = block.data if pool.owns(block.data) else pool.adopt(block.data)
+        if view is None:
+            return None
+        return block.parent, view, pool.address_of(view)
+
+    def pool_region(self) -> tuple[int, int] | None:
+        pool = self.store.pool
+        return None if pool is None else pool.region()
+
+    @property
+    def pool(self) -> BlockPool | None:
+        """The DRAM tier's block pool (None until the engine's block size is known)."""
+        return self.store.pool
+
     def read_block_nowait(self, block_hash: int) -> tuple[int | None, bytes | memoryview] | None:
         """`read_block` for a DRAM-resident block when the store is free; else None (without
         waiting: the caller is an event loop, and falls back to `read_block` in a thread)."""

@@ -16,6 +16,8 @@ class NodeMetrics(RequestMetrics):
         self.kv_usage = Gauge("preble_node_kv_usage", "Share of the engine's KV cache in use", registry=r)
         self.event_batches = Counter("preble_node_event_batches", "Residency event batches published",
                                      registry=r)
-        self.pulls = Counter("preble_node_pulls", "KV pulls from other nodes by result (complete/partial/failed)",
-                             ["result"], registry=r)
+        self.pulls = Counter("preble_node_pulls", "KV pulls from other nodes by result (complete/partial/failed) "
+                             "and data path (mooncake/grpc)", ["result", "path"], registry=r)
+        self.leased_blocks = Gauge("preble_node_leased_blocks", "blocks held for peers' bulk reads (leases)",
+                                   registry=r)
         self.pulled_bytes = Counter("preble_node_pulled_bytes", "KV bytes pulled from other nodes", registry=r)

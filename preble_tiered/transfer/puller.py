@@ -37,6 +37,8 @@ class PullResult:
     error: str | None = None
     """Why the pull stopped early: the peer's `missing` reason, an RPC error, a protocol
     error; None when every requested block arrived."""
+    path: str = "grpc"
+    """Which data path carried the blocks: "grpc" (the Pull stream) or "mooncake"."""
 
     @property
     def complete(self) -> bool:

@@ -11,12 +11,17 @@ the rest). Cancellation by the receiver stops the loop at its next await.
 Pieces leave as bytes encoded by `framing.encode_piece` (the proto's own wire format, one
 copy of the data); register the service with `add_transfer_service`, which passes them
 through, not with the generated `add_TransferServicer_to_server`, which would re-serialize.
+
+With a bulk engine (`transfer/bulk.py`), `Lease` pins blocks in the registered block pool
+for a peer's one-sided read and `Release` lets them go (`transfer/leases.py`); without one
+it answers FAILED_PRECONDITION and peers use `Pull`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -25,7 +30,10 @@ from typing import Protocol
 import grpc
 
 from preble_tiered.api.pb import transfer_pb2, transfer_pb2_grpc
-from preble_tiered.transfer.framing import DEFAULT_PIECE_BYTES, MAX_PIECE_BYTES, MIN_PIECE_BYTES, encode_piece, split
+from preble_tiered.transfer.bulk import BulkEngine
+from preble_tiered.transfer.framing import (DEFAULT_PIECE_BYTES, MAX_PIECE_BYTES, MIN_PIECE_BYTES, block_checksum,
+                                            encode_piece, split)
+from preble_tiered.transfer.leases import LeaseTable
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +53,16 @@ class BlockSource(Protocol):
         (then `read_block` gives the answer). Called on the event loop."""
         ...
 
+    def lease_block(self, block_hash: int) -> tuple[int | None, memoryview, int] | None:
+        """(parent, view, address) of a held block placed in the registered block pool (copied
+        into a slot when it is elsewhere); holding the view keeps the slot's bytes. None when
+        the block is not held or no slot is free. May block; called off the loop."""
+        ...
+
+    def pool_region(self) -> tuple[int, int] | None:
+        """(address, length) of the block pool peers may read, None before it exists."""
+        ...
+
 
 class TransferService(transfer_pb2_grpc.TransferServicer):
     """Args:
@@ -53,10 +71,53 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
     """
 
     def __init__(self, source: Callable[[], BlockSource | None],
-                 after_piece: Callable[[int], Awaitable[None]] | None = None) -> None:
+                 after_piece: Callable[[int], Awaitable[None]] | None = None,
+                 bulk: BulkEngine | None = None, leases: LeaseTable | None = None) -> None:
         self._source = source
         self._after_piece = after_piece
+        self.bulk = bulk
+        self.leases = leases or LeaseTable()
         self.stats: Counter[str] = Counter()
+
+    # -- bulk path ------------------------------------------------------------------------
+    async def Lease(self, request: transfer_pb2.LeaseRequest, context: grpc.aio.ServicerContext):
+        src = self._source()
+        if self.bulk is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node runs no transfer engine; use Pull")
+        if src is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node has no KV store to pull from")
+        if request.namespace != src.namespace:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"namespace {request.namespace!r} is not this node's {src.namespace!r} (another model)")
+        if not 0 < len(request.hashes) <= MAX_PULL_BLOCKS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"ask for 1 to {MAX_PULL_BLOCKS} blocks, not {len(request.hashes)}")
+        region = src.pool_region()
+        if region is None or not self.bulk.register(*region):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no registered block pool here yet; use Pull")
+        self.sweep()
+        hashes = list(request.hashes)
+        room = self.leases.room()
+        blocks, views, missing = await asyncio.to_thread(_lease_blocks, src, hashes[:room])
+        if not missing and room < len(hashes):
+            missing = f"this node's lease budget is spent ({self.leases.max_blocks} blocks held)"
+        self.stats["leased_blocks"] += len(blocks)
+        lease_id = self.leases.add(views, time.monotonic()) if views else 0
+        return transfer_pb2.LeaseResponse(lease_id=lease_id, session=self.bulk.session, protocol=self.bulk.protocol,
+                                          blocks=blocks, missing=missing, ttl_ms=int(self.leases.ttl_s * 1000))
+
+    async def Release(self, request: transfer_pb2.ReleaseRequest, context: grpc.aio.ServicerContext):
+        released = self.leases.release(request.lease_id)
+        self.stats["released" if released else "release_unknown"] += 1
+        self.sweep()
+        return transfer_pb2.ReleaseResponse(released=released)
+
+    def sweep(self) -> int:
+        """Release leases past their deadline (their pullers died); returns how many."""
+        n = self.leases.sweep(time.monotonic())
+        if n:
+            logger.warning("released %d expired KV lease(s): a puller did not release them", n)
+        return n
 
     async def Pull(self, request_iterator, context: grpc.aio.ServicerContext):
         it = request_iterator.__aiter__()
@@ -118,12 +179,34 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
                 self.stats["cancelled"] += 1
 
 
+def _lease_blocks(src: BlockSource, hashes: list[int]) -> tuple[list, list, str]:
+    blocks, views = [], []
+    for h in hashes:
+        got = src.lease_block(h)
+        if got is None:
+            return blocks, views, f"block {h:016x} is not held here, or no pool slot is free"
+        parent, view, address = got
+        views.append(view)
+        blocks.append(transfer_pb2.LeasedBlock(hash=h, parent=parent, address=address, length=view.nbytes,
+                                               checksum=block_checksum(view)))
+    return blocks, views, ""
+
+
 def _serialize(msg: transfer_pb2.PullServerMessage | bytes) -> bytes:
     return msg if isinstance(msg, bytes) else msg.SerializeToString()
 
 
 def add_transfer_service(service: TransferService, server: grpc.aio.Server) -> None:
     """Register `service` as `preble.v1.Transfer`, passing pre-encoded pieces through."""
-    handler = grpc.stream_stream_rpc_method_handler(
-        service.Pull, request_deserializer=transfer_pb2.PullClientMessage.FromString, response_serializer=_serialize)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("preble.v1.Transfer", {"Pull": handler}),))
+    handlers = {
+        "Pull": grpc.stream_stream_rpc_method_handler(
+            service.Pull, request_deserializer=transfer_pb2.PullClientMessage.FromString,
+            response_serializer=_serialize),
+        "Lease": grpc.unary_unary_rpc_method_handler(
+            service.Lease, request_deserializer=transfer_pb2.LeaseRequest.FromString,
+            response_serializer=transfer_pb2.LeaseResponse.SerializeToString),
+        "Release": grpc.unary_unary_rpc_method_handler(
+            service.Release, request_deserializer=transfer_pb2.ReleaseRequest.FromString,
+            response_serializer=transfer_pb2.ReleaseResponse.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("preble.v1.Transfer", handlers),))

@@ -1,4 +1,5 @@
-"""KV pulls between two real nodes (vLLM engines, tiny model, DRAM tiers) on loopback.
+"""KV pulls over the gRPC stream (`--transfer grpc`, the fallback of the bulk path) between
+two real nodes (vLLM engines, tiny model, DRAM tiers) on loopback.
 
 A prefix computed on node0 is pulled over `Transfer.Pull` into node1 and loaded there: same
 greedy tokens, reported as remote cached tokens, and the router learns node1's new DRAM
@@ -32,7 +33,7 @@ def cluster(tmp_path_factory):
 
     spec = ClusterSpec(nodes=2, model=str(ensure_tiny_model()), port=free_port(), kv_cache_bytes=64 << 20,
                        max_model_len=4096, dram_bytes=128 << 20, log_dir=str(tmp_path_factory.mktemp("logs")),
-                       node_env={FAULT_DIE_AFTER_PIECES: "40"})
+                       node_env={FAULT_DIE_AFTER_PIECES: "40"}, transfer="grpc")
     c = LocalCluster(spec).start(progress=lambda m: None)
     yield c
     c.stop()

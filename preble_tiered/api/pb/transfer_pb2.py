@@ -24,25 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18preble/v1/transfer.proto\x12\tpreble.v1\"V\n\x08PullOpen\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06hashes\x18\x02 \x03(\x06\x12\x17\n\x0fmax_piece_bytes\x18\x03 \x01(\r\x12\x0e\n\x06window\x18\x04 \x01(\r\"\x18\n\x06\x43redit\x12\x0e\n\x06pieces\x18\x01 \x01(\r\"e\n\x11PullClientMessage\x12#\n\x04open\x18\x01 \x01(\x0b\x32\x13.preble.v1.PullOpenH\x00\x12#\n\x06\x63redit\x18\x02 \x01(\x0b\x32\x11.preble.v1.CreditH\x00\x42\x06\n\x04kind\"\x7f\n\nBlockPiece\x12\x0c\n\x04hash\x18\x01 \x01(\x06\x12\x13\n\x06parent\x18\x02 \x01(\x06H\x00\x88\x01\x01\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x06 \x01(\x06\x42\t\n\x07_parent\"/\n\x07PullEnd\x12\x13\n\x0b\x62locks_sent\x18\x01 \x01(\r\x12\x0f\n\x07missing\x18\x02 \x01(\t\"f\n\x11PullServerMessage\x12&\n\x05piece\x18\x01 \x01(\x0b\x32\x15.preble.v1.BlockPieceH\x00\x12!\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x12.preble.v1.PullEndH\x00\x42\x06\n\x04kind2R\n\x08Transfer\x12\x46\n\x04Pull\x12\x1c.preble.v1.PullClientMessage\x1a\x1c.preble.v1.PullServerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18preble/v1/transfer.proto\x12\tpreble.v1\"1\n\x0cLeaseRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06hashes\x18\x02 \x03(\x06\"n\n\x0bLeasedBlock\x12\x0c\n\x04hash\x18\x01 \x01(\x06\x12\x13\n\x06parent\x18\x02 \x01(\x06H\x00\x88\x01\x01\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x05 \x01(\x06\x42\t\n\x07_parent\"\x8d\x01\n\rLeaseResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\x04\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x10\n\x08protocol\x18\x03 \x01(\t\x12&\n\x06\x62locks\x18\x04 \x03(\x0b\x32\x16.preble.v1.LeasedBlock\x12\x0f\n\x07missing\x18\x05 \x01(\t\x12\x0e\n\x06ttl_ms\x18\x06 \x01(\r\"\"\n\x0eReleaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\x04\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"V\n\x08PullOpen\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06hashes\x18\x02 \x03(\x06\x12\x17\n\x0fmax_piece_bytes\x18\x03 \x01(\r\x12\x0e\n\x06window\x18\x04 \x01(\r\"\x18\n\x06\x43redit\x12\x0e\n\x06pieces\x18\x01 \x01(\r\"e\n\x11PullClientMessage\x12#\n\x04open\x18\x01 \x01(\x0b\x32\x13.preble.v1.PullOpenH\x00\x12#\n\x06\x63redit\x18\x02 \x01(\x0b\x32\x11.preble.v1.CreditH\x00\x42\x06\n\x04kind\"\x7f\n\nBlockPiece\x12\x0c\n\x04hash\x18\x01 \x01(\x06\x12\x13\n\x06parent\x18\x02 \x01(\x06H\x00\x88\x01\x01\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x06 \x01(\x06\x42\t\n\x07_parent\"/\n\x07PullEnd\x12\x13\n\x0b\x62locks_sent\x18\x01 \x01(\r\x12\x0f\n\x07missing\x18\x02 \x01(\t\"f\n\x11PullServerMessage\x12&\n\x05piece\x18\x01 \x01(\x0b\x32\x15.preble.v1.BlockPieceH\x00\x12!\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x12.preble.v1.PullEndH\x00\x42\x06\n\x04kind2\xd0\x01\n\x08Transfer\x12\x46\n\x04Pull\x12\x1c.preble.v1.PullClientMessage\x1a\x1c.preble.v1.PullServerMessage(\x01\x30\x01\x12:\n\x05Lease\x12\x17.preble.v1.LeaseRequest\x1a\x18.preble.v1.LeaseResponse\x12@\n\x07Release\x12\x19.preble.v1.ReleaseRequest\x1a\x1a.preble.v1.ReleaseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'preble.v1.transfer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PULLOPEN']._serialized_start=39
-  _globals['_PULLOPEN']._serialized_end=125
-  _globals['_CREDIT']._serialized_start=127
-  _globals['_CREDIT']._serialized_end=151
-  _globals['_PULLCLIENTMESSAGE']._serialized_start=153
-  _globals['_PULLCLIENTMESSAGE']._serialized_end=254
-  _globals['_BLOCKPIECE']._serialized_start=256
-  _globals['_BLOCKPIECE']._serialized_end=383
-  _globals['_PULLEND']._serialized_start=385
-  _globals['_PULLEND']._serialized_end=432
-  _globals['_PULLSERVERMESSAGE']._serialized_start=434
-  _globals['_PULLSERVERMESSAGE']._serialized_end=536
-  _globals['_TRANSFER']._serialized_start=538
-  _globals['_TRANSFER']._serialized_end=620
+  _globals['_LEASEREQUEST']._serialized_start=39
+  _globals['_LEASEREQUEST']._serialized_end=88
+  _globals['_LEASEDBLOCK']._serialized_start=90
+  _globals['_LEASEDBLOCK']._serialized_end=200
+  _globals['_LEASERESPONSE']._serialized_start=203
+  _globals['_LEASERESPONSE']._serialized_end=344
+  _globals['_RELEASEREQUEST']._serialized_start=346
+  _globals['_RELEASEREQUEST']._serialized_end=380
+  _globals['_RELEASERESPONSE']._serialized_start=382
+  _globals['_RELEASERESPONSE']._serialized_end=417
+  _globals['_PULLOPEN']._serialized_start=419
+  _globals['_PULLOPEN']._serialized_end=505
+  _globals['_CREDIT']._serialized_start=507
+  _globals['_CREDIT']._serialized_end=531
+  _globals['_PULLCLIENTMESSAGE']._serialized_start=533
+  _globals['_PULLCLIENTMESSAGE']._serialized_end=634
+  _globals['_BLOCKPIECE']._serialized_start=636
+  _globals['_BLOCKPIECE']._serialized_end=763
+  _globals['_PULLEND']._serialized_start=765
+  _globals['_PULLEND']._serialized_end=812
+  _globals['_PULLSERVERMESSAGE']._serialized_start=814
+  _globals['_PULLSERVERMESSAGE']._serialized_end=916
+  _globals['_TRANSFER']._serialized_start=919
+  _globals['_TRANSFER']._serialized_end=1127
 # @@protoc_insertion_point(module_scope)

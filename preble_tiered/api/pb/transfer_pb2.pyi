@@ -6,6 +6,56 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class LeaseRequest(_message.Message):
+    __slots__ = ("namespace", "hashes")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    hashes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, namespace: _Optional[str] = ..., hashes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class LeasedBlock(_message.Message):
+    __slots__ = ("hash", "parent", "address", "length", "checksum")
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    hash: int
+    parent: int
+    address: int
+    length: int
+    checksum: int
+    def __init__(self, hash: _Optional[int] = ..., parent: _Optional[int] = ..., address: _Optional[int] = ..., length: _Optional[int] = ..., checksum: _Optional[int] = ...) -> None: ...
+
+class LeaseResponse(_message.Message):
+    __slots__ = ("lease_id", "session", "protocol", "blocks", "missing", "ttl_ms")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    lease_id: int
+    session: str
+    protocol: str
+    blocks: _containers.RepeatedCompositeFieldContainer[LeasedBlock]
+    missing: str
+    ttl_ms: int
+    def __init__(self, lease_id: _Optional[int] = ..., session: _Optional[str] = ..., protocol: _Optional[str] = ..., blocks: _Optional[_Iterable[_Union[LeasedBlock, _Mapping]]] = ..., missing: _Optional[str] = ..., ttl_ms: _Optional[int] = ...) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("lease_id",)
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    lease_id: int
+    def __init__(self, lease_id: _Optional[int] = ...) -> None: ...
+
+class ReleaseResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: bool
+    def __init__(self, released: _Optional[bool] = ...) -> None: ...
+
 class PullOpen(_message.Message):
     __slots__ = ("namespace", "hashes", "max_piece_bytes", "window")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]

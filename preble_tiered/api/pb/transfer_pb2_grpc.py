@@ -39,12 +39,35 @@ class TransferStub:
                 request_serializer=preble_dot_v1_dot_transfer__pb2.PullClientMessage.SerializeToString,
                 response_deserializer=preble_dot_v1_dot_transfer__pb2.PullServerMessage.FromString,
                 _registered_method=True)
+        self.Lease = channel.unary_unary(
+                '/preble.v1.Transfer/Lease',
+                request_serializer=preble_dot_v1_dot_transfer__pb2.LeaseRequest.SerializeToString,
+                response_deserializer=preble_dot_v1_dot_transfer__pb2.LeaseResponse.FromString,
+                _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/preble.v1.Transfer/Release',
+                request_serializer=preble_dot_v1_dot_transfer__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=preble_dot_v1_dot_transfer__pb2.ReleaseResponse.FromString,
+                _registered_method=True)
 
 
 class TransferServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Pull(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Lease(self, request, context):
+        """FAILED_PRECONDITION: no transfer engine here
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Release(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -57,6 +80,16 @@ def add_TransferServicer_to_server(servicer, server):
                     servicer.Pull,
                     request_deserializer=preble_dot_v1_dot_transfer__pb2.PullClientMessage.FromString,
                     response_serializer=preble_dot_v1_dot_transfer__pb2.PullServerMessage.SerializeToString,
+            ),
+            'Lease': grpc.unary_unary_rpc_method_handler(
+                    servicer.Lease,
+                    request_deserializer=preble_dot_v1_dot_transfer__pb2.LeaseRequest.FromString,
+                    response_serializer=preble_dot_v1_dot_transfer__pb2.LeaseResponse.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=preble_dot_v1_dot_transfer__pb2.ReleaseRequest.FromString,
+                    response_serializer=preble_dot_v1_dot_transfer__pb2.ReleaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +119,60 @@ class Transfer:
             '/preble.v1.Transfer/Pull',
             preble_dot_v1_dot_transfer__pb2.PullClientMessage.SerializeToString,
             preble_dot_v1_dot_transfer__pb2.PullServerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Lease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/preble.v1.Transfer/Lease',
+            preble_dot_v1_dot_transfer__pb2.LeaseRequest.SerializeToString,
+            preble_dot_v1_dot_transfer__pb2.LeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/preble.v1.Transfer/Release',
+            preble_dot_v1_dot_transfer__pb2.ReleaseRequest.SerializeToString,
+            preble_dot_v1_dot_transfer__pb2.ReleaseResponse.FromString,
             options,
             channel_credentials,
             insecure,
