@@ -9,7 +9,9 @@ Systems (each started, driven and stopped in turn; see serving_peers.py):
            its own, outputs over ZMQ (1 node)
   vllm     vLLM's OpenAI server (1 node)
   smg      smg (cache_aware) over vLLM OpenAI servers (1 or 2 nodes)
-  preble   `preble serve` (router + node agents; 1 or 2 nodes)
+  preble   `preble serve` (router + node agents; 1 or 2 nodes), with the DRAM and disk tiers it gives
+           each node by default
+  preble-notiers  the same with each node's engine cache alone (`--dram-bytes 0`)
   hops     our path cut at each hop on 1 node: the node's gRPC Submit directly, then the
            router with token ids (no tokenization), then the router with text
 
@@ -57,7 +59,7 @@ from serving_peers import (_finish, tree_cpu_s, tree_rss, NodeShape, OpenAIClien
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 WORKLOADS = ("c1", "decode4", "decode16", "chat", "longdoc")
-SYSTEMS = ("engine", "engine-asyncllm", "vllm", "smg", "preble", "hops")
+SYSTEMS = ("engine", "engine-asyncllm", "vllm", "smg", "preble", "preble-notiers", "hops")
 NODES = {"c1": 1, "decode4": 1, "decode16": 1, "chat": 2, "longdoc": 2}
 ALPHABET = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz    ", dtype=np.uint8)
 
@@ -342,6 +344,11 @@ def one_run(run: int, args, model: str, shape: NodeShape, log_dir: Path, starts:
                     hops(p, wl["c1"], add)
                 if "preble" in args.systems:
                     run_all("preble", lambda: PrebleClient(p.addr), p.pids(), names)
+        if "preble-notiers" in args.systems:  # the same, each node with its engine's cache alone
+            t0 = time.perf_counter()
+            with PrebleServe(n_nodes, model, shape, log_dir, tiers=False) as p:
+                started("preble-notiers", n_nodes, time.perf_counter() - t0, p.pids())
+                run_all("preble-notiers", lambda: PrebleClient(p.addr), p.pids(), names)
     return rows
 
 

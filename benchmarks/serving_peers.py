@@ -228,10 +228,20 @@ class Smg:
 class PrebleServe:
     """A `preble serve` cluster (router + n node agents) on loopback."""
 
-    def __init__(self, n: int, model: str, shape: NodeShape, log_dir: Path, policy: str = "e2_tiered") -> None:
+    def __init__(self, n: int, model: str, shape: NodeShape, log_dir: Path, policy: str = "e2_tiered",
+                 tiers: bool = True) -> None:
+        """`tiers`: each node's DRAM and disk tiers as `preble serve` sizes them by default (the
+        disk tier in a fresh directory under `log_dir`); False: the engine's cache alone."""
+        from preble_tiered.cli.tier_defaults import plan_tiers
+
+        name = f"preble-{n}nodes" + ("" if tiers else "-notiers")
+        plan = plan_tiers(n, None if tiers else 0, None if tiers else 0, log_dir / name / "kv")
+        self.tiers = plan
         self.spec = ClusterSpec(nodes=n, model=model, port=free_port(), policy=policy, block_size=shape.block_size,
                                 kv_cache_bytes=shape.kv_cache_bytes, max_num_seqs=shape.max_num_seqs,
-                                max_model_len=shape.max_model_len, log_dir=str(log_dir / f"preble-{n}nodes"))
+                                max_model_len=shape.max_model_len, log_dir=str(log_dir / name),
+                                dram_bytes=plan.dram_bytes or None, disk_bytes=plan.disk_bytes or None,
+                                disk_dir=str(plan.disk_dir) if plan.disk_dir else None)
         self.cluster: LocalCluster | None = None
 
     def __enter__(self) -> "PrebleServe":

@@ -25,6 +25,7 @@ from preble_tiered.events import ResidencyEvent
 from preble_tiered.kvstore.base import BlockKey, StoredBlock, TierBackend
 from preble_tiered.kvstore.disk import DiskTier
 from preble_tiered.kvstore.dram import DramTier
+from preble_tiered.kvstore.disk_writer import DiskWriter
 from preble_tiered.kvstore.pool import BlockPool
 from preble_tiered.types import Tier
 
@@ -64,7 +65,9 @@ class WriteThrough(WritePolicy):
         tiers = []
         if store.store_in_dram(block):
             tiers.append(Tier.DRAM)
-        if store.store_in_disk(block):
+        if store.disk_writer is not None and tiers:  # on disk shortly, off the caller's thread
+            store.disk_writer.submit(block)
+        elif store.store_in_disk(block):
             tiers.append(Tier.DISK)
         return tuple(tiers)
 
@@ -107,6 +110,9 @@ class TieredStore:
         self.dram = dram
         self.disk = disk
         self.write_policy = make_write_policy(write_policy)
+        self.disk_writer: DiskWriter | None = None
+        """Where disk writes of demotions and write-through copies go instead of happening on
+        the caller's thread (a node's runtime sets one: saves run on the engine's step thread)."""
         self.pool: BlockPool | None = None
         """The DRAM tier's block buffers, once the engine's block size is known (the connector
         sets it at `register_kv_caches`): blocks entering DRAM from elsewhere are copied in."""
@@ -223,7 +229,16 @@ class TieredStore:
     def _demote(self, block: StoredBlock) -> None:
         if self.disk is None or self.disk.contains(block.key):
             return
-        self._counters["demoted" if self.store_in_disk(block) else "demote_dropped"] += 1
+        if self.disk_writer is not None:
+            if not self.disk_writer.submit(block):
+                self._counters["demote_dropped"] += 1
+            return
+        self.write_to_disk(block)
+
+    def write_to_disk(self, block: StoredBlock) -> None:
+        """Demote `block` to disk now, unless it is there already (what the disk writer runs)."""
+        if self.disk is not None and not self.disk.contains(block.key):
+            self._counters["demoted" if self.store_in_disk(block) else "demote_dropped"] += 1
 
     # -- pins -----------------------------------------------------------------------------
     def pin(self, key: BlockKey) -> tuple[Tier, ...]:
@@ -261,12 +276,15 @@ class TieredStore:
     def stats(self) -> dict[str, dict[str, int]]:
         out = {t.tier.name.lower(): t.stats() for t in self.tiers}
         out["store"] = {name: self._counters[name] for name in ("promoted", "demoted", "demote_dropped")}
+        if self.disk_writer is not None:
+            out["store"]["disk_write_queue"] = self.disk_writer.pending
         return out
 
     def flush_to_disk(self, budget_s: float = 10.0, clock=None) -> int:
         """Copy DRAM's blocks that are not on disk to disk, least recently used first (so the
         disk's recency order follows DRAM's), for a warm restart after a clean stop under
-        write-back. Stops after `budget_s`. Returns how many blocks were written."""
+        write-back. Stops after `budget_s`. Returns how many blocks were written. Writes
+        still queued on the disk writer are not waited for: drain it first."""
         if self.disk is None or self.disk.degraded:
             return 0
         import time
@@ -282,5 +300,7 @@ class TieredStore:
         return written
 
     def close(self) -> None:
+        if self.disk_writer is not None:
+            self.disk_writer.close()
         for t in self.tiers:
             t.close()

@@ -22,6 +22,7 @@ from preble_tiered.events import ResidencyEvent
 from preble_tiered.hashing import BlockHasher
 from preble_tiered.kvstore.base import StoredBlock
 from preble_tiered.kvstore.config import KVStoreConfig, build_store
+from preble_tiered.kvstore.disk_writer import DiskWriter
 from preble_tiered.kvstore.pool import BlockPool
 from preble_tiered.kvstore.store import TieredStore
 from preble_tiered.scheduler.cost_model import CostModel, Link, engine_cost_model
@@ -37,7 +38,10 @@ def open_kv_runtime(config: KVStoreConfig, block_size: int, namespace: str) -> N
     in `namespace` (opening, and rebuilding, the disk tier if any). Loads are priced with a
     placeholder KV geometry until the engine calls `set_kv_geometry`."""
     store = build_store(replace(config, namespace=namespace))
-    return NodeKVRuntime(store, BlockHasher(block_size, namespace), engine_cost_model("engine", 8192, 1 << 16))
+    rt = NodeKVRuntime(store, BlockHasher(block_size, namespace), engine_cost_model("engine", 8192, 1 << 16))
+    if store.disk is not None:  # disk writes off the engine's step thread, where saves run
+        store.disk_writer = DiskWriter(rt.write_to_disk)
+    return rt
 
 
 @dataclass
@@ -189,8 +193,16 @@ class NodeKVRuntime:
         with self.lock:
             return [(e.tier, e.block_hash, e.parent) for e in self.store.snapshot()]
 
+    def write_to_disk(self, block: StoredBlock) -> None:
+        """One queued disk write (the disk writer's thread)."""
+        with self.lock:
+            self.store.write_to_disk(block)
+
     def close(self) -> None:
         """Keep DRAM's blocks on disk (a clean stop restarts warm), then close the tiers."""
+        writer, self.store.disk_writer = self.store.disk_writer, None
+        if writer is not None:
+            writer.close()  # writes what is queued; without the lock: the writer takes it per block
         with self.lock:
             kept = self.store.flush_to_disk()
             if kept:
