@@ -81,17 +81,9 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
 
     # -- bulk path ------------------------------------------------------------------------
     async def Lease(self, request: transfer_pb2.LeaseRequest, context: grpc.aio.ServicerContext):
-        src = self._source()
         if self.bulk is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node runs no transfer engine; use Pull")
-        if src is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node has no KV store to pull from")
-        if request.namespace != src.namespace:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"namespace {request.namespace!r} is not this node's {src.namespace!r} (another model)")
-        if not 0 < len(request.hashes) <= MAX_PULL_BLOCKS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"ask for 1 to {MAX_PULL_BLOCKS} blocks, not {len(request.hashes)}")
+        src = await self._checked_source(request.namespace, len(request.hashes), context)
         region = src.pool_region()
         if region is None or not self.bulk.register(*region):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no registered block pool here yet; use Pull")
@@ -112,6 +104,18 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
         self.sweep()
         return transfer_pb2.ReleaseResponse(released=released)
 
+    async def _checked_source(self, namespace: str, n_hashes: int, context: grpc.aio.ServicerContext) -> BlockSource:
+        """The block source a Pull or Lease reads from, after the checks both share."""
+        src = self._source()
+        if src is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node has no KV store to pull from")
+        if namespace != src.namespace:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"namespace {namespace!r} is not this node's {src.namespace!r} (another model)")
+        if not 0 < n_hashes <= MAX_PULL_BLOCKS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"ask for 1 to {MAX_PULL_BLOCKS} blocks, not {n_hashes}")
+        return src
+
     def sweep(self) -> int:
         """Release leases past their deadline (their pullers died); returns how many."""
         n = self.leases.sweep(time.monotonic())
@@ -125,15 +129,7 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
         if first is None or first.WhichOneof("kind") != "open":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a Pull starts with a PullOpen message")
         op = first.open
-        src = self._source()
-        if src is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node has no KV store to pull from")
-        if op.namespace != src.namespace:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"namespace {op.namespace!r} is not this node's {src.namespace!r} (another model)")
-        if not 0 < len(op.hashes) <= MAX_PULL_BLOCKS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"ask for 1 to {MAX_PULL_BLOCKS} blocks, not {len(op.hashes)}")
+        src = await self._checked_source(op.namespace, len(op.hashes), context)
         if not 0 < op.window <= MAX_WINDOW:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"window must be in [1, {MAX_WINDOW}], got {op.window}")
         piece_max = op.max_piece_bytes or DEFAULT_PIECE_BYTES
