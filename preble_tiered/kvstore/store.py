@@ -65,8 +65,9 @@ class WriteThrough(WritePolicy):
         tiers = []
         if store.store_in_dram(block):
             tiers.append(Tier.DRAM)
-        if store.disk_writer is not None and tiers:  # on disk shortly, off the caller's thread
-            store.disk_writer.submit(block)
+        writer = store.disk_writer  # read once: a stopping node clears it from another thread
+        if writer is not None and tiers:  # on disk shortly, off the caller's thread
+            writer.submit(block)
         elif store.store_in_disk(block):
             tiers.append(Tier.DISK)
         return tuple(tiers)
@@ -229,8 +230,9 @@ class TieredStore:
     def _demote(self, block: StoredBlock) -> None:
         if self.disk is None or self.disk.contains(block.key):
             return
-        if self.disk_writer is not None:
-            if not self.disk_writer.submit(block):
+        writer = self.disk_writer  # read once: a stopping node clears it from another thread
+        if writer is not None:
+            if not writer.submit(block):
                 self._counters["demote_dropped"] += 1
             return
         self.write_to_disk(block)
@@ -281,8 +283,8 @@ class TieredStore:
         return out
 
     def flush_to_disk(self, budget_s: float = 10.0, clock=None) -> int:
-        """Copy DRAM's blocks that are not on disk to disk, least recently used first (so the
-        disk's recency order follows DRAM's), for a warm restart after a clean stop under
+        """Copy DRAM's blocks that are not on disk to disk, most recently used first (what a
+        cut-short flush keeps is what was hottest), for a warm restart after a clean stop under
         write-back. Stops after `budget_s`. Returns how many blocks were written. Writes
         still queued on the disk writer are not waited for: drain it first."""
         if self.disk is None or self.disk.degraded:
@@ -292,7 +294,7 @@ class TieredStore:
         now = clock or time.monotonic
         deadline = now() + budget_s
         written = 0
-        for block in self.dram.blocks():
+        for block in reversed(self.dram.blocks()):  # most recently used first, should time run out
             if now() > deadline:
                 break
             if not self.disk.contains(block.key) and self.store_in_disk(block):

@@ -202,9 +202,9 @@ class NodeKVRuntime:
         """Keep DRAM's blocks on disk (a clean stop restarts warm), then close the tiers."""
         writer, self.store.disk_writer = self.store.disk_writer, None
         if writer is not None:
-            writer.close()  # writes what is queued; without the lock: the writer takes it per block
-        with self.lock:
-            kept = self.store.flush_to_disk()
+            writer.close(5.0)  # writes what is queued; without the lock: the writer takes it per block
+        with self.lock:  # 5 + 8 s: inside the launcher's 20 s grace before SIGKILL
+            kept = self.store.flush_to_disk(budget_s=8.0)
             if kept:
                 logger.info("kept %d DRAM blocks on disk for a warm restart", kept)
             self.store.close()
@@ -223,7 +223,10 @@ class NodeKVRuntime:
         not held, there is no pool yet, or no slot is free."""
         with self.lock:
             pool = self.store.pool
-            got = self.store.get(self.store.key(block_hash))
+            key = self.store.key(block_hash)
+            got = self.store.get(key)
+            if got is not None and got[1] is Tier.DISK:  # promoted into a DRAM slot: lease that copy
+                got = (self.store.dram.get(key) or got[0], Tier.DRAM)
         if pool is None or got is None:
             return None
         block = got[0]

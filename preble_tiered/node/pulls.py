@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import grpc
 
@@ -18,6 +19,10 @@ from preble_tiered.transfer.bulk_puller import BulkUnavailable, pull_blocks_bulk
 from preble_tiered.transfer.puller import PullResult, pull_blocks
 
 logger = logging.getLogger(__name__)
+
+STREAM_ONLY_S = 60.0
+"""A peer that answered it runs no transfer engine is pulled from over the stream this long
+before the bulk path is tried again (it may have restarted with one)."""
 
 
 class Puller:
@@ -37,7 +42,7 @@ class Puller:
         self._window = window
         self._timeout_s = timeout_s
         self._peers: dict[str, grpc.aio.Channel] = {}
-        self._stream_only: set[str] = set()  # peers that answered they run no transfer engine
+        self._stream_only: dict[str, float] = {}  # peer -> until when it is pulled from over the stream
 
     async def pull(self, rid: str, plan: node_pb2.PullPlan) -> None:
         """Pull the plan's blocks this node lacks into DRAM (pinned for `rid`)."""
@@ -57,6 +62,13 @@ class Puller:
         res = await self._pull_bulk(ch, plan.source_address, want, sink)
         if res is None:
             res = await pull_blocks(ch, rt.namespace, want, sink, window=self._window, timeout_s=self._timeout_s)
+        elif not res.complete:  # what the bulk path did not bring (no free slot, a failed read): the stream
+            logger.info("request %s: bulk pull from %s stopped after %d of %d blocks (%s); the rest over the "
+                        "gRPC stream", rid, plan.source_address, len(res.stored), len(want), res.error)
+            rest = await pull_blocks(ch, rt.namespace, want[len(res.stored):], sink, window=self._window,
+                                     timeout_s=self._timeout_s)
+            res = PullResult(len(want), res.stored + rest.stored, res.bytes + rest.bytes, res.seconds + rest.seconds,
+                             rest.error, path="mooncake+grpc")
         rt.observe_pull(plan.source_address, res.bytes, res.seconds)
         self.metrics.pulled_bytes.inc(res.bytes)
         result = "complete" if res.complete else ("partial" if res.stored else "failed")
@@ -66,16 +78,33 @@ class Puller:
                            len(res.stored), len(want), plan.source_name or plan.source_address, res.path, res.error)
 
     async def _pull_bulk(self, ch, source: str, want: list[int], sink) -> PullResult | None:
+        """The bulk pull, or None where the stream must do it all."""
         pool = self.kv.pool
-        if self.bulk is None or pool is None or source in self._stream_only:
+        if self.bulk is None or pool is None or self._stream_only.get(source, 0.0) > time.monotonic():
             return None
+        t0 = time.perf_counter()
+        stored: list[int] = []
+        nbytes = 0
+
+        async def counted(block) -> bool:  # what arrived, should the pull end in an exception
+            nonlocal nbytes
+            ok = await sink(block)
+            if ok:
+                stored.append(block.block_hash)
+                nbytes += memoryview(block.data).nbytes
+            return ok
+
         try:
-            return await pull_blocks_bulk(ch, self.bulk, pool, self.kv.namespace, want, sink,
-                                          timeout_s=self._timeout_s)
+            return await asyncio.wait_for(pull_blocks_bulk(ch, self.bulk, pool, self.kv.namespace, want, counted,
+                                                           timeout_s=self._timeout_s), self._timeout_s)
         except BulkUnavailable as e:
-            logger.info("peer %s: no bulk pulls (%s); using the gRPC stream", source, e)
-            self._stream_only.add(source)
+            logger.info("peer %s: no bulk pulls (%s); using the gRPC stream for %.0f s", source, e, STREAM_ONLY_S)
+            self._stream_only[source] = time.monotonic() + STREAM_ONLY_S
             return None
+        except Exception as e:  # a timeout, or the transfer engine failing: what arrived stays, the rest streams
+            logger.warning("bulk pull from %s failed (%s: %s)", source, type(e).__name__, e)
+            return PullResult(len(want), stored, nbytes, time.perf_counter() - t0,
+                              f"{type(e).__name__}: {e}", path="mooncake")
 
     async def close(self) -> None:
         for ch in self._peers.values():

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,10 @@ PROTOCOLS = ("tcp", "rdma")
 MAX_BATCH_BYTES = 64 << 20
 """Bytes per batch call: Mooncake's TCP lanes refuse a much larger batch at once
 (measured: a 1 GiB batch failed with "queue-full"; 64 MiB batches run at full speed)."""
+
+QUARANTINE_S = 120.0
+"""How long slots of a failed read stay out of use: well past Mooncake's own transfer
+timeout (30 s by default)."""
 
 _warned = False
 
@@ -61,6 +66,7 @@ class BulkEngine:
         self.session = f"{host}:{engine.get_rpc_port()}"
         self._regions: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
+        self._quarantine: list[tuple[float, list]] = []
 
     @classmethod
     def open(cls, host: str, config: BulkConfig) -> "BulkEngine | None":
@@ -106,18 +112,33 @@ class BulkEngine:
         """Read each `remote[i]` of the peer at `session` into `local[i]`; blocks the calling
         thread. Returns how many leading entries arrived whole (batches of at most
         `MAX_BATCH_BYTES`; a failed batch stops the read, and nothing in it counts)."""
+        engine = self._engine
+        if engine is None:  # closed
+            return 0
         done = 0
         while done < len(local):
             end, size = done, 0
             while end < len(local) and (end == done or size + lengths[end] <= MAX_BATCH_BYTES):
                 size += lengths[end]
                 end += 1
-            rc = self._engine.batch_transfer_sync_read(session, list(local[done:end]), list(remote[done:end]),
+            rc = engine.batch_transfer_sync_read(session, list(local[done:end]), list(remote[done:end]),
                                                        list(lengths[done:end]))
             if rc != 0:
                 return done
             done = end
         return done
+
+    def quarantine(self, views: list, hold_s: float = QUARANTINE_S) -> None:
+        """Keep `views` (pool slots a failed read was writing into) referenced for `hold_s`.
+
+        A batch read that fails returns at once while parts of it may still be in flight
+        (Mooncake frees a failed batch early); were the slots handed out again, a late write
+        could land in a block the engine later loads. Their memory is lost for that time."""
+        now = time.monotonic()
+        with self._lock:
+            self._quarantine = [q for q in self._quarantine if q[0] > now]
+            if views:
+                self._quarantine.append((now + hold_s, views))
 
     def close(self) -> None:
         with self._lock:

@@ -4,7 +4,9 @@ engine straight into free slots of this node's registered block pool, verify eac
 The same guarantees as the stream (`puller.py`): blocks reach the sink in chain order, whole
 and verified; a failed read, a checksum mismatch or a dead holder stops the pull there and
 the rest is recomputed; and the lease is released whatever happened (the holder also drops
-it at its deadline if this node dies first). `BulkUnavailable` means the holder has no
+it at its deadline if this node dies first). The holder must answer exactly the chain asked
+for, in order. Slots a failed read may still write into late are not reused for minutes
+(`BulkEngine.quarantine`). `BulkUnavailable` means the holder has no
 transfer engine (or no pool yet): pull over the stream instead.
 """
 
@@ -31,6 +33,8 @@ class BulkUnavailable(Exception):
 
 
 class SlotPool(Protocol):
+    slot_bytes: int
+
     def take(self) -> tuple[int, memoryview] | None:
         """A free slot: (address, read-only view), or None when every slot is held."""
         ...
@@ -40,16 +44,20 @@ class SlotPool(Protocol):
         ...
 
 
-CHUNK_BLOCKS = 256
-"""Blocks per lease and read (64 MiB of the tiny model's 256 KiB blocks, Mooncake's batch
-bound): chunk k+1 is leased and read while chunk k is verified and stored. It bounds the
-slots a pull holds on both sides; on 2 cores it is not faster than one lease (the read keeps
-both cores busy: 128-2048 blocks per chunk measured within noise of each other)."""
+CHUNK_BYTES = 16 << 20
+"""Bytes per lease and read (64 of the tiny model's 256 KiB blocks): chunk k+1 is leased and
+read while chunk k is verified and stored. Two chunks in flight stay well inside the block
+pool's headroom of free slots (16-256 slots beyond the DRAM tier's blocks), so a pull into a
+full DRAM tier still finds slots. On 2 cores it is not faster than one lease for the whole
+chain (the read keeps both cores busy: 64-2,048 blocks per chunk measured within noise)."""
+MAX_CHUNK_BLOCKS = 64
+
+_releasing: set[asyncio.Task] = set()  # releases in flight (kept referenced until done)
 
 
 async def pull_blocks_bulk(channel: grpc.aio.Channel, bulk: BulkEngine, pool: SlotPool, namespace: str,
                            hashes: Sequence[int], sink: Callable[[Block], Awaitable[bool]], *,
-                           timeout_s: float = 30.0, chunk_blocks: int = CHUNK_BLOCKS) -> PullResult:
+                           timeout_s: float = 30.0, chunk_blocks: int | None = None) -> PullResult:
     """Pull `hashes` (one chain, in order) from the holder behind `channel`.
 
     Raises:
@@ -61,6 +69,7 @@ async def pull_blocks_bulk(channel: grpc.aio.Channel, bulk: BulkEngine, pool: Sl
         return res
     if not bulk.register(*pool.region()):
         raise BulkUnavailable("this node's block pool could not be registered")
+    chunk_blocks = chunk_blocks or max(1, min(MAX_CHUNK_BLOCKS, CHUNK_BYTES // pool.slot_bytes))
     t0 = time.perf_counter()
     lease = channel.unary_unary(LEASE_METHOD, request_serializer=transfer_pb2.LeaseRequest.SerializeToString,
                                 response_deserializer=transfer_pb2.LeaseResponse.FromString)
@@ -77,43 +86,49 @@ async def pull_blocks_bulk(channel: grpc.aio.Channel, bulk: BulkEngine, pool: Sl
     try:
         for k in range(len(chunks)):
             try:
-                resp = await asked
+                resp = await asyncio.shield(asked)  # cancelled here, the lease is still released
             except grpc.aio.AioRpcError as e:
+                asked = None
                 if k == 0 and e.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED):
                     raise BulkUnavailable(e.details()) from None
                 res.error = f"{e.code().name}: {e.details()}"
                 break
-            finally:
-                asked = None
+            asked = None
             if resp.lease_id:
                 leased.append(resp.lease_id)
-            nxt = _Read.start(bulk, pool, resp, res)
+            nxt = _Read.start(bulk, pool, resp, chunks[k], res)
             short = len(nxt.blocks) < len(chunks[k])
             if short and res.error is None:
                 res.error = resp.missing or f"the holder leased {len(resp.blocks)} of {len(chunks[k])} blocks"
             if k + 1 < len(chunks) and not short:
                 asked = ask(chunks[k + 1])  # leased while this chunk is read and the last one stored
             done, reading = reading, nxt
-            if done is not None and not await done.finish(sink, res):
+            if done is not None and not await done.finish(bulk, sink, res):
                 broken = True  # nothing after a broken link of the chain may be used
                 break
             if short:
                 break
         if reading is not None and not broken:
             done, reading = reading, None
-            await done.finish(sink, res)
+            await done.finish(bulk, sink, res)
     finally:
-        if asked is not None:  # a lease asked for and not used: release it if it was granted
-            asked.add_done_callback(lambda f: None if f.cancelled() or f.exception() or not f.result().lease_id
-                                    else asyncio.ensure_future(_release(channel, f.result().lease_id)))
-            asked.cancel()
+        if asked is not None:  # a lease asked for and not used: release it once granted
+            asked.add_done_callback(lambda f: _release_later(channel, f))
         if reading is not None:
-            reading.abandon()
+            reading.abandon(bulk)
         await asyncio.gather(*(_release(channel, i) for i in leased))
         res.seconds = time.perf_counter() - t0
     if res.error is None and len(res.stored) < res.requested:
         res.error = f"the holder sent {len(res.stored)} of {res.requested} blocks"
     return res
+
+
+def _release_later(channel: grpc.aio.Channel, granted: asyncio.Future) -> None:
+    if granted.cancelled() or granted.exception() is not None or not granted.result().lease_id:
+        return
+    task = asyncio.ensure_future(_release(channel, granted.result().lease_id))
+    _releasing.add(task)
+    task.add_done_callback(_releasing.discard)
 
 
 class _Read:
@@ -125,9 +140,13 @@ class _Read:
         self.future = future
 
     @classmethod
-    def start(cls, bulk: BulkEngine, pool: SlotPool, resp: transfer_pb2.LeaseResponse, res: PullResult) -> "_Read":
+    def start(cls, bulk: BulkEngine, pool: SlotPool, resp: transfer_pb2.LeaseResponse, asked: Sequence[int],
+              res: PullResult) -> "_Read":
         slots: list[tuple[int, memoryview]] = []
-        for b in resp.blocks:
+        for i, b in enumerate(resp.blocks):
+            if i >= len(asked) or b.hash != asked[i]:  # the chain as asked, in order, nothing else
+                res.error = res.error or f"the holder answered block {b.hash:016x} where another was asked"
+                break
             slot = pool.take()
             if slot is None:
                 res.error = res.error or "every slot of this node's block pool is held"
@@ -144,7 +163,7 @@ class _Read:
                 [b.length for b in blocks])
         return cls(blocks, slots, future)
 
-    async def finish(self, sink: Callable[[Block], Awaitable[bool]], res: PullResult) -> bool:
+    async def finish(self, bulk: BulkEngine, sink: Callable[[Block], Awaitable[bool]], res: PullResult) -> bool:
         """Wait for the read, then verify and hand on its blocks in order; False once the
         chain is broken (nothing after it may be used)."""
         if self.future is None:
@@ -152,8 +171,13 @@ class _Read:
         try:
             arrived = await asyncio.shield(self.future)
         except asyncio.CancelledError:
-            self.abandon()
+            self.abandon(bulk)
             raise
+        except Exception:
+            bulk.quarantine([v for _, v in self.slots])
+            raise
+        if arrived < len(self.blocks):  # a failed batch may still land late: never reuse its slots soon
+            bulk.quarantine([v for _, v in self.slots[arrived:]])
         for (_, view), b in zip(self.slots[:arrived], self.blocks[:arrived]):
             if block_checksum(view) != b.checksum:
                 res.error = f"block {b.hash:016x} failed its checksum"
@@ -168,10 +192,17 @@ class _Read:
             return False
         return True
 
-    def abandon(self) -> None:
-        """The read may still be writing into the slots: hold them until it ends."""
-        if self.future is not None and not self.future.done():
-            self.future.add_done_callback(lambda _f, held=self.slots: None)
+    def abandon(self, bulk: BulkEngine) -> None:
+        """The read may still be writing into the slots: hold them until it ends, and longer
+        if it failed."""
+        if self.future is None or self.future.done():
+            return
+        views = [v for _, v in self.slots]
+
+        def ended(f: asyncio.Future) -> None:
+            if f.cancelled() or f.exception() is not None or f.result() < len(views):
+                bulk.quarantine(views)
+        self.future.add_done_callback(ended)
 
 
 async def _release(channel: grpc.aio.Channel, lease_id: int) -> None:

@@ -76,7 +76,7 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
         self._source = source
         self._after_piece = after_piece
         self.bulk = bulk
-        self.leases = leases or LeaseTable()
+        self.leases = leases if leases is not None else LeaseTable()
         self.stats: Counter[str] = Counter()
 
     # -- bulk path ------------------------------------------------------------------------
@@ -89,7 +89,7 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no registered block pool here yet; use Pull")
         self.sweep()
         hashes = list(request.hashes)
-        room = self.leases.room()
+        room = max(0, self.leases.room())  # concurrent leases may overshoot the budget a little
         blocks, views, missing = await asyncio.to_thread(_lease_blocks, src, hashes[:room])
         if not missing and room < len(hashes):
             missing = f"this node's lease budget is spent ({self.leases.max_blocks} blocks held)"

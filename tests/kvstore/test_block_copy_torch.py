@@ -42,6 +42,21 @@ def test_torch_mover_round_trips_blocks_exactly_into_other_slots():
     assert [bytes(v) for v in into.read([4, 7, 0])] == [bytes(v) for v in blocks]
 
 
+def test_torch_mover_copies_large_batches_in_runs_of_its_staging_bound(monkeypatch):
+    from preble_tiered.kvstore import block_copy_torch
+
+    src = caches()
+    mover = TorchBlockLayout(src)
+    monkeypatch.setattr(block_copy_torch, "STAGING_BYTES", 2 * mover.block_bytes + 1)  # runs of 2 blocks
+    ids = [0, 3, 5, 7, 11]
+    blocks = mover.read(ids)
+    assert [bytes(v) for v in blocks] == [bytes(v) for v in BlockLayout(src).read(ids)]
+    assert mover._staging.numel() == 2 * mover.block_bytes
+    dst = [(name, torch.zeros_like(c), d) for name, c, d in src]
+    TorchBlockLayout(dst).write([1, 2, 4, 6, 8], blocks)
+    assert [bytes(v) for v in BlockLayout(dst).read([1, 2, 4, 6, 8])] == [bytes(v) for v in blocks]
+
+
 def test_torch_mover_reads_into_pool_slots_and_falls_back_when_they_run_out():
     cs = caches()
     mover = TorchBlockLayout(cs)

@@ -203,6 +203,6 @@ def test_flush_to_disk_stops_at_its_time_budget_and_without_a_disk(tmp_path):
         store.put(make_block(h))
     ticks = iter(range(100))
     assert store.flush_to_disk(budget_s=2, clock=lambda: next(ticks)) == 2  # ticks 1, 2 in budget; 3 is past
-    assert [h for h in (1, 2, 3, 4) if Tier.DISK in where(store, h)] == [1, 2]  # oldest first
+    assert [h for h in (1, 2, 3, 4) if Tier.DISK in where(store, h)] == [3, 4]  # most recently used first
     store.close()
     assert TieredStore(DramTier(4 * SIZE)).flush_to_disk() == 0

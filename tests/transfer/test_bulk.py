@@ -46,7 +46,8 @@ class Holder:
         add_transfer_service(self.service, self.server)
         port = self.server.add_insecure_port("127.0.0.1:0")
         await self.server.start()
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.address = f"127.0.0.1:{port}"
+        self.channel = grpc.aio.insecure_channel(self.address)
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -119,6 +120,67 @@ def test_a_holder_gone_mid_pull_stores_nothing_and_its_lease_is_still_released(e
     assert res.stored == [] and "read" in res.error and not res.complete
     assert all(dst.store.get(dst.store.key(h)) is None for h in hashes)
     assert service.stats["released"] == 1 and service.leases.held_blocks == 0
+    # the failed read's slots are kept out of use: a late write must not land in a reused slot
+    assert dst.pool.in_use() == 4
+
+
+class SwappingHolder(TransferService):
+    """Answers the second and third blocks of the chain the other way round."""
+
+    async def Lease(self, request, context):
+        resp = await super().Lease(request, context)
+        b1, b2 = transfer_pb2.LeasedBlock(), transfer_pb2.LeasedBlock()
+        b1.CopyFrom(resp.blocks[1])
+        b2.CopyFrom(resp.blocks[2])
+        resp.blocks[1].CopyFrom(b2)
+        resp.blocks[2].CopyFrom(b1)
+        return resp
+
+
+def test_a_holder_answering_other_blocks_than_asked_breaks_the_chain_there(engines):
+    src, hashes = pooled_rt(4)
+    dst, _ = pooled_rt(0)
+    res, service = pull(src, dst, hashes, *engines, service=SwappingHolder(lambda: src, bulk=engines[0]))
+    assert res.stored == hashes[:1] and "where another was asked" in res.error
+    assert service.leases.held_blocks == 0
+
+
+def test_the_puller_brings_what_the_bulk_path_did_not_over_the_stream(engines):
+    from preble_tiered.api.pb import node_pb2
+    from preble_tiered.node.metrics import NodeMetrics
+    from preble_tiered.node.pulls import Puller
+
+    src, hashes = pooled_rt(5)
+    dst, _ = pooled_rt(0)
+    metrics = NodeMetrics()
+
+    async def go():
+        async with Holder(src, engines[0], LyingHolder(lambda: src, bulk=engines[0])) as h:
+            puller = Puller(dst, metrics, engines[1], window=4, timeout_s=10)
+            await puller.pull("r", node_pb2.PullPlan(source_address=h.address, hashes=hashes))
+            await puller.close()
+
+    asyncio.run(go())
+    assert dst.pulled["r"] == set(hashes)  # 2 over Mooncake, then 3 over the stream
+    assert [bytes(dst.store.get(dst.store.key(h))[0].data) for h in hashes] == [data_of(h) for h in hashes]
+    assert metrics.pulls.labels("complete", "mooncake+grpc")._value.get() == 1
+
+
+def test_a_block_leased_from_disk_is_leased_from_its_promoted_dram_slot(tmp_path):
+    from preble_tiered.kvstore.config import KVStoreConfig
+    from preble_tiered.kvstore.base import StoredBlock
+    from preble_tiered.node.kv_runtime import open_kv_runtime
+
+    rt = open_kv_runtime(KVStoreConfig(dram_bytes=4 * BLOCK, disk_bytes=64 * BLOCK, disk_path=str(tmp_path)), 32, NS)
+    rt.attach_pool(BLOCK)
+    key = rt.store.key(7)
+    assert rt.store.store_in_disk(StoredBlock(key, None, data_of(7)))
+    parent, view, address = rt.lease_block(7)
+    assert rt.pool.owns(view) and bytes(view) == data_of(7) and address == rt.pool.address_of(view)
+    assert rt.store.dram.get(key).data.obj is view.obj  # the DRAM copy itself, not a second slot
+    del view
+    assert rt.pool.in_use() == 1  # only the DRAM tier's block
+    rt.close()
 
 
 def test_a_holder_without_a_transfer_engine_sends_the_puller_to_the_stream(engines):
