@@ -83,9 +83,7 @@ class BlockLayout:
             b"".join(struct.pack("=QQQ", *p) for p in self._pieces)
 
     def _check(self, block_ids: Sequence[int]) -> None:
-        for b in block_ids:
-            if not 0 <= b < self.num_blocks:
-                raise IndexError(f"block id {b} is outside the cache's {self.num_blocks} blocks")
+        check_block_ids(block_ids, self.num_blocks)
 
     def read(self, block_ids: Sequence[int],
              take: Callable[[], tuple[int, memoryview] | None] | None = None) -> list[memoryview]:
@@ -163,6 +161,13 @@ class BlockLayout:
             else:
                 flat[...] = slab
             off += slab.nbytes
+
+
+def check_block_ids(block_ids: Sequence[int], num_blocks: int) -> None:
+    """Raises IndexError for an id outside a cache of `num_blocks` blocks (before any copy)."""
+    for b in block_ids:
+        if not 0 <= b < num_blocks:
+            raise IndexError(f"block id {b} is outside the cache's {num_blocks} blocks")
 
 
 def block_bytes(caches: Sequence[tuple[str, torch.Tensor, int]]) -> int:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from preble_tiered.kvstore.block_copy import block_bytes
+from preble_tiered.kvstore.block_copy import block_bytes, check_block_ids
 
 STAGING_BYTES = 64 << 20
 """Most pinned staging memory per mover: larger batches are copied in runs of this size."""
@@ -63,11 +63,6 @@ class TorchBlockLayout:
             self._offsets.append(off)
             off += c[(slice(None),) * d + (0,)].numel() * c.element_size()
 
-    def _check(self, block_ids: Sequence[int]) -> None:
-        for b in block_ids:
-            if not 0 <= b < self.num_blocks:
-                raise IndexError(f"block id {b} is outside the cache's {self.num_blocks} blocks")
-
     def _staging_for(self, n: int) -> torch.Tensor:
         need = n * self.block_bytes
         if self._staging.numel() < need:
@@ -89,7 +84,7 @@ class TorchBlockLayout:
              take: Callable[[], tuple[int, memoryview] | None] | None = None) -> list[memoryview]:
         """The blocks' bytes, each in its own host buffer, as read-only views (see
         `BlockLayout.read`; `take` gives pool slots to copy into)."""
-        self._check(block_ids)
+        check_block_ids(block_ids, self.num_blocks)
         out: list[memoryview] = []
         for group in self._groups(block_ids):
             staging = self._staging_for(len(group))
@@ -122,7 +117,7 @@ class TorchBlockLayout:
         """
         if len(block_ids) != len(datas):
             raise ValueError(f"{len(block_ids)} block ids for {len(datas)} blocks")
-        self._check(block_ids)
+        check_block_ids(block_ids, self.num_blocks)
         srcs = [np.frombuffer(d, dtype=np.uint8) for d in datas]
         for s in srcs:
             if s.nbytes != self.block_bytes:
