@@ -343,6 +343,9 @@ class NodeKVRuntime:
         """
         if tier is Tier.HBM:
             raise ValueError("the engine's own cache evicts by itself; evict from dram or disk")
+        writer = self.store.disk_writer
+        if writer is not None and tier is not Tier.DRAM:
+            writer.drain(5.0)  # a queued demotion written after this would bring a block back on disk
         removed = kept = 0
         with self.lock:
             for backend in self.store.tiers:

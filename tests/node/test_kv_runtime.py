@@ -172,3 +172,25 @@ def test_evict_drops_unpinned_copies_and_keeps_pinned_ones(tmp_path):
     assert in_dram(rt, 1) and not in_dram(rt, 2)
     with pytest.raises(ValueError, match="evict from dram or disk"):
         rt.evict([1], Tier.HBM)
+
+
+def test_evicting_from_disk_waits_for_queued_demotions_so_none_comes_back(tmp_path):
+    import threading
+
+    from preble_tiered.kvstore.disk_writer import DiskWriter
+
+    rt = runtime(tmp_path, 2)
+    gate = threading.Event()
+
+    def slow_write(block):
+        gate.wait(5)
+        rt.write_to_disk(block)
+
+    rt.store.disk_writer = DiskWriter(slow_write)
+    put(rt, [1, 2, 3, 4])  # 1 and 2 leave DRAM: demotions queued, not yet written
+    assert rt.store.disk_writer.pending == 2
+    threading.Timer(0.2, gate.set).start()
+    assert rt.evict([1, 2], Tier.DISK) == (2, 0)  # waited for the demotions, then removed them
+    assert rt.store.disk_writer.drain(5)
+    assert not any(rt.store.disk.contains(rt.store.key(h)) for h in (1, 2))
+    rt.close()
