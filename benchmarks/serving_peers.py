@@ -236,7 +236,6 @@ class PrebleServe:
 
         name = f"preble-{n}nodes" + ("" if tiers else "-notiers")
         plan = plan_tiers(n, None if tiers else 0, None if tiers else 0, log_dir / name / "kv")
-        self.tiers = plan
         self.spec = ClusterSpec(nodes=n, model=model, port=free_port(), policy=policy, block_size=shape.block_size,
                                 kv_cache_bytes=shape.kv_cache_bytes, max_num_seqs=shape.max_num_seqs,
                                 max_model_len=shape.max_model_len, log_dir=str(log_dir / name),

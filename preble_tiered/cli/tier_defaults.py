@@ -33,7 +33,7 @@ def byte_size(text: str) -> int:
     """argparse type: a byte count, `0` or more, with an optional K/M/G/T suffix (binary; a
     trailing `i`/`B` is accepted: `2G`, `2GiB`, `512MB`)."""
     s = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = s[-1:] if s[-1:] in _UNITS and s[-1:] else ""
+    unit = s[-1] if s and s[-1] in "KMGT" else ""
     number = s[: len(s) - len(unit)]
     try:
         value = float(number) * _UNITS[unit]

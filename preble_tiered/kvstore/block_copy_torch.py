@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -56,12 +57,14 @@ class TorchBlockLayout:
         self._cuda = self.device.type == "cuda"
         self._stream = torch.cuda.Stream(device=self.device) if self._cuda else None
         self._staging = torch.empty(0, dtype=torch.uint8)
-        # (offset in the block, bytes) of each layer's slab
-        self._offsets: list[int] = []
+        # Per layer, planned once: (cache, block dim, slab shape, slab's offset and bytes in a block)
+        self._slabs: list[tuple[torch.Tensor, int, tuple[int, ...], int, int]] = []
         off = 0
         for _, c, d in self.caches:
-            self._offsets.append(off)
-            off += c[(slice(None),) * d + (0,)].numel() * c.element_size()
+            shape = tuple(c.shape[:d]) + tuple(c.shape[d + 1:])
+            n = c.element_size() * math.prod(shape)
+            self._slabs.append((c, d, shape, off, n))
+            off += n
 
     def _staging_for(self, n: int) -> torch.Tensor:
         need = n * self.block_bytes
@@ -73,11 +76,9 @@ class TorchBlockLayout:
         return torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
 
     def _slab_views(self, staging: torch.Tensor, i: int):
-        """(cache slab of block-to-be, staging view of block i's slab) pairs, per layer."""
+        """(cache, block dim, staging view of block i's slab), per layer."""
         base = i * self.block_bytes
-        for (_, c, d), off in zip(self.caches, self._offsets):
-            shape = tuple(c.shape[:d]) + tuple(c.shape[d + 1:])
-            n = c.element_size() * int(np.prod(shape, dtype=np.int64))
+        for c, d, shape, off, n in self._slabs:
             yield c, d, staging[base + off:base + off + n].view(c.dtype).view(shape)
 
     def read(self, block_ids: Sequence[int],

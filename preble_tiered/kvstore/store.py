@@ -16,6 +16,7 @@ Like the tiers it owns, the store has one owner and takes no locks.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Sequence
@@ -289,8 +290,6 @@ class TieredStore:
         still queued on the disk writer are not waited for: drain it first."""
         if self.disk is None or self.disk.degraded:
             return 0
-        import time
-
         now = clock or time.monotonic
         deadline = now() + budget_s
         written = 0

@@ -166,8 +166,8 @@ class _Read:
     async def finish(self, bulk: BulkEngine, sink: Callable[[Block], Awaitable[bool]], res: PullResult) -> bool:
         """Wait for the read, then verify and hand on its blocks in order; False once the
         chain is broken (nothing after it may be used)."""
-        if self.future is None:
-            return not self.blocks
+        if self.future is None:  # nothing was read (no block, or no slot for the first)
+            return True
         try:
             arrived = await asyncio.shield(self.future)
         except asyncio.CancelledError:

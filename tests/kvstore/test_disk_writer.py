@@ -4,6 +4,7 @@ the store sends its demotions and write-through copies through it."""
 from __future__ import annotations
 
 import threading
+import time
 
 from preble_tiered.kvstore.disk import HEADER_SIZE, DiskTier
 from preble_tiered.kvstore.disk_writer import DiskWriter
@@ -38,8 +39,9 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking_and_close_writes_the_
     gate, seen = threading.Event(), []
     w = DiskWriter(lambda b: (gate.wait(5), seen.append(b.key.block_hash)), max_pending=2)
     assert w.submit(block(1))
-    while w.pending != 1 or not w._busy:  # the thread has taken block 1
-        pass
+    deadline = time.monotonic() + 5
+    while w.pending != 1 or not w._busy:  # until the thread has taken block 1
+        assert time.monotonic() < deadline, "the writer never took the block"
     assert w.submit(block(2)) and w.submit(block(3)) and not w.submit(block(4))
     assert w.dropped == 1
     gate.set()
