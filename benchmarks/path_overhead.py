@@ -50,27 +50,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-import xxhash
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving_peers import (_finish, tree_cpu_s, tree_rss, NodeShape, OpenAIClient, PrebleClient, PrebleServe, Rec, Req, Smg,  # noqa: E402
-                           CpuMeter, VllmServers, closed_loop, ensure_smg, open_loop)
+                           CpuMeter, VllmServers, closed_loop, ensure_smg, open_loop, text)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 WORKLOADS = ("c1", "decode4", "decode16", "chat", "longdoc")
 SYSTEMS = ("engine", "engine-asyncllm", "vllm", "smg", "preble", "preble-notiers", "hops")
 NODES = {"c1": 1, "decode4": 1, "decode16": 1, "chat": 2, "longdoc": 2}
-ALPHABET = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz    ", dtype=np.uint8)
 
 
 # ---------------------------------------------------------------------------- workloads
-def text(seg: str, n: int) -> str:
-    """n printable characters (= n tokens of the byte-level tiny model), the same everywhere."""
-    rng = np.random.default_rng(xxhash.xxh3_64_intdigest(seg.encode()))
-    return ALPHABET[rng.integers(0, len(ALPHABET), size=n)].tobytes().decode()
-
-
 def workload(name: str, seed: int, scale: float = 1.0) -> tuple[list[Req], int | None]:
     """(requests, concurrency): a concurrency means closed loop, None open loop at `Req.t`."""
     rng = np.random.default_rng(seed)

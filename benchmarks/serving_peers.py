@@ -25,7 +25,9 @@ from pathlib import Path
 
 import aiohttp
 import grpc
+import numpy as np
 import psutil
+import xxhash
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -38,6 +40,13 @@ from preble_tiered.types import GenParams  # noqa: E402
 
 SMG_VERSION = "1.13.0"
 MODEL_NAME = "tiny"
+ALPHABET = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz    ", dtype=np.uint8)
+
+
+def text(seg: str, n: int) -> str:
+    """n printable characters (= n tokens of the byte-level tiny model), the same everywhere."""
+    rng = np.random.default_rng(xxhash.xxh3_64_intdigest(seg.encode()))
+    return ALPHABET[rng.integers(0, len(ALPHABET), size=n)].tobytes().decode()
 
 
 def free_port() -> int:
@@ -147,8 +156,11 @@ class VllmServers:
     """n vLLM OpenAI servers (`python -m vllm.entrypoints.openai.api_server`), node i's
     compute on core i mod ncpu."""
 
-    def __init__(self, n: int, model: str, shape: NodeShape, log_dir: Path) -> None:
-        self.n, self.model, self.shape, self.log_dir = n, model, shape, log_dir
+    def __init__(self, n: int, model: str, shape: NodeShape, log_dir: Path, peer_mode: bool = False) -> None:
+        """`peer_mode`: as the peer-router comparison runs them: the render endpoint vllm-router's
+        cache_aware needs (`--enable-scale-out`), cached tokens in usage, and the dev-mode
+        `/reset_prefix_cache` so one pair of servers starts every router's run cold."""
+        self.n, self.model, self.shape, self.log_dir, self.peer_mode = n, model, shape, log_dir, peer_mode
         self.procs: list[subprocess.Popen] = []
         self.urls: list[str] = []
 
@@ -165,6 +177,9 @@ class VllmServers:
                         "--kv-cache-memory-bytes", str(s.kv_cache_bytes), "--enable-prefix-caching",
                         "--disable-log-stats", "--uvicorn-log-level", "warning"]
                 env = {"VLLM_CPU_OMP_THREADS_BIND": str(i % ncpu), "VLLM_HOST_IP": "127.0.0.1"}
+                if self.peer_mode:
+                    args += ["--enable-scale-out", "--enable-prompt-tokens-details"]
+                    env["VLLM_SERVER_DEV_MODE"] = "1"
                 self.procs.append(_spawn(args, env, self.log_dir / f"vllm{i}.log"))
                 self.urls.append(f"http://127.0.0.1:{port}")
             for i, url in enumerate(self.urls):
@@ -180,6 +195,16 @@ class VllmServers:
     def pids(self) -> dict[str, int]:
         return {f"vllm{i}": p.pid for i, p in enumerate(self.procs)}
 
+    def reset_prefix_cache(self) -> None:
+        """Empty every server's prefix cache (peer_mode only): the next run starts cold."""
+        import urllib.request
+
+        for url in self.urls:
+            req = urllib.request.Request(url + "/reset_prefix_cache", method="POST")
+            with urllib.request.urlopen(req, timeout=60) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"{url}/reset_prefix_cache answered {r.status}")
+
 
 def ensure_smg(peer_dir: Path) -> Path:
     """The `smg` binary from a scratch venv (created and installed from PyPI on first use)."""
@@ -193,21 +218,22 @@ def ensure_smg(peer_dir: Path) -> Path:
 
 
 class Smg:
-    """SGLang's model gateway over worker URLs, cache_aware with its default thresholds and the
-    like-for-like flags of ../shared/peer-routers.md (no overload shedding, warm-up or retries)."""
+    """SGLang's model gateway over worker URLs (cache_aware with its default thresholds, or
+    round_robin) and the like-for-like flags of ../shared/peer-routers.md (no overload
+    shedding, warm-up or retries)."""
 
-    def __init__(self, exe: Path, worker_urls: list[str], log_dir: Path) -> None:
-        self.exe, self.worker_urls, self.log_dir = exe, worker_urls, log_dir
+    def __init__(self, exe: Path, worker_urls: list[str], log_dir: Path, policy: str = "cache_aware") -> None:
+        self.exe, self.worker_urls, self.log_dir, self.policy = exe, worker_urls, log_dir, policy
         self.proc: subprocess.Popen | None = None
         self.url = ""
 
     def __enter__(self) -> "Smg":
         port, prom = free_port(), free_port()
         args = [str(self.exe), "launch", "--host", "127.0.0.1", "--port", str(port), "--worker-urls",
-                *self.worker_urls, "--policy", "cache_aware", "--prometheus-port", str(prom),
+                *self.worker_urls, "--policy", self.policy, "--prometheus-port", str(prom),
                 "--prometheus-host", "127.0.0.1", "--shutdown-grace-period-secs", "2",
                 "--disable-worker-overload-protection", "--worker-warmup-secs", "0", "--disable-retries"]
-        log = self.log_dir / "smg.log"
+        log = self.log_dir / f"smg-{self.policy}.log"
         self.proc = _spawn(args, {}, log)
         self.url = f"http://127.0.0.1:{port}"
         try:
@@ -225,22 +251,72 @@ class Smg:
         return {"smg": self.proc.pid} if self.proc else {}
 
 
+VLLM_ROUTER_VERSION = "0.1.17"
+
+
+def ensure_vllm_router(peer_dir: Path) -> Path:
+    """The `vllm-router` binary from a scratch venv (created and installed from PyPI on first use)."""
+    venv = peer_dir / "vllm-router"
+    exe = venv / "bin" / "vllm-router"
+    if not exe.exists():
+        print(f"installing vllm-router {VLLM_ROUTER_VERSION} into {venv} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"vllm-router=={VLLM_ROUTER_VERSION}"],
+                       check=True)
+    return exe
+
+
+class VllmRouter:
+    """vLLM's router over worker URLs, cache_aware (default thresholds) or round_robin. Its
+    cache_aware renders each prompt on the workers (`/v1/completions/render`): the workers must
+    run with `--enable-scale-out`, or it silently routes by load alone."""
+
+    def __init__(self, exe: Path, worker_urls: list[str], log_dir: Path, policy: str = "cache_aware") -> None:
+        self.exe, self.worker_urls, self.log_dir, self.policy = exe, worker_urls, log_dir, policy
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+
+    def __enter__(self) -> "VllmRouter":
+        port, prom = free_port(), free_port()
+        args = [str(self.exe), "--host", "127.0.0.1", "--port", str(port), "--worker-urls", *self.worker_urls,
+                "--policy", self.policy, "--prometheus-port", str(prom), "--prometheus-host", "127.0.0.1"]
+        log = self.log_dir / f"vllm-router-{self.policy}.log"
+        self.proc = _spawn(args, {}, log)
+        self.url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_http(self.url + "/v1/models", [self.proc], 60, "vllm-router", log)
+        except BaseException:
+            _stop([self.proc])
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            _stop([self.proc])
+
+    def pids(self) -> dict[str, int]:
+        return {"vllm-router": self.proc.pid} if self.proc else {}
+
+
 class PrebleServe:
     """A `preble serve` cluster (router + n node agents) on loopback."""
 
     def __init__(self, n: int, model: str, shape: NodeShape, log_dir: Path, policy: str = "e2_tiered",
-                 tiers: bool = True) -> None:
+                 tiers: bool = True, http: bool = False) -> None:
         """`tiers`: each node's DRAM and disk tiers as `preble serve` sizes them by default (the
-        disk tier in a fresh directory under `log_dir`); False: the engine's cache alone."""
+        disk tier in a fresh directory under `log_dir`); False: the engine's cache alone.
+        `http`: serve the OpenAI API too (at `url`, the model named MODEL_NAME)."""
         from preble_tiered.cli.tier_defaults import plan_tiers
 
-        name = f"preble-{n}nodes" + ("" if tiers else "-notiers")
+        name = f"preble-{n}nodes-{policy}" + ("" if tiers else "-notiers")
         plan = plan_tiers(n, None if tiers else 0, None if tiers else 0, log_dir / name / "kv")
         self.spec = ClusterSpec(nodes=n, model=model, port=free_port(), policy=policy, block_size=shape.block_size,
                                 kv_cache_bytes=shape.kv_cache_bytes, max_num_seqs=shape.max_num_seqs,
                                 max_model_len=shape.max_model_len, log_dir=str(log_dir / name),
                                 dram_bytes=plan.dram_bytes or None, disk_bytes=plan.disk_bytes or None,
-                                disk_dir=str(plan.disk_dir) if plan.disk_dir else None)
+                                disk_dir=str(plan.disk_dir) if plan.disk_dir else None,
+                                http_port=free_port() if http else 0,
+                                router_args=("--served-model-name", MODEL_NAME) if http else ())
         self.cluster: LocalCluster | None = None
 
     def __enter__(self) -> "PrebleServe":
@@ -254,6 +330,11 @@ class PrebleServe:
     @property
     def addr(self) -> str:
         return self.cluster.addr
+
+    @property
+    def url(self) -> str:
+        """The OpenAI API's base URL without /v1 (as the peers' `url`)."""
+        return self.cluster.http_url.removesuffix("/v1")
 
     def pids(self) -> dict[str, int]:
         c = self.cluster
@@ -288,6 +369,9 @@ class Rec:
     tpot: float = float("nan")
     """(last chunk - first chunk) / (tokens - 1): the time per output token after the first."""
     error: str = ""
+    prompt_tokens: int = 0
+    cached_tokens: int = -1
+    """Prompt tokens the system reports as cached (-1: it does not report them)."""
 
 
 def _finish(rec: Rec, t0: float, first: float | None, last: float, tokens: int) -> Rec:
@@ -334,7 +418,11 @@ class OpenAIClient:
                         last = time.perf_counter()
                         first = first or last
                     if msg.get("usage"):
-                        tokens = msg["usage"]["completion_tokens"]
+                        u = msg["usage"]
+                        tokens, rec.prompt_tokens = u["completion_tokens"], u.get("prompt_tokens", 0)
+                        details = u.get("prompt_tokens_details") or {}
+                        if details.get("cached_tokens") is not None:
+                            rec.cached_tokens = details["cached_tokens"]
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             rec.error = repr(e)
             return rec

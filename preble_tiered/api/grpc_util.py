@@ -53,3 +53,52 @@ def bind(server: grpc.aio.Server, host: str, port: int, credentials: grpc.Server
     if got == 0:
         raise OSError(f"cannot listen on {host}:{port} (in use?); pick another --port")
     return got
+
+
+class _Malformed:
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+class CheckedDecode(grpc.aio.ServerInterceptor):
+    """A request whose bytes do not parse as the method's message gets INVALID_ARGUMENT
+    (gRPC's own answer is UNKNOWN, which tells the caller nothing). Unary-request methods only:
+    every client-facing method here is one."""
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        decode, method = handler.request_deserializer, details.method
+
+        def safe_decode(data: bytes):
+            try:
+                return decode(data)
+            except Exception as e:  # noqa: BLE001 - any parse failure is the caller's malformed bytes
+                return _Malformed(f"the request is not a valid message for {method}: {e}")
+
+        kw = dict(request_deserializer=safe_decode, response_serializer=handler.response_serializer)
+        if handler.response_streaming:
+            inner = handler.unary_stream
+
+            async def streaming(request, context):
+                if isinstance(request, _Malformed):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.why)
+                result = inner(request, context)
+                if hasattr(result, "__aiter__"):
+                    async for msg in result:
+                        yield msg
+                else:
+                    await result
+
+            return grpc.unary_stream_rpc_method_handler(streaming, **kw)
+        inner = handler.unary_unary
+
+        async def unary(request, context):
+            if isinstance(request, _Malformed):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.why)
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary, **kw)

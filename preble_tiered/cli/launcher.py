@@ -58,12 +58,16 @@ class ClusterSpec:
     tls_ca: str | None = None
     """PEM to verify the router's TLS certificate with, when it serves TLS."""
     start_timeout_s: float = 300.0
+    http_port: int = 0
+    """The router's OpenAI HTTP port (0: HTTP off)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= 64:
             raise ValueError(f"nodes must be in [1, 64], got {self.nodes}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if not 0 <= self.http_port <= 65535:
+            raise ValueError(f"http_port must be in [0, 65535], got {self.http_port}")
 
 
 class LocalCluster:
@@ -73,6 +77,9 @@ class LocalCluster:
         self.nodes: list[subprocess.Popen] = []
         self.log_dir = Path(spec.log_dir or _default_log_dir())
         self.addr = f"{spec.host}:{spec.port}"
+        scheme = "https" if spec.tls_ca else "http"
+        self.http_url = f"{scheme}://{spec.host}:{spec.http_port}/v1" if spec.http_port else ""
+        """Base URL of the router's OpenAI API ("" when HTTP is off)."""
         self.model = spec.model
 
     # ------------------------------------------------------------------ start
@@ -95,7 +102,8 @@ class LocalCluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         s = self.spec
         self._router_args = ["router", "--host", s.host, "--port", str(s.port), "--policy", s.policy,
-                             "--block-size", str(s.block_size), "--tokenizer", self.model, *s.router_args]
+                             "--block-size", str(s.block_size), "--tokenizer", self.model,
+                             "--http-port", str(s.http_port), *s.router_args]
         self.router = self._spawn("router", self._router_args, {})
         self._wait_router()
         ncpu = os.cpu_count() or 1

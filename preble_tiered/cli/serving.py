@@ -14,6 +14,7 @@ from preble_tiered.cli.tier_defaults import byte_size
 from preble_tiered.scheduler.registry import policy_names
 
 DEFAULT_PORT = 50051
+DEFAULT_HTTP_PORT = 8000
 
 
 def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
@@ -24,6 +25,8 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     sv.add_argument("--nodes", type=positive_int, default=2, help="node agents to start (default: 2)")
     sv.add_argument("--model", metavar="PATH", help="local model directory (default: the tiny model)")
     sv.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"router port (default: {DEFAULT_PORT})")
+    sv.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT,
+                    help=f"router port of the OpenAI HTTP API (default: {DEFAULT_HTTP_PORT}; 0: off)")
     sv.add_argument("--policy", default="e2_tiered", choices=policy_names(), help="routing policy (default: e2_tiered)")
     sv.add_argument("--kv-cache-bytes", type=positive_int, default=256 << 20,
                     help="KV cache per node in bytes (default: 256 MiB)")
@@ -47,6 +50,11 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
                         description="Serve preble.v1.Inference/Admin/Registry; nodes register with it.")
     rt.add_argument("--host", default="127.0.0.1")
     rt.add_argument("--port", type=int, default=DEFAULT_PORT)
+    rt.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT,
+                    help=f"port of the OpenAI HTTP API, /v1/completions and /v1/chat/completions "
+                         f"(default: {DEFAULT_HTTP_PORT}; 0: off)")
+    rt.add_argument("--served-model-name", default=None, metavar="NAME",
+                    help="the model's name in the OpenAI API (default: the model directory's name)")
     rt.add_argument("--policy", default="e2_tiered", choices=policy_names())
     rt.add_argument("--block-size", type=positive_int, default=32)
     rt.add_argument("--tokenizer", metavar="PATH", help="tokenizer directory (default: the first node's model)")
@@ -159,7 +167,8 @@ def cmd_router(args: argparse.Namespace) -> int:
     _logging()
     cfg = RouterConfig(host=args.host, port=args.port, policy=args.policy, block_size=args.block_size,
                        tokenizer=args.tokenizer, max_nodes=args.max_nodes, max_outstanding=args.max_outstanding,
-                       metrics_port=args.metrics_port, **_security_config(args))
+                       metrics_port=args.metrics_port, http_port=args.http_port or None,
+                       served_model_name=args.served_model_name, **_security_config(args))
     tune_gc_for_serving()  # the decision path allocates per request: see gc_tuning.py
     asyncio.run(serve_router(cfg))
     return 0
@@ -231,15 +240,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        max_model_len=args.max_model_len, dram_bytes=tiers.dram_bytes or None,
                        disk_dir=str(tiers.disk_dir) if tiers.disk_dir else None, disk_bytes=tiers.disk_bytes or None,
                        transfer=args.transfer, transfer_protocol=args.transfer_protocol,
-                       router_args=tuple(router_args), inference_token=sec["inference_token"], tls_ca=args.tls_cert)
+                       router_args=tuple(router_args), inference_token=sec["inference_token"], tls_ca=args.tls_cert,
+                       http_port=args.http_port)
     cluster = LocalCluster(spec)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops as cleanly as Ctrl-C
     try:
         print(tiers.describe(), flush=True)
         cluster.start(progress=lambda m: print(m, flush=True))
-        print(f"\npreble is serving on {cluster.addr}: {args.nodes} node(s), policy {args.policy}, "
-              f"model {cluster.model}\ntry:\n  {_preble_command()} generate --addr {cluster.addr} "
-              f"{shlex.quote('Summarise the plot of Hamlet.')}\nCtrl-C stops everything.", flush=True)
+        print(_serving_banner(cluster, args, sec["inference_token"] is not None), flush=True)
         while True:
             for name, p in cluster.processes():
                 if p.poll() is not None:
@@ -253,6 +261,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         cluster.stop()
         print("stopped: router and nodes exited", flush=True)
+
+
+def _serving_banner(cluster, args: argparse.Namespace, token: bool) -> str:
+    lines = [f"\npreble is serving: {args.nodes} node(s), policy {args.policy}, model {cluster.model}",
+             f"  gRPC    {cluster.addr}"]
+    if cluster.http_url:
+        lines.append(f"  OpenAI  {cluster.http_url}")
+    lines += ["try:", f"  {_preble_command()} generate --addr {cluster.addr} "
+                      f"{shlex.quote('Summarise the plot of Hamlet.')}"]
+    if cluster.http_url:
+        body = json.dumps({"model": os.path.basename(str(cluster.model).rstrip("/")),
+                           "prompt": "Summarise the plot of Hamlet.", "max_tokens": 32})
+        auth = " -H 'Authorization: Bearer '\"$PREBLE_INFERENCE_TOKEN\"" if token else ""
+        tls = " --cacert " + shlex.quote(args.tls_cert) if args.tls_cert else ""
+        lines.append(f"  curl -s{tls} {cluster.http_url}/completions -H 'Content-Type: application/json'{auth} "
+                     f"-d {shlex.quote(body)}")
+    lines.append("Ctrl-C stops everything.")
+    return "\n".join(lines)
 
 
 def _preble_command() -> str:

@@ -8,7 +8,9 @@ with `transformers` + `tokenizers` and `save_pretrained`:
 - a byte-level tokenizer: `<s>`=0, `</s>`=1, `<unk>`=2, `<pad>`=3, then one token per byte
   (byte b is id 4 + b; GPT-2's byte-to-unicode alphabet, BPE with no merges). Any text encodes
   and `decode(encode(text)) == text`. No BOS/EOS is added when encoding (no
-  post-processor), so token ids map 1:1 to the bytes of the text.
+  post-processor), so token ids map 1:1 to the bytes of the text;
+- a plain chat template (`chat_template.jinja`): each message as `<|role|>`, a newline, its
+  content and a newline, then `<|assistant|>` and a newline when a reply is wanted.
 
 The build goes into a temporary sibling directory that is renamed into place only when
 complete (a marker file is written last), so a half-built model is never loaded; racing
@@ -31,12 +33,14 @@ TINY_VOCAB_SIZE = 260
 TINY_MAX_MODEL_LEN = 8192
 SPECIAL_TOKENS = ("<s>", "</s>", "<unk>", "<pad>")
 BOS_ID, EOS_ID, UNK_ID, PAD_ID = 0, 1, 2, 3
-MODEL_DIR_NAME = "tiny-llama-v1"
+MODEL_DIR_NAME = "tiny-llama-v2"
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 _MARKER = ".preble_complete"
 
 
 def default_model_dir() -> Path:
-    """`$PREBLE_CACHE_DIR/tiny-llama-v1`, else `~/.cache/preble_tiered/tiny-llama-v1`."""
+    """`$PREBLE_CACHE_DIR/tiny-llama-v2`, else `~/.cache/preble_tiered/tiny-llama-v2`."""
     root = os.environ.get("PREBLE_CACHE_DIR")
     base = Path(root) if root else Path.home() / ".cache" / "preble_tiered"
     return base / MODEL_DIR_NAME
@@ -120,6 +124,7 @@ def _write_model(out: Path, seed: int) -> None:
     model = LlamaForCausalLM(build_config()).to(torch.float32)
     model.save_pretrained(out, safe_serialization=True)
     build_tokenizer().save_pretrained(out)
+    (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
     (out / _MARKER).write_text(json.dumps({"seed": seed, "vocab_size": TINY_VOCAB_SIZE}))
 
 

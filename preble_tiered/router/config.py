@@ -38,6 +38,11 @@ class RouterConfig:
     """Bearer token the Inference service requires (None: open)."""
     tls_cert: str | None = None
     tls_key: str | None = None
+    http_port: int | None = None
+    """Port of the OpenAI HTTP API on `host` (None: no HTTP; 0: any free port). TLS and the
+    inference token apply to it as to gRPC."""
+    served_model_name: str | None = None
+    """The model's name in the OpenAI API (None: the model directory's name)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_nodes <= 4096:
@@ -48,5 +53,7 @@ class RouterConfig:
             raise ValueError("load_interval_s and down_after_s must be positive")
         if self.pin_interval_s <= 0:
             raise ValueError(f"pin_interval_s must be positive, got {self.pin_interval_s}")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise ValueError(f"http_port must be in [0, 65535], got {self.http_port}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and a key")

@@ -40,6 +40,8 @@ class Prompt:
 
     text: str | None = None
     token_ids: list[int] | None = None
+    add_special_tokens: bool = True
+    """False for text a chat template rendered (it holds its own BOS, as vLLM encodes it)."""
 
 
 @dataclass
@@ -121,8 +123,21 @@ class Dispatcher:
                 raise invalid("prompt is empty: send text or token_ids")
             if len(prompt.text) > MAX_TEXT_CHARS:
                 raise invalid(f"prompt text has {len(prompt.text)} characters; the limit is {MAX_TEXT_CHARS}")
-            return self.tokenizer().encode(prompt.text)
+            return self.tokenizer().encode(prompt.text, prompt.add_special_tokens)
         raise invalid("prompt is empty: set `text` or `token_ids`")
+
+    def tokenize(self, prompt: Prompt) -> list[int]:
+        """The prompt's token ids, for a front that needs its length before it can fill in
+        the parameters (`admit` then takes them as token ids). Failures count as admit's do.
+
+        Raises:
+            RequestError: as `admit` would for the prompt.
+        """
+        try:
+            return self.prompt_ids(prompt)
+        except RequestError as e:
+            self.metrics.requests.labels(e.code.name.lower()).inc()
+            raise
 
     def admit(self, request_id: str, prompt: Prompt, params: GenParams, priority: int) -> Run:
         """Validate a client's request (the one place it is validated on the router).

@@ -11,7 +11,7 @@ import grpc
 
 from preble_tiered.router.admin_service import AdminService
 from preble_tiered.api.auth import TokenAuth, server_credentials
-from preble_tiered.api.grpc_util import SERVER_OPTIONS, ServingHealth, bind, enable_reflection
+from preble_tiered.api.grpc_util import SERVER_OPTIONS, CheckedDecode, ServingHealth, bind, enable_reflection
 from preble_tiered.api.metrics import serve_metrics
 from preble_tiered.api.pb import (admin_pb2_grpc, inference_pb2, inference_pb2_grpc,
                                      node_pb2, node_pb2_grpc)
@@ -102,7 +102,8 @@ async def serve_router(config: RouterConfig, ready: asyncio.Event | None = None)
                        "(set PREBLE_ADMIN_TOKEN or --admin-token-file)")
     if config.inference_token:
         tokens["/preble.v1.Inference/"] = config.inference_token
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[TokenAuth(tokens)] if tokens else None)
+    interceptors = [TokenAuth(tokens), CheckedDecode()] if tokens else [CheckedDecode()]  # auth first
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     inference_pb2_grpc.add_InferenceServicer_to_server(InferenceService(router), server)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminService(router), server)
     node_pb2_grpc.add_RegistryServicer_to_server(RegistryService(router), server)
@@ -110,17 +111,28 @@ async def serve_router(config: RouterConfig, ready: asyncio.Event | None = None)
     enable_reflection(server, SERVICES)
     creds = server_credentials(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
     port = bind(server, config.host, config.port, creds)
+    http = None
+    if config.http_port is not None:
+        from preble_tiered.router.openai_api.app import OpenAIFront
+        from preble_tiered.router.openai_api.server import HttpServer
+
+        http = HttpServer(OpenAIFront(router).app(), config.host, config.http_port, config.tls_cert, config.tls_key)
+        http_port = await http.start()
     await server.start()
     router.start()
     await health.set(True)  # the router serves as soon as it listens; Generate says when no node is up
     serve_metrics(router.metrics.registry, config.metrics_port)
     logger.info("router listening on %s:%d (policy %s)", config.host, port, config.policy)
     print(f"router listening on {config.host}:{port} policy={config.policy}{' tls' if creds else ''}", flush=True)
+    if http is not None:
+        print(f"router http on {'https' if creds else 'http'}://{config.host}:{http_port}/v1", flush=True)
     if ready is not None:
         ready.set()
     await _until_signal()
     logger.info("router shutting down")
     await health.set(False)
+    if http is not None:
+        await http.stop()
     await server.stop(2.0)
     await router.close()
 

@@ -10,7 +10,8 @@ from preble_tiered.router.errors import RequestError
 
 
 class Tokenizer:
-    """`encode(text) -> list[int]` over a `tokenizers` file or a transformers tokenizer."""
+    """`encode(text, add_special_tokens=True) -> list[int]` over a `tokenizers` file or a
+    transformers tokenizer (False: no BOS/EOS added, for text a chat template rendered)."""
 
     def __init__(self, encode) -> None:
         self.encode = encode
@@ -27,11 +28,12 @@ def load_tokenizer(path: str) -> Tokenizer:
         from tokenizers import Tokenizer as _Fast
 
         tok = _Fast.from_file(str(p / "tokenizer.json"))
-        return Tokenizer(lambda text: tok.encode(text).ids)
+        return Tokenizer(lambda text, add_special_tokens=True:
+                         tok.encode(text, add_special_tokens=add_special_tokens).ids)
     try:
         from transformers import AutoTokenizer
 
         hf = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # noqa: BLE001 - any loader failure means the same thing to the client
         raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot load a tokenizer from {path}: {e}") from None
-    return Tokenizer(lambda text: hf.encode(text))
+    return Tokenizer(lambda text, add_special_tokens=True: hf.encode(text, add_special_tokens=add_special_tokens))

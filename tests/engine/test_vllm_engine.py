@@ -164,7 +164,7 @@ def test_tokenizer_round_trips_unicode_and_matches_the_model(model_dir):
 def test_ensure_builds_once_under_a_race_and_is_deterministic(model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("PREBLE_CACHE_DIR", str(tmp_path))
     target = default_model_dir()
-    assert target == tmp_path / "tiny-llama-v1"
+    assert target == tmp_path / "tiny-llama-v2"
     got: list = []
     threads = [threading.Thread(target=lambda: got.append(ensure_tiny_model())) for _ in range(2)]
     for t in threads:
@@ -177,7 +177,7 @@ def test_ensure_builds_once_under_a_race_and_is_deterministic(model_dir, tmp_pat
     mtime = (target / "model.safetensors").stat().st_mtime_ns
     assert ensure_tiny_model() == target
     assert (target / "model.safetensors").stat().st_mtime_ns == mtime  # not rebuilt
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tiny-llama-v1.build")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tiny-llama-v2.build")] == []
 
 
 # --------------------------------------------------------------------------- config

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -318,16 +320,23 @@ def test_node_is_not_serving_until_its_engine_is_ready_and_stops_on_sigterm(mode
 
 
 def _start_serve(model_dir, port, tmp_path, *extra):
+    http_port = free_port()
     p = subprocess.Popen([sys.executable, "-m", "preble_tiered.cli", "serve", "--nodes", "1", "--model", model_dir,
-                          "--port", str(port), "--kv-cache-bytes", str(64 << 20), "--max-model-len", "4096",
+                          "--port", str(port), "--http-port", str(http_port), "--kv-cache-bytes", str(64 << 20), "--max-model-len", "4096",
                           "--log-dir", str(tmp_path / "logs"), "--state", str(tmp_path / "state.json"), *extra],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
-    for line in p.stdout:
-        lines.append(line)
-        if "Ctrl-C stops everything" in line:
-            break
-    assert any(f"serving on 127.0.0.1:{port}" in ln for ln in lines), "".join(lines)
+    try:
+        for line in p.stdout:
+            lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        assert any(ln.split() == ["gRPC", f"127.0.0.1:{port}"] for ln in lines), "".join(lines)
+        assert any(ln.split() == ["OpenAI", f"http://127.0.0.1:{http_port}/v1"] for ln in lines), "".join(lines)
+    except BaseException:
+        p.send_signal(signal.SIGINT)  # stops its router and nodes
+        p.wait(60)
+        raise
     return p, lines
 
 
@@ -353,6 +362,16 @@ def test_preble_serve_tiers_pasted_command_warm_restart_ctrl_c_and_sigkill(model
                              env=fresh, capture_output=True, text=True, timeout=120)
         assert ran.returncode == 0, ran.stderr
         assert "prompt tokens" in ran.stderr
+        # So does the printed curl (where curl is installed; else the same request from here).
+        curl = next(ln.strip() for ln in lines if ln.strip().startswith("curl "))
+        if shutil.which("curl"):
+            out = subprocess.run(["bash", "-c", curl], env=fresh, capture_output=True, text=True, timeout=120).stdout
+        else:
+            words = shlex.split(curl)
+            req = urllib.request.Request(words[2], data=words[words.index("-d") + 1].encode(),
+                                         headers={"Content-Type": "application/json"})
+            out = urllib.request.urlopen(req, timeout=120).read().decode()
+        assert 1 <= json.loads(out)["usage"]["completion_tokens"] <= 32, out
         p.send_signal(signal.SIGINT)  # a clean stop keeps the DRAM tier's blocks on disk
         rest = p.communicate(timeout=60)[0]
     finally:

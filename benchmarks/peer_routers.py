@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""Our cluster against the real peer routers, side by side, through the OpenAI API.
+
+Systems, each in front of two engines on this machine (engine i's compute on core i):
+  preble-e2_tiered     `preble serve --nodes 2`, policy e2_tiered, with the DRAM and disk tiers
+                       `preble serve` gives each node by default (as a user gets it)
+  preble-round_robin   the same cluster, policy round_robin
+  smg-cache_aware      SGLang's model gateway (`smg`), cache_aware at its default thresholds,
+  smg-round_robin      or round_robin, over two vLLM OpenAI servers
+  vllm-router-cache_aware   vLLM's router, likewise (the workers run `--enable-scale-out`, so
+  vllm-router-round_robin   its cache_aware can render prompts)
+
+Every engine gets the same tiny model, KV size and max running sequences. The peers' two vLLM
+servers are shared by their four configurations and start each run with an empty prefix cache
+(`/reset_prefix_cache`); our cluster starts fresh for every run (empty engine caches and
+tiers). Peers are installed into scratch venvs under --peer-dir on first use, never into the
+project's environment.
+
+One load generator drives every system: open loop at the trace's arrival times, streaming
+`/v1/completions` (serving_peers.OpenAIClient), the same prompts and output lengths (ignore_eos).
+Workloads (text prompts; the tiny model's tokenizer is byte-level, 1 character = 1 token):
+  longdoc    questions (32-64 tokens, 8-24 out) on 16 documents of 2,200-2,800 tokens: ~40k
+             tokens of documents against 12k tokens of KV per engine; Poisson 2.5/s
+  toolbench  a shared-prefix stream: 8 tool descriptions of 600-1,500 tokens, Zipf-popular
+             (s=1.1), each with a 30-80-token query and 16-64 tokens out; Poisson 4/s
+  chat       multi-turn chat: 16 users over one 300-token system prompt, each turn adding
+             40-120 user tokens to the conversation so far and answering 40-200 tokens;
+             a conversation over ~4,000 characters starts over; Poisson 2/s
+
+    python benchmarks/peer_routers.py [--repeats 3] [--workloads longdoc toolbench chat]
+        [--systems ...] [--json benchmarks/results/peer_routers.json]
+
+Reports per (workload, system): TTFT mean/p50/p99, latency mean/p99, output tokens/s and the
+cached-token share the system reports (vLLM's `prompt_tokens_details`; ours over all tiers),
+as the mean over repeats with the spread (min-max); a markdown table and a PNG beside the JSON.
+Targets (issue): e2_tiered >= 1.5x lower mean TTFT and >= 1.3x lower p99 TTFT than the best
+peer configuration on longdoc and chat, and never worse than any peer on any workload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving_peers import (NodeShape, OpenAIClient, PrebleServe, Rec, Req, Smg, VllmRouter,  # noqa: E402
+                           VllmServers, ensure_smg, ensure_vllm_router, open_loop, text)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WORKLOADS = ("longdoc", "toolbench", "chat")
+SYSTEMS = ("preble-e2_tiered", "preble-round_robin", "smg-cache_aware", "smg-round_robin",
+           "vllm-router-cache_aware", "vllm-router-round_robin")
+OURS = "preble-e2_tiered"
+SHAPE = NodeShape(kv_cache_bytes=96 << 20)
+"""12k tokens of KV per engine (8 KiB per token for the tiny model)."""
+
+
+# ---------------------------------------------------------------------------- workloads
+def workload(name: str, seed: int) -> list[Req]:
+    rng = np.random.default_rng([seed, WORKLOADS.index(name)])
+    if name == "longdoc":
+        n, rps = 72, 2.5
+        docs = [text(f"pr-doc{d}", int(rng.integers(2200, 2801))) for d in range(16)]
+        t = np.cumsum(rng.exponential(1 / rps, size=n))
+        return [Req(float(t[i]), docs[int(rng.integers(16))] + text(f"pr-q{seed}-{i}", int(rng.integers(32, 65))),
+                    int(rng.integers(8, 25))) for i in range(n)]
+    if name == "toolbench":
+        n, rps = 100, 4.0
+        tools = [text(f"pr-tool{k}", int(rng.integers(600, 1501))) for k in range(8)]
+        w = 1.0 / np.arange(1, 9) ** 1.1
+        picks = rng.choice(8, size=n, p=w / w.sum())
+        t = np.cumsum(rng.exponential(1 / rps, size=n))
+        return [Req(float(t[i]), tools[int(picks[i])] + text(f"pr-tq{seed}-{i}", int(rng.integers(30, 81))),
+                    int(rng.integers(16, 65))) for i in range(n)]
+    if name == "chat":
+        n, rps = 60, 2.0
+        system = text("pr-system", 300)
+        t = np.cumsum(rng.exponential(1 / rps, size=n))
+        history: dict[int, str] = {}
+        out = []
+        for i in range(n):
+            user = int(rng.integers(16))
+            h = history.get(user, system) + " user: " + text(f"pr-u{seed}-{i}", int(rng.integers(40, 121)))
+            answer = int(rng.integers(40, 201))
+            out.append(Req(float(t[i]), h, answer))
+            history[user] = h + " assistant: " + text(f"pr-a{seed}-{i}", answer)
+            if len(history[user]) > 4000:
+                history.pop(user)
+        return out
+    raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
+
+
+def warmup(seed: int) -> list[Req]:
+    """Two short requests that share nothing with any workload (first-request costs)."""
+    return [Req(0.0, text(f"pr-warm{seed}-{i}", 64), 4) for i in range(2)]
+
+
+# ---------------------------------------------------------------------------- one run
+async def drive(url: str, reqs: list[Req], seed: int) -> tuple[list[Rec], float]:
+    async with OpenAIClient(url) as c:
+        for r in warmup(seed):
+            await c.send(r)
+        return await open_loop(c, reqs)
+
+
+def summarise(recs: list[Rec], wall: float) -> dict:
+    ok = [r for r in recs if not r.error]
+
+    def st(xs):
+        a = np.array(xs) * 1e3
+        return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99))} \
+            if len(a) else None
+
+    reported = [r for r in ok if r.cached_tokens >= 0]
+    share = (sum(r.cached_tokens for r in reported) / max(1, sum(r.prompt_tokens for r in reported))
+             if reported else None)
+    return {"requests": len(recs), "errors": len(recs) - len(ok),
+            "first_error": next((r.error for r in recs if r.error), ""),
+            "ttft_ms": st([r.ttft for r in ok]), "latency_ms": st([r.latency for r in ok]),
+            "tokens_per_s": sum(r.tokens for r in ok) / wall, "cached_share": share, "wall_s": wall}
+
+
+def run_ours(policy: str, wl: str, reqs: list[Req], model: str, log_dir: Path, seed: int) -> dict:
+    with PrebleServe(2, model, SHAPE, log_dir / f"{wl}-{seed}", policy=policy, tiers=True, http=True) as p:
+        recs, wall = asyncio.run(drive(p.url, reqs, seed))
+    return summarise(recs, wall)
+
+
+def run_peer(router_cls, exe: Path, policy: str, servers: VllmServers, reqs: list[Req], log_dir: Path,
+             seed: int) -> dict:
+    servers.reset_prefix_cache()
+    with router_cls(exe, servers.urls, log_dir, policy=policy) as r:
+        recs, wall = asyncio.run(drive(r.url, reqs, seed))
+    return summarise(recs, wall)
+
+
+# ---------------------------------------------------------------------------- summary
+def aggregate(rows: list[dict]) -> list[dict]:
+    out = []
+    for wl in WORKLOADS:
+        for sysname in SYSTEMS:
+            rs = [r for r in rows if r["workload"] == wl and r["system"] == sysname and r["ttft_ms"]]
+            if not rs:
+                continue
+            a = {"workload": wl, "system": sysname, "repeats": len(rs), "errors": sum(r["errors"] for r in rs)}
+            for key, (m, q) in {"ttft_mean": ("ttft_ms", "mean"), "ttft_p50": ("ttft_ms", "p50"),
+                                "ttft_p99": ("ttft_ms", "p99"), "latency_mean": ("latency_ms", "mean"),
+                                "latency_p99": ("latency_ms", "p99")}.items():
+                xs = [r[m][q] for r in rs]
+                a[key] = {"mean": float(np.mean(xs)), "min": min(xs), "max": max(xs)}
+            a["tokens_per_s"] = float(np.mean([r["tokens_per_s"] for r in rs]))
+            shares = [r["cached_share"] for r in rs if r["cached_share"] is not None]
+            a["cached_share"] = float(np.mean(shares)) if shares else None
+            out.append(a)
+    return out
+
+
+def targets(agg: list[dict]) -> dict:
+    res = {}
+    for wl in WORKLOADS:
+        ours = next((a for a in agg if a["workload"] == wl and a["system"] == OURS), None)
+        peers = [a for a in agg if a["workload"] == wl and not a["system"].startswith("preble")]
+        if ours is None or not peers:
+            continue
+        best_mean = min(peers, key=lambda a: a["ttft_mean"]["mean"])
+        best_p99 = min(peers, key=lambda a: a["ttft_p99"]["mean"])
+        t = {"best_peer_mean_ttft": best_mean["system"],
+             "mean_ttft_ratio": best_mean["ttft_mean"]["mean"] / ours["ttft_mean"]["mean"],
+             "best_peer_p99_ttft": best_p99["system"],
+             "p99_ttft_ratio": best_p99["ttft_p99"]["mean"] / ours["ttft_p99"]["mean"],
+             "worse_than": [a["system"] for a in peers
+                            if a["ttft_mean"]["mean"] < ours["ttft_mean"]["mean"]
+                            or a["latency_mean"]["mean"] < ours["latency_mean"]["mean"]]}
+        if wl in ("longdoc", "chat"):
+            t["met"] = t["mean_ttft_ratio"] >= 1.5 and t["p99_ttft_ratio"] >= 1.3 and not t["worse_than"]
+        else:
+            t["met"] = not t["worse_than"]
+        res[wl] = t
+    return res
+
+
+def markdown(agg: list[dict], tg: dict) -> str:
+    def f(x):
+        return f"{x['mean']:.0f} ({x['min']:.0f}-{x['max']:.0f})"
+
+    lines = ["| workload | system | TTFT mean ms | TTFT p50 ms | TTFT p99 ms | latency mean ms | latency p99 ms "
+             "| tok/s | cached share | errors |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for a in agg:
+        share = "-" if a["cached_share"] is None else f"{a['cached_share']:.2f}"
+        lines.append(f"| {a['workload']} | {a['system']} | {f(a['ttft_mean'])} | {f(a['ttft_p50'])} | "
+                     f"{f(a['ttft_p99'])} | {f(a['latency_mean'])} | {f(a['latency_p99'])} | "
+                     f"{a['tokens_per_s']:.0f} | {share} | {a['errors']} |")
+    lines += ["", "| workload | best peer (mean TTFT) | mean TTFT ratio | best peer (p99 TTFT) | p99 TTFT ratio "
+                  "| peers better on mean TTFT or latency | target met |", "|---|---|---|---|---|---|---|"]
+    for wl, t in tg.items():
+        lines.append(f"| {wl} | {t['best_peer_mean_ttft']} | {t['mean_ttft_ratio']:.2f}x | {t['best_peer_p99_ttft']} "
+                     f"| {t['p99_ttft_ratio']:.2f}x | {', '.join(t['worse_than']) or 'none'} | "
+                     f"{'yes' if t['met'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(agg: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(WORKLOADS), figsize=(5 * len(WORKLOADS), 4.5))
+    for ax, wl in zip(np.atleast_1d(axes), WORKLOADS):
+        rows = [a for a in agg if a["workload"] == wl]
+        x = np.arange(len(rows))
+        for off, key, label in ((-0.2, "ttft_mean", "mean TTFT"), (0.2, "ttft_p99", "p99 TTFT")):
+            m = np.array([a[key]["mean"] for a in rows])
+            err = np.array([[a[key]["mean"] - a[key]["min"] for a in rows], [a[key]["max"] - a[key]["mean"]
+                                                                              for a in rows]])
+            ax.bar(x + off, m, 0.4, yerr=err, capsize=3, label=label)
+        ax.set_xticks(x, [a["system"].replace("-", "\n", 1) for a in rows], fontsize=7)
+        ax.set_title(wl)
+        ax.set_ylabel("ms")
+        ax.set_yscale("log")
+    np.atleast_1d(axes)[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# ---------------------------------------------------------------------------- main
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3, help="runs of every (workload, system) (default: 3)")
+    ap.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    ap.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    ap.add_argument("--seed", type=int, default=0, help="trace seed (the same trace for every system)")
+    ap.add_argument("--model", help="model directory (default: the tiny model)")
+    ap.add_argument("--peer-dir", type=Path, default=Path(tempfile.gettempdir()) / "preble-peers",
+                    help="where the peers are installed on first use")
+    ap.add_argument("--json", type=Path, default=RESULTS / "peer_routers.json")
+    args = ap.parse_args()
+    from preble_tiered.engine.tiny_model import ensure_tiny_model
+
+    model = args.model or str(ensure_tiny_model())
+    log_dir = Path(tempfile.mkdtemp(prefix="peer-routers-"))
+    print(f"logs in {log_dir}", flush=True)
+    peers = [s for s in args.systems if not s.startswith("preble")]
+    exes = {}
+    if any(s.startswith("smg") for s in peers):
+        exes["smg"] = ensure_smg(args.peer_dir)
+    if any(s.startswith("vllm-router") for s in peers):
+        exes["vllm-router"] = ensure_vllm_router(args.peer_dir)
+    traces = {wl: workload(wl, args.seed) for wl in args.workloads}
+    rows: list[dict] = []
+    t_start = time.monotonic()
+    servers = VllmServers(2, model, SHAPE, log_dir, peer_mode=True) if peers else None
+    try:
+        if servers is not None:
+            servers.__enter__()
+        for rep in range(args.repeats):
+            for wl in args.workloads:
+                order = args.systems[rep % len(args.systems):] + args.systems[:rep % len(args.systems)]
+                for sysname in order:  # rotated per repeat: no system always runs first
+                    if sysname.startswith("preble"):
+                        row = run_ours(sysname.split("-", 1)[1], wl, traces[wl], model, log_dir, rep)
+                    else:
+                        kind = "smg" if sysname.startswith("smg-") else "vllm-router"
+                        policy = sysname[len(kind) + 1:]
+                        cls = Smg if kind == "smg" else VllmRouter
+                        row = run_peer(cls, exes[kind], policy, servers, traces[wl], log_dir, rep)
+                    row.update(workload=wl, system=sysname, repeat=rep)
+                    rows.append(row)
+                    tt = row["ttft_ms"] or {"mean": float("nan"), "p99": float("nan")}
+                    print(f"[{time.monotonic() - t_start:6.0f} s] repeat {rep} {wl:9s} {sysname:24s} "
+                          f"TTFT mean {tt['mean']:7.1f} p99 {tt['p99']:7.1f} ms  errors {row['errors']}"
+                          f"{' ' + row['first_error'][:100] if row['errors'] else ''}", flush=True)
+    finally:
+        if servers is not None:
+            servers.__exit__(None, None, None)
+    agg = aggregate(rows)
+    tg = targets(agg)
+    md = markdown(agg, tg)
+    print(md)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"config": {"repeats": args.repeats, "seed": args.seed, "shape": SHAPE.__dict__,
+                                                "cpus": os.cpu_count(), "workloads": args.workloads,
+                                                "systems": args.systems},
+                                     "summary": agg, "targets": tg, "runs": rows}, indent=1))
+    args.json.with_suffix(".md").write_text(md)
+    plot(agg, args.json.with_suffix(".png"))
+    print(f"wrote {args.json}, .md and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
