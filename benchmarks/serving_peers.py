@@ -414,7 +414,7 @@ class OpenAIClient:
                     if not line.startswith(b"data:") or line == b"data: [DONE]":
                         continue
                     msg = json.loads(line[5:])
-                    if msg.get("choices") and msg["choices"][0].get("text"):
+                    if msg.get("choices"):  # a token (its text may be empty: bytes of an unfinished character)
                         last = time.perf_counter()
                         first = first or last
                     if msg.get("usage"):
