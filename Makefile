@@ -19,7 +19,7 @@ MOONCAKE ?= mooncake
 RUN_ARGS ?= --nodes 2
 SIM_ARGS ?= --workload toolbench --nodes 8 --requests 1500 --policy all
 
-.PHONY: run sim test test-fast install install-engine bench bench-e2e bench-path protos clean
+.PHONY: run sim test test-fast install install-engine bench bench-e2e bench-path bench-peers protos clean
 
 # The embedded default: router + 2 node agents on the tiny model; Ctrl-C stops it.
 run: $(STAMP)-engine $(STAMP)-pkg
@@ -83,6 +83,10 @@ bench-e2e: $(STAMP)-engine $(STAMP)-pkg
 # venv on first use); about 11 minutes per run.
 bench-path: $(STAMP)-engine $(STAMP)-pkg
 	$(BIN)/python benchmarks/path_overhead.py --runs 3 --profile
+
+# Our cluster against the real peer routers (smg, vllm-router; scratch venvs) over the OpenAI API.
+bench-peers: $(STAMP)-engine $(STAMP)-pkg
+	$(BIN)/python benchmarks/peer_routers.py --repeats 3
 
 protos: $(STAMP)-pkg
 	$(BIN)/python scripts/gen_protos.py

@@ -123,7 +123,16 @@ def summarise(recs: list[Rec], wall: float) -> dict:
     reported = [r for r in ok if r.cached_tokens >= 0]
     share = (sum(r.cached_tokens for r in reported) / max(1, sum(r.prompt_tokens for r in reported))
              if reported else None)
-    return {"requests": len(recs), "errors": len(recs) - len(ok),
+    ours = [r.server for r in ok if r.server]
+    router = None
+    if ours:  # where the time went, by our router's own clock, and where the cached tokens came from
+        router = {"ttft_ms": st([o["ttft_ms"] / 1e3 for o in ours]),
+                  "client_minus_router_ttft_ms": float(np.mean([r.ttft - r.server["ttft_ms"] / 1e3
+                                                                for r in ok if r.server]) * 1e3),
+                  "cached_tokens": {k: int(sum(o["cached_tokens"][k] for o in ours))
+                                    for k in ours[0]["cached_tokens"]},
+                  "branches": {b: sum(o["branch"] == b for o in ours) for b in sorted({o["branch"] for o in ours})}}
+    return {"router": router, "requests": len(recs), "errors": len(recs) - len(ok),
             "first_error": next((r.error for r in recs if r.error), ""),
             "ttft_ms": st([r.ttft for r in ok if r.ttft == r.ttft]), "latency_ms": st([r.latency for r in ok]),
             "tokens_per_s": sum(r.tokens for r in ok) / wall, "cached_share": share, "wall_s": wall}
@@ -160,6 +169,13 @@ def aggregate(rows: list[dict]) -> list[dict]:
             a["tokens_per_s"] = float(np.mean([r["tokens_per_s"] for r in rs]))
             shares = [r["cached_share"] for r in rs if r["cached_share"] is not None]
             a["cached_share"] = float(np.mean(shares)) if shares else None
+            routed = [r["router"] for r in rs if r.get("router")]
+            if routed:
+                a["router"] = {"ttft_mean_ms": float(np.mean([x["ttft_ms"]["mean"] for x in routed])),
+                               "client_minus_router_ttft_ms": float(np.mean([x["client_minus_router_ttft_ms"]
+                                                                             for x in routed])),
+                               "cached_tokens_per_repeat": {k: float(np.mean([x["cached_tokens"][k] for x in routed]))
+                                                            for k in routed[0]["cached_tokens"]}}
             out.append(a)
     return out
 
@@ -199,6 +215,18 @@ def markdown(agg: list[dict], tg: dict) -> str:
         lines.append(f"| {a['workload']} | {a['system']} | {f(a['ttft_mean'])} | {f(a['ttft_p50'])} | "
                      f"{f(a['ttft_p99'])} | {f(a['latency_mean'])} | {f(a['latency_p99'])} | "
                      f"{a['tokens_per_s']:.0f} | {share} | {a['errors']} |")
+    ours = [a for a in agg if a.get("router")]
+    if ours:
+        lines += ["", "Ours by the router's own clock (TTFT from admission to the first token; the rest of "
+                      "the client's TTFT is the HTTP front, the client and the network):", "",
+                  "| workload | system | router TTFT mean ms | client - router ms | cached tokens per run "
+                  "(hbm / dram / disk / remote) |", "|---|---|---|---|---|"]
+        for a in ours:
+            r = a["router"]
+            c = r["cached_tokens_per_repeat"]
+            lines.append(f"| {a['workload']} | {a['system']} | {r['ttft_mean_ms']:.1f} | "
+                         f"{r['client_minus_router_ttft_ms']:.1f} | "
+                         f"{' / '.join(f'{c.get(k, 0):,.0f}' for k in ('hbm', 'dram', 'disk', 'remote'))} |")
     lines += ["", "| workload | best peer (mean TTFT) | mean TTFT ratio | best peer (p99 TTFT) | p99 TTFT ratio "
                   "| peers better on mean TTFT or latency | target met |", "|---|---|---|---|---|---|---|"]
     for wl, t in tg.items():

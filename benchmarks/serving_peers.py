@@ -372,6 +372,9 @@ class Rec:
     prompt_tokens: int = 0
     cached_tokens: int = -1
     """Prompt tokens the system reports as cached (-1: it does not report them)."""
+    server: dict = field(default_factory=dict)
+    """Our router's own account of the request (`usage.preble`: its TTFT, the node, cached
+    tokens by tier), where the system is ours."""
 
 
 def _finish(rec: Rec, t0: float, first: float | None, last: float, tokens: int) -> Rec:
@@ -423,6 +426,7 @@ class OpenAIClient:
                         details = u.get("prompt_tokens_details") or {}
                         if details.get("cached_tokens") is not None:
                             rec.cached_tokens = details["cached_tokens"]
+                        rec.server = u.get("preble") or {}
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             rec.error = repr(e)
             return rec

@@ -44,3 +44,10 @@ def validate_params(params: GenParams) -> None:
     for s in params.stop:
         if not s or len(s) > MAX_STOP_CHARS:
             raise ValueError(f"stop strings must have 1 to {MAX_STOP_CHARS} characters, got {len(s)}")
+        if not s.isascii():
+            try:
+                s.encode()
+            except UnicodeEncodeError:
+                raise ValueError("stop strings must be valid Unicode (one holds a lone surrogate)") from None
+    if params.seed is not None and not 0 <= params.seed < 1 << 63:
+        raise ValueError(f"seed must be in [0, 2^63), got {params.seed}")

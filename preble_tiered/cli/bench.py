@@ -1,4 +1,5 @@
-"""`preble bench`: drive a running cluster over the gRPC API with a workload or a trace.
+"""`preble bench`: drive a running cluster over the gRPC API (or any server over the OpenAI
+API, `--openai`: see bench_openai.py) with a workload or a trace.
 
 Requests are sent at their arrival times (open loop), as token ids drawn from the
 model's vocabulary (`workloads.tokens`), greedy, with `ignore_eos` so each produces its
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,6 +34,12 @@ class BenchConfig:
     """Cap on each request's output tokens (None: the workload's)."""
     timeout_s: float = 600.0
     progress: bool = True
+    openai_url: str | None = None
+    """Drive this OpenAI API base URL (e.g. http://127.0.0.1:8000/v1) instead of gRPC at `addr`."""
+    vocab_size: int | None = None
+    """The model's vocabulary for the prompt token ids (None: the server's report)."""
+    nodes: int | None = None
+    """Nodes behind an OpenAI server that does not report them (summaries per node)."""
 
 
 @dataclass
@@ -40,49 +48,89 @@ class BenchOutcome:
     failures: list[str]
 
 
-def check_fits(requests: Sequence[WorkloadRequest], info: inference_pb2.ModelInfo, max_out: int | None) -> None:
+def check_fits(requests: Sequence[WorkloadRequest], max_model_len: int, max_out: int | None) -> None:
     """Raises ValueError when a request cannot fit the model (before anything is sent)."""
     for r in requests:
         out = min(r.output_tokens, max_out) if max_out else r.output_tokens
-        if r.prompt_tokens + max(out, 1) > info.max_model_len:
+        if r.prompt_tokens + max(out, 1) > max_model_len:
             raise ValueError(f"request {r.request_id} has {r.prompt_tokens} prompt + {out} output tokens; the model "
-                             f"allows {info.max_model_len}: use a trace with shorter prompts or --max-output-tokens")
+                             f"allows {max_model_len}: use a trace with shorter prompts or --max-output-tokens")
 
 
 async def run_bench(requests: Sequence[WorkloadRequest], cfg: BenchConfig, label: str = "") -> BenchOutcome:
+    if cfg.openai_url:
+        return await _run_openai(requests, cfg, label)
     async with grpc.aio.insecure_channel(cfg.addr, options=CHANNEL_OPTIONS) as ch:
         stub = inference_pb2_grpc.InferenceStub(ch)
         info = await stub.GetModelInfo(inference_pb2.ModelInfoRequest(), timeout=10)
         if info.nodes_alive == 0:
             raise ValueError(f"the cluster at {cfg.addr} has no node serving")
-        check_fits(requests, info, cfg.max_output_tokens)
+        check_fits(requests, info.max_model_len, cfg.max_output_tokens)
         policy, branches_before = await _router_view(ch)
-        records: list[RequestRecord | None] = [None] * len(requests)
-        failures: list[str] = []
-        bar = _bar(len(requests), cfg.progress)
-        t0 = time.monotonic()
-        base = min((r.arrival_s for r in requests), default=0.0)
 
-        async def one(i: int, r: WorkloadRequest) -> None:
-            delay = (r.arrival_s - base) - (time.monotonic() - t0)
-            if delay > 0:
-                await asyncio.sleep(delay)
-            try:
-                records[i] = await _send(stub, r, info.vocab_size, cfg, t0)
-            except grpc.aio.AioRpcError as e:
-                failures.append(f"{r.request_id}: {e.code().name}: {e.details()}")
-            bar.update(1)
+        async def one(r: WorkloadRequest, t0: float) -> RequestRecord:
+            return await _send(stub, r, info.vocab_size, cfg, t0)
 
-        await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
-        bar.close()
-        wall = time.monotonic() - t0
+        done, failures, wall = await _replay(requests, one, grpc.aio.AioRpcError,
+                                             lambda e: f"{e.code().name}: {e.details()}", cfg.progress)
         _, branches_after = await _router_view(ch)
-    done = [r for r in records if r is not None]
+    branches = {k: v - branches_before.get(k, 0) for k, v in branches_after.items() if v - branches_before.get(k, 0)}
+    return _outcome(policy or label, label, done, failures, branches, wall, info.nodes_alive)
+
+
+async def _run_openai(requests: Sequence[WorkloadRequest], cfg: BenchConfig, label: str) -> BenchOutcome:
+    import httpx
+    import openai
+
+    from preble_tiered.cli import bench_openai
+
+    async with openai.AsyncOpenAI(base_url=cfg.openai_url, api_key=bench_openai.api_key(), max_retries=0,
+                                  timeout=cfg.timeout_s) as client:
+        server = await bench_openai.describe(client, cfg.openai_url, cfg.vocab_size)
+        if server.max_model_len:
+            check_fits(requests, server.max_model_len, cfg.max_output_tokens)
+
+        async def one(r: WorkloadRequest, t0: float) -> RequestRecord:
+            out = min(r.output_tokens, cfg.max_output_tokens) if cfg.max_output_tokens else r.output_tokens
+            ids = request_token_ids(r, server.vocab_size).tolist()
+            return await bench_openai.send(client, server, r, ids, max(1, out), t0)
+
+        # httpx errors while a stream is read are not wrapped by the openai package
+        done, failures, wall = await _replay(requests, one, (openai.APIError, httpx.HTTPError, RuntimeError),
+                                             lambda e: f"{type(e).__name__}: {e}", cfg.progress)
+    branches = dict(Counter(r.branch for r in done if r.branch))
+    return _outcome(label or server.model, label, done, failures, branches, wall, server.nodes or cfg.nodes or 1)
+
+
+async def _replay(requests: Sequence[WorkloadRequest], one, errors, describe, progress: bool):
+    """Send each request at its arrival time; (records of those that finished, failures, wall s)."""
+    records: list[RequestRecord | None] = [None] * len(requests)
+    failures: list[str] = []
+    bar = _bar(len(requests), progress)
+    t0 = time.monotonic()
+    base = min((r.arrival_s for r in requests), default=0.0)
+
+    async def timed(i: int, r: WorkloadRequest) -> None:
+        delay = (r.arrival_s - base) - (time.monotonic() - t0)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            records[i] = await one(r, t0)
+        except errors as e:
+            failures.append(f"{r.request_id}: {describe(e)}")
+        bar.update(1)
+
+    await asyncio.gather(*(timed(i, r) for i, r in enumerate(requests)))
+    bar.close()
+    return [r for r in records if r is not None], failures, time.monotonic() - t0
+
+
+def _outcome(policy: str, label: str, done: list[RequestRecord], failures: list[str], branches: dict[str, int],
+             wall: float, nodes: int) -> BenchOutcome:
     if not done:
         raise RuntimeError(f"every request failed; first error: {failures[0] if failures else '?'}")
-    branches = {k: v - branches_before.get(k, 0) for k, v in branches_after.items() if v - branches_before.get(k, 0)}
-    res = SimResult(policy or label, done, [], branches, wall, [])
-    summary = res.summary(label, info.nodes_alive)
+    res = SimResult(policy, done, [], branches, wall, [])
+    summary = res.summary(label, nodes)
     summary.pop("ideal", None)
     summary.pop("sim_wall_s", None)
     summary.pop("decision_us", None)  # not visible from the client: see the router's /metrics

@@ -112,10 +112,17 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     gn.add_argument("--tls-ca", metavar="PEM", help="CA (or server) certificate: connect with TLS")
 
     bn = sub.add_parser("bench", help="drive a running cluster with a workload or trace",
-                        description="Open-loop load over the gRPC API; prints TTFT/latency/TPOT/throughput and "
-                                    "cached tokens by tier; --json writes the same shape as `preble sim`.")
+                        description="Open-loop load over the gRPC API, or over the OpenAI API of any server with "
+                                    "--openai; prints TTFT/latency/TPOT/throughput and cached tokens by tier; "
+                                    "--json writes the same shape as `preble sim`.")
     add_workload_args(bn, trace=True)
     bn.add_argument("--addr", default=f"127.0.0.1:{DEFAULT_PORT}", help="router address")
+    bn.add_argument("--openai", metavar="URL", default=None,
+                    help="drive this OpenAI API instead (base URL, e.g. http://127.0.0.1:8000/v1; ours, vLLM's or "
+                         "a router's); the key is $PREBLE_INFERENCE_TOKEN, else $OPENAI_API_KEY")
+    bn.add_argument("--vocab-size", type=positive_int, default=None,
+                    help="with --openai: the model's vocabulary for the prompt token ids (default: the server's "
+                         "report; ours gives it, others may not)")
     bn.add_argument("--max-output-tokens", type=positive_int, default=None, help="cap each request's output")
     bn.add_argument("--json", metavar="PATH", help="write the summary as JSON")
     bn.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -327,11 +334,16 @@ def cmd_bench(args: argparse.Namespace, load_requests) -> int:
     from preble_tiered.client import Client
     from preble_tiered.sim.report import format_table, write_json
 
-    if getattr(args, "nodes", None) is None:
-        with Client(args.addr) as c:
-            args.nodes = max(1, c.model_info().nodes_alive)
+    given_nodes = args.nodes
+    if args.nodes is None:
+        if args.openai:
+            args.nodes = 1  # scales a built-in workload; a trace is replayed as it is
+        else:
+            with Client(args.addr) as c:
+                args.nodes = max(1, c.model_info().nodes_alive)
     reqs, wname = load_requests(args)
-    cfg = BenchConfig(addr=args.addr, max_output_tokens=args.max_output_tokens, progress=not args.quiet)
+    cfg = BenchConfig(addr=args.addr, max_output_tokens=args.max_output_tokens, progress=not args.quiet,
+                      openai_url=args.openai, vocab_size=args.vocab_size, nodes=given_nodes)
     out = asyncio.run(run_bench(reqs, cfg, wname))
     s = out.summary
     print(format_table([s]))

@@ -60,6 +60,7 @@ class Run:
     finished: bool = False
     hashes: list[int] = field(default_factory=list)
     record: DecisionRecord | None = None
+    started: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +98,9 @@ class Dispatcher:
         self.stats = RouterStats()
         self.on_complete: list = []  # callbacks (hashes, node, cached tokens) of finished requests
         self._tokenizer: Tokenizer | None = None
-        self._active: set[str] = set()
+        self._active: dict[str, Run] = {}
+        """Admitted and not finished: a slot is taken at admission, so concurrent admissions
+        cannot pass the limit or share a request id."""
 
     @property
     def outstanding(self) -> int:
@@ -123,6 +126,12 @@ class Dispatcher:
                 raise invalid("prompt is empty: send text or token_ids")
             if len(prompt.text) > MAX_TEXT_CHARS:
                 raise invalid(f"prompt text has {len(prompt.text)} characters; the limit is {MAX_TEXT_CHARS}")
+            if not prompt.text.isascii():
+                try:
+                    prompt.text.encode()
+                except UnicodeEncodeError as e:
+                    raise invalid(f"prompt text is not valid Unicode at character {e.start} "
+                                  "(a lone surrogate)") from None
             return self.tokenizer().encode(prompt.text, prompt.add_special_tokens)
         raise invalid("prompt is empty: set `text` or `token_ids`")
 
@@ -171,13 +180,23 @@ class Dispatcher:
                                f"{self.config.max_outstanding}); retry later")
         if rid in self._active:
             raise RequestError(grpc.StatusCode.ALREADY_EXISTS, f"request_id {rid!r} is already in flight")
-        return Run(rid, ids, params, time.monotonic(), priority)
+        run = Run(rid, ids, params, time.monotonic(), priority)
+        self._active[rid] = run
+        self.metrics.outstanding.set(len(self._active))
+        return run
+
+    def abandon(self, run: Run) -> None:
+        """Give back the slot of an admitted run that was never started (its client left
+        first); a started run gives it back itself when it ends."""
+        if not run.started and self._active.get(run.rid) is run:
+            del self._active[run.rid]
+            self.metrics.outstanding.set(len(self._active))
 
     # ------------------------------------------------------------------ running
     async def run(self, run: Run) -> AsyncIterator[TokenChunk | Outcome]:
-        """Token chunks as they come, then the Outcome. Raises RequestError for the client."""
-        self._active.add(run.rid)
-        self.metrics.outstanding.set(len(self._active))
+        """Token chunks as they come, then the Outcome. Raises RequestError for the client.
+        `run` comes from `admit`, which holds its slot."""
+        run.started = True
         try:
             async for msg in self._drive(run):
                 yield msg
@@ -188,7 +207,8 @@ class Dispatcher:
         finally:
             if run.record is not None:
                 self.decisions.finish(run.record, "done" if run.finished else "failed")
-            self._active.discard(run.rid)
+            if self._active.get(run.rid) is run:
+                del self._active[run.rid]
             self.metrics.outstanding.set(len(self._active))
             if not run.finished:
                 self.scheduler.on_finish(run.rid, len(run.generated))
@@ -208,7 +228,8 @@ class Dispatcher:
                     yield msg
                 return
             except NodeError as e:
-                if e.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                if e.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              grpc.StatusCode.ALREADY_EXISTS):
                     raise RequestError(e.code, f"node {link.name}: {e.details}") from None
                 self._reroute(run, link, e)
 

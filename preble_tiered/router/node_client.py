@@ -123,8 +123,9 @@ class ServeStream:
         rid = order.request_id
         if rid in self._queues:
             raise NodeError(grpc.StatusCode.ALREADY_EXISTS, f"request {rid!r} is already running on this node")
+        msg = node_pb2.ServeRequest(submit=convert.order_to_pb(order))  # a bad order fails unregistered
         q = self._queues[rid] = asyncio.Queue()
-        self._out.put_nowait(node_pb2.ServeRequest(submit=convert.order_to_pb(order)))
+        self._out.put_nowait(msg)
         return q
 
     def close_request(self, rid: str, cancel: bool) -> None:

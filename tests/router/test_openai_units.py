@@ -88,3 +88,25 @@ def test_http_port_bounds_and_a_taken_port():
         taken = s.getsockname()[1]
         with pytest.raises(OSError, match=f"cannot listen for HTTP on 127.0.0.1:{taken}"):
             asyncio.run(HttpServer(None, "127.0.0.1", taken).start())
+
+
+def test_loop_controls_work_and_a_broken_template_says_so(tmp_path):
+    t = ChatTemplate("{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}{{ m['content'] }}"
+                     "{% endfor %}")
+    assert t.render([*MSGS, {"role": "user", "content": "more"}]) == "hi"
+    with pytest.raises(TemplateError, match="does not compile"):
+        ChatTemplate("{% for m in messages %}")
+    (tmp_path / "chat_template.jinja").write_text("{{ unclosed")
+    with pytest.raises(TemplateError, match="does not compile"):
+        load_chat_template(tmp_path)
+
+
+def test_the_token_is_checked_before_the_body_is_read():
+    cfg = RouterConfig(port=0, inference_token="t" * 16)
+    with TestClient(OpenAIFront(Router(cfg)).app()) as c:
+        r = c.post("/v1/completions", content=b"{not json", headers={"Content-Type": "application/json"})
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        r = c.post("/v1/completions", content=b"{not json", headers={"Authorization": "Bearer " + "t" * 16,
+                                                                      "Content-Type": "application/json"})
+        assert r.status_code == 400  # past the gate, the body is read and refused
+        assert c.get("/health").status_code == 503  # probes need no token

@@ -45,9 +45,10 @@ def router(tmp_path_factory):
     d = tmp_path_factory.mktemp("tls")
     cert, key = self_signed(d)
     (d / "inference-token").write_text("inference-token-0123456789\n")
-    port = free_port()
+    port, http_port = free_port(), free_port()
     log = open(d / "router.log", "wb")  # noqa: SIM115
-    p = subprocess.Popen([sys.executable, "-m", "preble_tiered.cli", "router", "--port", str(port), "--tls-cert", cert,
+    p = subprocess.Popen([sys.executable, "-m", "preble_tiered.cli", "router", "--port", str(port),
+                          "--http-port", str(http_port), "--tls-cert", cert,
                           "--tls-key", key, "--inference-token-file", str(d / "inference-token"),
                           "--state", str(d / "state.json")], stdout=log, stderr=subprocess.STDOUT)
     addr = f"127.0.0.1:{port}"
@@ -63,7 +64,7 @@ def router(tmp_path_factory):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        yield addr, cert
+        yield addr, cert, http_port
     finally:
         p.terminate()
         p.wait(10)
@@ -71,20 +72,35 @@ def router(tmp_path_factory):
 
 
 def test_tls_client_with_the_token_is_served(router):
-    addr, cert = router
+    addr, cert, _ = router
     with Client(addr, 5.0, token="inference-token-0123456789", tls_ca=cert) as c:
         assert c.model_info().block_size == 32
 
 
 def test_tls_client_without_the_token_is_refused(router):
-    addr, cert = router
+    addr, cert, _ = router
     with Client(addr, 5.0, tls_ca=cert) as c, pytest.raises(grpc.RpcError) as e:
         c.model_info()
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_plaintext_client_cannot_talk_to_a_tls_router(router):
-    addr, _ = router
+    addr, _, _ = router
     with Client(addr, 3.0, token="inference-token-0123456789") as c, pytest.raises(grpc.RpcError) as e:
         c.model_info()
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_openai_api_is_served_over_tls_with_the_token(router):
+    import ssl
+
+    import httpx
+
+    _, cert, http_port = router
+    url = f"https://127.0.0.1:{http_port}/v1/models"
+    ca = ssl.create_default_context(cafile=cert)
+    r = httpx.get(url, verify=ca, headers={"Authorization": "Bearer inference-token-0123456789"}, timeout=10)
+    assert r.status_code == 200 and r.json() == {"object": "list", "data": []}  # no node: no model yet
+    assert httpx.get(url, verify=ca, timeout=10).status_code == 401
+    with pytest.raises(httpx.HTTPError):  # plaintext HTTP to a TLS port
+        httpx.get(f"http://127.0.0.1:{http_port}/v1/models", timeout=5)

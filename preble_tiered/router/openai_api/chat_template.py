@@ -1,9 +1,11 @@
 """The model's chat template on the router: OpenAI `messages` -> prompt text.
 
 Templates are read as Hugging Face stores them (`chat_template.jinja`, else the
-`chat_template` entry of `tokenizer_config.json`) and rendered as `transformers` renders
-them: Jinja in a sandbox, `trim_blocks` and `lstrip_blocks`, with `messages`, `bos_token`,
-`eos_token`, `add_generation_prompt` and `raise_exception` in scope. The rendered text holds
+`chat_template` entry of `tokenizer_config.json`) and rendered the way `transformers` renders
+them, for text messages: Jinja in a sandbox with `trim_blocks`, `lstrip_blocks` and loop
+controls, with `messages` (role, content, name), `bos_token`, `eos_token`,
+`add_generation_prompt`, `raise_exception` and `strftime_now` in scope (no tools, no
+documents). The rendered text holds
 its own special tokens, so it is encoded without adding any (as vLLM does).
 """
 
@@ -11,12 +13,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-MAX_MESSAGES = 4096
 
 
 class TemplateError(ValueError):
@@ -30,12 +31,18 @@ class ChatTemplate:
     eos_token: str = ""
 
     def __post_init__(self) -> None:
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        """Raises TemplateError when the template does not compile."""
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=["jinja2.ext.loopcontrols"])
         env.globals["raise_exception"] = _raise
-        object.__setattr__(self, "_compiled", env.from_string(self.source))
+        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        try:
+            object.__setattr__(self, "_compiled", env.from_string(self.source))
+        except jinja2.TemplateError as e:
+            raise TemplateError(f"the model's chat template does not compile: {e}") from None
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        """The prompt text of `messages` (each {"role", "content"}).
+        """The prompt text of `messages` (each {"role", "content"[, "name"]}).
 
         Raises:
             TemplateError: the template refused them or failed (the message says why).
@@ -45,7 +52,7 @@ class ChatTemplate:
                                          add_generation_prompt=add_generation_prompt)
         except TemplateError:
             raise
-        except jinja2.TemplateError as e:
+        except Exception as e:  # noqa: BLE001 - whatever the template does with odd messages is the request's fault
             raise TemplateError(f"the model's chat template failed on these messages: {e}") from None
 
 
@@ -54,7 +61,11 @@ def _raise(message: str) -> None:
 
 
 def load_chat_template(model_dir: str | Path) -> ChatTemplate | None:
-    """The chat template stored with the model at `model_dir`, or None when it has none."""
+    """The chat template stored with the model at `model_dir`, or None when it has none.
+
+    Raises:
+        TemplateError: the template does not compile.
+    """
     d = Path(model_dir)
     config: dict = {}
     try:
