@@ -206,85 +206,50 @@ class VllmServers:
                     raise RuntimeError(f"{url}/reset_prefix_cache answered {r.status}")
 
 
-def ensure_smg(peer_dir: Path) -> Path:
-    """The `smg` binary from a scratch venv (created and installed from PyPI on first use)."""
-    venv = peer_dir / "smg"
-    exe = venv / "bin" / "smg"
+def _ensure_peer(peer_dir: Path, package: str, version: str) -> Path:
+    """The `package` command from a scratch venv under `peer_dir` (created and installed from
+    PyPI on first use)."""
+    venv = peer_dir / package
+    exe = venv / "bin" / package
     if not exe.exists():
-        print(f"installing smg {SMG_VERSION} into {venv} ...", flush=True)
+        print(f"installing {package} {version} into {venv} ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"smg=={SMG_VERSION}"], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"{package}=={version}"], check=True)
     return exe
 
 
-class Smg:
-    """SGLang's model gateway over worker URLs (cache_aware with its default thresholds, or
-    round_robin) and the like-for-like flags of ../shared/peer-routers.md (no overload
-    shedding, warm-up or retries)."""
-
-    def __init__(self, exe: Path, worker_urls: list[str], log_dir: Path, policy: str = "cache_aware") -> None:
-        self.exe, self.worker_urls, self.log_dir, self.policy = exe, worker_urls, log_dir, policy
-        self.proc: subprocess.Popen | None = None
-        self.url = ""
-
-    def __enter__(self) -> "Smg":
-        port, prom = free_port(), free_port()
-        args = [str(self.exe), "launch", "--host", "127.0.0.1", "--port", str(port), "--worker-urls",
-                *self.worker_urls, "--policy", self.policy, "--prometheus-port", str(prom),
-                "--prometheus-host", "127.0.0.1", "--shutdown-grace-period-secs", "2",
-                "--disable-worker-overload-protection", "--worker-warmup-secs", "0", "--disable-retries"]
-        log = self.log_dir / f"smg-{self.policy}.log"
-        self.proc = _spawn(args, {}, log)
-        self.url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_http(self.url + "/v1/models", [self.proc], 60, "smg", log)
-        except BaseException:
-            _stop([self.proc])
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.proc is not None:
-            _stop([self.proc])
-
-    def pids(self) -> dict[str, int]:
-        return {"smg": self.proc.pid} if self.proc else {}
+def ensure_smg(peer_dir: Path) -> Path:
+    return _ensure_peer(peer_dir, "smg", SMG_VERSION)
 
 
 VLLM_ROUTER_VERSION = "0.1.17"
 
 
 def ensure_vllm_router(peer_dir: Path) -> Path:
-    """The `vllm-router` binary from a scratch venv (created and installed from PyPI on first use)."""
-    venv = peer_dir / "vllm-router"
-    exe = venv / "bin" / "vllm-router"
-    if not exe.exists():
-        print(f"installing vllm-router {VLLM_ROUTER_VERSION} into {venv} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"vllm-router=={VLLM_ROUTER_VERSION}"],
-                       check=True)
-    return exe
+    return _ensure_peer(peer_dir, "vllm-router", VLLM_ROUTER_VERSION)
 
 
-class VllmRouter:
-    """vLLM's router over worker URLs, cache_aware (default thresholds) or round_robin. Its
-    cache_aware renders each prompt on the workers (`/v1/completions/render`): the workers must
-    run with `--enable-scale-out`, or it silently routes by load alone."""
+class _PeerRouter:
+    """A peer router process over worker URLs: started on a free port, ready when it answers
+    /v1/models, stopped on exit."""
+
+    name = ""
 
     def __init__(self, exe: Path, worker_urls: list[str], log_dir: Path, policy: str = "cache_aware") -> None:
         self.exe, self.worker_urls, self.log_dir, self.policy = exe, worker_urls, log_dir, policy
         self.proc: subprocess.Popen | None = None
         self.url = ""
 
-    def __enter__(self) -> "VllmRouter":
+    def args(self, port: int, prom: int) -> list[str]:
+        raise NotImplementedError
+
+    def __enter__(self):
         port, prom = free_port(), free_port()
-        args = [str(self.exe), "--host", "127.0.0.1", "--port", str(port), "--worker-urls", *self.worker_urls,
-                "--policy", self.policy, "--prometheus-port", str(prom), "--prometheus-host", "127.0.0.1"]
-        log = self.log_dir / f"vllm-router-{self.policy}.log"
-        self.proc = _spawn(args, {}, log)
+        log = self.log_dir / f"{self.name}-{self.policy}.log"
+        self.proc = _spawn(self.args(port, prom), {}, log)
         self.url = f"http://127.0.0.1:{port}"
         try:
-            _wait_http(self.url + "/v1/models", [self.proc], 60, "vllm-router", log)
+            _wait_http(self.url + "/v1/models", [self.proc], 60, self.name, log)
         except BaseException:
             _stop([self.proc])
             raise
@@ -295,7 +260,33 @@ class VllmRouter:
             _stop([self.proc])
 
     def pids(self) -> dict[str, int]:
-        return {"vllm-router": self.proc.pid} if self.proc else {}
+        return {self.name: self.proc.pid} if self.proc else {}
+
+
+class Smg(_PeerRouter):
+    """SGLang's model gateway over worker URLs (cache_aware with its default thresholds, or
+    round_robin) and the like-for-like flags of ../shared/peer-routers.md (no overload
+    shedding, warm-up or retries)."""
+
+    name = "smg"
+
+    def args(self, port: int, prom: int) -> list[str]:
+        return [str(self.exe), "launch", "--host", "127.0.0.1", "--port", str(port), "--worker-urls",
+                *self.worker_urls, "--policy", self.policy, "--prometheus-port", str(prom),
+                "--prometheus-host", "127.0.0.1", "--shutdown-grace-period-secs", "2",
+                "--disable-worker-overload-protection", "--worker-warmup-secs", "0", "--disable-retries"]
+
+
+class VllmRouter(_PeerRouter):
+    """vLLM's router over worker URLs, cache_aware (default thresholds) or round_robin. Its
+    cache_aware renders each prompt on the workers (`/v1/completions/render`): the workers must
+    run with `--enable-scale-out`, or it silently routes by load alone."""
+
+    name = "vllm-router"
+
+    def args(self, port: int, prom: int) -> list[str]:
+        return [str(self.exe), "--host", "127.0.0.1", "--port", str(port), "--worker-urls", *self.worker_urls,
+                "--policy", self.policy, "--prometheus-port", str(prom), "--prometheus-host", "127.0.0.1"]
 
 
 class PrebleServe:
