@@ -257,7 +257,10 @@ def plot(agg: list[dict], path: Path) -> None:
             err = np.array([[a[key]["mean"] - a[key]["min"] for a in rows], [a[key]["max"] - a[key]["mean"]
                                                                               for a in rows]])
             ax.bar(x + off, m, 0.4, yerr=err, capsize=3, label=label)
-        ax.set_xticks(x, [a["system"].replace("-", "\n", 1) for a in rows], fontsize=7)
+        labels = [a["system"].replace("preble-", "preble\n").replace("smg-", "smg\n")
+                  .replace("vllm-router-", "vllm-router\n").replace("cache_aware", "cache-aware")
+                  .replace("round_robin", "round-robin") for a in rows]
+        ax.set_xticks(x, labels, fontsize=7, rotation=35, ha="right")
         ax.set_title(wl)
         ax.set_ylabel("ms")
         ax.set_yscale("log")
@@ -277,7 +280,13 @@ def main() -> int:
     ap.add_argument("--peer-dir", type=Path, default=Path(tempfile.gettempdir()) / "preble-peers",
                     help="where the peers are installed on first use")
     ap.add_argument("--json", type=Path, default=RESULTS / "peer_routers.json")
+    ap.add_argument("--replot", action="store_true",
+                    help="run nothing: rebuild the summary, table and plot from the runs stored in --json")
     args = ap.parse_args()
+    if args.replot:
+        stored = json.loads(args.json.read_text())
+        report(stored["runs"], args.json, stored["config"])
+        return 0
     from preble_tiered.engine.tiny_model import ensure_tiny_model
 
     model = args.model or str(ensure_tiny_model())
@@ -316,19 +325,22 @@ def main() -> int:
     finally:
         if servers is not None:
             servers.__exit__(None, None, None)
+    report(rows, args.json, {"repeats": args.repeats, "seed": args.seed, "shape": SHAPE.__dict__,
+                             "cpus": os.cpu_count(), "workloads": args.workloads, "systems": args.systems})
+    return 0
+
+
+def report(rows: list[dict], path: Path, config: dict) -> None:
+    """Summary, targets, the markdown table and the plot of `rows`, written beside `path`."""
     agg = aggregate(rows)
     tg = targets(agg)
     md = markdown(agg, tg)
     print(md)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"config": {"repeats": args.repeats, "seed": args.seed, "shape": SHAPE.__dict__,
-                                                "cpus": os.cpu_count(), "workloads": args.workloads,
-                                                "systems": args.systems},
-                                     "summary": agg, "targets": tg, "runs": rows}, indent=1))
-    args.json.with_suffix(".md").write_text(md)
-    plot(agg, args.json.with_suffix(".png"))
-    print(f"wrote {args.json}, .md and .png")
-    return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"config": config, "summary": agg, "targets": tg, "runs": rows}, indent=1))
+    path.with_suffix(".md").write_text(md)
+    plot(agg, path.with_suffix(".png"))
+    print(f"wrote {path}, .md and .png")
 
 
 if __name__ == "__main__":
