@@ -266,6 +266,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("\nstopping ...", flush=True)
         return 0
     finally:
+        # A second Ctrl-C must not cut the stop short (the DRAM tiers are being flushed to
+        # disk); stop() itself escalates to SIGKILL after its grace period.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         cluster.stop()
         print("stopped: router and nodes exited", flush=True)
 
