@@ -32,6 +32,7 @@ class Format:
     def __init__(self, rid: str, model: str, created: int, include_usage: bool) -> None:
         self.id = self.id_prefix + rid
         self.model, self.created, self.include_usage = model, created, include_usage
+        self._chunk_head = self._head(self.object_chunk)  # built once: every token's chunk carries it
 
     def _head(self, obj: str) -> dict:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
@@ -44,12 +45,12 @@ class Format:
         return []
 
     def chunk(self, text: str) -> str:
-        return encode({**self._head(self.object_chunk), "choices": [self._delta(text, None)]})
+        return encode({**self._chunk_head, "choices": [self._delta(text, None)]})
 
     def end(self, o: Outcome) -> list[str]:
-        out = [encode({**self._head(self.object_chunk), "choices": [self._delta("", o.finish_reason)]})]
+        out = [encode({**self._chunk_head, "choices": [self._delta("", o.finish_reason)]})]
         if self.include_usage:
-            out.append(encode({**self._head(self.object_chunk), "choices": [], "usage": usage(o)}))
+            out.append(encode({**self._chunk_head, "choices": [], "usage": usage(o)}))
         return out
 
     def _choice(self, text: str, finish_reason: str) -> dict:
@@ -63,11 +64,10 @@ class CompletionFormat(Format):
     object_whole = object_chunk = "text_completion"
     id_prefix = "cmpl-"
 
-    def _choice(self, text: str, finish_reason: str) -> dict:
+    def _choice(self, text: str, finish_reason: str | None) -> dict:
         return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
 
-    def _delta(self, text: str, finish_reason: str | None) -> dict:
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    _delta = _choice  # a completion's chunk has the same choice shape as the whole answer
 
 
 class ChatFormat(Format):
@@ -76,7 +76,7 @@ class ChatFormat(Format):
     id_prefix = "chatcmpl-"
 
     def begin(self) -> list[str]:
-        return [encode({**self._head(self.object_chunk), "choices": [
+        return [encode({**self._chunk_head, "choices": [
             {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]})]
 
     def _choice(self, text: str, finish_reason: str) -> dict:

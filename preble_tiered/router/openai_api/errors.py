@@ -115,9 +115,8 @@ class Gate:
                                 "authentication_error", "invalid_api_key").response()
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
-            return JSONResponse(error_body(f"the request body has {int(length)} bytes; the limit is "
-                                           f"{self.max_bytes}", "invalid_request_error", "request_too_large"),
-                                status_code=413)
+            return ApiError(413, f"the request body has {int(length)} bytes; the limit is {self.max_bytes}",
+                            "invalid_request_error", "request_too_large").response()
         return None
 
     def _counting(self, receive):
