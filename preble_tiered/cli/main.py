@@ -84,12 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_workload_args(sim, trace=True)
     sim.add_argument("--policy", action="append", metavar="P",
                      help=f"policy to run, repeatable, or 'all' (known: {', '.join(policy_names())}; default: e2_tiered)")
-    sim.add_argument("--cost", default="mistral-7b-a6000", choices=sorted(COST_PRESETS),
-                     help="cost-model preset (default: mistral-7b-a6000)")
+    sim.add_argument("--cost", default=None, choices=sorted(COST_PRESETS),
+                     help="cost-model preset (default: mistral-7b-a6000, unless --profile)")
+    sim.add_argument("--profile", metavar="NAME|PATH", default=None,
+                     help="run on a measured cluster profile (a shipped name such as cpu-tiny, or a JSON file "
+                          "from `preble calibrate` / `preble admin profile`): its prefill and decode fits, "
+                          "engine limits, KV per tier, links and request overhead; --hbm-tokens etc. override")
     sim.add_argument("--hbm-tokens", type=_positive_int, default=None, help="per-node GPU KV capacity (default: preset's)")
     sim.add_argument("--dram-tokens", type=_nonneg_int, default=None, help="per-node DRAM tier (default: 10x HBM)")
     sim.add_argument("--disk-tokens", type=_nonneg_int, default=None, help="per-node disk tier (default: 50x HBM)")
-    sim.add_argument("--block-size", type=_positive_int, default=32, help="tokens per KV block (default: 32)")
+    sim.add_argument("--block-size", type=_positive_int, default=None,
+                     help="tokens per KV block (default: 32, or the profile's)")
     sim.add_argument("--event-delay", type=float, default=0.0, metavar="S",
                      help="delay before residency events reach the router, seconds (default: 0)")
     sim.add_argument("--engine-tiers", choices=["policy", "all", "none"], default="policy",
@@ -139,21 +144,37 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
     policies = _policies(args)
     reqs, wname = _load_requests(args)
-    cost = cost_preset(args.cost)
+    profile = None
+    if args.profile is not None:
+        if args.cost is not None:
+            raise ValueError("give --cost or --profile, not both")
+        from preble_tiered.sim import profile_files
+
+        profile = profile_files.load(args.profile)
+        cost, source = profile.cost_model(), f"profile={args.profile}"
+    else:
+        cost, source = cost_preset(args.cost or "mistral-7b-a6000"), f"cost={args.cost or 'mistral-7b-a6000'}"
+    overrides = {k: v for k, v in (("hbm_tokens", args.hbm_tokens), ("dram_tokens", args.dram_tokens),
+                                   ("disk_tokens", args.disk_tokens), ("block_size", args.block_size))
+                 if v is not None}
     results, summaries = [], []
     for p in policies:
-        cfg = SimConfig(nodes=args.nodes, policy=p, hbm_tokens=args.hbm_tokens, dram_tokens=args.dram_tokens,
-                        disk_tokens=args.disk_tokens, block_size=args.block_size, event_delay_s=args.event_delay,
-                        engine_tiers=args.engine_tiers, policy_config=PolicyConfig())
+        common = dict(event_delay_s=args.event_delay, engine_tiers=args.engine_tiers, policy_config=PolicyConfig())
+        if profile is not None:
+            cfg = profile_files.sim_config(profile, p, args.nodes, **common, **overrides)
+        else:
+            cfg = SimConfig(nodes=args.nodes, policy=p, **common, **{"block_size": 32, **overrides})
         prog = Progress(p, len(reqs), enabled=False if args.quiet else None)
         res = Simulator(reqs, cfg, cost).run(prog)
         results.append(res)
         summaries.append(res.summary(wname, args.nodes))
-    print(f"workload={wname} nodes={args.nodes} requests={len(reqs)} cost={args.cost}")
+    print(f"workload={wname} nodes={args.nodes} requests={len(reqs)} {source}")
     print(format_table(summaries))
     command = "preble " + shlex.join(args.argv)
     if args.json:
-        write_json(args.json, summaries, command)
+        extra = {"cost": args.cost or "mistral-7b-a6000"} if profile is None else {
+            "profile": {"name": profile.name, "from": args.profile, "source": profile.source}}
+        write_json(args.json, summaries, command, extra)
         print(f"wrote {args.json}")
     if args.plot:
         plot_cdf(args.plot, results, f"{wname}, {args.nodes} nodes, {len(reqs)} requests")

@@ -2,8 +2,10 @@
 
 Everything is in seconds and bytes. Prefill models are fitted objects: `LinearPrefill.fit`
 takes measured samples and solves least squares on the features [1, e, c, e*c], where
-e = new (computed) tokens and c = context tokens (cached + new). Presets are named in
-`PREFILL_PRESETS` / `COST_PRESETS` and chosen by name.
+e = new (computed) tokens and c = context tokens (cached + new). Decode steps are either a
+roofline (`DecodeModel`, for the GPU presets) or fitted from measured steps
+(`LinearDecode.fit`, features [1, batch size, batch context tokens]). Presets are named in
+`COST_PRESETS` and chosen by name; a measured `ClusterProfile` (`profile.py`) builds its own.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ from preble_tiered.types import Tier
 class PrefillCost(Protocol):
     def seconds(self, new_tokens: int, context_tokens: int) -> float:
         """Time to compute `new_tokens` of KV with `context_tokens` of total context."""
+        ...
+
+
+class DecodeCost(Protocol):
+    def step_seconds(self, shape: "ModelShape", batch_context_tokens: int, batch_size: int) -> float:
+        """Time of one decode step of `batch_size` sequences holding `batch_context_tokens`."""
         ...
 
 
@@ -126,6 +134,45 @@ class DecodeModel:
 
 
 @dataclass(frozen=True, slots=True)
+class LinearDecode:
+    """A decode step fitted from measured steps: t_ms = a + b*batch + c*context, where
+    context is the batch's total tokens (prompt + generated so far)."""
+
+    a: float
+    b: float
+    c: float
+
+    def step_seconds(self, shape: ModelShape, batch_context_tokens: int, batch_size: int) -> float:
+        if batch_size <= 0:
+            return 0.0
+        return max(0.0, self.a + self.b * batch_size + self.c * batch_context_tokens) * 1e-3
+
+    @classmethod
+    def fit(cls, samples: Iterable[tuple[int, int, float, int]]) -> "LinearDecode":
+        """Weighted least squares from (batch size, batch context tokens, mean seconds, steps)
+        samples: each sample is the mean of `steps` measured steps and weighs as much.
+
+        Raises:
+            ValueError: with fewer than 3 samples, or when the batch sizes do not vary (the
+                per-sequence cost cannot be told from the fixed cost).
+        """
+        rows = [(b, c, t * 1e3, w) for b, c, t, w in samples if b > 0 and w > 0]
+        if len(rows) < 3:
+            raise ValueError(f"need at least 3 decode samples to fit a decode model, got {len(rows)}")
+        m = np.asarray(rows, dtype=np.float64)
+        if len(np.unique(m[:, 0])) < 2:
+            raise ValueError("decode samples all have one batch size: measure steps at several batch sizes")
+        x = np.column_stack([np.ones(len(m)), m[:, 0], m[:, 1]])
+        sw = np.sqrt(m[:, 3])
+        scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
+        coef, _, rank, _ = np.linalg.lstsq((x / scale) * sw[:, None], m[:, 2] * sw, rcond=None)
+        a, b, c = (coef / scale).tolist()
+        if rank < 3:  # context never varied apart from the batch size: keep a and b
+            a, b, c = (np.linalg.lstsq(x[:, :2] * sw[:, None], m[:, 2] * sw, rcond=None)[0].tolist() + [0.0])
+        return cls(a, b, c)
+
+
+@dataclass(frozen=True, slots=True)
 class Link:
     """A data path: time = latency + bytes / bandwidth."""
 
@@ -168,7 +215,7 @@ class CostModel:
     name: str
     prefill: PrefillCost
     shape: ModelShape
-    decode: DecodeModel
+    decode: DecodeCost
     hbm_tokens: int  # KV capacity of one node's GPU memory, in tokens
     links: Links = field(default_factory=Links)
 

@@ -5,7 +5,9 @@ It behaves like vLLM/SGLang at the level the scheduler can see:
 - continuous batching with chunked prefill: each step runs one decode token for every
   decoding request and fills the rest of a token budget with prefill chunks (FCFS);
   step time = sum of the chunks' prefill times + a roofline decode step;
-- admission through Preble's local fair queue (cache-hit priority groups), with KV memory
+- admission through Preble's local fair queue (cache-hit priority groups) as the node agent
+  does it: only while the engine has nobody waiting for its first step, up to the free
+  sequence slots and about one step's token budget of prompts at a time; KV memory is
   reserved up front (prompt blocks it must create + the output budget), so nothing is
   preempted;
 - an HBM prefix cache of fixed capacity, evicting unreferenced blocks in LRU order; with
@@ -13,9 +15,8 @@ It behaves like vLLM/SGLang at the level the scheduler can see:
   eviction), and blocks found in DRAM/disk are copied up on use;
 - loads (DRAM, disk, pulls from another node) run on per-link queues before the request's
   prefill starts, like vLLM's asynchronous KV connector loads;
-- a queued request whose next missing block is being computed by a running request on this
-  node waits for it rather than computing it a second time. This is the simulator's rule
-  only: the node agent's admission has no such wait (docs/decisions.md, Simulator).
+- two running requests that need the same missing block both compute it, as vLLM does (its
+  prefix cache only shares blocks once they are full and stored).
 
 Every change of what the node holds is queued as a residency event; the simulator drains
 them once per step (`take_events`).
@@ -33,9 +34,6 @@ from preble_tiered.scheduler.cost_model import CostModel
 from preble_tiered.scheduler.fair_queue import FairQueue, hit_group
 from preble_tiered.scheduler.types import Plan
 from preble_tiered.types import NodeId, Tier
-
-_MAX_DEFER = 64  # queued requests passed over per admission round while they wait on a peer
-
 
 @dataclass(frozen=True)
 class SimEngineConfig:
@@ -88,8 +86,8 @@ class SimRequest:
     computed: int = 0  # prompt tokens whose KV exists (cached or computed)
     generated: int = 0
     ready_at: float = 0.0
+    scheduled: bool = False  # ran in a step (vLLM no longer counts it as waiting)
     reserved_blocks: int = 0  # KV blocks held for blocks not yet in the cache + output
-    computing: int = 0  # index into hashes of the first block it computes (registered)
     held: list[int] = field(default_factory=list)  # cache blocks this request references
     cached: dict[str, int] = field(default_factory=lambda: {"hbm": 0, "dram": 0, "disk": 0, "remote": 0})
     recomputed: int = 0
@@ -146,7 +144,6 @@ class SimEngine:
         self.reserved = 0  # blocks reserved by running requests
         self.queue: FairQueue[SimRequest] = FairQueue(config.fair_k)
         self.running: list[SimRequest] = []
-        self.computing: dict[int, int] = {}  # block -> running requests that will compute it
         self.link_free = {"dram": 0.0, "disk": 0.0, "net": 0.0}
         self._events: list[ResidencyEvent] = []
         self.stats = {"steps": 0, "busy_s": 0.0, "evicted_blocks": 0, "demoted_bytes": 0}
@@ -263,24 +260,21 @@ class SimEngine:
         return out
 
     def _admit(self, now: float) -> None:
-        deferred: list[SimRequest] = []
-        while self.queue and len(self.running) < self.config.max_running and len(deferred) < _MAX_DEFER:
+        """The node agent's rule (engine/vllm_engine.py `_admit`): nothing while a running
+        request still waits for its first step (vLLM's waiting queue is not empty); else up
+        to the free slots, and after the first only prompts that fit what is left of one
+        step's token budget."""
+        if any(not r.scheduled for r in self.running):
+            return
+        budget = self.config.max_batch_tokens
+        taken = 0
+        while self.queue and len(self.running) < self.config.max_running:
             req = self.queue.pop()
-            if self._waits_for_peer(req):
-                deferred.append(req)
-                continue
-            if not self._start(req, now):
+            if (taken and req.prompt_tokens > budget) or not self._start(req, now):
                 self.queue.push_front(req, hit_group(req.hit_ratio, self.queue.groups))
                 break
-        for req in reversed(deferred):
-            self.queue.push_front(req, hit_group(req.hit_ratio, self.queue.groups))
-
-    def _waits_for_peer(self, req: SimRequest) -> bool:
-        """True if the first block `req` lacks is being computed by a running request."""
-        if not self.computing:
-            return False
-        k = len(self._local_prefix(req.hashes, tiers=self.dram.cap > 0))
-        return k < len(req.hashes) and req.hashes[k] in self.computing
+            budget -= req.prompt_tokens
+            taken += 1
 
     def _start(self, req: SimRequest, now: float) -> bool:
         """Reserve memory and start loads for `req`; False if it does not fit yet."""
@@ -357,9 +351,6 @@ class SimEngine:
         req.bytes_moved = (len(local) - counts[Tier.HBM] + len(pulled)) * bs * kvb
         req.computed = n_cached * bs
         req.recomputed = req.prompt_tokens - req.computed
-        req.computing = n_cached
-        for h in req.hashes[n_cached:]:
-            self.computing[h] = self.computing.get(h, 0) + 1
         req.ready_at = ready
         req.state = State.LOADING if ready > now else State.PREFILL
 
@@ -401,6 +392,7 @@ class SimEngine:
                 break
             if r.state is State.PREFILL:
                 chunk = min(r.prompt_tokens - r.computed, budget)
+                r.scheduled = True
                 work.append((r, chunk))
                 budget -= chunk
                 prefill_s += self.cost.prefill_s(chunk, r.computed + chunk)
@@ -425,7 +417,6 @@ class SimEngine:
                     r.held.extend(blocks)
                     r.reserved_blocks -= len(blocks)
                     self.reserved -= len(blocks)
-                    self._done_computing(r, full)
                 if r.computed >= r.prompt_tokens:
                     r.generated, r.first_token_at = 1, end
                     r.state = State.DECODE
@@ -439,17 +430,7 @@ class SimEngine:
             self.running = [r for r in self.running if r.state is not State.DONE]
         return StepResult(dur, first, done)
 
-    def _done_computing(self, r: SimRequest, upto: int) -> None:
-        for h in r.hashes[r.computing:upto]:
-            left = self.computing[h] - 1
-            if left:
-                self.computing[h] = left
-            else:
-                del self.computing[h]
-        r.computing = max(r.computing, upto)
-
     def _complete(self, r: SimRequest, now: float) -> None:
-        self._done_computing(r, len(r.hashes))
         r.state = State.DONE
         r.finished_at = now
         self._release(r.held)

@@ -1,7 +1,9 @@
 """Discrete-event simulator: the real Scheduler on a simulated clock, one SimEngine per node.
 
 Events, in time order (ties in insertion order):
-    ARRIVAL   a request reaches the router: Scheduler.schedule -> SimEngine.submit
+    ARRIVAL   a request reaches the router: Scheduler.schedule, then SimEngine.submit (at
+              once, or after `request_overhead_s` as a SUBMIT event)
+    SUBMIT    a scheduled request reaches its node
     STEP      a node's step ends: apply progress, report first tokens and finishes,
               drain residency events, start the next step
     WAKE      a node waiting on KV loads may run again
@@ -31,7 +33,7 @@ from preble_tiered.sim.metrics import RequestRecord, SimResult, ideal_records
 from preble_tiered.types import WorkloadRequest
 from preble_tiered.workloads import request_token_ids
 
-_ARRIVAL, _STEP, _WAKE, _DELIVER = 0, 1, 2, 3
+_ARRIVAL, _STEP, _WAKE, _DELIVER, _SUBMIT = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,12 @@ class SimConfig:
     """Per-node disk tier in tokens (None: 50x HBM). Used by policies with tiers."""
     block_size: int = 32
     max_batch_tokens: int = 4096
+    """Token budget of one engine step (chunked prefill)."""
+    max_running: int = 256
+    """Most sequences one engine runs at once."""
+    request_overhead_s: float = 0.0
+    """Time from a request's arrival at the router to its node (router hop, tokenization,
+    gRPC): it counts in TTFT and latency. A profile measures it."""
     event_delay_s: float = 0.0
     """Delay before residency events reach the router (staleness)."""
     engine_tiers: str = "policy"
@@ -62,8 +70,10 @@ class SimConfig:
     def __post_init__(self) -> None:
         if self.nodes <= 0:
             raise ValueError(f"nodes must be positive, got {self.nodes}")
-        if self.event_delay_s < 0:
-            raise ValueError("event_delay_s cannot be negative")
+        if self.event_delay_s < 0 or self.request_overhead_s < 0:
+            raise ValueError("event_delay_s and request_overhead_s cannot be negative")
+        if self.max_running < 1 or self.max_batch_tokens < 1:
+            raise ValueError("max_running and max_batch_tokens must be positive")
         if self.engine_tiers not in ("policy", "all", "none"):
             raise ValueError("engine_tiers must be one of policy, all, none")
         policy_class(self.policy)  # raises ValueError for an unknown name
@@ -95,7 +105,8 @@ class Simulator:
             hbm_tokens=hbm,
             dram_tokens=(config.dram_tokens if config.dram_tokens is not None else 10 * hbm) if tiers else 0,
             disk_tokens=(config.disk_tokens if config.disk_tokens is not None else 50 * hbm) if tiers else 0,
-            block_size=config.block_size, max_batch_tokens=config.max_batch_tokens)
+            block_size=config.block_size, max_batch_tokens=config.max_batch_tokens,
+            max_running=config.max_running)
         self.engines = [SimEngine(n, ecfg, cost, self.engine) for n in range(config.nodes)]
         for eng in self.engines:
             eng.preload(self._shared)
@@ -141,6 +152,8 @@ class Simulator:
                     progress(done, total)
             elif kind == _WAKE:
                 self._start_step(payload)  # type: ignore[arg-type]
+            elif kind == _SUBMIT:
+                self._submit(*payload)  # type: ignore[misc]
             else:
                 for ev in payload:  # type: ignore[union-attr]
                     self.scheduler.apply(ev)
@@ -166,9 +179,15 @@ class Simulator:
             request_id=wr.request_id, node=d.node, branch=d.branch.value, arrival_s=now,
             prompt_tokens=wr.prompt_tokens, output_tokens=wr.output_tokens, decision_us=decision_us)
         self._inflight[wr.request_id] = sr
-        self.engines[d.node].submit(sr)
-        if not self._busy[d.node]:
-            self._start_step(d.node)
+        if self.config.request_overhead_s > 0:
+            self._push(now + self.config.request_overhead_s, _SUBMIT, (d.node, sr))
+        else:
+            self._submit(d.node, sr)
+
+    def _submit(self, node: int, sr: SimRequest) -> None:
+        self.engines[node].submit(sr)
+        if not self._busy[node]:
+            self._start_step(node)
 
     def _start_step(self, node: int) -> None:
         if self._busy[node]:

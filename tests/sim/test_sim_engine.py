@@ -1,5 +1,5 @@
 """SimEngine: HBM prefix cache with LRU eviction, demotion to DRAM/disk with residency
-events, reference protection, admission waits, loads, pulls and chunked prefill."""
+events, reference protection, the node's admission rule, loads, pulls and chunked prefill."""
 
 import pytest
 
@@ -182,7 +182,7 @@ def test_blocks_shared_by_two_running_requests_stay_referenced_until_both_finish
     assert eng.reserved == 0
 
 
-def test_a_request_waits_for_a_running_request_computing_its_next_block():
+def test_a_block_another_request_is_computing_is_computed_again_as_vllm_does():
     eng = make_engine(hbm_blocks=32, max_batch_tokens=8)
     a = make_req("a", [1, 2, 3, 4])
     eng.submit(a)
@@ -192,24 +192,56 @@ def test_a_request_waits_for_a_running_request_computing_its_next_block():
     b = make_req("b", [1, 2, 3, 4, 5])
     eng.submit(b)
     dur, work = eng.plan_step(now)
-    assert b.state is State.QUEUED  # block 3 is being computed by a: wait for it
-    assert [r.request_id for r, _ in work] == ["a"]
+    assert b.state is State.PREFILL and b.cached["hbm"] == 8  # no wait for a's block 3
     now += dur
     eng.finish_step(work, now, dur)
     run(eng, now)
-    assert b.cached["hbm"] == 16 and b.recomputed == 4  # reused what a computed
+    assert b.recomputed == 12 and eng.reserved == 0  # blocks 3-5 computed by b as well
 
 
-def test_a_request_does_not_wait_when_nobody_computes_its_missing_block():
-    eng = make_engine(hbm_blocks=32, max_batch_tokens=8)
-    a = make_req("a", [1, 2, 3, 4])
-    eng.submit(a)
+def test_at_most_max_running_requests_run_at_once():
+    cfg = SimEngineConfig(hbm_tokens=64 * BS, block_size=BS, max_batch_tokens=4096, max_running=2)
+    eng = SimEngine(0, cfg, COST)
+    reqs = [make_req(f"r{i}", [10 * i + 1], out=3) for i in range(5)]
+    for r in reqs:
+        eng.submit(r)
+    now, peak = 0.0, 0
+    while eng.has_work():
+        dur, work = eng.plan_step(now)
+        peak = max(peak, len(eng.running))
+        now += dur
+        eng.finish_step(work, now, dur)
+    assert peak == 2 and all(r.state is State.DONE for r in reqs)
+
+
+def test_admission_takes_one_step_budget_of_prompts_and_waits_while_one_is_unscheduled():
+    eng = make_engine(hbm_blocks=64, max_batch_tokens=8)
+    a, b, c = (make_req(x, [i * 10 + k for k in range(1, 4)], out=2) for i, x in enumerate("abc"))
+    for r in (a, b, c):
+        eng.submit(r)
     dur, work = eng.plan_step(0.0)
+    # a (12 tokens) is always taken; b does not fit what is left of the 8-token budget.
+    assert [r.request_id for r in eng.running] == ["a"]
+    assert [(r.request_id, n) for r, n in work] == [("a", 8)]
     eng.finish_step(work, dur, dur)
-    b = make_req("b", [1, 2, 9, 9 + 1])  # diverges from a at block 3
-    eng.submit(b)
     eng.plan_step(dur)
-    assert b.state is State.PREFILL and b.cached["hbm"] == 8
+    assert [r.request_id for r in eng.running] == ["a", "b"]  # a ran a step: the next round
+    run(eng, dur)
+    assert all(r.state is State.DONE for r in (a, b, c))
+
+
+def test_nothing_is_admitted_while_a_running_request_has_not_had_a_step():
+    eng = make_engine(hbm_blocks=64, max_batch_tokens=4)
+    a, b, c = make_req("a", [1, 2]), make_req("b", [5, 6]), make_req("c", [9])
+    eng.submit(a)
+    eng.plan_step(0.0)  # a runs, taking the whole budget
+    eng.submit(b)
+    eng.submit(c)
+    eng._admit(0.0)
+    assert [r.request_id for r in eng.running] == ["a", "b"]  # the first of a round is always taken
+    eng._admit(0.0)
+    assert [r.request_id for r in eng.running] == ["a", "b"]  # b has not run: vLLM has someone waiting
+    assert not b.scheduled and len(eng.queue) == 1
 
 
 # ------------------------------------------------------------------ tiers

@@ -1,0 +1,210 @@
+"""A cluster profile: every cost fact the simulator needs to stand for one real cluster.
+
+Measured, not guessed: the prefill fit `[1, e, c, e*c]` from the nodes' clean prefills, the
+decode step fit `[1, batch, context]` from the nodes' measured decode steps, the engine's
+limits (sequences, step token budget, block size, KV per tier), the link bandwidths the nodes
+measured, and the fixed time a request spends outside the engine (router hop, tokenization,
+gRPC). The router assembles one from what its nodes report (`preble admin profile`); `preble
+calibrate` drives a sweep first for good coverage; `preble sim --profile` runs on one.
+
+A profile is a versioned JSON document (`to_dict` / `from_dict`; files in `sim/profiles.py`).
+Bad or missing fields raise `ProfileError` naming the field. Pure code: no I/O here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from preble_tiered.scheduler.cost_model import (CostModel, LinearDecode, LinearPrefill, Link, Links,
+                                                ModelShape)
+
+PROFILE_VERSION = 1
+LINK_KINDS = ("dram", "disk", "net")
+
+
+class ProfileError(ValueError):
+    """A profile document that cannot be used; the message names the field."""
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """What one node's engine can hold and run at once."""
+
+    block_size: int
+    max_num_seqs: int
+    """Most sequences running at once (vLLM's max_num_seqs)."""
+    max_batch_tokens: int
+    """Token budget of one step (vLLM's max_num_batched_tokens, chunked prefill)."""
+    hbm_tokens: int
+    """KV capacity of the engine's own cache, in tokens."""
+    dram_tokens: int = 0
+    disk_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class LinkFigure:
+    """One data path: seconds = latency_s + bytes / bandwidth."""
+
+    bandwidth: float
+    """Bytes per second."""
+    latency_s: float = 0.0
+    measured: bool = False
+    """True when a node measured it; False when it is the preset's figure."""
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """What the fits rest on: a fit says nothing outside these ranges."""
+
+    prefill_samples: int = 0
+    prefill_new_tokens: tuple[int, int] = (0, 0)
+    decode_steps: int = 0
+    decode_batch: tuple[int, int] = (0, 0)
+    decode_context_tokens: tuple[int, int] = (0, 0)
+
+
+@dataclass(frozen=True)
+class ClusterProfile:
+    """See the module docstring. Times in the fits are milliseconds (as `LinearPrefill` and
+    `LinearDecode` keep them); everything else is seconds, bytes and tokens."""
+
+    name: str
+    model: str
+    nodes: int
+    kv_bytes_per_token: int
+    prefill: LinearPrefill
+    decode: LinearDecode
+    engine: EngineLimits
+    links: dict[str, LinkFigure]
+    request_overhead_s: float = 0.0
+    """Time per request outside the engine (client -> router -> node and back), added to TTFT."""
+    coverage: Coverage = field(default_factory=Coverage)
+    source: str = ""
+    """How it was measured (the command)."""
+    version: int = PROFILE_VERSION
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises ProfileError for values no cluster can have."""
+        _positive("nodes", self.nodes)
+        _positive("kv_bytes_per_token", self.kv_bytes_per_token)
+        if self.kv_bytes_per_token % 2:
+            raise ProfileError(f"profile field 'kv_bytes_per_token' must be even (K and V), got {self.kv_bytes_per_token}")
+        e = self.engine
+        for name in ("block_size", "max_num_seqs", "max_batch_tokens", "hbm_tokens"):
+            _positive(f"engine.{name}", getattr(e, name))
+        for name in ("dram_tokens", "disk_tokens"):
+            if getattr(e, name) < 0:
+                raise ProfileError(f"profile field 'engine.{name}' cannot be negative, got {getattr(e, name)}")
+        for kind in LINK_KINDS:
+            if kind not in self.links:
+                raise ProfileError(f"profile field 'links.{kind}' is missing")
+            _positive(f"links.{kind}.bandwidth", self.links[kind].bandwidth)
+        if not math.isfinite(self.request_overhead_s) or self.request_overhead_s < 0:
+            raise ProfileError(f"profile field 'request_overhead_s' must be >= 0, got {self.request_overhead_s}")
+        for name, fit in (("prefill", self.prefill), ("decode", self.decode)):
+            for k, v in asdict(fit).items():
+                if not math.isfinite(v):
+                    raise ProfileError(f"profile field '{name}.{k}' must be a finite number, got {v}")
+        # A fit must give positive times where the engine runs.
+        if self.prefill.seconds(e.block_size, e.block_size) <= 0 or self.prefill.seconds(e.max_batch_tokens, e.max_batch_tokens) <= 0:
+            raise ProfileError("profile field 'prefill' predicts a non-positive prefill time; refit it with more samples")
+        if self.decode.step_seconds(_NO_SHAPE, 1, 1) <= 0:
+            raise ProfileError("profile field 'decode' predicts a non-positive decode step; refit it with more samples")
+
+    # ---------------------------------------------------------------- the cost model
+    def cost_model(self) -> CostModel:
+        """The scheduler's and simulator's cost model for this cluster."""
+        # Only the product matters: 2 * 1 * 1 * (bytes / 2) * 1 == bytes per token.
+        shape = ModelShape(self.model, layers=1, kv_heads=1, head_dim=self.kv_bytes_per_token // 2, dtype_bytes=1,
+                           params=0.0)
+        links = Links(**{k: Link(f.bandwidth, f.latency_s) for k, f in self.links.items() if k in LINK_KINDS})
+        return CostModel(name=f"profile:{self.name}", prefill=self.prefill, shape=shape, decode=self.decode,
+                         hbm_tokens=self.engine.hbm_tokens, links=links)
+
+    # ---------------------------------------------------------------- JSON
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["coverage"] = {k: list(v) if isinstance(v, tuple) else v for k, v in d["coverage"].items()}
+        return {"version": d.pop("version"), **d}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "ClusterProfile":
+        """Raises ProfileError naming the first missing or bad field."""
+        if not isinstance(d, dict):
+            raise ProfileError(f"a profile is a JSON object, got {type(d).__name__}")
+        version = _get(d, "", "version", int)
+        if version != PROFILE_VERSION:
+            raise ProfileError(f"profile field 'version' is {version}; this build reads version {PROFILE_VERSION}")
+        pre = _obj(d, "", "prefill")
+        dec = _obj(d, "", "decode")
+        eng = _obj(d, "", "engine")
+        links = _obj(d, "", "links")
+        cov = d.get("coverage", {})
+        if not isinstance(cov, dict):
+            raise ProfileError("profile field 'coverage' must be an object")
+        return cls(
+            name=_get(d, "", "name", str), model=_get(d, "", "model", str), nodes=_get(d, "", "nodes", int),
+            kv_bytes_per_token=_get(d, "", "kv_bytes_per_token", int),
+            prefill=LinearPrefill(*(_get(pre, "prefill.", k, float) for k in ("a", "b", "c", "d"))),
+            decode=LinearDecode(*(_get(dec, "decode.", k, float) for k in ("a", "b", "c"))),
+            engine=EngineLimits(
+                **{k: _get(eng, "engine.", k, int) for k in ("block_size", "max_num_seqs", "max_batch_tokens",
+                                                            "hbm_tokens")},
+                **{k: _get(eng, "engine.", k, int, default=0) for k in ("dram_tokens", "disk_tokens")}),
+            links={k: LinkFigure(_get(_obj(links, "links.", k), f"links.{k}.", "bandwidth", float),
+                                 _get(links[k], f"links.{k}.", "latency_s", float, default=0.0),
+                                 _get(links[k], f"links.{k}.", "measured", bool, default=False))
+                   for k in LINK_KINDS},
+            request_overhead_s=_get(d, "", "request_overhead_s", float, default=0.0),
+            coverage=Coverage(
+                prefill_samples=_get(cov, "coverage.", "prefill_samples", int, default=0),
+                prefill_new_tokens=_pair(cov, "prefill_new_tokens"),
+                decode_steps=_get(cov, "coverage.", "decode_steps", int, default=0),
+                decode_batch=_pair(cov, "decode_batch"),
+                decode_context_tokens=_pair(cov, "decode_context_tokens")),
+            source=_get(d, "", "source", str, default=""),
+        )
+
+
+_NO_SHAPE = ModelShape("none", 1, 1, 1, 1, 0.0)
+_MISSING = object()
+
+
+def _positive(name: str, v: float) -> None:
+    if not v > 0:
+        raise ProfileError(f"profile field '{name}' must be positive, got {v}")
+
+
+def _obj(d: dict, prefix: str, key: str) -> dict:
+    v = d.get(key, _MISSING)
+    if v is _MISSING:
+        raise ProfileError(f"profile field '{prefix}{key}' is missing")
+    if not isinstance(v, dict):
+        raise ProfileError(f"profile field '{prefix}{key}' must be an object, got {type(v).__name__}")
+    return v
+
+
+def _get(d: dict, prefix: str, key: str, typ: type, default: Any = _MISSING) -> Any:
+    v = d.get(key, _MISSING)
+    if v is _MISSING:
+        if default is _MISSING:
+            raise ProfileError(f"profile field '{prefix}{key}' is missing")
+        return default
+    ok = (isinstance(v, bool) if typ is bool else
+          isinstance(v, int) and not isinstance(v, bool) if typ is int else
+          isinstance(v, (int, float)) and not isinstance(v, bool) if typ is float else isinstance(v, typ))
+    if not ok:
+        raise ProfileError(f"profile field '{prefix}{key}' must be {typ.__name__}, got {v!r}")
+    return float(v) if typ is float else v
+
+
+def _pair(cov: dict, key: str) -> tuple[int, int]:
+    v = cov.get(key, [0, 0])
+    if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, int) for x in v)):
+        raise ProfileError(f"profile field 'coverage.{key}' must be [min, max], got {v!r}")
+    return int(v[0]), int(v[1])
