@@ -119,13 +119,14 @@ def snapshot_events(snap: node_pb2.SnapshotResponse, node: NodeId) -> list[Resid
 # ------------------------------------------------------------------ router <-> node messages
 def node_info_from_pb(i: node_pb2.NodeInfo) -> NodeInfo:
     return NodeInfo(i.name, i.model, i.vocab_size, i.max_model_len, i.block_size, i.kv_capacity_tokens,
-                    i.kv_bytes_per_token, i.hash_namespace)
+                    i.kv_bytes_per_token, i.hash_namespace, i.max_num_seqs, i.max_batch_tokens)
 
 
 def node_info_to_pb(i: NodeInfo) -> node_pb2.NodeInfo:
     return node_pb2.NodeInfo(name=i.name, model=i.model, vocab_size=i.vocab_size, max_model_len=i.max_model_len,
                              block_size=i.block_size, kv_capacity_tokens=i.kv_capacity_tokens,
-                             kv_bytes_per_token=i.kv_bytes_per_token, hash_namespace=i.hash_namespace)
+                             kv_bytes_per_token=i.kv_bytes_per_token, hash_namespace=i.hash_namespace,
+                             max_num_seqs=i.max_num_seqs, max_batch_tokens=i.max_batch_tokens)
 
 
 def order_to_pb(o: DispatchOrder) -> node_pb2.SubmitRequest:
@@ -140,7 +141,7 @@ def order_to_pb(o: DispatchOrder) -> node_pb2.SubmitRequest:
 
 
 def done_from_pb(d: node_pb2.SubmitDone) -> NodeDone:
-    return NodeDone(d.finish_reason, cached_from_pb(d.cached_tokens))
+    return NodeDone(d.finish_reason, cached_from_pb(d.cached_tokens), d.ttft_ms * 1e-3)
 
 
 def tier_usage_to_pb(u: TierUsage) -> node_pb2.TierUsage:
@@ -155,4 +156,5 @@ def load_from_pb(r: node_pb2.LoadReport) -> NodeLoad:
         prefill_samples=[(s.new_tokens, s.context_tokens, s.seconds) for s in r.prefill_samples],
         link_rates={x.link: x.bytes_per_s for x in r.link_rates if x.bytes_per_s > 0},
         tiers=[TierUsage(tier_from_pb(u.tier), u.used_bytes, u.capacity_bytes, u.blocks, u.pinned_blocks)
-               for u in r.tiers])
+               for u in r.tiers],
+        decode_steps=[(d.batch, d.context_tokens, d.seconds, d.steps) for d in r.decode_steps if d.steps > 0])

@@ -25,6 +25,10 @@ class NodeInfo:
     kv_capacity_tokens: int
     kv_bytes_per_token: int
     hash_namespace: str = ""
+    max_num_seqs: int = 0
+    """Most sequences the engine runs at once (0: not reported)."""
+    max_batch_tokens: int = 0
+    """The engine's token budget per step (0: not reported)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,8 @@ class NodeDone:
     finish_reason: str
     cached: dict[str, int]
     """Prompt tokens served from cache, by source (hbm, dram, disk, remote)."""
+    ttft_s: float = 0.0
+    """The node's time from receiving the request to its first token (0: not reported)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,3 +96,6 @@ class NodeLoad:
     link_rates: dict[str, float] = field(default_factory=dict)
     """Measured bandwidths in bytes/s: "dram", "disk", "net:<peer>"."""
     tiers: list[TierUsage] = field(default_factory=list)
+    decode_steps: list[tuple[int, float, float, int]] = field(default_factory=list)
+    """(batch size, mean context tokens, mean seconds, steps) of decode-only steps since the
+    last report."""

@@ -61,6 +61,14 @@ def add_parser(sub) -> None:
     _leaf(cmds.add_parser("stats", help="cluster totals: hit rates by tier, routing branch counts"))
     ex = _leaf(cmds.add_parser("explain", help="why a recent request went where it did"))
     ex.add_argument("request_id")
+    pf = _leaf(cmds.add_parser(
+        "profile", help="this cluster's measured profile, for `preble sim --profile`",
+        description="Fit a cluster profile from what the nodes measured since the router started (or since "
+                    "the last `preble calibrate`): prefill and decode step fits, engine limits, KV per tier, "
+                    "links, request overhead. --json prints the profile document; -o writes it to a file. "
+                    "Refused (FAILED_PRECONDITION) when the measurements are too narrow to fit."))
+    pf.add_argument("--name", default="cluster", help="the profile's name (default: cluster)")
+    pf.add_argument("-o", "--output", metavar="PATH", help="write the profile JSON here")
 
     px = cmds.add_parser("prefixes", help="cached prefixes: ls, name, show, pin, unpin, evict, warm")
     ps = px.add_subparsers(dest="prefix_cmd", required=True, metavar="ACTION")
@@ -144,6 +152,8 @@ def request_for(args: argparse.Namespace):
         return "ClusterStats", admin_pb2.ClusterStatsRequest()
     if c == "explain":
         return "Explain", admin_pb2.ExplainRequest(request_id=args.request_id)
+    if c == "profile":
+        return "GetProfile", admin_pb2.ProfileRequest(name=args.name, source="preble admin profile")
     p = args.prefix_cmd
     if p == "ls":
         if not 0 <= args.limit <= 10000:
@@ -204,11 +214,47 @@ def cmd_admin(args: argparse.Namespace) -> int:
         return 1
     finally:
         client.close()
+    if method == "GetProfile":
+        return _profile_out(args, resp)
     if args.json or getattr(args, "json_after", False):
         print(json.dumps(to_json(resp), indent=2))
     else:
         render(method, resp)
     return 0
+
+
+def _profile_out(args: argparse.Namespace, resp) -> int:
+    from preble_tiered.scheduler.profile import ClusterProfile
+    from preble_tiered.sim import profile_files
+
+    prof = ClusterProfile.from_dict(json.loads(resp.profile_json))
+    if args.output:
+        profile_files.save(prof, args.output)
+        print(f"wrote {args.output}", file=sys.stderr)
+    if args.json or getattr(args, "json_after", False):
+        print(json.dumps(prof.to_dict(), indent=2))
+    elif not args.output:
+        print(describe_profile(prof))
+    return 0
+
+
+def describe_profile(p) -> str:
+    """A cluster profile for people (ClusterProfile)."""
+    e, c, pf, d = p.engine, p.coverage, p.prefill, p.decode
+    links = ", ".join(f"{k} {f.bandwidth / 1e9:.2f} GB/s{'' if f.measured else ' (preset)'}"
+                      for k, f in p.links.items())
+    return "\n".join([
+        f"profile {p.name}: {p.nodes} node(s) of {p.model}",
+        f"  prefill ms = {pf.a:.3g} + {pf.b:.3g}*new + {pf.c:.3g}*context + {pf.d:.3g}*new*context "
+        f"({c.prefill_samples} samples, {c.prefill_new_tokens[0]}-{c.prefill_new_tokens[1]} new tokens)",
+        f"  decode step ms = {d.a:.3g} + {d.b:.3g}*batch + {d.c:.3g}*context "
+        f"({c.decode_steps} steps, batch {c.decode_batch[0]}-{c.decode_batch[1]}, "
+        f"context {c.decode_context_tokens[0]}-{c.decode_context_tokens[1]})",
+        f"  engine: {e.max_num_seqs} sequences, {e.max_batch_tokens} tokens per step, blocks of {e.block_size}; "
+        f"KV tokens hbm {e.hbm_tokens}, dram {e.dram_tokens}, disk {e.disk_tokens}",
+        f"  links: {links}",
+        f"  request overhead {p.request_overhead_s * 1e3:.2f} ms",
+    ])
 
 
 # ---------------------------------------------------------------------- tables

@@ -1,6 +1,6 @@
 """`preble` command line.
 
-    preble sim (--workload W | --trace PATH) --nodes N --policy P [--policy P2 ...] ...
+    preble sim (--workload W | --trace PATH) --nodes N --policy P [--policy P2 ...] [--profile NAME|PATH] ...
     preble workload export --workload W -o PATH [--nodes N --requests R --rps X --seed S]
     preble workload list
 
@@ -9,6 +9,8 @@
     preble node --model PATH --router ADDR --port P [--block-size 32] [--kv-cache-bytes B]
     preble generate --addr ADDR [--json] TEXT
     preble bench --addr ADDR (--workload W | --trace PATH) [--rps X] [--requests R] [--json PATH]
+    preble calibrate --addr ADDR -o profile.json
+    preble admin profile [-o PATH] [--json]
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from preble_tiered.cli import admin as cli_admin, serving as cli_serving
+from preble_tiered.cli import admin as cli_admin, calibrate as cli_calibrate, serving as cli_serving
 from preble_tiered.scheduler.cost_model import COST_PRESETS, cost_preset
 from preble_tiered.scheduler.policy import PolicyConfig
 from preble_tiered.scheduler.registry import policy_names
@@ -113,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_serving.add_parsers(sub, _positive_int, _positive_float,
                             lambda p, trace: _add_workload_args(p, trace, nodes_default=None))
     cli_admin.add_parser(sub)
+    cli_calibrate.add_parser(sub, _positive_int)
     return ap
 
 
@@ -211,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_serving.cmd_bench(args, _load_requests)
         if args.cmd == "admin":
             return cli_admin.cmd_admin(args)
+        if args.cmd == "calibrate":
+            return cli_calibrate.cmd_calibrate(args)
         handler = {"serve": cli_serving.cmd_serve, "router": cli_serving.cmd_router, "node": cli_serving.cmd_node,
                    "generate": cli_serving.cmd_generate}.get(args.cmd)
         if handler is not None:

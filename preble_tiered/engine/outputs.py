@@ -1,6 +1,7 @@
 """What the engine reports about its requests: the record it keeps of each one from `add` to
 its final output, the EngineOutputs made from vLLM's RequestOutputs (with the cached tokens
-split by tier on the final one), and the prefill and TPOT timings measured from them."""
+split by tier on the final one), and the timings measured from them: clean prefills, TPOT,
+and decode-only steps by batch size and context."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class Tracked:
     first_token: bool = False
     last_token_at: float | None = None
     num_cached_tokens: int = 0
+    generated: int = 0
 
 
 def to_output(o: Any, t: Tracked, kv: KVRuntime | None) -> EngineOutput:
@@ -60,18 +62,42 @@ def final_output(t: Tracked, reason: str | None, error: str | None = None) -> En
                         num_cached_tokens=t.num_cached_tokens, error=error)
 
 
+_CONTEXT_BUCKET = 256  # decode steps are kept per (batch size, context // this)
+
+
 class Timings:
-    """Prefill samples and time per output token, measured from outputs (thread-safe)."""
+    """Prefill samples, time per output token and decode step times, measured from outputs
+    and steps (thread-safe)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._samples: list[tuple[int, int, float]] = []
         self._tpots: deque[float] = deque(maxlen=64)
+        self._steps: dict[tuple[int, int], list[float]] = {}  # -> [steps, context sum, seconds sum]
+
+    def observe_step(self, batch: int, context_tokens: int, seconds: float) -> None:
+        """A decode-only step of `batch` sequences holding `context_tokens`, `seconds` long."""
+        key = (batch, context_tokens // _CONTEXT_BUCKET)
+        with self._lock:
+            acc = self._steps.get(key)
+            if acc is None:
+                self._steps[key] = [1, context_tokens, seconds]
+            else:
+                acc[0] += 1
+                acc[1] += context_tokens
+                acc[2] += seconds
+
+    def take_decode_steps(self) -> list[tuple[int, float, float, int]]:
+        """(batch size, mean context tokens, mean seconds, steps) per bucket since the last call."""
+        with self._lock:
+            steps, self._steps = self._steps, {}
+        return [(b, c / n, s / n, int(n)) for (b, _), (n, c, s) in sorted(steps.items())]
 
     def observe(self, t: Tracked, out: EngineOutput, now: float) -> None:
         """Record `out` of request `t`, produced at `now` (monotonic seconds)."""
         if not out.new_token_ids:
             return
+        t.generated += len(out.new_token_ids)
         if not t.first_token:
             t.first_token = True
             if t.clean:

@@ -308,6 +308,11 @@ class VLLMEngine:
         return EngineStats(running=running, waiting=waiting + queued, kv_usage=usage,
                            kv_used_tokens=used, tpot_s=self._timings.tpot(), steps=self._steps)
 
+    def take_decode_steps(self) -> list[tuple[int, float, float, int]]:
+        """(batch size, mean context tokens, mean seconds, steps) of decode-only steps since
+        the last call, by batch size and context bucket."""
+        return self._timings.take_decode_steps()
+
     def take_prefill_samples(self) -> list[tuple[int, int, float]]:
         """(new tokens, context tokens = prompt tokens, seconds) of prefills that ran alone
         in vLLM since the last call; seconds = admission into vLLM -> first token."""
@@ -386,7 +391,11 @@ class VLLMEngine:
                 self._commands.run()
                 self._admit()
                 if self._llm.has_unfinished_requests():
+                    decode = self._decode_batch()
+                    t0 = time.perf_counter()
                     outputs = self._llm.step()
+                    if decode is not None:
+                        self._timings.observe_step(decode[0], decode[1], time.perf_counter() - t0)
                     self._steps += 1
                     self._dispatch(outputs)
                     self._publish_kv_events()
@@ -440,6 +449,16 @@ class VLLMEngine:
             self._emit([final_output(t, None, error=f"rejected by vLLM: {exc}")])
             return
         self._in_vllm[rid] = t
+
+    def _decode_batch(self) -> tuple[int, int] | None:
+        """(sequences, context tokens) when the next step is decode only: every request in
+        vLLM has its first token (none prefilling, none just admitted); else None."""
+        ctx = 0
+        for t in self._in_vllm.values():
+            if not t.first_token:
+                return None
+            ctx += len(t.req.prompt_token_ids) + t.generated
+        return (len(self._in_vllm), ctx) if self._in_vllm else None
 
     def _dispatch(self, outputs: list[Any]) -> None:
         now = time.monotonic()

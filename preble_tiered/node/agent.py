@@ -230,6 +230,8 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
                                   event_seq=self._ring.last_seq)
         for e, c, t in self.engine.take_prefill_samples():
             rep.prefill_samples.add(new_tokens=e, context_tokens=c, seconds=t)
+        for b, c, t, n in self.engine.take_decode_steps():
+            rep.decode_steps.add(batch=b, context_tokens=c, seconds=t, steps=n)
         rt = self.kv
         if rt is not None:
             for link, r in sorted(rt.link_rates().items()):
@@ -281,9 +283,11 @@ class NodeAgent(node_pb2_grpc.NodeServicer):
     def node_info(self) -> node_pb2.NodeInfo:
         i = self.info
         assert i is not None
+        ec = self.engine.config
         return convert.node_info_to_pb(NodeInfo(self.config.name, i.model, i.vocab_size, i.max_model_len, i.block_size,
                                                 i.kv_capacity_tokens, i.kv_bytes_per_token,
-                                                getattr(self.engine.config, "hash_namespace", "")))
+                                                getattr(ec, "hash_namespace", ""), ec.max_num_seqs,
+                                                ec.max_num_batched_tokens))
 
     # ------------------------------------------------------------------ background
     async def _register_loop(self) -> None:

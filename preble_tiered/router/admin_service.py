@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 
 import grpc
 
@@ -10,7 +11,10 @@ from preble_tiered.api import convert
 from preble_tiered.api.pb import admin_pb2, admin_pb2_grpc
 from preble_tiered.router.errors import RequestError
 from preble_tiered.router.prefix_views import PrefixView
+from preble_tiered.router.nodes import NodeLink
 from preble_tiered.router.router import Router
+from preble_tiered.scheduler.profile import ProfileError
+from preble_tiered.scheduler.profile_fit import NodeFacts, fit_profile
 from preble_tiered.types import Tier
 
 MAX_WARM_NODES = 64
@@ -216,6 +220,33 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 ps.source_node_id = seg.source
         return out
 
+    async def GetProfile(self, request, context):
+        return await self._call(context, self._profile, request)
+
+    def _profile(self, request):
+        samples = self.router.samples
+        if request.reset:
+            samples.clear()
+            return admin_pb2.ProfileResponse()
+        if len(request.name) > 64 or len(request.source) > 4096:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "name is at most 64 characters, source 4096")
+        live = [lk for lk in self.nodes.links.values() if lk.alive]
+        facts = [NodeFacts(lk.info.block_size, lk.info.max_num_seqs, lk.info.max_batch_tokens,
+                           lk.info.kv_capacity_tokens, lk.info.kv_bytes_per_token,
+                           _tier_bytes(lk, Tier.DRAM), _tier_bytes(lk, Tier.DISK)) for lk in live]
+        if any(f.max_num_seqs <= 0 or f.max_batch_tokens <= 0 for f in facts):
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               "a node does not report its engine limits (an older node agent): upgrade it")
+        measured = {k.split(":", 1)[0] for lk in live for k in lk.rates}
+        model = self.nodes.model.model if self.nodes.model is not None else ""
+        try:
+            prof = fit_profile(samples, facts, self.router.scheduler.cluster.cost.links, measured,
+                               name=request.name or "cluster", model=model, source=request.source)
+        except ProfileError as e:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
+        return admin_pb2.ProfileResponse(profile_json=json.dumps(prof.to_dict()), prefill_samples=len(samples.prefill),
+                                         decode_steps=prof.coverage.decode_steps)
+
     # ------------------------------------------------------------------ errors
     @staticmethod
     async def _call(context, fn, request):
@@ -227,3 +258,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
+
+def _tier_bytes(link: NodeLink, tier: Tier) -> int:
+    """The capacity of `link`'s `tier` from its last load report (0: none)."""
+    return next((u.capacity_bytes for u in link.load.tiers if u.tier is tier), 0)

@@ -28,6 +28,7 @@ from preble_tiered.router.errors import RequestError, invalid
 from preble_tiered.router.node_client import NodeError
 from preble_tiered.router.nodes import NodeLink, NodeSet
 from preble_tiered.router.tokenizer import Tokenizer, load_tokenizer
+from preble_tiered.scheduler.profile_fit import ProfileSamples
 from preble_tiered.scheduler.types import Decision, RouteRequest
 from preble_tiered.types import GenParams, NodeId
 
@@ -88,8 +89,11 @@ class RouterStats:
 
 
 class Dispatcher:
-    def __init__(self, config: RouterConfig, nodes: NodeSet, hasher: BlockHasher, decisions: DecisionRing) -> None:
+    def __init__(self, config: RouterConfig, nodes: NodeSet, hasher: BlockHasher, decisions: DecisionRing,
+                 samples: ProfileSamples | None = None) -> None:
         self.config = config
+        self.samples = samples
+        """Where each request's time outside its node goes (for `preble admin profile`)."""
         self.nodes = nodes
         self.scheduler = nodes.scheduler
         self.metrics = nodes.metrics
@@ -293,6 +297,8 @@ class Dispatcher:
         out = Outcome(run, link.name, decision, done.cached, L - total_cached, first - run.t0, now - run.t0,
                       done.finish_reason)
         self._account(out)
+        if self.samples is not None and done.ttft_s > 0 and not run.reroutes:
+            self.samples.add_overhead(out.ttft_s - done.ttft_s)
         if run.record is not None:  # "done" now: GenerateOnce returns before run()'s `finally` runs
             run.record.state, run.record.actual = "done", done.cached
             run.record.ttft_ms = out.ttft_s * 1e3

@@ -1,7 +1,7 @@
 """The load feed: each node's load report, polled every `load_interval_s`, into the
 scheduler (running/waiting), the residency follower (is the stream behind?), the prefill
-calibration (measured samples -> a refitted prefill model) and the link prices (measured
-bandwidths). A node whose polls fail for `down_after_s` is marked down.
+calibration (measured samples -> a refitted prefill model), the link prices (measured
+bandwidths) and the profile samples (prefills and decode steps, for `preble admin profile`). A node whose polls fail for `down_after_s` is marked down.
 """
 
 from __future__ import annotations
@@ -19,13 +19,15 @@ from preble_tiered.router.nodes import NodeLink, NodeSet
 from preble_tiered.router.residency import check_behind
 from preble_tiered.scheduler.calibration import PrefillCalibrator
 from preble_tiered.scheduler.cost_model import Link
+from preble_tiered.scheduler.profile_fit import ProfileSamples
 
 logger = logging.getLogger(__name__)
 
 
 class LoadFeed:
-    def __init__(self, config: RouterConfig, nodes: NodeSet) -> None:
+    def __init__(self, config: RouterConfig, nodes: NodeSet, samples: ProfileSamples | None = None) -> None:
         self.config = config
+        self.samples = samples
         self.nodes = nodes
         self.scheduler = nodes.scheduler
         self.metrics = nodes.metrics
@@ -85,6 +87,11 @@ class LoadFeed:
     def _calibrate(self, rep: NodeLoad) -> None:
         for new, ctx, seconds in rep.prefill_samples:
             self.calibrator.add(new, ctx, seconds)
+        if self.samples is not None:
+            for new, ctx, seconds in rep.prefill_samples:
+                self.samples.add_prefill(new, ctx, seconds)
+            for batch, ctx, seconds, steps in rep.decode_steps:
+                self.samples.add_decode(batch, ctx, seconds, steps)
         fitted = self.calibrator.maybe_refit()
         if fitted is not None:
             self.scheduler.update_cost(replace(self.scheduler.cluster.cost, prefill=fitted))

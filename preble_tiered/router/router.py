@@ -30,6 +30,7 @@ from preble_tiered.router.view import RouterView
 from preble_tiered.scheduler.clock import Clock, MonotonicClock
 from preble_tiered.scheduler.core import Scheduler, SchedulerConfig
 from preble_tiered.scheduler.cost_model import engine_cost_model
+from preble_tiered.scheduler.profile_fit import ProfileSamples
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +49,11 @@ class Router:
         for n in range(config.max_nodes):
             self.scheduler.mark_down(n)  # slots come alive as nodes register and resync
         self.nodes = NodeSet(config, self.scheduler, self.metrics)
-        self.feed = LoadFeed(config, self.nodes)
+        self.samples = ProfileSamples()
+        """What the nodes measured, kept for `preble admin profile`."""
+        self.feed = LoadFeed(config, self.nodes, self.samples)
         self.decisions = DecisionRing()
-        self.dispatch = Dispatcher(config, self.nodes, self.hasher, self.decisions)
+        self.dispatch = Dispatcher(config, self.nodes, self.hasher, self.decisions, self.samples)
         self.view = RouterView(self.nodes, self.dispatch, self.clock, self.hasher)
         self.admin = PrefixAdmin(self.view, AdminState(Path(config.state_path) if config.state_path else None),
                                  interval_s=config.pin_interval_s)

@@ -8,6 +8,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ProfileRequest(_message.Message):
+    __slots__ = ("name", "reset", "source")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    reset: bool
+    source: str
+    def __init__(self, name: _Optional[str] = ..., reset: _Optional[bool] = ..., source: _Optional[str] = ...) -> None: ...
+
+class ProfileResponse(_message.Message):
+    __slots__ = ("profile_json", "prefill_samples", "decode_steps")
+    PROFILE_JSON_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    DECODE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    profile_json: str
+    prefill_samples: int
+    decode_steps: int
+    def __init__(self, profile_json: _Optional[str] = ..., prefill_samples: _Optional[int] = ..., decode_steps: _Optional[int] = ...) -> None: ...
+
 class PrefixRef(_message.Message):
     __slots__ = ("key",)
     KEY_FIELD_NUMBER: _ClassVar[int]

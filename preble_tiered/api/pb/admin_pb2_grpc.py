@@ -89,6 +89,11 @@ class AdminStub:
                 request_serializer=preble_dot_v1_dot_admin__pb2.ExplainRequest.SerializeToString,
                 response_deserializer=preble_dot_v1_dot_admin__pb2.DecisionRecord.FromString,
                 _registered_method=True)
+        self.GetProfile = channel.unary_unary(
+                '/preble.v1.Admin/GetProfile',
+                request_serializer=preble_dot_v1_dot_admin__pb2.ProfileRequest.SerializeToString,
+                response_deserializer=preble_dot_v1_dot_admin__pb2.ProfileResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -165,6 +170,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetProfile(self, request, context):
+        """A profile of this cluster for `preble sim --profile`: fits of what its nodes measured
+        (prefills, decode steps), their engine limits and tiers, links and request overhead.
+        FAILED_PRECONDITION when the measurements are too narrow to fit (the message says what to add).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -222,6 +236,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Explain,
                     request_deserializer=preble_dot_v1_dot_admin__pb2.ExplainRequest.FromString,
                     response_serializer=preble_dot_v1_dot_admin__pb2.DecisionRecord.SerializeToString,
+            ),
+            'GetProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProfile,
+                    request_deserializer=preble_dot_v1_dot_admin__pb2.ProfileRequest.FromString,
+                    response_serializer=preble_dot_v1_dot_admin__pb2.ProfileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -521,6 +540,33 @@ class Admin:
             '/preble.v1.Admin/Explain',
             preble_dot_v1_dot_admin__pb2.ExplainRequest.SerializeToString,
             preble_dot_v1_dot_admin__pb2.DecisionRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/preble.v1.Admin/GetProfile',
+            preble_dot_v1_dot_admin__pb2.ProfileRequest.SerializeToString,
+            preble_dot_v1_dot_admin__pb2.ProfileResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -169,8 +169,20 @@ class PrefillSample(_message.Message):
     seconds: float
     def __init__(self, new_tokens: _Optional[int] = ..., context_tokens: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
+class DecodeSteps(_message.Message):
+    __slots__ = ("batch", "context_tokens", "seconds", "steps")
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    batch: int
+    context_tokens: float
+    seconds: float
+    steps: int
+    def __init__(self, batch: _Optional[int] = ..., context_tokens: _Optional[float] = ..., seconds: _Optional[float] = ..., steps: _Optional[int] = ...) -> None: ...
+
 class LoadReport(_message.Message):
-    __slots__ = ("ready", "running", "waiting", "kv_usage", "kv_used_tokens", "tpot_ms", "prefill_samples", "event_seq", "link_rates", "tiers")
+    __slots__ = ("ready", "running", "waiting", "kv_usage", "kv_used_tokens", "tpot_ms", "prefill_samples", "event_seq", "link_rates", "tiers", "decode_steps")
     READY_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +193,7 @@ class LoadReport(_message.Message):
     EVENT_SEQ_FIELD_NUMBER: _ClassVar[int]
     LINK_RATES_FIELD_NUMBER: _ClassVar[int]
     TIERS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_STEPS_FIELD_NUMBER: _ClassVar[int]
     ready: bool
     running: int
     waiting: int
@@ -191,7 +204,8 @@ class LoadReport(_message.Message):
     event_seq: int
     link_rates: _containers.RepeatedCompositeFieldContainer[LinkRate]
     tiers: _containers.RepeatedCompositeFieldContainer[TierUsage]
-    def __init__(self, ready: _Optional[bool] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_usage: _Optional[float] = ..., kv_used_tokens: _Optional[int] = ..., tpot_ms: _Optional[float] = ..., prefill_samples: _Optional[_Iterable[_Union[PrefillSample, _Mapping]]] = ..., event_seq: _Optional[int] = ..., link_rates: _Optional[_Iterable[_Union[LinkRate, _Mapping]]] = ..., tiers: _Optional[_Iterable[_Union[TierUsage, _Mapping]]] = ...) -> None: ...
+    decode_steps: _containers.RepeatedCompositeFieldContainer[DecodeSteps]
+    def __init__(self, ready: _Optional[bool] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_usage: _Optional[float] = ..., kv_used_tokens: _Optional[int] = ..., tpot_ms: _Optional[float] = ..., prefill_samples: _Optional[_Iterable[_Union[PrefillSample, _Mapping]]] = ..., event_seq: _Optional[int] = ..., link_rates: _Optional[_Iterable[_Union[LinkRate, _Mapping]]] = ..., tiers: _Optional[_Iterable[_Union[TierUsage, _Mapping]]] = ..., decode_steps: _Optional[_Iterable[_Union[DecodeSteps, _Mapping]]] = ...) -> None: ...
 
 class TierUsage(_message.Message):
     __slots__ = ("tier", "used_bytes", "capacity_bytes", "blocks", "pinned_blocks")
@@ -222,7 +236,7 @@ class NodeInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("name", "model", "vocab_size", "max_model_len", "block_size", "kv_capacity_tokens", "kv_bytes_per_token", "hash_namespace")
+    __slots__ = ("name", "model", "vocab_size", "max_model_len", "block_size", "kv_capacity_tokens", "kv_bytes_per_token", "hash_namespace", "max_num_seqs", "max_batch_tokens")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -231,6 +245,8 @@ class NodeInfo(_message.Message):
     KV_CAPACITY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     KV_BYTES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
     HASH_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    MAX_NUM_SEQS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     vocab_size: int
@@ -239,7 +255,9 @@ class NodeInfo(_message.Message):
     kv_capacity_tokens: int
     kv_bytes_per_token: int
     hash_namespace: str
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., block_size: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., kv_bytes_per_token: _Optional[int] = ..., hash_namespace: _Optional[str] = ...) -> None: ...
+    max_num_seqs: int
+    max_batch_tokens: int
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., block_size: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., kv_bytes_per_token: _Optional[int] = ..., hash_namespace: _Optional[str] = ..., max_num_seqs: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("address", "info")

@@ -1,0 +1,167 @@
+"""`preble calibrate`: drive a short sweep through a running cluster's API and write the
+cluster profile its nodes measured (`preble sim --profile`).
+
+The sweep, after the router's measurements are reset (Admin GetProfile reset):
+  1. prefills, one request at a time so each is measured alone: every prompt size on top of
+     every cached context (a context's first request computes it; the rest reuse it);
+  2. decodes: every batch size (sequences per node: the cluster gets that many times its
+     nodes, at once) on short and long prompts, so decode steps are measured across batch
+     sizes and batch contexts.
+Then the router fits the profile (Admin GetProfile) and this writes it. Prompts are fresh
+token ids (never cached by an earlier run), greedy, `ignore_eos`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from preble_tiered.scheduler.profile_fit import MIN_DECODE_BATCHES, MIN_PREFILL_SIZES, PREFILL_BUCKET
+
+
+@dataclass(frozen=True)
+class Sweep:
+    prompt_sizes: tuple[int, ...] = (64, 256, 512, 1024, 2048)
+    cached_contexts: tuple[int, ...] = (0, 1024)
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
+    decode_prompts: tuple[int, ...] = (64, 1024)
+    decode_tokens: int = 48
+    repeats: int = 3
+
+    def check(self, max_model_len: int | None = None) -> None:
+        """Raises ValueError when the sweep cannot support a fit (saying what to add) or does
+        not fit the model."""
+        sizes = sorted({p // PREFILL_BUCKET for p in self.prompt_sizes})
+        if len(sizes) < MIN_PREFILL_SIZES:
+            raise ValueError(f"the sweep is too narrow to fit prefill times: --prompt-sizes needs {MIN_PREFILL_SIZES} "
+                             f"or more sizes at least {PREFILL_BUCKET} tokens apart (got "
+                             f"{' '.join(map(str, self.prompt_sizes))}); add sizes, e.g. 64 512 2048")
+        if len(set(self.batch_sizes)) < MIN_DECODE_BATCHES:
+            raise ValueError(f"the sweep is too narrow to fit decode steps: --batch-sizes needs {MIN_DECODE_BATCHES} "
+                             f"or more distinct sizes (got {' '.join(map(str, self.batch_sizes))}); add sizes, "
+                             "e.g. 1 4 16")
+        if min(self.prompt_sizes + self.batch_sizes + self.decode_prompts) <= 0 or min(self.cached_contexts) < 0:
+            raise ValueError("sizes must be positive (cached contexts >= 0)")
+        if self.decode_tokens < 8 or self.repeats < 1:
+            raise ValueError("--decode-tokens must be >= 8 and --repeats >= 1")
+        if max_model_len is not None:
+            longest = max(max(self.cached_contexts) + max(self.prompt_sizes) + 2,
+                          max(self.decode_prompts) + self.decode_tokens)
+            if longest > max_model_len:
+                raise ValueError(f"the sweep's longest request has {longest} tokens; the model allows {max_model_len}: "
+                                 "lower --prompt-sizes / --cached-contexts / --decode-prompts")
+
+    def requests(self, nodes: int = 1) -> int:
+        return (len(self.cached_contexts) * len(self.prompt_sizes) * self.repeats
+                + len(self.decode_prompts) * sum(self.batch_sizes) * nodes)
+
+
+def add_parser(sub, positive_int) -> None:
+    d = Sweep()
+    ca = sub.add_parser(
+        "calibrate", help="measure a running cluster and write its profile (for `preble sim --profile`)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ca.add_argument("--addr", default="127.0.0.1:50051", help="router address (default: 127.0.0.1:50051)")
+    ca.add_argument("-o", "--output", required=True, metavar="PATH", help="where to write the profile JSON")
+    ca.add_argument("--name", default="cluster", help="the profile's name (default: cluster)")
+    ca.add_argument("--prompt-sizes", type=positive_int, nargs="+", default=list(d.prompt_sizes), metavar="N",
+                    help=f"new prompt tokens of the prefill requests (default: {' '.join(map(str, d.prompt_sizes))})")
+    ca.add_argument("--cached-contexts", type=int, nargs="+", default=list(d.cached_contexts), metavar="N",
+                    help="cached tokens in front of them (default: "
+                         f"{' '.join(map(str, d.cached_contexts))})")
+    ca.add_argument("--batch-sizes", type=positive_int, nargs="+", default=list(d.batch_sizes), metavar="N",
+                    help="decoding sequences per node, sent at once to the whole cluster (default: "
+                         f"{' '.join(map(str, d.batch_sizes))})")
+    ca.add_argument("--decode-prompts", type=positive_int, nargs="+", default=list(d.decode_prompts), metavar="N",
+                    help=f"prompt tokens of the decoding requests (default: {' '.join(map(str, d.decode_prompts))})")
+    ca.add_argument("--decode-tokens", type=positive_int, default=d.decode_tokens,
+                    help=f"tokens each decoding request generates (default: {d.decode_tokens})")
+    ca.add_argument("--repeats", type=positive_int, default=d.repeats, help=f"prefills per size (default: {d.repeats})")
+    ca.add_argument("--admin-token-file", metavar="FILE", help="file holding the admin token")
+    ca.add_argument("--inference-token-file", metavar="FILE", help="file holding the inference token")
+    ca.add_argument("--tls-ca", metavar="PEM", help="CA (or server) certificate: connect with TLS")
+    ca.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import grpc
+
+    from preble_tiered.api import auth
+    from preble_tiered.api.pb import admin_pb2, admin_pb2_grpc, inference_pb2, inference_pb2_grpc
+    from preble_tiered.cli.admin import describe_profile
+    from preble_tiered.scheduler.profile import ClusterProfile
+    from preble_tiered.sim import profile_files
+
+    sweep = Sweep(tuple(args.prompt_sizes), tuple(args.cached_contexts), tuple(args.batch_sizes),
+                  tuple(args.decode_prompts), args.decode_tokens, args.repeats)
+    sweep.check()
+    admin_md = auth.bearer(t) if (t := auth.load_token(auth.ADMIN_TOKEN_ENV, args.admin_token_file)) else ()
+    inf_md = auth.bearer(t) if (t := auth.load_token(auth.INFERENCE_TOKEN_ENV, args.inference_token_file)) else ()
+    ch = auth.channel(args.addr, args.tls_ca)
+    try:
+        inference = inference_pb2_grpc.InferenceStub(ch)
+        admin = admin_pb2_grpc.AdminStub(ch)
+        try:
+            info = inference.GetModelInfo(inference_pb2.ModelInfoRequest(), metadata=inf_md, timeout=10)
+            if info.nodes_alive == 0:
+                raise RuntimeError(f"the cluster at {args.addr} has no node serving")
+            sweep.check(info.max_model_len)
+            admin.GetProfile(admin_pb2.ProfileRequest(reset=True), metadata=admin_md, timeout=10)
+            t0 = time.monotonic()
+            _run_sweep(sweep, inference, inf_md, info.vocab_size, info.nodes_alive, not args.quiet)
+            time.sleep(1.5)  # the router polls its nodes' measurements every load interval (0.5 s by default)
+            source = "preble " + shlex.join(getattr(args, "argv", []) or ["calibrate"])
+            resp = admin.GetProfile(admin_pb2.ProfileRequest(name=args.name, source=source), metadata=admin_md,
+                                    timeout=30)
+        except grpc.RpcError as e:
+            raise RuntimeError(f"{e.code().name}: {e.details()}") from None
+    finally:
+        ch.close()
+    prof = ClusterProfile.from_dict(json.loads(resp.profile_json))
+    profile_files.save(prof, args.output)
+    print(describe_profile(prof))
+    print(f"wrote {args.output} ({sweep.requests(info.nodes_alive)} requests in {time.monotonic() - t0:.0f} s)", file=sys.stderr)
+    return 0
+
+
+def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, progress: bool) -> None:
+    import numpy as np
+
+    from preble_tiered.api import convert
+    from preble_tiered.api.pb import inference_pb2
+    from preble_tiered.cli.bench import _bar
+    from preble_tiered.types import GenParams
+
+    rng = np.random.default_rng(time.monotonic_ns())
+    lo = min(16, vocab // 2)  # skip the lowest ids (special tokens of real vocabularies)
+    bar = _bar(sweep.requests(nodes), progress)
+    n = 0
+
+    def fresh(k: int) -> list[int]:
+        return rng.integers(lo, vocab, size=k).tolist() if k else []
+
+    def one(ids: list[int], out: int) -> None:
+        nonlocal n
+        n += 1
+        req = inference_pb2.GenerateRequest(request_id=f"calibrate-{time.monotonic_ns()}-{n}", sampling=convert.params_to_pb(
+            GenParams(max_tokens=out, temperature=0.0, ignore_eos=True)))
+        req.token_ids.ids.extend(ids)
+        for _ in stub.Generate(req, metadata=md, timeout=600):
+            pass
+        bar.update(1)
+
+    for ctx in sweep.cached_contexts:  # one at a time: each prefill is measured alone
+        prefix = fresh(ctx)
+        for size in sweep.prompt_sizes:
+            for _ in range(sweep.repeats):
+                one(prefix + fresh(size), 2)
+    with ThreadPoolExecutor(max(sweep.batch_sizes) * nodes) as pool:
+        for plen in sweep.decode_prompts:
+            for b in sweep.batch_sizes:
+                list(pool.map(lambda ids: one(ids, sweep.decode_tokens), [fresh(plen) for _ in range(b * nodes)]))
+    bar.close()
