@@ -31,6 +31,27 @@ class DecodeCost(Protocol):
         ...
 
 
+def nonneg_lstsq(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted least squares with every coefficient >= 0 (a time never falls as tokens,
+    context or batch grow). Exact for the few columns the fits have: the best feasible
+    unconstrained solution over every subset of columns (the optimum is one of them)."""
+    n = x.shape[1]
+    sw = np.sqrt(w)[:, None]
+    scale = np.maximum(np.abs(x).max(axis=0), 1e-12)  # e*c (~1e8) must not swamp the intercept
+    xs, ys = (x / scale) * sw, y * sw[:, 0]
+    best, best_err = np.zeros(n), float(np.sum(ys ** 2))
+    for mask in range(1, 1 << n):
+        cols = [j for j in range(n) if mask >> j & 1]
+        coef = np.linalg.lstsq(xs[:, cols], ys, rcond=None)[0]
+        if np.any(coef < 0):
+            continue
+        err = float(np.sum((xs[:, cols] @ coef - ys) ** 2))
+        if err < best_err - 1e-12 * max(best_err, 1.0):
+            best, best_err = np.zeros(n), err
+            best[cols] = coef
+    return best / scale
+
+
 @dataclass(frozen=True, slots=True)
 class LinearPrefill:
     """t_ms = a + b*e + c*ctx + d*e*ctx (Preble's form for Llama-3-70B on H100 TP2)."""
@@ -48,7 +69,8 @@ class LinearPrefill:
 
     @classmethod
     def fit(cls, samples: Iterable[tuple[int, int, float]]) -> "LinearPrefill":
-        """Least-squares fit from (new_tokens, context_tokens, seconds) samples.
+        """Least-squares fit from (new_tokens, context_tokens, seconds) samples, every
+        coefficient >= 0 (`nonneg_lstsq`).
 
         Raises:
             ValueError: with fewer than 4 samples or when all samples are identical.
@@ -58,12 +80,9 @@ class LinearPrefill:
             raise ValueError(f"need at least 4 samples to fit a prefill model, got {len(rows)}")
         m = np.asarray(rows, dtype=np.float64)
         x, y = m[:, :4], m[:, 4]
-        # Scale columns so e*c (~1e8) does not swamp the intercept in the solve.
-        scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
-        coef, _, rank, _ = np.linalg.lstsq(x / scale, y, rcond=None)
-        if rank < 2:
+        if np.linalg.matrix_rank(x / np.maximum(np.abs(x).max(axis=0), 1e-12)) < 2:
             raise ValueError("prefill samples are degenerate: vary the prompt lengths")
-        a, b, c, d = (coef / scale).tolist()
+        a, b, c, d = nonneg_lstsq(x, y, np.ones(len(y))).tolist()
         return cls(a, b, c, d)
 
 
@@ -149,8 +168,8 @@ class LinearDecode:
 
     @classmethod
     def fit(cls, samples: Iterable[tuple[int, int, float, int]]) -> "LinearDecode":
-        """Weighted least squares from (batch size, batch context tokens, mean seconds, steps)
-        samples: each sample is the mean of `steps` measured steps and weighs as much.
+        """Weighted least squares, coefficients >= 0, from (batch size, batch context tokens,
+        mean seconds, steps) samples: each sample is the mean of `steps` steps and weighs as much.
 
         Raises:
             ValueError: with fewer than 3 samples, or when the batch sizes do not vary (the
@@ -163,12 +182,7 @@ class LinearDecode:
         if len(np.unique(m[:, 0])) < 2:
             raise ValueError("decode samples all have one batch size: measure steps at several batch sizes")
         x = np.column_stack([np.ones(len(m)), m[:, 0], m[:, 1]])
-        sw = np.sqrt(m[:, 3])
-        scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
-        coef, _, rank, _ = np.linalg.lstsq((x / scale) * sw[:, None], m[:, 2] * sw, rcond=None)
-        a, b, c = (coef / scale).tolist()
-        if rank < 3:  # context never varied apart from the batch size: keep a and b
-            a, b, c = (np.linalg.lstsq(x[:, :2] * sw[:, None], m[:, 2] * sw, rcond=None)[0].tolist() + [0.0])
+        a, b, c = nonneg_lstsq(x, m[:, 2], m[:, 3]).tolist()
         return cls(a, b, c)
 
 

@@ -283,3 +283,36 @@ def test_cli_without_a_token_fails_with_the_status(cluster, capsys, monkeypatch)
     monkeypatch.delenv("PREBLE_ADMIN_TOKEN", raising=False)
     assert cli.main(["admin", "--addr", cluster.addr, "nodes"]) == 1
     assert "UNAUTHENTICATED" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ cluster profiles
+def test_calibrate_writes_a_profile_of_this_cluster_that_preble_sim_runs_on(cluster, admin, tmp_path, capsys):
+    call(admin, "GetProfile", admin_pb2.ProfileRequest(reset=True))
+    with pytest.raises(grpc.RpcError) as e:  # nothing measured since the reset
+        call(admin, "GetProfile", admin_pb2.ProfileRequest())
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "too few prefill" in e.value.details()
+    out = tmp_path / "profile.json"
+    rc = cli.main(["calibrate", "--addr", cluster.addr, "-o", str(out), "--name", "e2e", "--admin-token-file",
+                   cluster.token_file, "--prompt-sizes", "64", "256", "512", "--cached-contexts", "0", "512",
+                   "--batch-sizes", "1", "4", "--decode-prompts", "64", "512", "--decode-tokens", "16",
+                   "--repeats", "2", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    prof = json.loads(out.read_text())
+    assert prof["name"] == "e2e" and prof["nodes"] == 2
+    nodes = call(admin, "ListNodes", admin_pb2.ListNodesRequest()).nodes
+    assert prof["engine"]["hbm_tokens"] == min(n.kv_capacity_tokens for n in nodes)
+    assert prof["engine"]["max_num_seqs"] == 16 and prof["engine"]["max_batch_tokens"] > 0
+    assert prof["engine"]["dram_tokens"] == DRAM_BYTES // prof["kv_bytes_per_token"]
+    assert prof["coverage"]["prefill_new_tokens"][1] >= 512 and prof["coverage"]["decode_batch"][1] >= 2
+    assert prof["decode"]["a"] > 0 and prof["request_overhead_s"] > 0
+    # `preble admin profile` fits the same measurements; `preble sim` runs on either.
+    assert cli.main(["admin", "--addr", cluster.addr, "--admin-token-file", cluster.token_file, "profile",
+                     "-o", str(tmp_path / "admin.json")]) == 0
+    assert json.loads((tmp_path / "admin.json").read_text())["engine"] == prof["engine"]
+    capsys.readouterr()
+    res = tmp_path / "sim.json"
+    assert cli.main(["sim", "--profile", str(out), "--workload", "toolbench", "--nodes", "2", "--requests", "20",
+                     "--rps", "1", "--quiet", "--json", str(res)]) == 0
+    assert "profile=" in capsys.readouterr().out
+    doc_ = json.loads(res.read_text())
+    assert doc_["profile"]["name"] == "e2e" and doc_["runs"][0]["requests"] == 20

@@ -1,0 +1,174 @@
+"""Cluster profiles: round trip, validation naming the field, the decode fit, fitting a profile
+from samples (and refusing narrow ones), shipped profiles, and the simulator config a
+profile gives."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from preble_tiered.cli import main as cli
+from preble_tiered.cli.calibrate import Sweep
+from preble_tiered.scheduler.cost_model import LinearDecode, LinearPrefill, Links
+from preble_tiered.scheduler.profile import ClusterProfile, EngineLimits, LinkFigure, ProfileError
+from preble_tiered.scheduler.profile_fit import NodeFacts, ProfileSamples, fit_profile
+from preble_tiered.sim import profile_files
+from preble_tiered.sim.simulator import Simulator
+from preble_tiered.types import Segment, WorkloadRequest
+
+
+def profile(**kw) -> ClusterProfile:
+    base = dict(name="t", model="m", nodes=2, kv_bytes_per_token=8192, prefill=LinearPrefill(5.0, 0.1, 0.001, 1e-6),
+                decode=LinearDecode(3.0, 0.1, 0.001),
+                engine=EngineLimits(block_size=32, max_num_seqs=16, max_batch_tokens=2048, hbm_tokens=32768,
+                                    dram_tokens=100_000, disk_tokens=0),
+                links={k: LinkFigure(1e9, 1e-5, k == "net") for k in ("dram", "disk", "net")},
+                request_overhead_s=0.003)
+    base.update(kw)
+    return ClusterProfile(**base)
+
+
+def test_a_profile_round_trips_through_json(tmp_path):
+    p = profile()
+    path = tmp_path / "p.json"
+    profile_files.save(p, path)
+    back = profile_files.load(str(path))
+    assert back == p
+    assert json.loads(path.read_text())["version"] == 1
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda d: d.pop("decode"), "'decode' is missing"),
+    (lambda d: d["decode"].pop("b"), "'decode.b' is missing"),
+    (lambda d: d["engine"].update(max_num_seqs="16"), "'engine.max_num_seqs' must be int"),
+    (lambda d: d["engine"].update(hbm_tokens=0), "'engine.hbm_tokens' must be positive"),
+    (lambda d: d["links"].pop("net"), "'links.net' is missing"),
+    (lambda d: d["links"]["dram"].update(bandwidth=-1.0), "'links.dram.bandwidth' must be positive"),
+    (lambda d: d.update(version=99), "'version' is 99"),
+    (lambda d: d.update(kv_bytes_per_token=8191), "'kv_bytes_per_token' must be even"),
+    (lambda d: d["prefill"].update(a=float("nan")), "'prefill.a' must be a finite number"),
+    (lambda d: d["decode"].update(a=-50.0, b=0.0, c=0.0), "'decode' predicts a non-positive"),
+    (lambda d: d["coverage"].update(decode_batch=[1]), "'coverage.decode_batch' must be [min, max]"),
+])
+def test_a_bad_profile_is_refused_naming_the_field(mutate, field):
+    d = profile().to_dict()
+    mutate(d)
+    with pytest.raises(ProfileError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        ClusterProfile.from_dict(d)
+
+
+def test_a_profile_file_that_is_not_json_or_not_there_gets_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ProfileError, match="not JSON"):
+        profile_files.load(str(bad))
+    with pytest.raises(ProfileError, match="not a file and not a shipped profile"):
+        profile_files.load(str(tmp_path / "missing.json"))
+
+
+def test_the_decode_fit_recovers_known_coefficients():
+    rng = np.random.default_rng(0)
+    true = LinearDecode(4.0, 0.15, 0.0012)
+    samples = []
+    for b in (1, 2, 4, 8, 16):
+        for ctx in (200, 2000, 8000, 16000):
+            c = ctx * b // 4
+            t = true.step_seconds(None, c, b) * (1 + rng.normal(0, 0.01))
+            samples.append((b, c, t, int(rng.integers(5, 50))))
+    fit = LinearDecode.fit(samples)
+    assert fit.a == pytest.approx(4.0, rel=0.05)
+    assert fit.b == pytest.approx(0.15, rel=0.1)
+    assert fit.c == pytest.approx(0.0012, rel=0.05)
+
+
+def test_the_decode_fit_refuses_a_single_batch_size():
+    with pytest.raises(ValueError, match="one batch size"):
+        LinearDecode.fit([(4, 100, 0.005, 3), (4, 900, 0.006, 3), (4, 4000, 0.01, 3)])
+    with pytest.raises(ValueError, match="at least 3"):
+        LinearDecode.fit([(1, 100, 0.005, 3), (4, 900, 0.006, 3)])
+
+
+def facts(n=2):
+    return [NodeFacts(32, 16, 2048, 32768, 8192, 64 << 20, 0) for _ in range(n)]
+
+
+def measured(prefill_sizes=(64, 512, 2048), batches=(1, 4, 16)) -> ProfileSamples:
+    s = ProfileSamples()
+    pre = LinearPrefill(8.0, 0.07, 0.0, 4e-5)
+    for e in prefill_sizes:
+        for ctx in (0, 1024, 4096):
+            s.add_prefill(e, e + ctx, pre.seconds(e, e + ctx))
+    dec = LinearDecode(3.5, 0.05, 0.0013)
+    for b in batches:
+        for ctx in (100 * b, 1000 * b):
+            s.add_decode(b, ctx, dec.step_seconds(None, ctx, b), 10)
+    s.add_overhead(0.002)
+    s.add_overhead(0.004)
+    s.add_overhead(0.003)
+    return s
+
+
+def test_fit_profile_from_samples_gives_the_cluster_and_its_fits():
+    p = fit_profile(measured(), facts(), Links(), {"net"}, name="x", model="m", source="test")
+    assert p.nodes == 2 and p.engine.max_num_seqs == 16 and p.engine.dram_tokens == (64 << 20) // 8192
+    assert p.decode.a == pytest.approx(3.5, rel=1e-3) and p.decode.c == pytest.approx(0.0013, rel=1e-3)
+    assert p.prefill.seconds(1000, 1000) == pytest.approx(LinearPrefill(8.0, 0.07, 0.0, 4e-5).seconds(1000, 1000),
+                                                          rel=1e-3)
+    assert p.request_overhead_s == pytest.approx(0.003)
+    assert p.links["net"].measured and not p.links["disk"].measured
+    assert p.coverage.decode_batch == (1, 16) and p.coverage.prefill_new_tokens == (64, 2048)
+    assert ClusterProfile.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+
+
+@pytest.mark.parametrize("kw, says", [
+    (dict(prefill_sizes=(512,)), "add prompt sizes"),
+    (dict(batches=(4,)), "add batch sizes"),
+])
+def test_fit_profile_refuses_samples_too_narrow_saying_what_to_add(kw, says):
+    with pytest.raises(ProfileError, match=says):
+        fit_profile(measured(**kw), facts(), Links(), set(), name="x", model="m")
+    with pytest.raises(ProfileError, match="no node"):
+        fit_profile(measured(), [], Links(), set(), name="x", model="m")
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--prompt-sizes", "512", "520"], "--prompt-sizes needs 3"),
+    (["--batch-sizes", "4"], "--batch-sizes needs 2"),
+])
+def test_calibrate_refuses_a_sweep_too_narrow_to_fit_before_sending_anything(argv, says, capsys, tmp_path):
+    rc = cli.main(["calibrate", "--addr", "127.0.0.1:1", "-o", str(tmp_path / "p.json"), *argv])
+    assert rc == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_a_sweep_longer_than_the_model_is_refused():
+    with pytest.raises(ValueError, match="the model allows 1024"):
+        Sweep().check(max_model_len=1024)
+    Sweep().check(max_model_len=8192)
+
+
+def test_the_shipped_cpu_tiny_profile_loads_and_drives_the_simulator():
+    assert "cpu-tiny" in profile_files.shipped()
+    p = profile_files.load("cpu-tiny")
+    cfg = profile_files.sim_config(p, "e2_tiered", engine_tiers="all")
+    assert cfg.max_running == p.engine.max_num_seqs and cfg.max_batch_tokens == p.engine.max_batch_tokens
+    assert cfg.request_overhead_s == p.request_overhead_s and cfg.hbm_tokens == p.engine.hbm_tokens
+    reqs = [WorkloadRequest(f"r{i}", i * 0.05, (Segment("doc", 1000), Segment(f"q{i}", 40)), 8) for i in range(20)]
+    res = Simulator(reqs, cfg, p.cost_model()).run()
+    ttft = [r.ttft_s for r in res.records]
+    assert all(math.isfinite(t) and t >= p.request_overhead_s for t in ttft)
+
+
+def test_the_request_overhead_is_added_to_every_request():
+    p = profile(request_overhead_s=0.0)
+    reqs = [WorkloadRequest(f"r{i}", i * 1.0, (Segment(f"d{i}", 300),), 4) for i in range(5)]
+    base = Simulator(reqs, profile_files.sim_config(p, "round_robin"), p.cost_model()).run()
+    slow = Simulator(reqs, profile_files.sim_config(p, "round_robin", request_overhead_s=0.25), p.cost_model()).run()
+    for a, b in zip(base.records, slow.records):
+        assert b.ttft_s == pytest.approx(a.ttft_s + 0.25) and b.latency_s == pytest.approx(a.latency_s + 0.25)
+
+
+def test_sim_refuses_cost_and_profile_together(capsys):
+    assert cli.main(["sim", "--workload", "toolbench", "--cost", "mistral-7b-a6000", "--profile", "cpu-tiny"]) == 2
+    assert "not both" in capsys.readouterr().err
