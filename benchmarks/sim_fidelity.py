@@ -1,0 +1,267 @@
+#!/usr/bin/env python3
+"""How well the simulator stands for the real cluster: the same traces through a real 2-node
+cluster and through `preble sim` on a profile of that cluster.
+
+1. Calibrate: start the cluster (the same shape as every run below), run `preble calibrate`
+   (a synthetic sweep of prefills and decode batches, never one of the traces predicted) and
+   keep the profile it writes. `--profile PATH` skips this and uses a stored profile.
+2. For each workload x load x policy: start a fresh cluster (router + 2 node agents, one core
+   each, the engine's KV smaller than the working set, a DRAM and a disk tier on every node,
+   only the router's policy differing), replay the trace with `preble bench`, stop it; then
+   simulate the same trace on the profile (tiers on every node, as on the real one).
+3. Report predicted against measured: TTFT and latency (mean, p50, p99), cached-token share,
+   recomputed tokens; the relative errors; the policies' ranking by mean latency.
+
+Workloads: longdoc (questions on 12 documents of ~3k tokens), toolbench (10 tool prompts of
+~1.5k tokens with Zipf popularity, short questions and answers), chat (multi-turn
+conversations over one system prompt, answers of 40-250 tokens). Loads: light (queues do not
+form) and heavy (they do).
+
+    python benchmarks/sim_fidelity.py [--workloads longdoc toolbench chat] [--loads light heavy]
+        [--policy P ...] [--profile PATH] [--json benchmarks/results/sim_fidelity.json]
+
+Targets: mean TTFT and mean latency within 15% of measured, p99 within 30%, cached-token share
+within 5 points, the same ranking of policies by mean latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from e2e_longdoc import free_port, write_chat_trace, write_trace  # noqa: E402
+
+from preble_tiered.cli import main as cli  # noqa: E402
+from preble_tiered.cli.launcher import ClusterSpec, LocalCluster  # noqa: E402
+
+POLICIES = ("e2_tiered", "preble_e2", "round_robin", "least_load")
+WORKLOADS = ("longdoc", "toolbench", "chat")
+LOADS = {  # (requests, requests per second)
+    "longdoc": {"light": (30, 1.0), "heavy": (60, 3.0)},
+    "toolbench": {"light": (40, 1.5), "heavy": (80, 5.0)},
+    "chat": {"light": (30, 0.8), "heavy": (60, 2.5)},
+}
+KV_BYTES = 96 << 20  # per node: ~12k tokens of the tiny model, 4 of longdoc's 12 documents
+DRAM_BYTES = 384 << 20
+DISK_BYTES = 1 << 30
+TARGETS = {"mean": 0.15, "p99": 0.30, "share_points": 0.05}
+
+
+def write_toolbench_trace(path: Path, requests: int, rps: float, seed: int) -> None:
+    """10 tool prompts of 1,200-1,800 tokens (Zipf popularity, s=1.1), questions of 40-160
+    tokens, answers of 16-64 tokens, Poisson arrivals."""
+    rng = np.random.default_rng(seed + 7)
+    sizes = rng.integers(1200, 1801, size=10)
+    pop = 1.0 / np.arange(1, 11) ** 1.1
+    pop /= pop.sum()
+    t = np.cumsum(rng.exponential(1.0 / rps, size=requests))
+    with path.open("w") as f:
+        for q in range(requests):
+            tool = int(rng.choice(10, p=pop))
+            f.write(json.dumps({"t": round(float(t[q]), 4),
+                                "segments": [[f"tool-{tool}", int(sizes[tool])], [f"tq-{q}", int(rng.integers(40, 161))]],
+                                "output_tokens": int(rng.integers(16, 65))}) + "\n")
+
+
+def make_trace(path: Path, workload: str, load: str, seed: int) -> None:
+    n, rps = LOADS[workload][load]
+    if workload == "longdoc":
+        write_trace(path, 12, n, rps, 3000, seed)
+    elif workload == "toolbench":
+        write_toolbench_trace(path, n, rps, seed)
+    else:
+        write_chat_trace(path, 16, 5, rps, seed)
+        lines = path.read_text().splitlines()[:n]
+        path.write_text("\n".join(lines) + "\n")
+
+
+def spec(policy: str, out: Path, label: str) -> ClusterSpec:
+    return ClusterSpec(nodes=2, policy=policy, port=free_port(), kv_cache_bytes=KV_BYTES, max_model_len=8192,
+                       log_dir=str(out / f"logs-{label}"), dram_bytes=DRAM_BYTES, disk_bytes=DISK_BYTES,
+                       disk_dir=str(out / f"kv-{label}"))
+
+
+def calibrate(out: Path) -> Path:
+    path = out / "profile.json"
+    with LocalCluster(spec("e2_tiered", out, "calibrate")) as c:
+        rc = cli.main(["calibrate", "--addr", c.addr, "-o", str(path), "--name", "fidelity", "--quiet"])
+        if rc != 0:
+            raise RuntimeError(f"preble calibrate failed (exit {rc})")
+    return path
+
+
+def measure(policy: str, trace: Path, out: Path, label: str) -> dict:
+    t0 = time.monotonic()
+    with LocalCluster(spec(policy, out, label)) as c:
+        started = time.monotonic() - t0
+        res = out / f"bench-{label}.json"
+        rc = cli.main(["bench", "--addr", c.addr, "--trace", str(trace), "--json", str(res), "--quiet"])
+        if rc != 0:
+            raise RuntimeError(f"preble bench failed for {label} (exit {rc})")
+    print(f"[{label}] measured (cluster up in {started:.0f} s)", flush=True)
+    return json.loads(res.read_text())["runs"][0]
+
+
+def predict(policy: str, trace: Path, profile: Path, out: Path, label: str) -> dict:
+    res = out / f"sim-{label}.json"
+    rc = cli.main(["sim", "--trace", str(trace), "--nodes", "2", "--policy", policy, "--profile", str(profile),
+                   "--engine-tiers", "all", "--json", str(res), "--quiet"])
+    if rc != 0:
+        raise RuntimeError(f"preble sim failed for {label} (exit {rc})")
+    return json.loads(res.read_text())["runs"][0]
+
+
+def pick(s: dict) -> dict:
+    share = sum(s["cached_tokens"].values()) / s["prompt_tokens"] if s["prompt_tokens"] else 0.0
+    return {"ttft": {k: s["ttft"][k] for k in ("mean", "p50", "p99")},
+            "latency": {k: s["latency"][k] for k in ("mean", "p50", "p99")},
+            "cached_token_share": round(share, 4), "recomputed_tokens": s["recomputed_tokens"],
+            "cached_tokens": s["cached_tokens"]}
+
+
+def errors(m: dict, p: dict) -> dict:
+    rel = lambda a, b: (b - a) / a if a else float("nan")  # noqa: E731
+    return {"ttft_mean": rel(m["ttft"]["mean"], p["ttft"]["mean"]), "ttft_p99": rel(m["ttft"]["p99"], p["ttft"]["p99"]),
+            "latency_mean": rel(m["latency"]["mean"], p["latency"]["mean"]),
+            "latency_p99": rel(m["latency"]["p99"], p["latency"]["p99"]),
+            "share_points": p["cached_token_share"] - m["cached_token_share"]}
+
+
+def within(e: dict) -> dict:
+    return {"ttft_mean": abs(e["ttft_mean"]) <= TARGETS["mean"], "latency_mean": abs(e["latency_mean"]) <= TARGETS["mean"],
+            "ttft_p99": abs(e["ttft_p99"]) <= TARGETS["p99"], "latency_p99": abs(e["latency_p99"]) <= TARGETS["p99"],
+            "share": abs(e["share_points"]) <= TARGETS["share_points"]}
+
+
+def rankings(runs: list[dict]) -> list[dict]:
+    out = []
+    for wl in dict.fromkeys(r["workload"] for r in runs):
+        for load in dict.fromkeys(r["load"] for r in runs if r["workload"] == wl):
+            rs = [r for r in runs if r["workload"] == wl and r["load"] == load]
+            m = [r["policy"] for r in sorted(rs, key=lambda r: r["measured"]["latency"]["mean"])]
+            p = [r["policy"] for r in sorted(rs, key=lambda r: r["predicted"]["latency"]["mean"])]
+            out.append({"workload": wl, "load": load, "measured": m, "predicted": p, "same": m == p})
+    return out
+
+
+def markdown(doc: dict) -> str:
+    lines = ["| workload | load | policy | TTFT mean ms (meas / pred, err) | TTFT p99 ms | latency mean ms | "
+             "latency p99 ms | cached share (meas / pred) |", "|---|---|---|---|---|---|---|---|"]
+    for r in doc["runs"]:
+        m, p, e = r["measured"], r["predicted"], r["error"]
+
+        def cell(kind: str, stat: str) -> str:
+            return f"{m[kind][stat] * 1e3:.0f} / {p[kind][stat] * 1e3:.0f} ({e[f'{kind}_{stat}'] * 100:+.0f}%)"
+        lines.append(f"| {r['workload']} | {r['load']} | {r['policy']} | {cell('ttft', 'mean')} | {cell('ttft', 'p99')} | "
+                     f"{cell('latency', 'mean')} | {cell('latency', 'p99')} | "
+                     f"{m['cached_token_share']:.2f} / {p['cached_token_share']:.2f} |")
+    lines += ["", "| workload | load | ranking by mean latency, measured | predicted | same |", "|---|---|---|---|---|"]
+    for k in doc["rankings"]:
+        lines.append(f"| {k['workload']} | {k['load']} | {' < '.join(k['measured'])} | {' < '.join(k['predicted'])} | "
+                     f"{'yes' if k['same'] else 'no'} |")
+    s = doc["summary"]
+    lines += ["", f"Within target: mean TTFT {s['ttft_mean']}, mean latency {s['latency_mean']}, p99 TTFT "
+                  f"{s['ttft_p99']}, p99 latency {s['latency_p99']}, cached share {s['share']} (of {len(doc['runs'])} "
+                  f"runs); same ranking in {s['rankings_same']} of {len(doc['rankings'])}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), dpi=120)
+    marks = {"longdoc": "o", "toolbench": "s", "chat": "^"}
+    colors = {p: f"C{i}" for i, p in enumerate(POLICIES)}
+    for ax, kind in zip(axes, ("ttft", "latency")):
+        lo, hi = float("inf"), 0.0
+        for r in doc["runs"]:
+            x, y = r["measured"][kind]["mean"] * 1e3, r["predicted"][kind]["mean"] * 1e3
+            lo, hi = min(lo, x, y), max(hi, x, y)
+            ax.scatter(x, y, marker=marks.get(r["workload"], "x"), color=colors.get(r["policy"], "k"),
+                       facecolors="none" if r["load"] == "light" else None)
+        xs = np.array([lo * 0.8, hi * 1.25])
+        ax.plot(xs, xs, "k-", lw=1)
+        ax.fill_between(xs, xs * (1 - TARGETS["mean"]), xs * (1 + TARGETS["mean"]), color="0.9")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"measured mean {kind} (ms)")
+        ax.set_ylabel(f"predicted mean {kind} (ms)")
+        ax.set_title(f"mean {kind}: one point per run; band ±15%")
+    handles = [plt.Line2D([], [], marker=m, ls="", color="k", label=w) for w, m in marks.items()]
+    handles += [plt.Line2D([], [], marker="o", ls="", color=c, label=p) for p, c in colors.items()]
+    axes[1].legend(handles=handles, fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    ap.add_argument("--loads", nargs="+", choices=("light", "heavy"), default=["light", "heavy"])
+    ap.add_argument("--policy", action="append", choices=POLICIES, help="policies (default: all four)")
+    ap.add_argument("--profile", type=Path, default=None, help="a stored profile of this cluster shape (skip calibrating)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/sim_fidelity.json")
+    ap.add_argument("--replot", action="store_true", help="rebuild the table and PNG from --json, run nothing")
+    args = ap.parse_args()
+    md, png = args.json.with_suffix(".md"), args.json.with_suffix(".png")
+    if args.replot:
+        doc = json.loads(args.json.read_text())
+        md.write_text(markdown(doc))
+        plot(doc, png)
+        print(markdown(doc))
+        return 0
+    policies = args.policy or list(POLICIES)
+    runs: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="preble-fidelity-") as tmp:
+        out = Path(tmp)
+        profile = args.profile or calibrate(out)
+        prof_doc = json.loads(Path(profile).read_text())
+        for wl in args.workloads:
+            for load in args.loads:
+                trace = out / f"{wl}-{load}.jsonl"
+                make_trace(trace, wl, load, args.seed)
+                for policy in policies:
+                    label = f"{wl}-{load}-{policy}"
+                    m = pick(measure(policy, trace, out, label))
+                    p = pick(predict(policy, trace, Path(profile), out, label))
+                    e = errors(m, p)
+                    runs.append({"workload": wl, "load": load, "policy": policy,
+                                 "calibrated_on": "preble calibrate sweep" if args.profile is None else str(args.profile),
+                                 "measured": m, "predicted": p, "error": e, "within": within(e)})
+                    print(f"  {label}: TTFT {m['ttft']['mean'] * 1e3:.0f} vs {p['ttft']['mean'] * 1e3:.0f} ms "
+                          f"({e['ttft_mean'] * 100:+.0f}%), latency {m['latency']['mean'] * 1e3:.0f} vs "
+                          f"{p['latency']['mean'] * 1e3:.0f} ms ({e['latency_mean'] * 100:+.0f}%), share "
+                          f"{m['cached_token_share']:.2f} vs {p['cached_token_share']:.2f}", flush=True)
+    ranks = rankings(runs)
+    summary = {k: f"{sum(r['within'][k] for r in runs)}/{len(runs)}" for k in runs[0]["within"]}
+    summary["rankings_same"] = sum(k["same"] for k in ranks)
+    doc = {"command": "python " + shlex.join(sys.argv), "targets": TARGETS, "profile": prof_doc,
+           "setup": {"nodes": 2, "kv_cache_bytes_per_node": KV_BYTES, "dram_bytes": DRAM_BYTES,
+                     "disk_bytes": DISK_BYTES, "loads": LOADS},
+           "runs": runs, "rankings": ranks, "summary": summary}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    md.write_text(markdown(doc))
+    plot(doc, png)
+    print(markdown(doc))
+    print(f"wrote {args.json}, {md}, {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
