@@ -21,7 +21,8 @@ form) and heavy (they do).
         [--policy P ...] [--profile PATH] [--json benchmarks/results/sim_fidelity.json]
 
 Targets: mean TTFT and mean latency within 15% of measured, p99 within 30%, cached-token share
-within 5 points, the same ranking of policies by mean latency.
+within 5 points, the same ranking of policies by mean latency. The router's own TTFT (from each
+request's usage) is reported beside the client's: the difference is the client and the wire.
 """
 
 from __future__ import annotations
@@ -58,30 +59,33 @@ DISK_BYTES = 1 << 30
 TARGETS = {"mean": 0.15, "p99": 0.30, "share_points": 0.05}
 
 
-def write_toolbench_trace(path: Path, requests: int, rps: float, seed: int) -> None:
-    """10 tool prompts of 1,200-1,800 tokens (Zipf popularity, s=1.1), questions of 40-160
+def write_toolbench_trace(path: Path, requests: int, rps: float, seed: int, tools: int = 10) -> None:
+    """`tools` tool prompts of 1,200-1,800 tokens (Zipf popularity, s=1.1), questions of 40-160
     tokens, answers of 16-64 tokens, Poisson arrivals."""
     rng = np.random.default_rng(seed + 7)
-    sizes = rng.integers(1200, 1801, size=10)
-    pop = 1.0 / np.arange(1, 11) ** 1.1
+    sizes = rng.integers(1200, 1801, size=tools)
+    pop = 1.0 / np.arange(1, tools + 1) ** 1.1
     pop /= pop.sum()
     t = np.cumsum(rng.exponential(1.0 / rps, size=requests))
     with path.open("w") as f:
         for q in range(requests):
-            tool = int(rng.choice(10, p=pop))
+            tool = int(rng.choice(tools, p=pop))
             f.write(json.dumps({"t": round(float(t[q]), 4),
                                 "segments": [[f"tool-{tool}", int(sizes[tool])], [f"tq-{q}", int(rng.integers(40, 161))]],
                                 "output_tokens": int(rng.integers(16, 65))}) + "\n")
 
 
-def make_trace(path: Path, workload: str, load: str, seed: int) -> None:
+def make_trace(path: Path, workload: str, load: str, seed: int, scale: float = 1.0) -> None:
+    """The trace of `workload` at `load` for 2 nodes; `scale` multiplies its requests, rate and
+    distinct prefixes (documents, tools, conversations), for a cluster `scale` times larger."""
     n, rps = LOADS[workload][load]
+    n, rps = int(n * scale), rps * scale
     if workload == "longdoc":
-        write_trace(path, 12, n, rps, 3000, seed)
+        write_trace(path, int(12 * scale), n, rps, 3000, seed)
     elif workload == "toolbench":
-        write_toolbench_trace(path, n, rps, seed)
+        write_toolbench_trace(path, n, rps, seed, int(10 * scale))
     else:
-        write_chat_trace(path, 16, 5, rps, seed)
+        write_chat_trace(path, int(16 * scale), 5, rps, seed)
         lines = path.read_text().splitlines()[:n]
         path.write_text("\n".join(lines) + "\n")
 
@@ -124,7 +128,8 @@ def predict(policy: str, trace: Path, profile: Path, out: Path, label: str) -> d
 
 def pick(s: dict) -> dict:
     share = sum(s["cached_tokens"].values()) / s["prompt_tokens"] if s["prompt_tokens"] else 0.0
-    return {"ttft": {k: s["ttft"][k] for k in ("mean", "p50", "p99")},
+    out = {"server_ttft": {k: s["server_ttft"][k] for k in ("mean", "p99")}} if "server_ttft" in s else {}
+    return {**out, "ttft": {k: s["ttft"][k] for k in ("mean", "p50", "p99")},
             "latency": {k: s["latency"][k] for k in ("mean", "p50", "p99")},
             "cached_token_share": round(share, 4), "recomputed_tokens": s["recomputed_tokens"],
             "cached_tokens": s["cached_tokens"]}
@@ -157,7 +162,8 @@ def rankings(runs: list[dict]) -> list[dict]:
 
 def markdown(doc: dict) -> str:
     lines = ["| workload | load | policy | TTFT mean ms (meas / pred, err) | TTFT p99 ms | latency mean ms | "
-             "latency p99 ms | cached share (meas / pred) |", "|---|---|---|---|---|---|---|---|"]
+             "latency p99 ms | cached share (meas / pred) | router's TTFT mean / p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in doc["runs"]:
         m, p, e = r["measured"], r["predicted"], r["error"]
 
@@ -165,7 +171,9 @@ def markdown(doc: dict) -> str:
             return f"{m[kind][stat] * 1e3:.0f} / {p[kind][stat] * 1e3:.0f} ({e[f'{kind}_{stat}'] * 100:+.0f}%)"
         lines.append(f"| {r['workload']} | {r['load']} | {r['policy']} | {cell('ttft', 'mean')} | {cell('ttft', 'p99')} | "
                      f"{cell('latency', 'mean')} | {cell('latency', 'p99')} | "
-                     f"{m['cached_token_share']:.2f} / {p['cached_token_share']:.2f} |")
+                     f"{m['cached_token_share']:.2f} / {p['cached_token_share']:.2f} | "
+                     + (f"{m['server_ttft']['mean'] * 1e3:.0f} / {m['server_ttft']['p99'] * 1e3:.0f} |"
+                        if "server_ttft" in m else "- |"))
     lines += ["", "| workload | load | ranking by mean latency, measured | predicted | same |", "|---|---|---|---|---|"]
     for k in doc["rankings"]:
         lines.append(f"| {k['workload']} | {k['load']} | {' < '.join(k['measured'])} | {' < '.join(k['predicted'])} | "

@@ -10,6 +10,7 @@ tier come from each request's usage message. The summary has the JSON shape of `
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import time
 from collections import Counter
@@ -22,7 +23,7 @@ from preble_tiered.types import GenParams
 from preble_tiered.api import convert
 from preble_tiered.api.grpc_util import CHANNEL_OPTIONS
 from preble_tiered.api.pb import admin_pb2, admin_pb2_grpc, inference_pb2, inference_pb2_grpc
-from preble_tiered.sim.metrics import RequestRecord, SimResult
+from preble_tiered.sim.metrics import RequestRecord, SimResult, stats
 from preble_tiered.types import WorkloadRequest
 from preble_tiered.workloads.tokens import request_token_ids
 
@@ -138,6 +139,9 @@ def _outcome(policy: str, label: str, done: list[RequestRecord], failures: list[
     summary["failed"] = len(failures)
     summary["cached_token_share"] = (sum(summary["cached_tokens"].values()) / summary["prompt_tokens"]
                                      if summary["prompt_tokens"] else 0.0)
+    server = [r.server_ttft_s for r in done if math.isfinite(r.server_ttft_s)]
+    if server:  # the router's own TTFT: the rest of the client's is the client and the wire
+        summary["server_ttft"] = stats(server)
     return BenchOutcome(summary, failures)
 
 
@@ -164,6 +168,7 @@ async def _send(stub, r: WorkloadRequest, vocab: int, cfg: BenchConfig, t0: floa
                         first_token_s=first if first is not None else end, finish_s=end)
     rec.cached = convert.cached_from_pb(usage.cached_tokens)
     rec.recomputed_tokens = usage.recomputed_tokens
+    rec.server_ttft_s = usage.ttft_ms * 1e-3
     return rec
 
 

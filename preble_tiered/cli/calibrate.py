@@ -26,17 +26,26 @@ from preble_tiered.scheduler.profile_fit import MIN_DECODE_BATCHES, MIN_PREFILL_
 
 @dataclass(frozen=True)
 class Sweep:
-    prompt_sizes: tuple[int, ...] = (64, 256, 512, 1024, 2048)
-    cached_contexts: tuple[int, ...] = (0, 1024)
+    prompt_sizes: tuple[int, ...] = (64, 256, 512, 1024, 2048, 4096)
+    cached_contexts: tuple[int, ...] = (0, 1024, 3072)
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
     decode_prompts: tuple[int, ...] = (64, 1024)
     decode_tokens: int = 48
     repeats: int = 3
 
+    def prefills(self, max_model_len: int | None = None) -> list[tuple[int, int]]:
+        """(cached context, new tokens) of each prefill, in order; those longer than the
+        model (a context, the new tokens and 2 out) are left out."""
+        return [(c, p) for c in self.cached_contexts for p in self.prompt_sizes
+                if max_model_len is None or c + p + 2 <= max_model_len]
+
+    def decode_prompts_for(self, max_model_len: int | None = None) -> list[int]:
+        return [p for p in self.decode_prompts if max_model_len is None or p + self.decode_tokens <= max_model_len]
+
     def check(self, max_model_len: int | None = None) -> None:
-        """Raises ValueError when the sweep cannot support a fit (saying what to add) or does
-        not fit the model."""
-        sizes = sorted({p // PREFILL_BUCKET for p in self.prompt_sizes})
+        """Raises ValueError when the sweep cannot support a fit (saying what to add), also
+        once what does not fit the model is left out."""
+        sizes = sorted({p // PREFILL_BUCKET for _, p in self.prefills(max_model_len)})
         if len(sizes) < MIN_PREFILL_SIZES:
             raise ValueError(f"the sweep is too narrow to fit prefill times: --prompt-sizes needs {MIN_PREFILL_SIZES} "
                              f"or more sizes at least {PREFILL_BUCKET} tokens apart (got "
@@ -49,16 +58,13 @@ class Sweep:
             raise ValueError("sizes must be positive (cached contexts >= 0)")
         if self.decode_tokens < 8 or self.repeats < 1:
             raise ValueError("--decode-tokens must be >= 8 and --repeats >= 1")
-        if max_model_len is not None:
-            longest = max(max(self.cached_contexts) + max(self.prompt_sizes) + 2,
-                          max(self.decode_prompts) + self.decode_tokens)
-            if longest > max_model_len:
-                raise ValueError(f"the sweep's longest request has {longest} tokens; the model allows {max_model_len}: "
-                                 "lower --prompt-sizes / --cached-contexts / --decode-prompts")
+        if not self.decode_prompts_for(max_model_len):
+            raise ValueError(f"no --decode-prompts size fits the model ({max_model_len} tokens with "
+                             f"{self.decode_tokens} out): lower them")
 
-    def requests(self, nodes: int = 1) -> int:
-        return (len(self.cached_contexts) * len(self.prompt_sizes) * self.repeats
-                + len(self.decode_prompts) * sum(self.batch_sizes) * nodes)
+    def requests(self, nodes: int = 1, max_model_len: int | None = None) -> int:
+        return (len(self.prefills(max_model_len)) * self.repeats
+                + len(self.decode_prompts_for(max_model_len)) * sum(self.batch_sizes) * nodes)
 
 
 def add_parser(sub, positive_int) -> None:
@@ -113,7 +119,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             sweep.check(info.max_model_len)
             admin.GetProfile(admin_pb2.ProfileRequest(reset=True), metadata=admin_md, timeout=10)
             t0 = time.monotonic()
-            _run_sweep(sweep, inference, inf_md, info.vocab_size, info.nodes_alive, not args.quiet)
+            skipped = len(sweep.prefills()) - len(sweep.prefills(info.max_model_len))
+            if skipped:
+                print(f"leaving out {skipped} prefill size(s) longer than the model's {info.max_model_len} tokens",
+                      file=sys.stderr)
+            _run_sweep(sweep, inference, inf_md, info.vocab_size, info.nodes_alive, info.max_model_len,
+                       not args.quiet)
             time.sleep(1.5)  # the router polls its nodes' measurements every load interval (0.5 s by default)
             source = "preble " + shlex.join(getattr(args, "argv", []) or ["calibrate"])
             resp = admin.GetProfile(admin_pb2.ProfileRequest(name=args.name, source=source), metadata=admin_md,
@@ -125,11 +136,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     prof = ClusterProfile.from_dict(json.loads(resp.profile_json))
     profile_files.save(prof, args.output)
     print(describe_profile(prof))
-    print(f"wrote {args.output} ({sweep.requests(info.nodes_alive)} requests in {time.monotonic() - t0:.0f} s)", file=sys.stderr)
+    print(f"wrote {args.output} ({sweep.requests(info.nodes_alive, info.max_model_len)} requests in {time.monotonic() - t0:.0f} s)", file=sys.stderr)
     return 0
 
 
-def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, progress: bool) -> None:
+def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, max_len: int, progress: bool) -> None:
     import numpy as np
 
     from preble_tiered.api import convert
@@ -139,7 +150,7 @@ def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, progress: bool) -
 
     rng = np.random.default_rng(time.monotonic_ns())
     lo = min(16, vocab // 2)  # skip the lowest ids (special tokens of real vocabularies)
-    bar = _bar(sweep.requests(nodes), progress)
+    bar = _bar(sweep.requests(nodes, max_len), progress)
     n = 0
 
     def fresh(k: int) -> list[int]:
@@ -155,13 +166,13 @@ def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, progress: bool) -
             pass
         bar.update(1)
 
-    for ctx in sweep.cached_contexts:  # one at a time: each prefill is measured alone
-        prefix = fresh(ctx)
-        for size in sweep.prompt_sizes:
-            for _ in range(sweep.repeats):
-                one(prefix + fresh(size), 2)
+    prefixes: dict[int, list[int]] = {}
+    for ctx, size in sweep.prefills(max_len):  # one at a time: each prefill is measured alone
+        prefix = prefixes.setdefault(ctx, fresh(ctx))
+        for _ in range(sweep.repeats):
+            one(prefix + fresh(size), 2)
     with ThreadPoolExecutor(max(sweep.batch_sizes) * nodes) as pool:
-        for plen in sweep.decode_prompts:
+        for plen in sweep.decode_prompts_for(max_len):
             for b in sweep.batch_sizes:
                 list(pool.map(lambda ids: one(ids, sweep.decode_tokens), [fresh(plen) for _ in range(b * nodes)]))
     bar.close()

@@ -386,20 +386,23 @@ class VLLMEngine:
 
     def _run(self) -> None:
         error: str | None = None
+        last: tuple[int, int, float] | None = None  # (batch, context, start) of the last decode-only step
         try:
             while not self._stop.is_set():
                 self._commands.run()
                 self._admit()
                 if self._llm.has_unfinished_requests():
-                    decode = self._decode_batch()
                     t0 = time.perf_counter()
+                    if last is not None:  # the previous step ran decode only: its period, loop included
+                        self._timings.observe_step(last[0], last[1], t0 - last[2])
+                    decode = self._decode_batch()
                     outputs = self._llm.step()
-                    if decode is not None:
-                        self._timings.observe_step(decode[0], decode[1], time.perf_counter() - t0)
+                    last = None if decode is None else (*decode, t0)
                     self._steps += 1
                     self._dispatch(outputs)
                     self._publish_kv_events()
                 else:
+                    last = None  # an idle wait is not part of a step
                     self._publish_kv_events()
                     self._flush_idle_events()
                     self._wake.wait(_IDLE_WAIT_S)
@@ -452,7 +455,11 @@ class VLLMEngine:
 
     def _decode_batch(self) -> tuple[int, int] | None:
         """(sequences, context tokens) when the next step is decode only: every request in
-        vLLM has its first token (none prefilling, none just admitted); else None."""
+        vLLM has its first token (none prefilling, none just admitted); else None.
+
+        A decode step is timed from its start to the next step's start, so what the loop
+        does between steps (outputs to the agent, admission, stats, events) counts: that is
+        the time per token a request sees."""
         ctx = 0
         for t in self._in_vllm.values():
             if not t.first_token:

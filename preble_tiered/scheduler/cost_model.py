@@ -31,6 +31,20 @@ class DecodeCost(Protocol):
         ...
 
 
+def _chunk_features(new: int, context: int, chunk: int | None) -> tuple[float, float, float, float]:
+    """[1, e, c, e*c] summed over the chunks a prefill of `new` tokens ending at `context`
+    runs in (one chunk without `chunk`)."""
+    if not chunk or new <= chunk:
+        return 1.0, new, context, new * context
+    k = n = cs = ec = 0.0
+    done = context - new
+    while done < context:
+        e = min(chunk, context - done)
+        done += e
+        k, n, cs, ec = k + 1, n + e, cs + done, ec + e * done
+    return k, n, cs, ec
+
+
 def nonneg_lstsq(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Weighted least squares with every coefficient >= 0 (a time never falls as tokens,
     context or batch grow). Exact for the few columns the fits have: the best feasible
@@ -68,14 +82,19 @@ class LinearPrefill:
         return (self.a + self.b * e + self.c * ctx + self.d * e * ctx) * 1e-3
 
     @classmethod
-    def fit(cls, samples: Iterable[tuple[int, int, float]]) -> "LinearPrefill":
+    def fit(cls, samples: Iterable[tuple[int, int, float]], chunk: int | None = None) -> "LinearPrefill":
         """Least-squares fit from (new_tokens, context_tokens, seconds) samples, every
         coefficient >= 0 (`nonneg_lstsq`).
+
+        With `chunk` (the engine's token budget per step), a sample is taken to be the sum
+        of its chunked prefill's steps, as the simulator prices it: chunks of `chunk` new
+        tokens, each on the context up to its end. The model stays linear in its
+        coefficients (their features are summed over the chunks), so the fit is exact.
 
         Raises:
             ValueError: with fewer than 4 samples or when all samples are identical.
         """
-        rows = [(1.0, e, c, e * c, t * 1e3) for e, c, t in samples]
+        rows = [(*_chunk_features(e, c, chunk), t * 1e3) for e, c, t in samples]
         if len(rows) < 4:
             raise ValueError(f"need at least 4 samples to fit a prefill model, got {len(rows)}")
         m = np.asarray(rows, dtype=np.float64)

@@ -100,7 +100,8 @@ def fit_profile(samples: ProfileSamples, nodes: list[NodeFacts], links: Links, m
     if not nodes:
         raise ProfileError("no node has registered: start the cluster's nodes first")
     check_coverage(samples)
-    prefill = LinearPrefill.fit(samples.prefill)
+    budget = min(n.max_batch_tokens for n in nodes)
+    prefill = LinearPrefill.fit(samples.prefill, chunk=budget)  # as the simulator prices it: per chunk
     rows = samples.decode_rows()
     decode = LinearDecode.fit([(b, int(c), s, n) for b, c, s, n in rows])
     kvb = min(n.kv_bytes_per_token for n in nodes)

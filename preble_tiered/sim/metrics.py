@@ -28,6 +28,8 @@ class RequestRecord:
     cached: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIER_KEYS, 0))
     recomputed_tokens: int = 0
     bytes_moved: int = 0
+    server_ttft_s: float = float("nan")
+    """TTFT as the router measured it (a benchmark's client knows it from the usage)."""
 
     def fill_from(self, r) -> None:  # r: SimRequest (kept untyped: no engine import here)
         self.first_token_s = r.first_token_at

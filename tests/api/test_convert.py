@@ -61,7 +61,7 @@ def test_router_node_messages_round_trip_through_protobuf():
     from preble_tiered.api.messages import DispatchOrder, NodeInfo, PullSource
     from preble_tiered.api.pb import node_pb2
 
-    info = NodeInfo("n0", "/m", 260, 4096, 32, 8192, 512, "ns")
+    info = NodeInfo("n0", "/m", 260, 4096, 32, 8192, 512, "ns", max_num_seqs=16, max_batch_tokens=2048)
     assert convert.node_info_from_pb(convert.node_info_to_pb(info)) == info
 
     order = DispatchOrder("r1", [1, 2, 3], GenParams(max_tokens=4, temperature=0.0, seed=7), 6,
@@ -77,14 +77,18 @@ def test_router_node_messages_round_trip_through_protobuf():
     rep = node_pb2.LoadReport(ready=True, running=2, waiting=3, kv_usage=0.5, kv_used_tokens=64, tpot_ms=4.0,
                               event_seq=9)
     rep.prefill_samples.add(new_tokens=100, context_tokens=200, seconds=0.25)
+    rep.decode_steps.add(batch=4, context_tokens=900.5, seconds=0.006, steps=12)
+    rep.decode_steps.add(batch=2, context_tokens=100, seconds=0.004, steps=0)  # empty bucket: dropped
     rep.link_rates.add(link="dram", bytes_per_s=2e9, samples=3)
     rep.link_rates.add(link="net:x", bytes_per_s=0.0, samples=0)  # not measured: left out
     rep.tiers.add(tier=convert.tier_to_pb(Tier.DISK), used_bytes=10, capacity_bytes=100, blocks=2, pinned_blocks=1)
     load = convert.load_from_pb(rep)
     assert (load.ready, load.running, load.waiting, load.event_seq) == (True, 2, 3, 9)
     assert load.prefill_samples == [(100, 200, 0.25)] and load.link_rates == {"dram": 2e9}
+    assert load.decode_steps == [(4, 900.5, 0.006, 12)]
     assert [convert.tier_usage_to_pb(u) for u in load.tiers] == list(rep.tiers)
 
-    done = node_pb2.SubmitDone(finish_reason="length", cached_tokens=convert.cached_to_pb({"disk": 32}))
+    done = node_pb2.SubmitDone(finish_reason="length", cached_tokens=convert.cached_to_pb({"disk": 32}), ttft_ms=12.5)
     got = convert.done_from_pb(done)
     assert got.finish_reason == "length" and got.cached == {"hbm": 0, "dram": 0, "disk": 32, "remote": 0}
+    assert got.ttft_s == pytest.approx(0.0125)

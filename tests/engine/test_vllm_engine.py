@@ -354,6 +354,24 @@ def test_prefill_samples_come_from_prefills_that_ran_alone(engine, rec):
 
 
 @pytest.mark.slow
+def test_decode_only_steps_are_measured_by_batch_size_and_context(engine, rec):
+    engine.take_decode_steps()
+    reqs = [EngineRequest(f"steps-{i}", prompt_of(100, salt=60 + i), GenParams(max_tokens=24, ignore_eos=True))
+            for i in range(3)]
+    for r in reqs:
+        engine.add(r)
+    for r in reqs:
+        rec.wait_finished(r.request_id)
+    steps = engine.take_decode_steps()
+    assert steps and engine.take_decode_steps() == []
+    assert {b for b, *_ in steps} <= {1, 2, 3} and 3 in {b for b, *_ in steps}
+    for batch, ctx, seconds, n in steps:
+        assert n > 0 and 0 < seconds < 5
+        assert batch * 101 <= ctx <= batch * (100 + 24)  # every sequence: its prompt plus what it generated
+    assert sum(n for *_, n in steps) <= engine.stats().steps
+
+
+@pytest.mark.slow
 def test_abort_running_request_and_duplicate_ids(engine, rec):
     req = EngineRequest("long", prompt_of(100, salt=50), GenParams(max_tokens=1500, ignore_eos=True))
     engine.add(req)

@@ -142,10 +142,13 @@ def test_calibrate_refuses_a_sweep_too_narrow_to_fit_before_sending_anything(arg
     assert not (tmp_path / "p.json").exists()
 
 
-def test_a_sweep_longer_than_the_model_is_refused():
-    with pytest.raises(ValueError, match="the model allows 1024"):
-        Sweep().check(max_model_len=1024)
-    Sweep().check(max_model_len=8192)
+def test_a_sweep_leaves_out_what_the_model_cannot_hold_and_refuses_when_too_little_is_left():
+    s = Sweep()
+    assert all(c + p + 2 <= 2048 for c, p in s.prefills(2048)) and len(s.prefills(2048)) < len(s.prefills())
+    s.check(max_model_len=2048)  # 64-1024 new tokens still fit: enough sizes
+    with pytest.raises(ValueError, match="--prompt-sizes needs 3"):
+        s.check(max_model_len=300)  # only 64 and 256 fit
+    assert s.requests(2, 2048) < s.requests(2)
 
 
 def test_the_shipped_cpu_tiny_profile_loads_and_drives_the_simulator():
@@ -172,3 +175,32 @@ def test_the_request_overhead_is_added_to_every_request():
 def test_sim_refuses_cost_and_profile_together(capsys):
     assert cli.main(["sim", "--workload", "toolbench", "--cost", "mistral-7b-a6000", "--profile", "cpu-tiny"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_a_chunked_prefill_fit_makes_the_simulators_chunks_sum_to_the_measured_time():
+    true = LinearPrefill(6.0, 0.07, 0.0, 4e-5)
+    chunk = 2048
+
+    def chunked(e, c):  # what the simulator charges: one term per chunk, on the context so far
+        t, done = 0.0, c - e
+        while done < c:
+            n = min(chunk, c - done)
+            done += n
+            t += true.seconds(n, done)
+        return t
+
+    samples = [(e, e + ctx, chunked(e, e + ctx)) for e in (64, 512, 2048, 3000, 4000) for ctx in (0, 1024, 3000)]
+    fit = LinearPrefill.fit(samples, chunk=chunk)
+    for e, c, t in samples:
+        assert chunked_with(fit, e, c, chunk) == pytest.approx(t, rel=1e-6)
+    plain = LinearPrefill.fit(samples)  # one term per sample: wrong once prompts span chunks
+    assert max(abs(chunked_with(plain, e, c, chunk) - t) / t for e, c, t in samples) > 0.02
+
+
+def chunked_with(model, e, c, chunk):
+    t, done = 0.0, c - e
+    while done < c:
+        n = min(chunk, c - done)
+        done += n
+        t += model.seconds(n, done)
+    return t
