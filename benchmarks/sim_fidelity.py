@@ -57,6 +57,7 @@ KV_BYTES = 96 << 20  # per node: ~12k tokens of the tiny model, 4 of longdoc's 1
 DRAM_BYTES = 384 << 20
 DISK_BYTES = 1 << 30
 TARGETS = {"mean": 0.15, "p99": 0.30, "share_points": 0.05}
+KV_BYTES_NOW = [KV_BYTES]  # --kv-bytes replaces it
 
 
 def write_toolbench_trace(path: Path, requests: int, rps: float, seed: int, tools: int = 10) -> None:
@@ -91,7 +92,7 @@ def make_trace(path: Path, workload: str, load: str, seed: int, scale: float = 1
 
 
 def spec(policy: str, out: Path, label: str) -> ClusterSpec:
-    return ClusterSpec(nodes=2, policy=policy, port=free_port(), kv_cache_bytes=KV_BYTES, max_model_len=8192,
+    return ClusterSpec(nodes=2, policy=policy, port=free_port(), kv_cache_bytes=KV_BYTES_NOW[0], max_model_len=8192,
                        log_dir=str(out / f"logs-{label}"), dram_bytes=DRAM_BYTES, disk_bytes=DISK_BYTES,
                        disk_dir=str(out / f"kv-{label}"))
 
@@ -223,6 +224,8 @@ def main() -> int:
     ap.add_argument("--policy", action="append", choices=POLICIES, help="policies (default: all four)")
     ap.add_argument("--profile", type=Path, default=None, help="a stored profile of this cluster shape (skip calibrating)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kv-bytes", type=int, default=KV_BYTES,
+                    help=f"engine KV cache per node (default: {KV_BYTES >> 20} MiB, smaller than the working sets)")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/sim_fidelity.json")
     ap.add_argument("--replot", action="store_true", help="rebuild the table and PNG from --json, run nothing")
     args = ap.parse_args()
@@ -234,6 +237,7 @@ def main() -> int:
         print(markdown(doc))
         return 0
     policies = args.policy or list(POLICIES)
+    KV_BYTES_NOW[0] = args.kv_bytes
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="preble-fidelity-") as tmp:
         out = Path(tmp)
@@ -259,7 +263,7 @@ def main() -> int:
     summary = {k: f"{sum(r['within'][k] for r in runs)}/{len(runs)}" for k in runs[0]["within"]}
     summary["rankings_same"] = sum(k["same"] for k in ranks)
     doc = {"command": "python " + shlex.join(sys.argv), "targets": TARGETS, "profile": prof_doc,
-           "setup": {"nodes": 2, "kv_cache_bytes_per_node": KV_BYTES, "dram_bytes": DRAM_BYTES,
+           "setup": {"nodes": 2, "kv_cache_bytes_per_node": args.kv_bytes, "dram_bytes": DRAM_BYTES,
                      "disk_bytes": DISK_BYTES, "loads": LOADS},
            "runs": runs, "rankings": ranks, "summary": summary}
     args.json.parent.mkdir(parents=True, exist_ok=True)
