@@ -161,6 +161,28 @@ def rankings(runs: list[dict]) -> list[dict]:
     return out
 
 
+def repeatability(doc: dict, other: dict) -> dict:
+    """The real cluster against itself: the measured side of two runs of the same traces. A
+    prediction cannot be held to a closer match than the cluster's own run-to-run spread."""
+    prev = {(r["workload"], r["load"], r["policy"]): r["measured"] for r in other["runs"]}
+    rows = []
+    for r in doc["runs"]:
+        o = prev.get((r["workload"], r["load"], r["policy"]))
+        if o is not None:
+            rows.append({"workload": r["workload"], "load": r["load"], "policy": r["policy"],
+                         **{f"{k}_{s_}": (r["measured"][k][s_] - o[k][s_]) / o[k][s_]
+                            for k in ("ttft", "latency") for s_ in ("mean", "p99")}})
+    same = []
+    for k in rankings(doc["runs"]):
+        o = [x for x in rankings(other["runs"]) if (x["workload"], x["load"]) == (k["workload"], k["load"])]
+        if o:
+            same.append({"workload": k["workload"], "load": k["load"], "same": o[0]["measured"] == k["measured"]})
+    keys = ("ttft_mean", "ttft_p99", "latency_mean", "latency_p99")
+    return {"rows": rows, "rankings": same,
+            "median_abs": {k: float(np.median([abs(x[k]) for x in rows])) for k in keys} if rows else {},
+            "max_abs": {k: float(max(abs(x[k]) for x in rows)) for k in keys} if rows else {}}
+
+
 def markdown(doc: dict) -> str:
     lines = ["| workload | load | policy | TTFT mean ms (meas / pred, err) | TTFT p99 ms | latency mean ms | "
              "latency p99 ms | cached share (meas / pred) | router's TTFT mean / p99 ms |",
@@ -183,6 +205,15 @@ def markdown(doc: dict) -> str:
     lines += ["", f"Within target: mean TTFT {s['ttft_mean']}, mean latency {s['latency_mean']}, p99 TTFT "
                   f"{s['ttft_p99']}, p99 latency {s['latency_p99']}, cached share {s['share']} (of {len(doc['runs'])} "
                   f"runs); same ranking in {s['rankings_same']} of {len(doc['rankings'])}."]
+    rp = doc.get("repeatability")
+    if rp and rp["rows"]:
+        med, mx = rp["median_abs"], rp["max_abs"]
+        lines += ["", f"The real cluster against itself ({len(rp['rows'])} runs measured twice, `--compare`): median / "
+                      f"largest difference of mean TTFT {med['ttft_mean']:.0%} / {mx['ttft_mean']:.0%}, p99 TTFT "
+                      f"{med['ttft_p99']:.0%} / {mx['ttft_p99']:.0%}, mean latency {med['latency_mean']:.0%} / "
+                      f"{mx['latency_mean']:.0%}, p99 latency {med['latency_p99']:.0%} / {mx['latency_p99']:.0%}; "
+                      f"the measured ranking was the same in {sum(x['same'] for x in rp['rankings'])} of "
+                      f"{len(rp['rankings'])} (workload, load) pairs."]
     return "\n".join(lines) + "\n"
 
 
@@ -228,10 +259,15 @@ def main() -> int:
                     help=f"engine KV cache per node (default: {KV_BYTES >> 20} MiB, smaller than the working sets)")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/sim_fidelity.json")
     ap.add_argument("--replot", action="store_true", help="rebuild the table and PNG from --json, run nothing")
+    ap.add_argument("--compare", type=Path, default=None,
+                    help="an earlier run's JSON: report how far the real measurements moved between the two")
     args = ap.parse_args()
     md, png = args.json.with_suffix(".md"), args.json.with_suffix(".png")
     if args.replot:
         doc = json.loads(args.json.read_text())
+        if args.compare is not None:
+            doc["repeatability"] = repeatability(doc, json.loads(args.compare.read_text()))
+            args.json.write_text(json.dumps(doc, indent=2) + "\n")
         md.write_text(markdown(doc))
         plot(doc, png)
         print(markdown(doc))
@@ -266,6 +302,8 @@ def main() -> int:
            "setup": {"nodes": 2, "kv_cache_bytes_per_node": args.kv_bytes, "dram_bytes": DRAM_BYTES,
                      "disk_bytes": DISK_BYTES, "loads": LOADS},
            "runs": runs, "rankings": ranks, "summary": summary}
+    if args.compare is not None:
+        doc["repeatability"] = repeatability(doc, json.loads(args.compare.read_text()))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2) + "\n")
     md.write_text(markdown(doc))
