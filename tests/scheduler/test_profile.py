@@ -181,15 +181,7 @@ def test_a_chunked_prefill_fit_makes_the_simulators_chunks_sum_to_the_measured_t
     true = LinearPrefill(6.0, 0.07, 0.0, 4e-5)
     chunk = 2048
 
-    def chunked(e, c):  # what the simulator charges: one term per chunk, on the context so far
-        t, done = 0.0, c - e
-        while done < c:
-            n = min(chunk, c - done)
-            done += n
-            t += true.seconds(n, done)
-        return t
-
-    samples = [(e, e + ctx, chunked(e, e + ctx)) for e in (64, 512, 2048, 3000, 4000) for ctx in (0, 1024, 3000)]
+    samples = [(e, e + ctx, chunked_with(true, e, e + ctx, chunk)) for e in (64, 512, 2048, 3000, 4000) for ctx in (0, 1024, 3000)]
     fit = LinearPrefill.fit(samples, chunk=chunk)
     for e, c, t in samples:
         assert chunked_with(fit, e, c, chunk) == pytest.approx(t, rel=1e-6)
@@ -198,6 +190,7 @@ def test_a_chunked_prefill_fit_makes_the_simulators_chunks_sum_to_the_measured_t
 
 
 def chunked_with(model, e, c, chunk):
+    """What the simulator charges: one term per chunk, on the context so far."""
     t, done = 0.0, c - e
     while done < c:
         n = min(chunk, c - done)
