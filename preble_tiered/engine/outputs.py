@@ -8,6 +8,7 @@ from __future__ import annotations
 import statistics
 import threading
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,21 @@ def to_output(o: Any, t: Tracked, kv: KVRuntime | None) -> EngineOutput:
         prompt_tokens=len(t.req.prompt_token_ids), num_cached_tokens=t.num_cached_tokens,
         error=error, cached_by_tier=by_tier,
     )
+
+
+def decode_batch(in_vllm: Iterable[Tracked]) -> tuple[int, int] | None:
+    """(sequences, context tokens) when the next step is decode only: every request in vLLM
+    has its first token (none prefilling, none just admitted); else None. The engine times
+    such a step from its start to the next step's start, so what its loop does between steps
+    (outputs to the agent, admission, stats, events) counts, as it does in a request's time
+    per token."""
+    n = ctx = 0
+    for t in in_vllm:
+        if not t.first_token:
+            return None
+        n += 1
+        ctx += len(t.req.prompt_token_ids) + t.generated
+    return (n, ctx) if n else None
 
 
 def final_output(t: Tracked, reason: str | None, error: str | None = None) -> EngineOutput:

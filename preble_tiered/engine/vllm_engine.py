@@ -50,7 +50,7 @@ from preble_tiered.engine.api import (EngineOutput, EngineRequest, EngineStats, 
                                       RequestQueue)
 from preble_tiered.engine.event_feed import EventFeed
 from preble_tiered.engine.kv_events import KVEventTranslator
-from preble_tiered.engine.outputs import Timings, Tracked, final_output, to_output
+from preble_tiered.engine.outputs import Timings, Tracked, decode_batch, final_output, to_output
 from preble_tiered.engine.request_queue import FifoQueue
 from preble_tiered.engine.step_commands import StepCommands
 from preble_tiered.engine.vllm_setup import (EngineConfig, VLLMApi, engine_args, import_vllm, model_info,
@@ -309,8 +309,7 @@ class VLLMEngine:
                            kv_used_tokens=used, tpot_s=self._timings.tpot(), steps=self._steps)
 
     def take_decode_steps(self) -> list[tuple[int, float, float, int]]:
-        """(batch size, mean context tokens, mean seconds, steps) of decode-only steps since
-        the last call, by batch size and context bucket."""
+        """`Timings.take_decode_steps`: decode-only steps since the last call."""
         return self._timings.take_decode_steps()
 
     def take_prefill_samples(self) -> list[tuple[int, int, float]]:
@@ -393,9 +392,9 @@ class VLLMEngine:
                 self._admit()
                 if self._llm.has_unfinished_requests():
                     t0 = time.perf_counter()
-                    if last is not None:  # the previous step ran decode only: its period, loop included
+                    if last is not None:  # the previous step ran decode only: start to start, the loop's work
                         self._timings.observe_step(last[0], last[1], t0 - last[2])
-                    decode = self._decode_batch()
+                    decode = decode_batch(self._in_vllm.values())
                     outputs = self._llm.step()
                     last = None if decode is None else (*decode, t0)
                     self._steps += 1
@@ -452,20 +451,6 @@ class VLLMEngine:
             self._emit([final_output(t, None, error=f"rejected by vLLM: {exc}")])
             return
         self._in_vllm[rid] = t
-
-    def _decode_batch(self) -> tuple[int, int] | None:
-        """(sequences, context tokens) when the next step is decode only: every request in
-        vLLM has its first token (none prefilling, none just admitted); else None.
-
-        A decode step is timed from its start to the next step's start, so what the loop
-        does between steps (outputs to the agent, admission, stats, events) counts: that is
-        the time per token a request sees."""
-        ctx = 0
-        for t in self._in_vllm.values():
-            if not t.first_token:
-                return None
-            ctx += len(t.req.prompt_token_ids) + t.generated
-        return (len(self._in_vllm), ctx) if self._in_vllm else None
 
     def _dispatch(self, outputs: list[Any]) -> None:
         now = time.monotonic()

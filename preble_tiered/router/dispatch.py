@@ -92,8 +92,7 @@ class Dispatcher:
     def __init__(self, config: RouterConfig, nodes: NodeSet, hasher: BlockHasher, decisions: DecisionRing,
                  samples: ProfileSamples | None = None) -> None:
         self.config = config
-        self.samples = samples
-        """Where each request's time outside its node goes (for `preble admin profile`)."""
+        self.samples = samples or ProfileSamples()  # each request's time outside its node (`preble admin profile`)
         self.nodes = nodes
         self.scheduler = nodes.scheduler
         self.metrics = nodes.metrics
@@ -296,9 +295,7 @@ class Dispatcher:
         first = run.first_token_at or now
         out = Outcome(run, link.name, decision, done.cached, L - total_cached, first - run.t0, now - run.t0,
                       done.finish_reason)
-        self._account(out)
-        if self.samples is not None and done.ttft_s > 0 and not run.reroutes:
-            self.samples.add_overhead(out.ttft_s - done.ttft_s)
+        self._account(out, done)
         if run.record is not None:  # "done" now: GenerateOnce returns before run()'s `finally` runs
             run.record.state, run.record.actual = "done", done.cached
             run.record.ttft_ms = out.ttft_s * 1e3
@@ -306,7 +303,8 @@ class Dispatcher:
             cb(run.hashes, link.node_id, total_cached)
         return out
 
-    def _account(self, out: Outcome) -> None:
+    def _account(self, out: Outcome, done: NodeDone) -> None:
+        self.samples.add_request(out.ttft_s, done.ttft_s, rerouted=out.run.reroutes > 0)
         L = len(out.run.ids)
         st = self.stats
         st.requests_total += 1

@@ -49,6 +49,12 @@ class ProfileSamples:
         if 0.0 <= seconds < 60.0:
             self.overheads.append(seconds)
 
+    def add_request(self, router_ttft_s: float, node_ttft_s: float, rerouted: bool = False) -> None:
+        """A finished request's TTFTs; its overhead counts unless the node did not report one
+        or the request was re-routed (its TTFT then spans two nodes)."""
+        if node_ttft_s > 0 and not rerouted:
+            self.add_overhead(router_ttft_s - node_ttft_s)
+
     def clear(self) -> None:
         self.prefill.clear()
         self.decode.clear()

@@ -197,3 +197,12 @@ def chunked_with(model, e, c, chunk):
         done += n
         t += model.seconds(n, done)
     return t
+
+
+def test_a_request_counts_toward_the_overhead_only_with_a_node_ttft_and_one_node():
+    s = ProfileSamples()
+    s.add_request(0.050, 0.046)
+    s.add_request(0.050, 0.0)  # the node reported no TTFT
+    s.add_request(0.900, 0.040, rerouted=True)  # its TTFT spans two nodes
+    s.add_request(0.010, 0.020)  # negative: clock noise, not an overhead
+    assert list(s.overheads) == [pytest.approx(0.004)]
