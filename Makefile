@@ -19,7 +19,7 @@ MOONCAKE ?= mooncake
 RUN_ARGS ?= --nodes 2
 SIM_ARGS ?= --workload toolbench --nodes 8 --requests 1500 --policy all
 
-.PHONY: run sim test test-fast install install-engine bench bench-e2e bench-path bench-peers protos clean
+.PHONY: run sim test test-fast install install-engine bench bench-e2e bench-path bench-peers bench-twin protos clean
 
 # The embedded default: router + 2 node agents on the tiny model; Ctrl-C stops it.
 run: $(STAMP)-engine $(STAMP)-pkg
@@ -87,6 +87,11 @@ bench-path: $(STAMP)-engine $(STAMP)-pkg
 # Our cluster against the real peer routers (smg, vllm-router; scratch venvs) over the OpenAI API.
 bench-peers: $(STAMP)-engine $(STAMP)-pkg
 	$(BIN)/python benchmarks/peer_routers.py --repeats 3
+
+# The simulator against the real cluster (calibrate, 24 real runs, predict), then at scale.
+bench-twin: $(STAMP)-engine $(STAMP)-pkg
+	$(BIN)/python benchmarks/sim_fidelity.py
+	$(BIN)/python benchmarks/twin_scale.py
 
 protos: $(STAMP)-pkg
 	$(BIN)/python scripts/gen_protos.py
