@@ -129,7 +129,7 @@ def predict(policy: str, trace: Path, profile: Path, out: Path, label: str) -> d
 
 def pick(s: dict) -> dict:
     share = sum(s["cached_tokens"].values()) / s["prompt_tokens"] if s["prompt_tokens"] else 0.0
-    out = {"server_ttft": {k: s["server_ttft"][k] for k in ("mean", "p99")}} if "server_ttft" in s else {}
+    out = {k: {q: s[k][q] for q in ("mean", "p99")} for k in ("server_ttft", "node_ttft") if k in s}
     return {**out, "ttft": {k: s["ttft"][k] for k in ("mean", "p50", "p99")},
             "latency": {k: s["latency"][k] for k in ("mean", "p50", "p99")},
             "cached_token_share": round(share, 4), "recomputed_tokens": s["recomputed_tokens"],
@@ -185,8 +185,8 @@ def repeatability(doc: dict, other: dict) -> dict:
 
 def markdown(doc: dict) -> str:
     lines = ["| workload | load | policy | TTFT mean ms (meas / pred, err) | TTFT p99 ms | latency mean ms | "
-             "latency p99 ms | cached share (meas / pred) | router's TTFT mean / p99 ms |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "latency p99 ms | cached share (meas / pred) | router's TTFT mean / p99 ms | node's TTFT mean / p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["runs"]:
         m, p, e = r["measured"], r["predicted"], r["error"]
 
@@ -194,9 +194,9 @@ def markdown(doc: dict) -> str:
             return f"{m[kind][stat] * 1e3:.0f} / {p[kind][stat] * 1e3:.0f} ({e[f'{kind}_{stat}'] * 100:+.0f}%)"
         lines.append(f"| {r['workload']} | {r['load']} | {r['policy']} | {cell('ttft', 'mean')} | {cell('ttft', 'p99')} | "
                      f"{cell('latency', 'mean')} | {cell('latency', 'p99')} | "
-                     f"{m['cached_token_share']:.2f} / {p['cached_token_share']:.2f} | "
-                     + (f"{m['server_ttft']['mean'] * 1e3:.0f} / {m['server_ttft']['p99'] * 1e3:.0f} |"
-                        if "server_ttft" in m else "- |"))
+                     f"{m['cached_token_share']:.2f} / {p['cached_token_share']:.2f} |"
+                     + "".join(f" {m[k]['mean'] * 1e3:.0f} / {m[k]['p99'] * 1e3:.0f} |" if k in m else " - |"
+                               for k in ("server_ttft", "node_ttft")))
     lines += ["", "| workload | load | ranking by mean latency, measured | predicted | same |", "|---|---|---|---|---|"]
     for k in doc["rankings"]:
         lines.append(f"| {k['workload']} | {k['load']} | {' < '.join(k['measured'])} | {' < '.join(k['predicted'])} | "

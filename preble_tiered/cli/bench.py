@@ -142,6 +142,9 @@ def _outcome(policy: str, label: str, done: list[RequestRecord], failures: list[
     server = [r.server_ttft_s for r in done if math.isfinite(r.server_ttft_s)]
     if server:  # the router's own TTFT: the rest of the client's is the client and the wire
         summary["server_ttft"] = stats(server)
+    node = [r.node_ttft_s for r in done if math.isfinite(r.node_ttft_s)]
+    if node:  # the node's: received -> first token (its queue, admission, prefill)
+        summary["node_ttft"] = stats(node)
     return BenchOutcome(summary, failures)
 
 
@@ -169,6 +172,7 @@ async def _send(stub, r: WorkloadRequest, vocab: int, cfg: BenchConfig, t0: floa
     rec.cached = convert.cached_from_pb(usage.cached_tokens)
     rec.recomputed_tokens = usage.recomputed_tokens
     rec.server_ttft_s = usage.ttft_ms * 1e-3
+    rec.node_ttft_s = usage.node_ttft_ms * 1e-3 if usage.node_ttft_ms > 0 else float("nan")
     return rec
 
 

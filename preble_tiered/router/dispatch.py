@@ -76,6 +76,7 @@ class Outcome:
     ttft_s: float
     latency_s: float
     finish_reason: str
+    node_ttft_s: float = 0.0
 
 
 @dataclass
@@ -294,7 +295,7 @@ class Dispatcher:
         total_cached = min(L, sum(done.cached.values()))
         first = run.first_token_at or now
         out = Outcome(run, link.name, decision, done.cached, L - total_cached, first - run.t0, now - run.t0,
-                      done.finish_reason)
+                      done.finish_reason, done.ttft_s)
         self._account(out, done)
         if run.record is not None:  # "done" now: GenerateOnce returns before run()'s `finally` runs
             run.record.state, run.record.actual = "done", done.cached

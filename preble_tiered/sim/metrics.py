@@ -30,6 +30,8 @@ class RequestRecord:
     bytes_moved: int = 0
     server_ttft_s: float = float("nan")
     """TTFT as the router measured it (a benchmark's client knows it from the usage)."""
+    node_ttft_s: float = float("nan")
+    """TTFT as the node measured it (received -> first token), from the usage."""
 
     def fill_from(self, r) -> None:  # r: SimRequest (kept untyped: no engine import here)
         self.first_token_s = r.first_token_at
