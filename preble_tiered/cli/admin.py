@@ -253,7 +253,8 @@ def describe_profile(p) -> str:
         f"  engine: {e.max_num_seqs} sequences, {e.max_batch_tokens} tokens per step, blocks of {e.block_size}; "
         f"KV tokens hbm {e.hbm_tokens}, dram {e.dram_tokens}, disk {e.disk_tokens}",
         f"  links: {links}",
-        f"  request overhead {p.request_overhead_s * 1e3:.2f} ms",
+        f"  request overhead {p.request_overhead_s * 1e3:.2f} ms (of which the client's hop "
+        f"{p.client_overhead_s * 1e3:.2f} ms)",
     ])
 
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from preble_tiered.scheduler.profile_fit import MIN_DECODE_BATCHES, MIN_PREFILL_SIZES, PREFILL_BUCKET
 
@@ -123,8 +124,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             if skipped:
                 print(f"leaving out {skipped} prefill size(s) longer than the model's {info.max_model_len} tokens",
                       file=sys.stderr)
-            _run_sweep(sweep, inference, inf_md, info.vocab_size, info.nodes_alive, info.max_model_len,
-                       not args.quiet)
+            client_gaps = _run_sweep(sweep, inference, inf_md, info.vocab_size, info.nodes_alive,
+                                     info.max_model_len, not args.quiet)
             time.sleep(1.5)  # the router polls its nodes' measurements every load interval (0.5 s by default)
             source = "preble " + shlex.join(getattr(args, "argv", []) or ["calibrate"])
             resp = admin.GetProfile(admin_pb2.ProfileRequest(name=args.name, source=source), metadata=admin_md,
@@ -134,13 +135,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     finally:
         ch.close()
     prof = ClusterProfile.from_dict(json.loads(resp.profile_json))
+    if client_gaps:  # the router cannot see the client's hop: add what this client measured
+        client = statistics.median(client_gaps)
+        prof = replace(prof, request_overhead_s=prof.request_overhead_s + client, client_overhead_s=client)
     profile_files.save(prof, args.output)
     print(describe_profile(prof))
     print(f"wrote {args.output} ({sweep.requests(info.nodes_alive, info.max_model_len)} requests in {time.monotonic() - t0:.0f} s)", file=sys.stderr)
     return 0
 
 
-def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, max_len: int, progress: bool) -> None:
+def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, max_len: int, progress: bool) -> list[float]:
+    """Run the sweep; returns each request's client TTFT less the router's (seconds)."""
     import numpy as np
 
     from preble_tiered.api import convert
@@ -152,6 +157,7 @@ def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, max_len: int, pro
     lo = min(16, vocab // 2)  # skip the lowest ids (special tokens of real vocabularies)
     bar = _bar(sweep.requests(nodes, max_len), progress)
     n = 0
+    gaps: list[float] = []
 
     def fresh(k: int) -> list[int]:
         return rng.integers(lo, vocab, size=k).tolist() if k else []
@@ -162,8 +168,12 @@ def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, max_len: int, pro
         req = inference_pb2.GenerateRequest(request_id=f"calibrate-{time.monotonic_ns()}-{n}", sampling=convert.params_to_pb(
             GenParams(max_tokens=out, temperature=0.0, ignore_eos=True)))
         req.token_ids.ids.extend(ids)
-        for _ in stub.Generate(req, metadata=md, timeout=600):
-            pass
+        t0, first = time.monotonic(), None
+        for msg in stub.Generate(req, metadata=md, timeout=600):
+            if msg.WhichOneof("kind") == "chunk":
+                first = first or time.monotonic() - t0
+            elif first is not None and msg.complete.usage.ttft_ms > 0:
+                gaps.append(max(0.0, first - msg.complete.usage.ttft_ms * 1e-3))
         bar.update(1)
 
     prefixes: dict[int, list[int]] = {}
@@ -176,3 +186,4 @@ def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, max_len: int, pro
             for b in sweep.batch_sizes:
                 list(pool.map(lambda ids: one(ids, sweep.decode_tokens), [fresh(plen) for _ in range(b * nodes)]))
     bar.close()
+    return gaps

@@ -79,7 +79,11 @@ class ClusterProfile:
     engine: EngineLimits
     links: dict[str, LinkFigure]
     request_overhead_s: float = 0.0
-    """Time per request outside the engine (client -> router -> node and back), added to TTFT."""
+    """Time per request outside the engine, added to TTFT: the router's TTFT less the node's
+    (router hop, gRPC), plus `client_overhead_s`."""
+    client_overhead_s: float = 0.0
+    """Of `request_overhead_s`, the client's own hop (its TTFT less the router's), where a
+    client measured it (`preble calibrate`); `preble admin profile` has no client: 0."""
     coverage: Coverage = field(default_factory=Coverage)
     source: str = ""
     """How it was measured (the command)."""
@@ -104,8 +108,12 @@ class ClusterProfile:
             if kind not in self.links:
                 raise ProfileError(f"profile field 'links.{kind}' is missing")
             _positive(f"links.{kind}.bandwidth", self.links[kind].bandwidth)
-        if not math.isfinite(self.request_overhead_s) or self.request_overhead_s < 0:
-            raise ProfileError(f"profile field 'request_overhead_s' must be >= 0, got {self.request_overhead_s}")
+        for name in ("request_overhead_s", "client_overhead_s"):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v < 0:
+                raise ProfileError(f"profile field '{name}' must be >= 0, got {v}")
+        if self.client_overhead_s > self.request_overhead_s:
+            raise ProfileError("profile field 'client_overhead_s' is part of 'request_overhead_s' and cannot exceed it")
         for name, fit in (("prefill", self.prefill), ("decode", self.decode)):
             for k, v in asdict(fit).items():
                 if not math.isfinite(v):
@@ -161,6 +169,7 @@ class ClusterProfile:
                                  _get(links[k], f"links.{k}.", "measured", bool, default=False))
                    for k in LINK_KINDS},
             request_overhead_s=_get(d, "", "request_overhead_s", float, default=0.0),
+            client_overhead_s=_get(d, "", "client_overhead_s", float, default=0.0),
             coverage=Coverage(
                 prefill_samples=_get(cov, "coverage.", "prefill_samples", int, default=0),
                 prefill_new_tokens=_pair(cov, "prefill_new_tokens"),

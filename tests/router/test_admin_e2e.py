@@ -304,7 +304,7 @@ def test_calibrate_writes_a_profile_of_this_cluster_that_preble_sim_runs_on(clus
     assert prof["engine"]["max_num_seqs"] == 16 and prof["engine"]["max_batch_tokens"] > 0
     assert prof["engine"]["dram_tokens"] == DRAM_BYTES // prof["kv_bytes_per_token"]
     assert prof["coverage"]["prefill_new_tokens"][1] >= 512 and prof["coverage"]["decode_batch"][1] >= 2
-    assert prof["decode"]["a"] > 0 and prof["request_overhead_s"] > 0
+    assert prof["decode"]["a"] > 0 and prof["request_overhead_s"] > prof["client_overhead_s"] > 0
     # `preble admin profile` fits the same measurements; `preble sim` runs on either.
     assert cli.main(["admin", "--addr", cluster.addr, "--admin-token-file", cluster.token_file, "profile",
                      "-o", str(tmp_path / "admin.json")]) == 0

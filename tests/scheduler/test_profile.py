@@ -206,3 +206,12 @@ def test_a_request_counts_toward_the_overhead_only_with_a_node_ttft_and_one_node
     s.add_request(0.900, 0.040, rerouted=True)  # its TTFT spans two nodes
     s.add_request(0.010, 0.020)  # negative: clock noise, not an overhead
     assert list(s.overheads) == [pytest.approx(0.004)]
+
+
+def test_the_client_overhead_is_part_of_the_request_overhead():
+    assert profile(request_overhead_s=0.005, client_overhead_s=0.002).client_overhead_s == 0.002
+    with pytest.raises(ProfileError, match="'client_overhead_s' is part of 'request_overhead_s'"):
+        profile(request_overhead_s=0.001, client_overhead_s=0.002)
+    d = profile().to_dict()
+    d.pop("client_overhead_s")  # optional: a profile from `preble admin profile` has no client part
+    assert ClusterProfile.from_dict(d).client_overhead_s == 0.0
