@@ -145,7 +145,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, max_len: int, progress: bool) -> list[float]:
-    """Run the sweep; returns each request's client TTFT less the router's (seconds)."""
+    """Run the sweep; returns the client TTFT less the router's (seconds) of each prefill,
+    sent one at a time (the decode batches' threads would add their own contention)."""
     import numpy as np
 
     from preble_tiered.api import convert
@@ -162,7 +163,7 @@ def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, max_len: int, pro
     def fresh(k: int) -> list[int]:
         return rng.integers(lo, vocab, size=k).tolist() if k else []
 
-    def one(ids: list[int], out: int) -> None:
+    def one(ids: list[int], out: int, timed: bool = False) -> None:
         nonlocal n
         n += 1
         req = inference_pb2.GenerateRequest(request_id=f"calibrate-{time.monotonic_ns()}-{n}", sampling=convert.params_to_pb(
@@ -172,7 +173,7 @@ def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, max_len: int, pro
         for msg in stub.Generate(req, metadata=md, timeout=600):
             if msg.WhichOneof("kind") == "chunk":
                 first = first or time.monotonic() - t0
-            elif first is not None and msg.complete.usage.ttft_ms > 0:
+            elif timed and first is not None and msg.complete.usage.ttft_ms > 0:
                 gaps.append(max(0.0, first - msg.complete.usage.ttft_ms * 1e-3))
         bar.update(1)
 
@@ -180,7 +181,7 @@ def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, max_len: int, pro
     for ctx, size in sweep.prefills(max_len):  # one at a time: each prefill is measured alone
         prefix = prefixes.setdefault(ctx, fresh(ctx))
         for _ in range(sweep.repeats):
-            one(prefix + fresh(size), 2)
+            one(prefix + fresh(size), 2, timed=True)  # alone: the client's own hop, not its threads' contention
     with ThreadPoolExecutor(max(sweep.batch_sizes) * nodes) as pool:
         for plen in sweep.decode_prompts_for(max_len):
             for b in sweep.batch_sizes:
