@@ -171,7 +171,7 @@ async def _send(stub, r: WorkloadRequest, vocab: int, cfg: BenchConfig, t0: floa
                         first_token_s=first if first is not None else end, finish_s=end)
     rec.cached = convert.cached_from_pb(usage.cached_tokens)
     rec.recomputed_tokens = usage.recomputed_tokens
-    rec.server_ttft_s = usage.ttft_ms * 1e-3
+    rec.server_ttft_s = usage.ttft_ms * 1e-3 if usage.ttft_ms > 0 else float("nan")
     rec.node_ttft_s = usage.node_ttft_ms * 1e-3 if usage.node_ttft_ms > 0 else float("nan")
     return rec
 

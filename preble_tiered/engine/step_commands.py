@@ -39,8 +39,8 @@ class StepCommands:
         self.submit(fn, fut)
         return fut.result(timeout)
 
-    def run(self) -> None:
-        """Run what is queued (on the step thread)."""
+    def run(self) -> int:
+        """Run what is queued (on the step thread); returns how many ran."""
         with self._lock:
             commands, self._queue = self._queue, deque()
         for fn, fut in commands:
@@ -51,6 +51,7 @@ class StepCommands:
                 fut.set_result(fn())
             except Exception as exc:
                 fut.set_exception(exc)
+        return len(commands)
 
     def close(self) -> None:
         """Refuse new commands and fail the queued ones' futures (the step thread stopped)."""

@@ -388,7 +388,8 @@ class VLLMEngine:
         last: tuple[int, int, float] | None = None  # (batch, context, start) of the last decode-only step
         try:
             while not self._stop.is_set():
-                self._commands.run()
+                if self._commands.run():
+                    last = None  # a command (reset, sync, abort) ran: not a plain step interval
                 self._admit()
                 if self._llm.has_unfinished_requests():
                     t0 = time.perf_counter()

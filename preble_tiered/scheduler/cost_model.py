@@ -106,6 +106,26 @@ class LinearPrefill:
 
 
 @dataclass(frozen=True, slots=True)
+class ChunkedPrefill:
+    """A per-chunk prefill model priced over a whole prefill: the sum of its chunks of at most
+    `chunk` new tokens, each on the context up to its end (as the engine runs it and the
+    simulator charges it). One chunk or less is the model itself."""
+
+    per_chunk: PrefillCost
+    chunk: int
+
+    def seconds(self, new_tokens: int, context_tokens: int) -> float:
+        if new_tokens <= self.chunk:
+            return self.per_chunk.seconds(new_tokens, context_tokens)
+        t, done = 0.0, context_tokens - new_tokens
+        while done < context_tokens:
+            e = min(self.chunk, context_tokens - done)
+            done += e
+            t += self.per_chunk.seconds(e, done)
+        return t
+
+
+@dataclass(frozen=True, slots=True)
 class PrebleMistralA6000Prefill:
     """Preble's fitted prefill time for Mistral-7B on an A6000 (SGLang + FlashInfer).
 

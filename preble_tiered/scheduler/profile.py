@@ -7,7 +7,7 @@ measured, and the fixed time a request spends outside the engine (router hop, to
 gRPC). The router assembles one from what its nodes report (`preble admin profile`); `preble
 calibrate` drives a sweep first for good coverage; `preble sim --profile` runs on one.
 
-A profile is a versioned JSON document (`to_dict` / `from_dict`; files in `sim/profiles.py`).
+A profile is a versioned JSON document (`to_dict` / `from_dict`; files in `sim/profile_files.py`).
 Bad or missing fields raise `ProfileError` naming the field. Pure code: no I/O here.
 """
 
@@ -17,8 +17,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from preble_tiered.scheduler.cost_model import (CostModel, LinearDecode, LinearPrefill, Link, Links,
-                                                ModelShape)
+from preble_tiered.scheduler.cost_model import (ChunkedPrefill, CostModel, LinearDecode, LinearPrefill, Link,
+                                                Links, ModelShape)
 
 PROFILE_VERSION = 1
 LINK_KINDS = ("dram", "disk", "net")
@@ -114,10 +114,16 @@ class ClusterProfile:
                 raise ProfileError(f"profile field '{name}' must be >= 0, got {v}")
         if self.client_overhead_s > self.request_overhead_s:
             raise ProfileError("profile field 'client_overhead_s' is part of 'request_overhead_s' and cannot exceed it")
+        for kind in LINK_KINDS:
+            lat = self.links[kind].latency_s
+            if not math.isfinite(lat) or lat < 0:
+                raise ProfileError(f"profile field 'links.{kind}.latency_s' must be >= 0, got {lat}")
         for name, fit in (("prefill", self.prefill), ("decode", self.decode)):
             for k, v in asdict(fit).items():
                 if not math.isfinite(v):
                     raise ProfileError(f"profile field '{name}.{k}' must be a finite number, got {v}")
+                if v < 0:  # the fits are non-negative: a negative term gives negative times somewhere
+                    raise ProfileError(f"profile field '{name}.{k}' must be >= 0, got {v}")
         # A fit must give positive times where the engine runs.
         if self.prefill.seconds(e.block_size, e.block_size) <= 0 or self.prefill.seconds(e.max_batch_tokens, e.max_batch_tokens) <= 0:
             raise ProfileError("profile field 'prefill' predicts a non-positive prefill time; refit it with more samples")
@@ -131,8 +137,9 @@ class ClusterProfile:
         shape = ModelShape(self.model, layers=1, kv_heads=1, head_dim=self.kv_bytes_per_token // 2, dtype_bytes=1,
                            params=0.0)
         links = Links(**{k: Link(f.bandwidth, f.latency_s) for k, f in self.links.items() if k in LINK_KINDS})
-        return CostModel(name=f"profile:{self.name}", prefill=self.prefill, shape=shape, decode=self.decode,
-                         hbm_tokens=self.engine.hbm_tokens, links=links)
+        # The prefill fit is per chunk (`fit_profile`): a whole prefill is priced as its chunks.
+        return CostModel(name=f"profile:{self.name}", prefill=ChunkedPrefill(self.prefill, self.engine.max_batch_tokens),
+                         shape=shape, decode=self.decode, hbm_tokens=self.engine.hbm_tokens, links=links)
 
     # ---------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:

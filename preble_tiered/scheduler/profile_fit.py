@@ -23,7 +23,8 @@ CONTEXT_BUCKET = 256
 
 
 class ProfileSamples:
-    """Measured prefills, decode steps and request overheads, bounded."""
+    """Measured prefills, decode steps and request overheads, bounded (decode steps are kept
+    per batch size and context bucket: at most max_num_seqs x max context / 256 entries)."""
 
     def __init__(self, max_prefill: int = 4096, max_overheads: int = 4096) -> None:
         self.prefill: deque[tuple[int, int, float]] = deque(maxlen=max_prefill)
@@ -104,7 +105,9 @@ def fit_profile(samples: ProfileSamples, nodes: list[NodeFacts], links: Links, m
         ProfileError: no nodes, or samples too narrow to fit (the message says what to add).
     """
     if not nodes:
-        raise ProfileError("no node has registered: start the cluster's nodes first")
+        raise ProfileError("no node is serving: start the cluster's nodes (or wait for them) first")
+    if any(n.kv_bytes_per_token <= 0 or n.block_size <= 0 for n in nodes):
+        raise ProfileError("a node reports no KV geometry (kv_bytes_per_token or block_size 0)")
     check_coverage(samples)
     budget = min(n.max_batch_tokens for n in nodes)
     prefill = LinearPrefill.fit(samples.prefill, chunk=budget)  # as the simulator prices it: per chunk

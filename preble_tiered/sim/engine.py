@@ -4,7 +4,8 @@ It behaves like vLLM/SGLang at the level the scheduler can see:
 
 - continuous batching with chunked prefill: each step runs one decode token for every
   decoding request and fills the rest of a token budget with prefill chunks (FCFS);
-  step time = sum of the chunks' prefill times + a roofline decode step;
+  step time = sum of the chunks' prefill times + one decode step (a roofline with a GPU
+  preset, the fitted `LinearDecode` with a measured profile);
 - admission through Preble's local fair queue (cache-hit priority groups) as the node agent
   does it: only while the engine has nobody waiting for its first step, up to the free
   sequence slots and about one step's token budget of prompts at a time; KV memory is

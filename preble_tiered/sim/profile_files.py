@@ -58,7 +58,8 @@ def save(profile: ClusterProfile, path: str | Path) -> None:
 
 def sim_config(profile: ClusterProfile, policy: str, nodes: int | None = None, **overrides) -> SimConfig:
     """The simulated cluster a profile describes: its engines' limits, KV per tier and request
-    overhead, `nodes` of them (default: the profile's); `overrides` replace SimConfig fields."""
+    overhead, `nodes` of them (None: as many as the profile measured; `preble sim` passes its
+    --nodes); `overrides` replace SimConfig fields."""
     e = profile.engine
     cfg = SimConfig(nodes=nodes or profile.nodes, policy=policy, hbm_tokens=e.hbm_tokens,
                     dram_tokens=e.dram_tokens, disk_tokens=e.disk_tokens, block_size=e.block_size,

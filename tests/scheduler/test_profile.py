@@ -10,7 +10,7 @@ import pytest
 
 from preble_tiered.cli import main as cli
 from preble_tiered.cli.calibrate import Sweep
-from preble_tiered.scheduler.cost_model import LinearDecode, LinearPrefill, Links
+from preble_tiered.scheduler.cost_model import ChunkedPrefill, LinearDecode, LinearPrefill, Links
 from preble_tiered.scheduler.profile import ClusterProfile, EngineLimits, LinkFigure, ProfileError
 from preble_tiered.scheduler.profile_fit import NodeFacts, ProfileSamples, fit_profile
 from preble_tiered.sim import profile_files
@@ -48,7 +48,10 @@ def test_a_profile_round_trips_through_json(tmp_path):
     (lambda d: d.update(version=99), "'version' is 99"),
     (lambda d: d.update(kv_bytes_per_token=8191), "'kv_bytes_per_token' must be even"),
     (lambda d: d["prefill"].update(a=float("nan")), "'prefill.a' must be a finite number"),
-    (lambda d: d["decode"].update(a=-50.0, b=0.0, c=0.0), "'decode' predicts a non-positive"),
+    (lambda d: d["decode"].update(a=-50.0), "'decode.a' must be >= 0"),
+    (lambda d: d["prefill"].update(d=-1e-5), "'prefill.d' must be >= 0"),
+    (lambda d: d["decode"].update(a=0.0, b=0.0, c=0.0), "'decode' predicts a non-positive"),
+    (lambda d: d["links"]["net"].update(latency_s=float("nan")), "'links.net.latency_s' must be >= 0"),
     (lambda d: d["coverage"].update(decode_batch=[1]), "'coverage.decode_batch' must be [min, max]"),
 ])
 def test_a_bad_profile_is_refused_naming_the_field(mutate, field):
@@ -191,12 +194,16 @@ def test_a_chunked_prefill_fit_makes_the_simulators_chunks_sum_to_the_measured_t
 
 def chunked_with(model, e, c, chunk):
     """What the simulator charges: one term per chunk, on the context so far."""
-    t, done = 0.0, c - e
-    while done < c:
-        n = min(chunk, c - done)
-        done += n
-        t += model.seconds(n, done)
-    return t
+    return ChunkedPrefill(model, chunk).seconds(e, c)
+
+
+def test_a_profiles_cost_model_prices_a_whole_prefill_as_its_chunks():
+    p = profile()
+    cost = p.cost_model()
+    budget = p.engine.max_batch_tokens
+    assert cost.prefill_s(500, 1500) == pytest.approx(p.prefill.seconds(500, 1500))  # one chunk: the fit itself
+    whole = p.prefill.seconds(budget, budget) + p.prefill.seconds(1000, budget + 1000)
+    assert cost.prefill_s(budget + 1000, budget + 1000) == pytest.approx(whole)
 
 
 def test_a_request_counts_toward_the_overhead_only_with_a_node_ttft_and_one_node():
