@@ -145,6 +145,11 @@ def test_calibrate_refuses_a_sweep_too_narrow_to_fit_before_sending_anything(arg
     assert not (tmp_path / "p.json").exists()
 
 
+def test_calibrate_refuses_an_output_it_cannot_write_before_sending_anything(capsys, tmp_path):
+    rc = cli.main(["calibrate", "--addr", "127.0.0.1:1", "-o", str(tmp_path / "no-such-dir" / "p.json")])
+    assert rc == 2 and "not a writable directory" in capsys.readouterr().err
+
+
 def test_a_sweep_leaves_out_what_the_model_cannot_hold_and_refuses_when_too_little_is_left():
     s = Sweep()
     assert all(c + p + 2 <= 2048 for c, p in s.prefills(2048)) and len(s.prefills(2048)) < len(s.prefills())
