@@ -57,7 +57,6 @@ KV_BYTES = 96 << 20  # per node: ~12k tokens of the tiny model, 4 of longdoc's 1
 DRAM_BYTES = 384 << 20
 DISK_BYTES = 1 << 30
 TARGETS = {"mean": 0.15, "p99": 0.30, "share_points": 0.05}
-KV_BYTES_NOW = [KV_BYTES]  # --kv-bytes replaces it
 
 
 def write_toolbench_trace(path: Path, requests: int, rps: float, seed: int, tools: int = 10) -> None:
@@ -91,24 +90,24 @@ def make_trace(path: Path, workload: str, load: str, seed: int, scale: float = 1
         path.write_text("\n".join(lines) + "\n")
 
 
-def spec(policy: str, out: Path, label: str) -> ClusterSpec:
-    return ClusterSpec(nodes=2, policy=policy, port=free_port(), kv_cache_bytes=KV_BYTES_NOW[0], max_model_len=8192,
+def spec(policy: str, out: Path, label: str, kv_bytes: int) -> ClusterSpec:
+    return ClusterSpec(nodes=2, policy=policy, port=free_port(), kv_cache_bytes=kv_bytes, max_model_len=8192,
                        log_dir=str(out / f"logs-{label}"), dram_bytes=DRAM_BYTES, disk_bytes=DISK_BYTES,
                        disk_dir=str(out / f"kv-{label}"))
 
 
-def calibrate(out: Path) -> Path:
+def calibrate(out: Path, kv_bytes: int) -> Path:
     path = out / "profile.json"
-    with LocalCluster(spec("e2_tiered", out, "calibrate")) as c:
+    with LocalCluster(spec("e2_tiered", out, "calibrate", kv_bytes)) as c:
         rc = cli.main(["calibrate", "--addr", c.addr, "-o", str(path), "--name", "fidelity", "--quiet"])
         if rc != 0:
             raise RuntimeError(f"preble calibrate failed (exit {rc})")
     return path
 
 
-def measure(policy: str, trace: Path, out: Path, label: str) -> dict:
+def measure(policy: str, trace: Path, out: Path, label: str, kv_bytes: int) -> dict:
     t0 = time.monotonic()
-    with LocalCluster(spec(policy, out, label)) as c:
+    with LocalCluster(spec(policy, out, label, kv_bytes)) as c:
         started = time.monotonic() - t0
         res = out / f"bench-{label}.json"
         rc = cli.main(["bench", "--addr", c.addr, "--trace", str(trace), "--json", str(res), "--quiet"])
@@ -295,11 +294,10 @@ def main() -> int:
         print(markdown(doc))
         return 0
     policies = args.policy or list(POLICIES)
-    KV_BYTES_NOW[0] = args.kv_bytes
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="preble-fidelity-") as tmp:
         out = Path(tmp)
-        profile = args.profile or calibrate(out)
+        profile = args.profile or calibrate(out, args.kv_bytes)
         prof_doc = json.loads(Path(profile).read_text())
         for wl in args.workloads:
             for load in args.loads:
@@ -307,7 +305,7 @@ def main() -> int:
                 make_trace(trace, wl, load, args.seed)
                 for policy in policies:
                     label = f"{wl}-{load}-{policy}"
-                    m = pick(measure(policy, trace, out, label))
+                    m = pick(measure(policy, trace, out, label, args.kv_bytes))
                     p = pick(predict(policy, trace, Path(profile), out, label))
                     e = errors(m, p)
                     runs.append({"workload": wl, "load": load, "policy": policy,

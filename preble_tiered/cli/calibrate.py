@@ -145,7 +145,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         prof = replace(prof, request_overhead_s=prof.request_overhead_s + client, client_overhead_s=client)
     profile_files.save(prof, args.output)
     print(describe_profile(prof))
-    print(f"wrote {args.output} ({sweep.requests(info.nodes_alive, info.max_model_len)} requests in {time.monotonic() - t0:.0f} s)", file=sys.stderr)
+    n = sweep.requests(info.nodes_alive, info.max_model_len)
+    print(f"wrote {args.output} ({n} requests in {time.monotonic() - t0:.0f} s)", file=sys.stderr)
     return 0
 
 

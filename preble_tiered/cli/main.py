@@ -160,13 +160,12 @@ def cmd_sim(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("hbm_tokens", args.hbm_tokens), ("dram_tokens", args.dram_tokens),
                                    ("disk_tokens", args.disk_tokens), ("block_size", args.block_size))
                  if v is not None}
+    common = dict(event_delay_s=args.event_delay, engine_tiers=args.engine_tiers, policy_config=PolicyConfig(),
+                  **overrides)
     results, summaries = [], []
     for p in policies:
-        common = dict(event_delay_s=args.event_delay, engine_tiers=args.engine_tiers, policy_config=PolicyConfig())
-        if profile is not None:
-            cfg = profile_files.sim_config(profile, p, args.nodes, **common, **overrides)
-        else:
-            cfg = SimConfig(nodes=args.nodes, policy=p, **common, **{"block_size": 32, **overrides})
+        cfg = (profile_files.sim_config(profile, p, args.nodes, **common) if profile is not None
+               else SimConfig(nodes=args.nodes, policy=p, **common))
         prog = Progress(p, len(reqs), enabled=False if args.quiet else None)
         res = Simulator(reqs, cfg, cost).run(prog)
         results.append(res)

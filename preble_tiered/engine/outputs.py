@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from preble_tiered.engine.api import EngineOutput, EngineRequest, KVRuntime
+from preble_tiered.scheduler.profile_fit import DecodeStepSums
 
 _FINISH_REASONS = frozenset({"stop", "length", "abort"})
 
@@ -78,9 +79,6 @@ def final_output(t: Tracked, reason: str | None, error: str | None = None) -> En
                         num_cached_tokens=t.num_cached_tokens, error=error)
 
 
-_CONTEXT_BUCKET = 256  # decode steps are kept per (batch size, context // this)
-
-
 class Timings:
     """Prefill samples, time per output token and decode step times, measured from outputs
     and steps (thread-safe)."""
@@ -89,25 +87,18 @@ class Timings:
         self._lock = threading.Lock()
         self._samples: list[tuple[int, int, float]] = []
         self._tpots: deque[float] = deque(maxlen=64)
-        self._steps: dict[tuple[int, int], list[float]] = {}  # -> [steps, context sum, seconds sum]
+        self._steps = DecodeStepSums()
 
     def observe_step(self, batch: int, context_tokens: int, seconds: float) -> None:
         """A decode-only step of `batch` sequences holding `context_tokens`, `seconds` long."""
-        key = (batch, context_tokens // _CONTEXT_BUCKET)
         with self._lock:
-            acc = self._steps.get(key)
-            if acc is None:
-                self._steps[key] = [1, context_tokens, seconds]
-            else:
-                acc[0] += 1
-                acc[1] += context_tokens
-                acc[2] += seconds
+            self._steps.add(batch, context_tokens, seconds)
 
     def take_decode_steps(self) -> list[tuple[int, float, float, int]]:
         """(batch size, mean context tokens, mean seconds, steps) per bucket since the last call."""
         with self._lock:
-            steps, self._steps = self._steps, {}
-        return [(b, c / n, s / n, int(n)) for (b, _), (n, c, s) in sorted(steps.items())]
+            steps, self._steps = self._steps, DecodeStepSums()
+        return steps.rows()
 
     def observe(self, t: Tracked, out: EngineOutput, now: float) -> None:
         """Record `out` of request `t`, produced at `now` (monotonic seconds)."""

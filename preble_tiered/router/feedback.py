@@ -1,7 +1,8 @@
 """The load feed: each node's load report, polled every `load_interval_s`, into the
 scheduler (running/waiting), the residency follower (is the stream behind?), the prefill
 calibration (measured samples -> a refitted prefill model), the link prices (measured
-bandwidths) and the profile samples (prefills and decode steps, for `preble admin profile`). A node whose polls fail for `down_after_s` is marked down.
+bandwidths) and the profile samples (prefills and decode steps, for `preble admin profile`).
+A node whose polls fail for `down_after_s` is marked down.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 class LoadFeed:
     def __init__(self, config: RouterConfig, nodes: NodeSet, samples: ProfileSamples | None = None) -> None:
         self.config = config
-        self.samples = samples
+        self.samples = samples or ProfileSamples()
         self.nodes = nodes
         self.scheduler = nodes.scheduler
         self.metrics = nodes.metrics
@@ -87,11 +88,9 @@ class LoadFeed:
     def _calibrate(self, rep: NodeLoad) -> None:
         for new, ctx, seconds in rep.prefill_samples:
             self.calibrator.add(new, ctx, seconds)
-        if self.samples is not None:
-            for new, ctx, seconds in rep.prefill_samples:
-                self.samples.add_prefill(new, ctx, seconds)
-            for batch, ctx, seconds, steps in rep.decode_steps:
-                self.samples.add_decode(batch, ctx, seconds, steps)
+            self.samples.add_prefill(new, ctx, seconds)
+        for batch, ctx, seconds, steps in rep.decode_steps:
+            self.samples.add_decode(batch, ctx, seconds, steps)
         fitted = self.calibrator.maybe_refit()
         if fitted is not None:
             self.scheduler.update_cost(replace(self.scheduler.cluster.cost, prefill=fitted))

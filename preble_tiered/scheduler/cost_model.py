@@ -10,7 +10,7 @@ roofline (`DecodeModel`, for the GPU presets) or fitted from measured steps
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -31,17 +31,21 @@ class DecodeCost(Protocol):
         ...
 
 
-def _chunk_features(new: int, context: int, chunk: int | None) -> tuple[float, float, float, float]:
-    """[1, e, c, e*c] summed over the chunks a prefill of `new` tokens ending at `context`
-    runs in (one chunk without `chunk`)."""
-    if not chunk or new <= chunk:
-        return 1.0, new, context, new * context
-    k = n = cs = ec = 0.0
+def prefill_chunks(new: int, context: int, chunk: int | None) -> Iterator[tuple[int, int]]:
+    """(new tokens, context up to its end) of each chunk a prefill of `new` tokens ending at
+    `context` runs in, as the engine chunks it with a step budget of `chunk` (None: one)."""
     done = context - new
     while done < context:
-        e = min(chunk, context - done)
+        e = context - done if not chunk else min(chunk, context - done)
         done += e
-        k, n, cs, ec = k + 1, n + e, cs + done, ec + e * done
+        yield e, done
+
+
+def _chunk_features(new: int, context: int, chunk: int | None) -> tuple[float, float, float, float]:
+    """[1, e, c, e*c] summed over the chunks of a prefill (`prefill_chunks`)."""
+    k = n = cs = ec = 0.0
+    for e, c in prefill_chunks(new, context, chunk):
+        k, n, cs, ec = k + 1, n + e, cs + c, ec + e * c
     return k, n, cs, ec
 
 
@@ -115,14 +119,7 @@ class ChunkedPrefill:
     chunk: int
 
     def seconds(self, new_tokens: int, context_tokens: int) -> float:
-        if new_tokens <= self.chunk:
-            return self.per_chunk.seconds(new_tokens, context_tokens)
-        t, done = 0.0, context_tokens - new_tokens
-        while done < context_tokens:
-            e = min(self.chunk, context_tokens - done)
-            done += e
-            t += self.per_chunk.seconds(e, done)
-        return t
+        return sum(self.per_chunk.seconds(e, c) for e, c in prefill_chunks(new_tokens, context_tokens, self.chunk))
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +336,20 @@ def cost_preset(name: str) -> CostModel:
         raise ValueError(f"unknown cost preset {name!r}; known: {', '.join(sorted(COST_PRESETS))}") from None
 
 
+def kv_shape(name: str, kv_bytes_per_token: int) -> ModelShape:
+    """A model known only by its KV bytes per token (a real engine's report, a profile).
+
+    Raises:
+        ValueError: for a non-positive or odd byte count.
+    """
+    if kv_bytes_per_token <= 0:
+        raise ValueError(f"kv_bytes_per_token must be positive, got {kv_bytes_per_token}")
+    if kv_bytes_per_token % 2:
+        raise ValueError(f"kv_bytes_per_token must be even (K and V), got {kv_bytes_per_token}")
+    # Only the product matters: 2 * 1 * 1 * (bytes / 2) * 1 == bytes per token.
+    return ModelShape(name, layers=1, kv_heads=1, head_dim=kv_bytes_per_token // 2, dtype_bytes=1, params=0.0)
+
+
 def engine_cost_model(name: str, kv_bytes_per_token: int, hbm_tokens: int,
                       prefill: PrefillCost | None = None) -> CostModel:
     """A cost model for a real engine known only by what its node reports.
@@ -347,13 +358,7 @@ def engine_cost_model(name: str, kv_bytes_per_token: int, hbm_tokens: int,
     that calibration replaces with a fit of the nodes' measured prefills. The decode roofline
     is unused by the router (it uses measured TPOT) and kept only to make the object whole.
     """
-    if kv_bytes_per_token <= 0:
-        raise ValueError(f"kv_bytes_per_token must be positive, got {kv_bytes_per_token}")
-    if kv_bytes_per_token % 2:
-        raise ValueError(f"kv_bytes_per_token must be even (K and V), got {kv_bytes_per_token}")
-    # Only the product matters: 2 * 1 * 1 * (bytes / 2) * 1 == bytes per token.
-    shape = ModelShape(name, layers=1, kv_heads=1, head_dim=kv_bytes_per_token // 2, dtype_bytes=1, params=0.0)
-    return CostModel(name=name, prefill=prefill or CPU_TINY_PREFILL, shape=shape,
+    return CostModel(name=name, prefill=prefill or CPU_TINY_PREFILL, shape=kv_shape(name, kv_bytes_per_token),
                      decode=DecodeModel(mem_bandwidth=20 * GB), hbm_tokens=hbm_tokens)
 
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from preble_tiered.scheduler.cost_model import (ChunkedPrefill, CostModel, LinearDecode, LinearPrefill, Link,
-                                                Links, ModelShape)
+                                                Links, ModelShape, kv_shape)
 
 PROFILE_VERSION = 1
 LINK_KINDS = ("dram", "disk", "net")
@@ -133,9 +133,7 @@ class ClusterProfile:
     # ---------------------------------------------------------------- the cost model
     def cost_model(self) -> CostModel:
         """The scheduler's and simulator's cost model for this cluster."""
-        # Only the product matters: 2 * 1 * 1 * (bytes / 2) * 1 == bytes per token.
-        shape = ModelShape(self.model, layers=1, kv_heads=1, head_dim=self.kv_bytes_per_token // 2, dtype_bytes=1,
-                           params=0.0)
+        shape = kv_shape(self.model, self.kv_bytes_per_token)
         links = Links(**{k: Link(f.bandwidth, f.latency_s) for k, f in self.links.items() if k in LINK_KINDS})
         # The prefill fit is per chunk (`fit_profile`): a whole prefill is priced as its chunks.
         return CostModel(name=f"profile:{self.name}", prefill=ChunkedPrefill(self.prefill, self.engine.max_batch_tokens),

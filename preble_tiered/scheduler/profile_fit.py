@@ -22,13 +22,39 @@ MIN_DECODE_BATCHES = 2
 CONTEXT_BUCKET = 256
 
 
+class DecodeStepSums:
+    """Decode-only steps summed per batch size and context bucket (`CONTEXT_BUCKET` tokens),
+    so any number of steps stays a few hundred entries: the node sums its steps this way, the
+    router the node's sums."""
+
+    def __init__(self) -> None:
+        self._sums: dict[tuple[int, int], list[float]] = {}  # (batch, ctx bucket) -> [steps, ctx sum, s sum]
+
+    def __len__(self) -> int:
+        return len(self._sums)
+
+    def add(self, batch: int, context_tokens: float, seconds: float, steps: int = 1) -> None:
+        """`steps` steps of `batch` sequences, of mean context `context_tokens` and mean time `seconds`."""
+        acc = self._sums.setdefault((batch, int(context_tokens) // CONTEXT_BUCKET), [0, 0.0, 0.0])
+        acc[0] += steps
+        acc[1] += context_tokens * steps
+        acc[2] += seconds * steps
+
+    def clear(self) -> None:
+        self._sums.clear()
+
+    def rows(self) -> list[tuple[int, float, float, int]]:
+        """(batch, mean context, mean seconds, steps) per bucket."""
+        return [(b, c / n, s / n, int(n)) for (b, _), (n, c, s) in sorted(self._sums.items())]
+
+
 class ProfileSamples:
     """Measured prefills, decode steps and request overheads, bounded (decode steps are kept
     per batch size and context bucket: at most max_num_seqs x max context / 256 entries)."""
 
     def __init__(self, max_prefill: int = 4096, max_overheads: int = 4096) -> None:
         self.prefill: deque[tuple[int, int, float]] = deque(maxlen=max_prefill)
-        self.decode: dict[tuple[int, int], list[float]] = {}  # (batch, ctx bucket) -> [steps, ctx sum, s sum]
+        self.decode = DecodeStepSums()
         self.overheads: deque[float] = deque(maxlen=max_overheads)
 
     def add_prefill(self, new_tokens: int, context_tokens: int, seconds: float) -> None:
@@ -37,13 +63,8 @@ class ProfileSamples:
 
     def add_decode(self, batch: int, context_tokens: float, seconds: float, steps: int) -> None:
         """`steps` decode-only steps of `batch` sequences, mean context and mean time."""
-        if batch <= 0 or steps <= 0 or not 0.0 < seconds < 60.0 or context_tokens < 0:
-            return
-        key = (batch, int(context_tokens) // CONTEXT_BUCKET)
-        acc = self.decode.setdefault(key, [0, 0.0, 0.0])
-        acc[0] += steps
-        acc[1] += context_tokens * steps
-        acc[2] += seconds * steps
+        if batch > 0 and steps > 0 and 0.0 < seconds < 60.0 and context_tokens >= 0:
+            self.decode.add(batch, context_tokens, seconds, steps)
 
     def add_overhead(self, seconds: float) -> None:
         """A request's time outside its node: the router's TTFT less the node's."""
@@ -63,7 +84,7 @@ class ProfileSamples:
 
     def decode_rows(self) -> list[tuple[int, float, float, int]]:
         """(batch, mean context, mean seconds, steps) per bucket."""
-        return [(b, c / n, s / n, int(n)) for (b, _), (n, c, s) in sorted(self.decode.items())]
+        return self.decode.rows()
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from preble_tiered.scheduler.fair_queue import FairQueue, hit_group
 from preble_tiered.scheduler.types import Plan
 from preble_tiered.types import NodeId, Tier
 
+
 @dataclass(frozen=True)
 class SimEngineConfig:
     """One simulated node."""

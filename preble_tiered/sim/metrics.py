@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from preble_tiered.scheduler.cost_model import CostModel
+from preble_tiered.scheduler.cost_model import ChunkedPrefill, CostModel
 from preble_tiered.types import WorkloadRequest
 
 TIER_KEYS = ("hbm", "dram", "disk", "remote")
@@ -124,12 +124,7 @@ def shared_prefix_blocks(hashes: dict[str, list[int]]) -> dict[str, int]:
 
 def chunked_prefill_s(cost: CostModel, cached: int, prompt: int, chunk: int) -> float:
     """Prefill of tokens [cached, prompt) in chunks of `chunk`, as an engine alone runs it."""
-    t, done = 0.0, cached
-    while done < prompt:
-        e = min(chunk, prompt - done)
-        t += cost.prefill_s(e, done + e)
-        done += e
-    return t
+    return ChunkedPrefill(cost.prefill, chunk).seconds(prompt - cached, prompt)
 
 
 def ideal_records(requests: Sequence[WorkloadRequest], hashes: dict[str, list[int]], cost: CostModel,
