@@ -359,17 +359,24 @@ def render(method: str, resp) -> None:
         con.print(f"cached tokens predicted hbm {pc.hbm} dram {pc.dram} disk {pc.disk} remote {pc.remote}; "
                   f"actual hbm {ac.hbm} dram {ac.dram} disk {ac.disk} remote {ac.remote}")
         con.print(f"TTFT estimated {r.est_ttft_ms:.1f} ms, measured {r.ttft_ms:.1f} ms")
-        t = table("candidates", "node", "load s", "evict s", "plan s", "total s", "chosen")
+        decode = any(c.HasField("decode_s") for c in r.candidates)
+        t = table("candidates", "node", "load s", "evict s", "plan s", "total s", *(["decode s"] if decode else []),
+                  "chosen")
         unpriced = 0
         for c in sorted(r.candidates, key=lambda c: c.total_s):
             priced = c.HasField("evict_s")
             unpriced += not priced
+            dec = [f"{c.decode_s:.4f}" if c.HasField("decode_s") else "-"] if decode else []
             t.add_row(c.node, f"{c.load_s:.4f}", f"{c.evict_s:.4f}" if priced else "-", f"{c.plan_s:.4f}",
-                      f"{c.total_s:.4f}" if priced else f">= {c.total_s:.4f}", "<-" if c.node_id == r.node_id else "")
+                      f"{c.total_s:.4f}" if priced else f">= {c.total_s:.4f}", *dec,
+                      "<-" if c.node_id == r.node_id else "")
         con.print(t)
         if unpriced:
             con.print(f"evict '-': not priced on {unpriced} node(s) whose cost without eviction already "
                       "exceeded the chosen node's")
+        if decode:
+            con.print("decode: the request's decode steps at the node's batch plus the slowdown it adds there, "
+                      "where e2_tiered weighed moving it for decode (not in total)")
         s = table("plan", "action", "blocks", "tokens", "tier", "source")
         for seg in r.plan:
             s.add_row(seg.action, str(seg.blocks), str(seg.tokens), _TIER_NAMES[seg.tier],

