@@ -89,7 +89,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             requests_rerouted=st.requests_rerouted, branch_counts=dict(r.scheduler.branch_counts),
             prompt_tokens_total=st.prompt_tokens, cached_tokens_total=convert.cached_to_pb(st.cached),
             recomputed_tokens_total=st.recomputed_tokens, index_entries=len(r.scheduler.index),
-            cost_model=f"fitted ({len(cal)} samples, {cal.fits} fits)" if cal.fitted else "preset (cpu tiny)")
+            cost_model=(f"fitted ({len(cal)} samples, {cal.fits} fits)" if cal.fitted else "preset (cpu tiny)")
+            + ("; decode fitted" if r.feed.decode_calibrator.fitted else "; decode not measured (flat)"))
 
     async def GetNodeResidency(self, request, context):
         link = self.nodes.links.get(request.node_id)

@@ -1,6 +1,6 @@
 """The load feed: each node's load report, polled every `load_interval_s`, into the
 scheduler (running/waiting), the residency follower (is the stream behind?), the prefill
-calibration (measured samples -> a refitted prefill model), the link prices (measured
+calibration (measured samples -> refitted prefill and decode models), the link prices (measured
 bandwidths) and the profile samples (prefills and decode steps, for `preble admin profile`).
 A node whose polls fail for `down_after_s` is marked down.
 """
@@ -18,7 +18,7 @@ from preble_tiered.router.config import RouterConfig
 from preble_tiered.router.node_client import NodeError
 from preble_tiered.router.nodes import NodeLink, NodeSet
 from preble_tiered.router.residency import check_behind
-from preble_tiered.scheduler.calibration import PrefillCalibrator
+from preble_tiered.scheduler.calibration import DecodeCalibrator, PrefillCalibrator
 from preble_tiered.scheduler.cost_model import Link
 from preble_tiered.scheduler.profile_fit import ProfileSamples
 
@@ -33,6 +33,7 @@ class LoadFeed:
         self.scheduler = nodes.scheduler
         self.metrics = nodes.metrics
         self.calibrator = PrefillCalibrator()
+        self.decode_calibrator = DecodeCalibrator()
 
     async def poll(self, link: NodeLink, closing) -> None:
         """Poll `link`'s load until `closing()`."""
@@ -91,10 +92,15 @@ class LoadFeed:
             self.samples.add_prefill(new, ctx, seconds)
         for batch, ctx, seconds, steps in rep.decode_steps:
             self.samples.add_decode(batch, ctx, seconds, steps)
+            self.decode_calibrator.add(batch, ctx, seconds, steps)
         fitted = self.calibrator.maybe_refit()
         if fitted is not None:
             self.scheduler.update_cost(replace(self.scheduler.cluster.cost, prefill=fitted))
             logger.info("prefill model refitted from %d samples: %s", len(self.calibrator), fitted)
+        decode = self.decode_calibrator.maybe_refit()
+        if decode is not None:
+            self.scheduler.update_cost(replace(self.scheduler.cluster.cost, decode=decode))
+            logger.info("decode model refitted: %s", decode)
 
 
 class _NotReady(Exception):

@@ -1,10 +1,16 @@
-"""Fit the router's prefill model from the prefills nodes measure, and keep refining it.
+"""Fit the router's prefill and decode models from what nodes measure, and keep refining them.
 
-Nodes report `(new_tokens, context_tokens, seconds)` samples with their load reports. The
-calibrator keeps the most recent `max_samples`, refits `LinearPrefill` once it has
-`min_samples` spread over at least `min_distinct` prompt sizes, and again every `refit_every`
-new samples. A fit that predicts a negative or absurd time for the sizes seen is rejected
-(the previous model stays), so a burst of odd samples cannot break routing. Pure code.
+Nodes report `(new_tokens, context_tokens, seconds)` prefill samples with their load reports.
+The prefill calibrator keeps the most recent `max_samples`, refits `LinearPrefill` once it
+has `min_samples` spread over at least `min_distinct` prompt sizes, and again every
+`refit_every` new samples. A fit that predicts a negative or absurd time for the sizes seen
+is rejected (the previous model stays), so a burst of odd samples cannot break routing.
+
+Nodes also report their decode-only steps summed per (batch size, context bucket). The
+decode calibrator fits `LinearDecode` (step = a + b x batch + c x batch context) once they
+cover two batch sizes in three buckets, and again every `refit_steps` new steps, with the
+same sanity check. Until then the router's decode model is flat (`FlatDecode`): no decode
+figure it has not measured steers a request. Pure code.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from preble_tiered.scheduler.cost_model import LinearPrefill, PrefillCost
+from preble_tiered.scheduler.cost_model import LinearDecode, LinearPrefill, PrefillCost
+from preble_tiered.scheduler.profile_fit import MIN_DECODE_BATCHES, MIN_DECODE_BUCKETS, DecodeStepSums
 
 
 @dataclass(frozen=True)
@@ -78,3 +85,45 @@ class PrefillCalibrator:
             if not (p > 0 and t / 10 <= p <= t * 10):
                 return False
         return True
+
+
+class DecodeCalibrator:
+    """Decode-only steps (summed per batch size and context bucket) -> a `LinearDecode`."""
+
+    def __init__(self, refit_steps: int = 256) -> None:
+        if refit_steps <= 0:
+            raise ValueError(f"refit_steps must be positive, got {refit_steps}")
+        self.refit_steps = refit_steps
+        self._sums = DecodeStepSums()
+        self._since_fit = 0
+        self.fitted: LinearDecode | None = None
+        self.fits = 0
+        self.rejected = 0
+
+    def add(self, batch: int, context_tokens: float, seconds: float, steps: int) -> None:
+        if batch <= 0 or steps <= 0 or context_tokens < 0 or not 0.0 < seconds < 60.0:
+            return  # not a decode step measurement
+        self._sums.add(batch, context_tokens, seconds, steps)
+        self._since_fit += steps
+
+    def maybe_refit(self) -> LinearDecode | None:
+        """A newly fitted model when one is due and sane, else None."""
+        if self._since_fit < self.refit_steps:
+            return None
+        rows = self._sums.rows()
+        if len(rows) < MIN_DECODE_BUCKETS or len({b for b, *_ in rows}) < MIN_DECODE_BATCHES:
+            return None
+        self._since_fit = 0
+        try:
+            model = LinearDecode.fit([(b, int(c), t, n) for b, c, t, n in rows])
+        except ValueError:
+            self.rejected += 1
+            return None
+        for b, c, t, _ in rows:  # positive everywhere the steps live, and within 10x of each
+            p = (model.a + model.b * b + model.c * c) * 1e-3
+            if not (p > 0 and t / 10 <= p <= t * 10):
+                self.rejected += 1
+                return None
+        self.fitted = model
+        self.fits += 1
+        return model

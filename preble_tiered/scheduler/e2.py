@@ -21,9 +21,12 @@ are kept per node, and the prefix index forgets what nobody holds or asks for.
 `e2_tiered` (ours) costs every node with its cheapest plan over its own HBM/DRAM/disk and
 pulls from another node; "held" means held in any tier. Its load term adds three times the
 node's queued prefill to Preble's windowed work, so it reacts to bursts within the window.
-Replication is by KV copy, for hot prefixes only (their windowed requests per holder reach
-half an average node's), when a non-holder would serve the request at least twice
-as soon as the best holder (queued prefill + pull/plan + eviction harm; see `_exploit`).
+A request leaves its prefix's holders (the prefix copied, or recomputed where that is
+cheaper) when a non-holder would serve it at least twice as soon as the best holder, by
+one of two rules (see `_exploit`): for hot prefixes only (their windowed requests per
+holder reach half an average node's), queued prefill + pull/plan + eviction harm; for any
+prefix, its decode there (its own steps at the node's batch + the slowdown it adds to the
+requests decoding beside it), priced with the cost model's decode step.
 """
 
 from __future__ import annotations
@@ -35,65 +38,12 @@ from operator import add
 from preble_tiered.scheduler.cluster import ClusterState, Inflight
 from preble_tiered.scheduler.index import MatchResult, bits
 from preble_tiered.scheduler.planner import PlanContext, Planner
+from preble_tiered.scheduler.prefix_windows import KeyWindows
 from preble_tiered.scheduler.policy import Policy, PolicyConfig
 from preble_tiered.scheduler.types import Branch, CandidateCost, Decision, RouteRequest
 
 _EVICT_SCAN = 32  # LRU entries examined per eviction estimate
 _INF = float("inf")
-
-
-class _KeyWindows:
-    """Prefix key -> _Buckets, least recently updated first, so keys idle for two windows
-    are pruned in O(1) amortized (a long-running router sees unboundedly many prefixes)."""
-
-    __slots__ = ("_d",)
-
-    def __init__(self) -> None:
-        self._d: OrderedDict[int, _Buckets] = OrderedDict()
-
-    def add(self, key: int, b: int, value: float) -> "_Buckets":
-        w = self._d.get(key)
-        if w is None:
-            w = self._d[key] = _Buckets()
-        else:
-            self._d.move_to_end(key)
-        w.add(b, value)
-        while self._d:
-            oldest = next(iter(self._d.values()))
-            if oldest.bucket >= b - 1:
-                break
-            self._d.popitem(last=False)
-        return w
-
-    def items(self):
-        return self._d.items()
-
-    def __len__(self) -> int:
-        return len(self._d)
-
-
-class _Buckets:
-    """Two-bucket windowed (sum, count), O(1) per update: per-prefix load and TTFT."""
-
-    __slots__ = ("bucket", "cur", "prev", "n_cur", "n_prev")
-
-    def __init__(self) -> None:
-        self.bucket, self.cur, self.prev, self.n_cur, self.n_prev = -1, 0.0, 0.0, 0, 0
-
-    def add(self, b: int, value: float) -> None:
-        if b != self.bucket:
-            if b == self.bucket + 1:
-                self.prev, self.n_prev = self.cur, self.n_cur
-            else:
-                self.prev, self.n_prev = 0.0, 0
-            self.cur, self.n_cur, self.bucket = 0.0, 0, b
-        self.cur += value
-        self.n_cur += 1
-
-    def total(self, b: int) -> float:
-        if b == self.bucket:
-            return self.cur + self.prev
-        return self.cur if b == self.bucket + 1 else 0.0
 
 
 class PrebleE2(Policy):
@@ -113,11 +63,11 @@ class PrebleE2(Policy):
         # Per node: prefix key -> footprint tokens, least recently routed first (Evict_n).
         self.lru: list[OrderedDict[int, int]] = [OrderedDict() for _ in range(n)]
         # Per node: prefix key -> windowed work routed there (rebalancing picks from it).
-        self.key_work = [_KeyWindows() for _ in range(n)]
+        self.key_work = [KeyWindows() for _ in range(n)]
         self.redirects: dict[int, int] = {}  # prefix key -> node its next request moves to
         self._next_rebalance = float("-inf")
         self._req_key: dict[str, int | None] = {}  # in-flight request -> prefix key
-        self._ttft = _KeyWindows()  # prefix key -> windowed TTFT (autoscaling)
+        self._ttft = KeyWindows()  # prefix key -> windowed TTFT (autoscaling)
         self._autoscale: set[int] = set()
         self._price = [0.0] * n  # eviction price per token, per node (see _evict_price)
         self._price_at = [-1] * n  # the second it was computed in

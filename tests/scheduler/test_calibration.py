@@ -1,7 +1,7 @@
 import pytest
 
-from preble_tiered.scheduler.calibration import CalibrationConfig, PrefillCalibrator
-from preble_tiered.scheduler.cost_model import LinearPrefill, engine_cost_model
+from preble_tiered.scheduler.calibration import CalibrationConfig, DecodeCalibrator, PrefillCalibrator
+from preble_tiered.scheduler.cost_model import FlatDecode, LinearDecode, LinearPrefill, engine_cost_model
 from preble_tiered.scheduler.clock import ManualClock
 from preble_tiered.scheduler.core import Scheduler, SchedulerConfig
 
@@ -52,3 +52,43 @@ def test_scheduler_update_cost_reaches_the_planner_and_mark_up_revives_a_node():
         s.mark_up(0, hbm_capacity_tokens=1)
     with pytest.raises(ValueError):
         engine_cost_model("t", 8191, 4096)
+
+
+DECODE = LinearDecode(3.0, 0.3, 0.001)  # ms: 3 + 0.3 per sequence + 1 us per context token
+
+
+def feed_steps(cal, batches, contexts, model=DECODE, steps=64):
+    for b in batches:
+        for c in contexts:
+            cal.add(b, b * c, model.step_seconds(None, b * c, b), steps)
+
+
+def test_decode_fit_waits_for_two_batch_sizes_then_recovers_the_step_model():
+    cal = DecodeCalibrator(refit_steps=64)
+    feed_steps(cal, [4], [100, 600, 1200, 2000])
+    assert cal.maybe_refit() is None  # one batch size: the per-sequence term is unknowable
+    feed_steps(cal, [1, 16], [100, 1200])
+    fitted = cal.maybe_refit()
+    assert fitted is not None
+    assert (fitted.a, fitted.b, fitted.c) == pytest.approx((DECODE.a, DECODE.b, DECODE.c), rel=1e-3)
+    assert cal.maybe_refit() is None  # not due until refit_steps more steps
+    feed_steps(cal, [8], [300], steps=64)
+    assert cal.maybe_refit() is not None and cal.fits == 2
+
+
+def test_decode_nonsense_is_ignored_and_an_insane_fit_is_rejected():
+    cal = DecodeCalibrator(refit_steps=1)
+    cal.add(0, 100, 0.01, 5)
+    cal.add(2, 100, 0.01, 0)
+    cal.add(2, -1, 0.01, 5)
+    cal.add(2, 100, 0.0, 5)
+    assert cal.maybe_refit() is None and cal.fitted is None
+    for i, (b, c) in enumerate([(1, 100), (2, 600), (4, 1200), (8, 2000), (16, 3000), (2, 4000)]):
+        cal.add(b, c, 1e-6 if i % 2 else 5.0, 10)  # no 3-term model fits these within 10x
+    assert cal.maybe_refit() is None and cal.rejected >= 1 and cal.fitted is None
+
+
+def test_the_router_decodes_flat_until_it_has_measured():
+    cost = engine_cost_model("t", 8192, 4096)
+    assert isinstance(cost.decode, FlatDecode)
+    assert cost.decode_step_s(100, 1) == cost.decode_step_s(10_000, 16) > 0
