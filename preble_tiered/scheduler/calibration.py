@@ -8,7 +8,7 @@ is rejected (the previous model stays), so a burst of odd samples cannot break r
 
 Nodes also report their decode-only steps summed per (batch size, context bucket). The
 decode calibrator fits `LinearDecode` (step = a + b x batch + c x batch context) once they
-cover two batch sizes in three buckets, and again every `refit_steps` new steps, with the
+cover two batch sizes in three buckets, and again every `refit_steps` (64) new steps, with the
 same sanity check. Until then the router's decode model is flat (`FlatDecode`): no decode
 figure it has not measured steers a request. Pure code.
 """
@@ -90,7 +90,7 @@ class PrefillCalibrator:
 class DecodeCalibrator:
     """Decode-only steps (summed per batch size and context bucket) -> a `LinearDecode`."""
 
-    def __init__(self, refit_steps: int = 256) -> None:
+    def __init__(self, refit_steps: int = 64) -> None:
         if refit_steps <= 0:
             raise ValueError(f"refit_steps must be positive, got {refit_steps}")
         self.refit_steps = refit_steps
