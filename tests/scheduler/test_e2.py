@@ -245,9 +245,9 @@ def busy_decoding(s, node, batch, out=200, context=1_000):
     ns.n_inflight, ns.decode_tokens, ns.active_kv_tokens = batch, batch * out, batch * (context + out)
 
 
-def cold_prefix_sched(cost):
+def cold_prefix_sched(cost, **policy_cfg):
     """PREFIX on node 0, not hot: plenty of other traffic in the window (on every node)."""
-    s, clock = make_sched("e2_tiered", cost=cost)
+    s, clock = make_sched("e2_tiered", cost=cost, **policy_cfg)
     for n in range(4):
         for i in range(5):
             s.schedule(req(f"other{n}{i}", blocks(40, 50_000 + 1000 * n + 50 * i)))
@@ -298,13 +298,7 @@ def test_an_unmeasured_engine_decode_never_moves_a_prefix():
 
 
 def test_explain_shows_the_decode_term_of_a_move_for_decode():
-    s, _ = make_sched("e2_tiered", cost=BATCH_BOUND, explain=True)
-    for n in range(4):
-        for i in range(5):
-            s.schedule(req(f"other{n}{i}", blocks(40, 50_000 + 1000 * n + 50 * i)))
-    hold(s, 0, Tier.HBM, PREFIX)
-    for n in range(4):
-        busy_decoding(s, n, 2)
+    s = cold_prefix_sched(BATCH_BOUND, explain=True)
     busy_decoding(s, 0, 14)
     d = s.schedule(req("r", PREFIX + blocks(1, 1), out=200))
     assert d.branch is Branch.REPLICATE
