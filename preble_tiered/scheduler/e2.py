@@ -379,7 +379,8 @@ class E2Tiered(PrebleE2):
                 decs.append(d)
         if not others:
             return best, costs, Branch.EXPLOIT
-        alt = self._costs(others, pc, now, all_plans=plans, base=[pend[n] + plans[n] + d for n, d in zip(others, decs)])
+        alt = self._costs(others, pc, now, all_plans=plans,
+                          base=[pend[n] + plans[n] + d for n, d in zip(others, decs)])
         alt.decodes = [d if by_decode else None for d in decs]
         if by_decode:
             costs.decodes = [held_dec if i == best else None for i in range(len(costs.nodes))]
@@ -399,7 +400,8 @@ class E2Tiered(PrebleE2):
         `node`: its own `out` steps at the node's batch, plus the slowdown each step adds to
         the requests in flight there for as long as both decode (their output budgets, the
         router's only knowledge of how long they run). Steps priced by the cost model's
-        decode step (a profile's measured fit, or a preset's roofline)."""
+        decode step: a measured fit (a profile's, or the live router's calibration), a
+        preset's roofline, or flat (an engine not measured yet: the same on every node)."""
         ns = self.cluster.nodes[node]
         step, b, kv = self.cluster.cost.decode_step_s, ns.n_inflight, ns.active_kv_tokens
         with_it = step(kv + grow, b + 1)
