@@ -8,9 +8,9 @@ is rejected (the previous model stays), so a burst of odd samples cannot break r
 
 Nodes also report their decode-only steps summed per (batch size, context bucket). The
 decode calibrator fits `LinearDecode` (step = a + b x batch + c x batch context) once they
-cover two batch sizes in three buckets, and again every `refit_steps` (64) new steps, with the
-same sanity check. Until then the router's decode model is flat (`FlatDecode`): no decode
-figure it has not measured steers a request. Pure code.
+cover two batch sizes and two context buckets, and refits after twice as many new steps each
+time, with the same sanity check. Until then the router's decode model is flat
+(`FlatDecode`): no decode figure it has not measured steers a request. Pure code.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from preble_tiered.scheduler.cost_model import LinearDecode, LinearPrefill, PrefillCost
-from preble_tiered.scheduler.profile_fit import MIN_DECODE_BATCHES, MIN_DECODE_BUCKETS, DecodeStepSums
+from preble_tiered.scheduler.profile_fit import (CONTEXT_BUCKET, MIN_DECODE_BATCHES, MIN_DECODE_BUCKETS,
+                                                  DecodeStepSums)
 
 
 @dataclass(frozen=True)
@@ -88,17 +89,27 @@ class PrefillCalibrator:
 
 
 class DecodeCalibrator:
-    """Decode-only steps (summed per batch size and context bucket) -> a `LinearDecode`."""
+    """Decode-only steps (summed per batch size and context bucket) -> a `LinearDecode`.
 
-    def __init__(self, refit_steps: int = 64) -> None:
-        if refit_steps <= 0:
-            raise ValueError(f"refit_steps must be positive, got {refit_steps}")
-        self.refit_steps = refit_steps
+    The first fit comes once the steps cover two batch sizes and two context buckets in three
+    (batch, bucket) cells and `first_fit_steps` steps have arrived; each later refit waits for
+    twice as many new steps as the one before (at most `max_refit_steps`), so a settled fit
+    stops costing the router's loop a least-squares solve on every poll."""
+
+    def __init__(self, first_fit_steps: int = 64, max_refit_steps: int = 1 << 20) -> None:
+        if first_fit_steps <= 0 or max_refit_steps < first_fit_steps:
+            raise ValueError("first_fit_steps must be positive and max_refit_steps >= first_fit_steps")
         self._sums = DecodeStepSums()
         self._since_fit = 0
+        self._due = first_fit_steps
+        self._max_due = max_refit_steps
         self.fitted: LinearDecode | None = None
         self.fits = 0
         self.rejected = 0
+
+    def __len__(self) -> int:
+        """(batch size, context bucket) cells measured."""
+        return len(self._sums)
 
     def add(self, batch: int, context_tokens: float, seconds: float, steps: int) -> None:
         if batch <= 0 or steps <= 0 or context_tokens < 0 or not 0.0 < seconds < 60.0:
@@ -108,12 +119,14 @@ class DecodeCalibrator:
 
     def maybe_refit(self) -> LinearDecode | None:
         """A newly fitted model when one is due and sane, else None."""
-        if self._since_fit < self.refit_steps:
+        if self._since_fit < self._due:
             return None
         rows = self._sums.rows()
-        if len(rows) < MIN_DECODE_BUCKETS or len({b for b, *_ in rows}) < MIN_DECODE_BATCHES:
-            return None
+        if (len(rows) < MIN_DECODE_BUCKETS or len({b for b, *_ in rows}) < MIN_DECODE_BATCHES
+                or len({int(c) // CONTEXT_BUCKET for _, c, _, _ in rows}) < 2):
+            return None  # the per-sequence or the per-token term would be a guess
         self._since_fit = 0
+        self._due = min(self._due * 2, self._max_due)
         try:
             model = LinearDecode.fit([(b, int(c), t, n) for b, c, t, n in rows])
         except ValueError:

@@ -340,6 +340,10 @@ class E2Tiered(PrebleE2):
           node decoding a batch several times another's slows every token of every answer it
           takes (chat on 8-32 nodes, README); with a decode step that does not grow with the
           batch (an engine whose decode is not measured: `FlatDecode`) this rule never moves.
+
+        "The best holder" is the one Preble's exploit picks (Load + plan); other holders are
+        not weighed on decode, so a lightly decoding second holder can lose the request to a
+        copy. With both rules in play every candidate's eviction is priced.
         """
         cl = self.cluster
         plans = self.planner.plan_times(pc, cl.n_nodes)
@@ -365,29 +369,34 @@ class E2Tiered(PrebleE2):
         by_decode = idle_dec * ratio < held_dec and (floor_q + idle_dec) * ratio < held_t
         if not (by_queue or by_decode):
             return best, costs, Branch.EXPLOIT
+        if by_decode:
+            costs.decodes = [held_dec if i == best else None for i in range(len(costs.nodes))]
         holder_set = set(holders)
         others, decs = [], []
         for n in alive:
+            if n in holder_set:
+                continue
             q = pend[n] + plans[n]
             ok = by_queue and q * ratio < held_q
             d = 0.0  # decode enters the ranking only where the decode rule is in play
             if by_decode and (ok or (q + idle_dec) * ratio < held_t):
                 d = self._decode_s(n, out, grow)
                 ok = ok or (d * ratio < held_dec and (q + d) * ratio < held_t)
-            if ok and n not in holder_set:
+            if ok:
                 others.append(n)
                 decs.append(d)
         if not others:
             return best, costs, Branch.EXPLOIT
-        alt = self._costs(others, pc, now, all_plans=plans,
+        # Eviction is priced in ascending base and pruned where the total cannot win. With both
+        # rules in play a node failing one can outrank one passing the other: price them all.
+        alt = self._costs(others, pc, now, all_plans=plans, slack=_INF if by_queue and by_decode else 1.0,
                           base=[pend[n] + plans[n] + d for n, d in zip(others, decs)])
-        alt.decodes = [d if by_decode else None for d in decs]
         if by_decode:
-            costs.decodes = [held_dec if i == best else None for i in range(len(costs.nodes))]
+            alt.decodes = list(decs)
         merged = costs.extend(alt)
         choice, choice_t = None, _INF
         for j, (n, ev, d) in enumerate(zip(alt.nodes, alt.evicts, decs)):
-            q = pend[n] + alt.plans[j] + ev
+            q = pend[n] + ev + alt.plans[j]
             if q + d < choice_t and ((by_queue and q * ratio < held_q)
                                      or (by_decode and d * ratio < held_dec and (q + d) * ratio < held_t)):
                 choice, choice_t = j, q + d
@@ -398,8 +407,9 @@ class E2Tiered(PrebleE2):
     def _decode_s(self, node: int, out: int, grow: int) -> float:
         """Decode time a request of `out` output tokens adding `grow` tokens of KV costs on
         `node`: its own `out` steps at the node's batch, plus the slowdown each step adds to
-        the requests in flight there for as long as both decode (their output budgets, the
-        router's only knowledge of how long they run). Steps priced by the cost model's
+        the requests in flight there for as long as both decode. The router knows their output
+        budgets, not what is left of them, so the slowdown is an upper bound, and their KV is
+        counted at prompt + budget. Steps priced by the cost model's
         decode step: a measured fit (a profile's, or the live router's calibration), a
         preset's roofline, or flat (an engine not measured yet: the same on every node)."""
         ns = self.cluster.nodes[node]

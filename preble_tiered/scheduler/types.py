@@ -115,8 +115,9 @@ class CandidateCost:
     """One node's cost terms for a request (kept for `explain`).
 
     `evict_s` None: eviction was not priced there, because the node's cost without it (load
-    + plan for explore, queued prefill + plan for a copy) already exceeded the chosen
-    node's, so it could not have been chosen; `total_s` is then load + plan, a lower bound.
+    + plan for explore; queued prefill + plan, + decode where e2_tiered's decode rule is in
+    play, for a copy) already exceeded the chosen node's, so it could not have been chosen;
+    `total_s` is then load + plan, a lower bound.
     `decode_s`: e2_tiered's decode term (the request's own decode steps at the node's batch
     and the slowdown it adds there), on the nodes where its decode rule weighed a move; None
     elsewhere. It is not part of `total_s` (Load already holds the node's decode backlog)."""

@@ -64,25 +64,36 @@ def feed_steps(cal, batches, contexts, model=DECODE, steps=64):
 
 
 def test_decode_fit_waits_for_two_batch_sizes_then_recovers_the_step_model():
-    cal = DecodeCalibrator(refit_steps=64)
+    cal = DecodeCalibrator(first_fit_steps=64)
     feed_steps(cal, [4], [100, 600, 1200, 2000])
     assert cal.maybe_refit() is None  # one batch size: the per-sequence term is unknowable
     feed_steps(cal, [1, 16], [100, 1200])
     fitted = cal.maybe_refit()
     assert fitted is not None
     assert (fitted.a, fitted.b, fitted.c) == pytest.approx((DECODE.a, DECODE.b, DECODE.c), rel=1e-3)
-    assert cal.maybe_refit() is None  # not due until refit_steps more steps
+    assert cal.maybe_refit() is None  # not due until more steps
+    feed_steps(cal, [8], [300], steps=64)
+    assert cal.maybe_refit() is None  # the next refit waits for twice as many: 128
     feed_steps(cal, [8], [300], steps=64)
     assert cal.maybe_refit() is not None and cal.fits == 2
 
 
+def test_decode_fit_waits_for_two_context_buckets():
+    cal = DecodeCalibrator(first_fit_steps=1)
+    for b in (1, 4, 16):  # three batch sizes, every batch's context in one 256-token bucket
+        cal.add(b, 100, DECODE.step_seconds(None, 100, b), 64)
+    assert len(cal) == 3 and cal.maybe_refit() is None
+    feed_steps(cal, [1, 16], [1200])
+    assert cal.maybe_refit() is not None
+
+
 def test_decode_nonsense_is_ignored_and_an_insane_fit_is_rejected():
-    cal = DecodeCalibrator(refit_steps=1)
+    cal = DecodeCalibrator(first_fit_steps=1)
     cal.add(0, 100, 0.01, 5)
     cal.add(2, 100, 0.01, 0)
     cal.add(2, -1, 0.01, 5)
     cal.add(2, 100, 0.0, 5)
-    assert cal.maybe_refit() is None and cal.fitted is None
+    assert len(cal) == 0
     for i, (b, c) in enumerate([(1, 100), (2, 600), (4, 1200), (8, 2000), (16, 3000), (2, 4000)]):
         cal.add(b, c, 1e-6 if i % 2 else 5.0, 10)  # no 3-term model fits these within 10x
     assert cal.maybe_refit() is None and cal.rejected >= 1 and cal.fitted is None

@@ -307,10 +307,26 @@ def test_explain_shows_the_decode_term_of_a_move_for_decode():
     assert by_node[d.node].decode_s is not None and by_node[d.node].decode_s * 2 < by_node[0].decode_s
 
 
+def test_with_both_rules_in_play_every_candidate_is_priced():
+    # A hot prefix on a queued holder that also decodes a big batch: the queue rule and the
+    # decode rule both weigh the move. Ranked by queue + plan + decode, a node failing one
+    # rule could outrank one passing the other, so no candidate is left unpriced.
+    s, _ = make_sched("e2_tiered", cost=BATCH_BOUND, explain=True)
+    hold(s, 0, Tier.HBM, PREFIX)
+    make_hot(s, PREFIX)
+    s.cluster.nodes[0].pending_prefill_s = 10.0
+    for n, batch in enumerate((14, 1, 3, 6)):
+        busy_decoding(s, n, batch)
+    d = s.schedule(req("r", PREFIX + blocks(1, 1), out=200))
+    assert d.branch is Branch.REPLICATE and d.node == 1  # the least busy decoder
+    others = [c for c in d.candidates if c.node != 0]
+    assert len(others) == 3 and all(c.evict_s is not None and c.decode_s is not None for c in others)
+
+
 def test_decode_cost_is_own_steps_plus_the_slowdown_of_the_batch():
     s = cold_prefix_sched(BATCH_BOUND)
-    busy_decoding(s, 0, 4, out=50)  # 4 requests with 50 tokens each left
-    # Own: 100 steps of a batch of 5 (15 ms); the 4 others each slowed 2 ms for their 50 steps.
+    busy_decoding(s, 0, 4, out=50)  # 4 requests with output budgets of 50
+    # Own: 100 steps of a batch of 5 (15 ms); the 4 others each slowed 2 ms for their 50-step budgets.
     assert s.policy._decode_s(0, 100, 1100) == pytest.approx(100 * 0.015 + 4 * 50 * 0.002)
     busy_decoding(s, 1, 0, out=0, context=0)
     assert s.policy._decode_s(1, 100, 1100) == pytest.approx(100 * 0.007)  # alone: 5 + 2 ms
