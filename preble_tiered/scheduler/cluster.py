@@ -108,6 +108,7 @@ class NodeState:
     pending_prefill_tokens: int = 0  # their uncached prompt tokens
     inflight_tokens: int = 0  # prompt + max output of in-flight requests (least_load)
     active_kv_tokens: int = 0  # prompt + max output of in-flight requests (their KV footprint)
+    decoding_kv_tokens: int = 0  # the same, of those past their first token (decoding)
     tpot: TpotTracker = field(default_factory=TpotTracker)
     reported_running: int = 0  # from load reports (real nodes); informational
     reported_waiting: int = 0
@@ -217,6 +218,7 @@ class ClusterState:
         inf.first_token_at = now
         ns = self.nodes[inf.node]
         ns.n_prefilling -= 1
+        ns.decoding_kv_tokens += inf.prompt_tokens + inf.max_output_tokens
         ns.pending_prefill_s = max(0.0, ns.pending_prefill_s - inf.est_prefill_s)
         ns.pending_prefill_tokens -= inf.prompt_tokens - inf.cached_tokens
         ns.inflight_tokens -= inf.prompt_tokens
@@ -232,6 +234,7 @@ class ClusterState:
         ns.n_inflight -= 1
         ns.inflight_tokens -= inf.max_output_tokens
         ns.active_kv_tokens -= inf.prompt_tokens + inf.max_output_tokens
+        ns.decoding_kv_tokens -= inf.prompt_tokens + inf.max_output_tokens  # on_first_token added it
         if output_tokens > 1 and inf.first_token_at is not None:
             ns.tpot.add((now - inf.first_token_at) / (output_tokens - 1))
         ns.decode_tokens -= inf.max_output_tokens  # after the TPOT sample: refreshes decode_s

@@ -407,13 +407,16 @@ class E2Tiered(PrebleE2):
     def _decode_s(self, node: int, out: int, grow: int) -> float:
         """Decode time a request of `out` output tokens adding `grow` tokens of KV costs on
         `node`: its own `out` steps at the node's batch, plus the slowdown each step adds to
-        the requests in flight there for as long as both decode. The router knows their output
+        the requests decoding there for as long as both decode. The batch is the requests past
+        their first token: those still waiting for their prefill are the queue term's (counted
+        in both, a queued node looked twice as slow, and long-document nodes shed requests for
+        nothing: loogle with measured links, 5-10% slower). The router knows their output
         budgets, not what is left of them, so the slowdown is an upper bound, and their KV is
         counted at prompt + budget. Steps priced by the cost model's
         decode step: a measured fit (a profile's, or the live router's calibration), a
         preset's roofline, or flat (an engine not measured yet: the same on every node)."""
         ns = self.cluster.nodes[node]
-        step, b, kv = self.cluster.cost.decode_step_s, ns.n_inflight, ns.active_kv_tokens
+        step, b, kv = self.cluster.cost.decode_step_s, ns.n_inflight - ns.n_prefilling, ns.decoding_kv_tokens
         with_it = step(kv + grow, b + 1)
         if not b:
             return out * with_it

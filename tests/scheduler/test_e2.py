@@ -242,7 +242,8 @@ def test_e2_tiered_recomputes_on_an_idle_node_rather_than_pulling_slowly_or_queu
 def busy_decoding(s, node, batch, out=200, context=1_000):
     """`node` decodes `batch` requests of `out` output tokens and `context` tokens each."""
     ns = s.cluster.nodes[node]
-    ns.n_inflight, ns.decode_tokens, ns.active_kv_tokens = batch, batch * out, batch * (context + out)
+    ns.n_inflight, ns.n_prefilling, ns.decode_tokens = batch, 0, batch * out
+    ns.active_kv_tokens = ns.decoding_kv_tokens = batch * (context + out)
 
 
 def cold_prefix_sched(cost, **policy_cfg):
@@ -321,6 +322,30 @@ def test_with_both_rules_in_play_every_candidate_is_priced():
     assert d.branch is Branch.REPLICATE and d.node == 1  # the least busy decoder
     others = [c for c in d.candidates if c.node != 0]
     assert len(others) == 3 and all(c.evict_s is not None and c.decode_s is not None for c in others)
+
+
+def test_requests_still_waiting_for_their_prefill_are_not_in_the_decode_batch():
+    # Queued prefills are the queue term's: a node with 14 requests dispatched and none past
+    # its first token decodes nothing yet, and a cold prefix stays on it.
+    s = cold_prefix_sched(BATCH_BOUND)
+    busy_decoding(s, 0, 14)
+    ns = s.cluster.nodes[0]
+    ns.n_prefilling, ns.decoding_kv_tokens = 14, 0
+    assert s.policy._decode_s(0, 100, 1100) == pytest.approx(100 * 0.007)
+    d = s.schedule(req("r", PREFIX + blocks(1, 1), out=200))
+    assert (d.node, d.branch) == (0, Branch.EXPLOIT)
+
+
+def test_cluster_counts_decoding_kv_from_first_token_to_finish():
+    s, clock = make_sched("e2_tiered", cost=BATCH_BOUND)
+    s.schedule(req("a", blocks(10, 70_000), out=50))  # 320 prompt tokens
+    node = s.cluster.inflight["a"].node
+    ns = s.cluster.nodes[node]
+    assert (ns.n_inflight - ns.n_prefilling, ns.decoding_kv_tokens) == (0, 0)
+    s.on_first_token("a")
+    assert (ns.n_inflight - ns.n_prefilling, ns.decoding_kv_tokens) == (1, 370)
+    s.on_finish("a", 50)
+    assert (ns.n_inflight, ns.decoding_kv_tokens) == (0, 0)
 
 
 def test_decode_cost_is_own_steps_plus_the_slowdown_of_the_batch():
