@@ -112,10 +112,8 @@ class DecodeCalibrator:
         return len(self._sums)
 
     def add(self, batch: int, context_tokens: float, seconds: float, steps: int) -> None:
-        if batch <= 0 or steps <= 0 or context_tokens < 0 or not 0.0 < seconds < 60.0:
-            return  # not a decode step measurement
-        self._sums.add(batch, context_tokens, seconds, steps)
-        self._since_fit += steps
+        if self._sums.add(batch, context_tokens, seconds, steps):
+            self._since_fit += steps
 
     def maybe_refit(self) -> LinearDecode | None:
         """A newly fitted model when one is due and sane, else None."""
@@ -128,7 +126,7 @@ class DecodeCalibrator:
         self._since_fit = 0
         self._due = min(self._due * 2, self._max_due)
         try:
-            model = LinearDecode.fit([(b, int(c), t, n) for b, c, t, n in rows])
+            model = self._sums.fit()
         except ValueError:
             self.rejected += 1
             return None

@@ -392,7 +392,7 @@ class E2Tiered(PrebleE2):
         alt = self._costs(others, pc, now, all_plans=plans, slack=_INF if by_queue and by_decode else 1.0,
                           base=[pend[n] + plans[n] + d for n, d in zip(others, decs)])
         if by_decode:
-            alt.decodes = list(decs)
+            alt.decodes = decs
         merged = costs.extend(alt)
         choice, choice_t = None, _INF
         for j, (n, ev, d) in enumerate(zip(alt.nodes, alt.evicts, decs)):

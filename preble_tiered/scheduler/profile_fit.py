@@ -33,12 +33,16 @@ class DecodeStepSums:
     def __len__(self) -> int:
         return len(self._sums)
 
-    def add(self, batch: int, context_tokens: float, seconds: float, steps: int = 1) -> None:
-        """`steps` steps of `batch` sequences, of mean context `context_tokens` and mean time `seconds`."""
+    def add(self, batch: int, context_tokens: float, seconds: float, steps: int = 1) -> bool:
+        """`steps` steps of `batch` sequences, of mean context `context_tokens` and mean time
+        `seconds`; False (nothing kept) when that is not a decode step measurement."""
+        if not (batch > 0 and steps > 0 and 0.0 < seconds < 60.0 and context_tokens >= 0):
+            return False
         acc = self._sums.setdefault((batch, int(context_tokens) // CONTEXT_BUCKET), [0, 0.0, 0.0])
         acc[0] += steps
         acc[1] += context_tokens * steps
         acc[2] += seconds * steps
+        return True
 
     def clear(self) -> None:
         self._sums.clear()
@@ -46,6 +50,13 @@ class DecodeStepSums:
     def rows(self) -> list[tuple[int, float, float, int]]:
         """(batch, mean context, mean seconds, steps) per bucket."""
         return [(b, c / n, s / n, int(n)) for (b, _), (n, c, s) in sorted(self._sums.items())]
+
+    def fit(self) -> LinearDecode:
+        """`LinearDecode.fit` on the buckets, each weighing its steps.
+
+        Raises:
+            ValueError: as `LinearDecode.fit` (too few buckets, one batch size)."""
+        return LinearDecode.fit([(b, int(c), t, n) for b, c, t, n in self.rows()])
 
 
 class ProfileSamples:
@@ -63,8 +74,7 @@ class ProfileSamples:
 
     def add_decode(self, batch: int, context_tokens: float, seconds: float, steps: int) -> None:
         """`steps` decode-only steps of `batch` sequences, mean context and mean time."""
-        if batch > 0 and steps > 0 and 0.0 < seconds < 60.0 and context_tokens >= 0:
-            self.decode.add(batch, context_tokens, seconds, steps)
+        self.decode.add(batch, context_tokens, seconds, steps)
 
     def add_overhead(self, seconds: float) -> None:
         """A request's time outside its node: the router's TTFT less the node's."""
@@ -133,7 +143,7 @@ def fit_profile(samples: ProfileSamples, nodes: list[NodeFacts], links: Links, m
     budget = min(n.max_batch_tokens for n in nodes)
     prefill = LinearPrefill.fit(samples.prefill, chunk=budget)  # as the simulator prices it: per chunk
     rows = samples.decode_rows()
-    decode = LinearDecode.fit([(b, int(c), s, n) for b, c, s, n in rows])
+    decode = samples.decode.fit()
     kvb = min(n.kv_bytes_per_token for n in nodes)
     engine = EngineLimits(
         block_size=nodes[0].block_size, max_num_seqs=min(n.max_num_seqs for n in nodes),
