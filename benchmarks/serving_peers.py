@@ -457,7 +457,9 @@ class PrebleClient:
                     last = time.perf_counter()
                     first = first or last
                 else:
-                    tokens = msg.complete.usage.completion_tokens
+                    u = msg.complete.usage
+                    tokens, rec.prompt_tokens = u.completion_tokens, u.prompt_tokens
+                    rec.server = {"node": u.node, "branch": u.branch, "ttft_ms": u.ttft_ms}
         except grpc.aio.AioRpcError as e:
             rec.error = f"{e.code().name}: {e.details()}"
             return rec
