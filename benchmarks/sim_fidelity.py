@@ -131,6 +131,7 @@ def pick(s: dict) -> dict:
     out = {k: {q: s[k][q] for q in ("mean", "p99")} for k in ("server_ttft", "node_ttft") if k in s}
     return {**out, "ttft": {k: s["ttft"][k] for k in ("mean", "p50", "p99")},
             "latency": {k: s["latency"][k] for k in ("mean", "p50", "p99")},
+            **({"tpot": {"mean": s["tpot"]["mean"]}} if "tpot" in s else {}),
             "cached_token_share": round(share, 4), "recomputed_tokens": s["recomputed_tokens"],
             "cached_tokens": s["cached_tokens"]}
 
@@ -140,7 +141,8 @@ def errors(m: dict, p: dict) -> dict:
     return {"ttft_mean": rel(m["ttft"]["mean"], p["ttft"]["mean"]), "ttft_p99": rel(m["ttft"]["p99"], p["ttft"]["p99"]),
             "latency_mean": rel(m["latency"]["mean"], p["latency"]["mean"]),
             "latency_p99": rel(m["latency"]["p99"], p["latency"]["p99"]),
-            "share_points": p["cached_token_share"] - m["cached_token_share"]}
+            "share_points": p["cached_token_share"] - m["cached_token_share"],
+            **({"tpot_mean": rel(m["tpot"]["mean"], p["tpot"]["mean"])} if "tpot" in m and "tpot" in p else {})}
 
 
 def within(e: dict) -> dict:
@@ -184,8 +186,9 @@ def repeatability(doc: dict, other: dict) -> dict:
 
 def markdown(doc: dict) -> str:
     lines = ["| workload | load | policy | TTFT mean ms (meas / pred, err) | TTFT p99 ms | latency mean ms | "
-             "latency p99 ms | cached share (meas / pred) | router's TTFT mean / p99 ms | node's TTFT mean / p99 ms |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "latency p99 ms | TPOT mean ms | cached share (meas / pred) | router's TTFT mean / p99 ms | "
+             "node's TTFT mean / p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["runs"]:
         m, p, e = r["measured"], r["predicted"], r["error"]
 
@@ -193,6 +196,7 @@ def markdown(doc: dict) -> str:
             return f"{m[kind][stat] * 1e3:.0f} / {p[kind][stat] * 1e3:.0f} ({e[f'{kind}_{stat}'] * 100:+.0f}%)"
         lines.append(f"| {r['workload']} | {r['load']} | {r['policy']} | {cell('ttft', 'mean')} | {cell('ttft', 'p99')} | "
                      f"{cell('latency', 'mean')} | {cell('latency', 'p99')} | "
+                     f"{cell('tpot', 'mean') if 'tpot_mean' in e else '-'} | "
                      f"{m['cached_token_share']:.2f} / {p['cached_token_share']:.2f} |"
                      + "".join(f" {m[k]['mean'] * 1e3:.0f} / {m[k]['p99'] * 1e3:.0f} |" if k in m else " - |"
                                for k in ("server_ttft", "node_ttft")))
