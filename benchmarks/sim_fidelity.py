@@ -9,7 +9,8 @@ cluster and through `preble sim` on a profile of that cluster.
    each, the engine's KV smaller than the working set, a DRAM and a disk tier on every node,
    only the router's policy differing), replay the trace with `preble bench`, stop it; then
    simulate the same trace on the profile (tiers on every node, as on the real one).
-3. Report predicted against measured: TTFT and latency (mean, p50, p99), cached-token share,
+3. Report predicted against measured: TTFT and latency (mean, p50, p99), mean time per output
+   token (TPOT: where latency misses on long answers come from), cached-token share,
    recomputed tokens; the relative errors; the policies' ranking by mean latency.
 
 Workloads: longdoc (questions on 12 documents of ~3k tokens), toolbench (10 tool prompts of
