@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from preble_tiered.scheduler.cost_model import LinearDecode, LinearPrefill, PrefillCost
 from preble_tiered.scheduler.profile_fit import (CONTEXT_BUCKET, MIN_DECODE_BATCHES, MIN_DECODE_BUCKETS,
-                                                  DecodeStepSums)
+                                                  PREFILL_BUCKET, DecodeStepSums)
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class PrefillCalibrator:
             return None
         if self.fitted is not None and self._since_fit < cfg.refit_every:
             return None
-        if len({e // 64 for e, _, _ in self._samples}) < cfg.min_distinct:
+        if len({e // PREFILL_BUCKET for e, _, _ in self._samples}) < cfg.min_distinct:
             return None
         self._since_fit = 0
         try:
@@ -72,20 +72,12 @@ class PrefillCalibrator:
         except ValueError:
             self.rejected += 1
             return None
-        if not self._sane(model):
+        if not _within_10x((model.seconds(e, c), t) for e, c, t in self._samples):
             self.rejected += 1
             return None
         self.fitted = model
         self.fits += 1
         return model
-
-    def _sane(self, model: LinearPrefill) -> bool:
-        # Positive everywhere the samples live, and within 10x of every sample.
-        for e, c, t in self._samples:
-            p = model.seconds(e, c)
-            if not (p > 0 and t / 10 <= p <= t * 10):
-                return False
-        return True
 
 
 class DecodeCalibrator:
@@ -130,11 +122,15 @@ class DecodeCalibrator:
         except ValueError:
             self.rejected += 1
             return None
-        for b, c, t, _ in rows:  # positive everywhere the steps live, and within 10x of each
-            p = (model.a + model.b * b + model.c * c) * 1e-3
-            if not (p > 0 and t / 10 <= p <= t * 10):
-                self.rejected += 1
-                return None
+        if not _within_10x(((model.a + model.b * b + model.c * c) * 1e-3, t) for b, c, t, _ in rows):
+            self.rejected += 1
+            return None
         self.fitted = model
         self.fits += 1
         return model
+
+
+def _within_10x(predicted_measured) -> bool:
+    """A fit is sane when it is positive everywhere the measurements live and within 10x of
+    each: a burst of odd samples must not break routing."""
+    return all(p > 0 and t / 10 <= p <= t * 10 for p, t in predicted_measured)
