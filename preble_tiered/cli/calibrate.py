@@ -131,7 +131,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                       file=sys.stderr)
             client_gaps = _run_sweep(sweep, inference, inf_md, info.vocab_size, info.nodes_alive,
                                      info.max_model_len, not args.quiet)
-            time.sleep(1.5)  # the router polls its nodes' measurements every load interval (0.5 s by default)
             source = "preble " + shlex.join(getattr(args, "argv", []) or ["calibrate"])
             resp = admin.GetProfile(admin_pb2.ProfileRequest(name=args.name, source=source), metadata=admin_md,
                                     timeout=30)

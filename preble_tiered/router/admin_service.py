@@ -226,8 +226,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def GetProfile(self, request, context):
         return await self._call(context, self._profile, request)
 
-    def _profile(self, request):
+    async def _profile(self, request):
         samples = self.router.samples
+        await self.router.feed.refresh()  # the nodes' latest measurements, then drop or fit them
         if request.reset:
             samples.clear()
             return admin_pb2.ProfileResponse()

@@ -50,6 +50,19 @@ class LoadFeed:
                     self.nodes.mark_down(link, why)
             await asyncio.sleep(interval)
 
+    async def refresh(self) -> None:
+        """Poll every live node once now, beside the periodic polls: what the nodes measured
+        before this call is in `samples` when it returns (`preble calibrate` fits right after
+        its sweep). A node that does not answer is left to the periodic polls."""
+        async def one(link: NodeLink) -> None:
+            try:
+                rep = await link.client.load(timeout_s=max(self.config.load_interval_s, 0.5))
+            except NodeError:
+                return
+            if rep.ready:
+                self._take(link, rep)
+        await asyncio.gather(*(one(lk) for lk in self.nodes.links.values() if lk.alive))
+
     def _take(self, link: NodeLink, rep: NodeLoad) -> None:
         link.load = rep
         link.last_load_ok = time.monotonic()

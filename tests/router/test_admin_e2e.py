@@ -299,6 +299,10 @@ def test_calibrate_writes_a_profile_of_this_cluster_that_preble_sim_runs_on(clus
     assert rc == 0, capsys.readouterr().err
     prof = json.loads(out.read_text())
     assert prof["name"] == "e2e" and prof["nodes"] == 2
+    # the profile held every measurement of the sweep: none came in after it was fitted
+    later = call(admin, "GetProfile", admin_pb2.ProfileRequest())
+    assert (later.prefill_samples, later.decode_steps) == (prof["coverage"]["prefill_samples"],
+                                                           prof["coverage"]["decode_steps"])
     nodes = call(admin, "ListNodes", admin_pb2.ListNodesRequest()).nodes
     assert prof["engine"]["hbm_tokens"] == min(n.kv_capacity_tokens for n in nodes)
     assert prof["engine"]["max_num_seqs"] == 16 and prof["engine"]["max_batch_tokens"] > 0

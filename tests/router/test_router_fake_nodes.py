@@ -8,6 +8,7 @@ input validation and overload. The real engine is covered by tests/server/test_c
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import pytest
@@ -44,6 +45,8 @@ class FakeNode(node_pb2_grpc.NodeServicer):
         self.server: grpc.aio.Server | None = None
         self.address = ""
         self.link_rates: dict[str, float] = {}
+        self.prefill_samples: list[tuple[int, int, float]] = []  # reported (and dropped) by the next Load
+        self.decode_steps: list[tuple[int, float, float, int]] = []
 
     async def start(self, router_addr: str) -> None:
         self.server = grpc.aio.server()
@@ -57,7 +60,8 @@ class FakeNode(node_pb2_grpc.NodeServicer):
 
     def info(self) -> node_pb2.NodeInfo:
         return node_pb2.NodeInfo(name=self.name, model="fake", vocab_size=VOCAB, max_model_len=2048, block_size=32,
-                                 kv_capacity_tokens=32 * 1024, kv_bytes_per_token=8192)
+                                 kv_capacity_tokens=32 * 1024, kv_bytes_per_token=8192, max_num_seqs=16,
+                                 max_batch_tokens=2048)
 
     def store(self, prompt: list[int], skip_seq: bool = False) -> None:
         """Hold the prompt's full blocks and publish that (optionally losing the batch)."""
@@ -134,6 +138,11 @@ class FakeNode(node_pb2_grpc.NodeServicer):
         rep = node_pb2.LoadReport(ready=True, event_seq=self.seq)
         for link, bps in self.link_rates.items():
             rep.link_rates.add(link=link, bytes_per_s=bps, samples=3)
+        for e, c, t in self.prefill_samples:
+            rep.prefill_samples.add(new_tokens=e, context_tokens=c, seconds=t)
+        for b, c, t, n in self.decode_steps:
+            rep.decode_steps.add(batch=b, context_tokens=c, seconds=t, steps=n)
+        self.prefill_samples, self.decode_steps = [], []
         return rep
 
     async def Info(self, request, context):
@@ -142,7 +151,7 @@ class FakeNode(node_pb2_grpc.NodeServicer):
 
 class Harness:
     def __init__(self, **router_kw) -> None:
-        self.router = Router(RouterConfig(port=0, load_interval_s=0.1, **router_kw))
+        self.router = Router(RouterConfig(**{"port": 0, "load_interval_s": 0.1, **router_kw}))
         self.server = grpc.aio.server()
         inference_pb2_grpc.add_InferenceServicer_to_server(InferenceService(self.router), self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.router), self.server)
@@ -435,4 +444,30 @@ def test_measured_link_rates_replace_the_cost_models_presets():
             links = h.router.scheduler.cluster.cost.links
             assert (links.dram.bandwidth, links.disk.bandwidth, links.net.bandwidth) == (3e9, 1e9, 1e9)  # medians
             assert h.router.scheduler.policy.planner.cost.links == links  # the planner prices with them
+    run(body())
+
+
+def measured(node: FakeNode, scale: float = 1.0) -> None:
+    """Enough prefills and decode steps for a profile to fit: 3 sizes x 3 repeats, 2 batch sizes x 3
+    context buckets."""
+    node.prefill_samples = [(n, n, scale * (0.001 + n * 1e-5)) for n in (64, 512, 2048) for _ in range(3)]
+    node.decode_steps = [(b, c, scale * (0.002 + b * 1e-4 + c * 1e-7), 20) for b in (1, 4) for c in (100, 1000, 4000)]
+
+
+def test_profile_holds_what_the_nodes_measured_before_the_call_not_only_what_polls_brought():
+    async def body():
+        async with Harness(load_interval_s=60.0) as h:  # no periodic poll after the first during the test
+            a, b = FakeNode("a"), FakeNode("b")
+            await h.add_nodes(a, b)
+            measured(a, scale=100.0)  # measured before the reset: dropped with it
+            await h.admin.GetProfile(admin_pb2.ProfileRequest(reset=True))
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await h.admin.GetProfile(admin_pb2.ProfileRequest())
+            assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "too few prefill" in e.value.details()
+            measured(b)
+            resp = await h.admin.GetProfile(admin_pb2.ProfileRequest(name="fresh"))
+            assert resp.prefill_samples == 9 and resp.decode_steps == 120
+            prof = json.loads(resp.profile_json)
+            assert prof["name"] == "fresh" and prof["coverage"]["prefill_new_tokens"] == [64, 2048]
+            assert prof["decode"]["a"] == pytest.approx(2.0, rel=0.05)  # ms: b's steps, not a's dropped ones (x100)
     run(body())

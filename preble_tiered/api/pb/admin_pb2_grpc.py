@@ -173,6 +173,8 @@ class AdminServicer:
     def GetProfile(self, request, context):
         """A profile of this cluster for `preble sim --profile`: fits of what its nodes measured
         (prefills, decode steps), their engine limits and tiers, links and request overhead.
+        The router first asks every live node for what it measured since its last report, so a
+        profile fitted right after a sweep holds all of it (and a reset drops it).
         FAILED_PRECONDITION when the measurements are too narrow to fit (the message says what to add).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
