@@ -13,6 +13,7 @@ from preble_tiered.router.errors import RequestError
 from preble_tiered.router.prefix_views import PrefixView
 from preble_tiered.router.nodes import NodeLink
 from preble_tiered.router.router import Router
+from preble_tiered.scheduler.cost_model import ChunkedPrefill
 from preble_tiered.scheduler.profile import ProfileError
 from preble_tiered.scheduler.profile_fit import NodeFacts, fit_profile
 from preble_tiered.types import Tier
@@ -89,7 +90,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             requests_rerouted=st.requests_rerouted, branch_counts=dict(r.scheduler.branch_counts),
             prompt_tokens_total=st.prompt_tokens, cached_tokens_total=convert.cached_to_pb(st.cached),
             recomputed_tokens_total=st.recomputed_tokens, index_entries=len(r.scheduler.index),
-            cost_model=(f"fitted ({len(cal)} samples, {cal.fits} fits)" if cal.fitted else "preset (cpu tiny)")
+            cost_model=(f"fitted ({len(cal)} samples, {cal.fits} fits{_per_chunk(cal.fitted)})" if cal.fitted
+                        else "preset (cpu tiny)")
             + ("; decode fitted" if r.feed.decode_calibrator.fitted else "; decode not measured (flat)"))
 
     async def GetNodeResidency(self, request, context):
@@ -266,3 +268,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 def _tier_bytes(link: NodeLink, tier: Tier) -> int:
     """The capacity of `link`'s `tier` from its last load report (0: none)."""
     return next((u.capacity_bytes for u in link.load.tiers if u.tier is tier), 0)
+
+
+def _per_chunk(model) -> str:
+    return f", per chunk of {model.chunk} tokens" if isinstance(model, ChunkedPrefill) else ""

@@ -106,7 +106,7 @@ class LoadFeed:
         for batch, ctx, seconds, steps in rep.decode_steps:
             self.samples.add_decode(batch, ctx, seconds, steps)
             self.decode_calibrator.add(batch, ctx, seconds, steps)
-        fitted = self.calibrator.maybe_refit()
+        fitted = self.calibrator.maybe_refit(self._step_budget())
         if fitted is not None:
             self.scheduler.update_cost(replace(self.scheduler.cluster.cost, prefill=fitted))
             logger.info("prefill model refitted from %d samples: %s", len(self.calibrator), fitted)
@@ -114,6 +114,12 @@ class LoadFeed:
         if decode is not None:
             self.scheduler.update_cost(replace(self.scheduler.cluster.cost, decode=decode))
             logger.info("decode model refitted: %s", decode)
+
+
+    def _step_budget(self) -> int | None:
+        """The live engines' token budget per step (the smallest; None until one reports it)."""
+        budgets = [lk.info.max_batch_tokens for lk in self.nodes.links.values() if lk.alive and lk.info.max_batch_tokens]
+        return min(budgets) if budgets else None
 
 
 class _NotReady(Exception):

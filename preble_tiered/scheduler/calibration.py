@@ -3,7 +3,9 @@
 Nodes report `(new_tokens, context_tokens, seconds)` prefill samples with their load reports.
 The prefill calibrator keeps the most recent `max_samples`, refits `LinearPrefill` once it
 has `min_samples` spread over at least `min_distinct` prompt sizes, and again every
-`refit_every` new samples. A fit that predicts a negative or absurd time for the sizes seen
+`refit_every` new samples. Given the engines' step budget it fits per chunk, as a profile's
+fit and the simulator price a prefill (`ChunkedPrefill`): the router and `preble admin
+profile` then price a long prompt alike. A fit that predicts a negative or absurd time for the sizes seen
 is rejected (the previous model stays), so a burst of odd samples cannot break routing.
 
 Nodes also report their decode-only steps summed per (batch size, context bucket). The
@@ -18,7 +20,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from preble_tiered.scheduler.cost_model import LinearDecode, LinearPrefill, PrefillCost
+from preble_tiered.scheduler.cost_model import ChunkedPrefill, LinearDecode, LinearPrefill, PrefillCost
 from preble_tiered.scheduler.profile_fit import (CONTEXT_BUCKET, MIN_DECODE_BATCHES, MIN_DECODE_BUCKETS,
                                                   PREFILL_BUCKET, DecodeStepSums)
 
@@ -44,7 +46,7 @@ class PrefillCalibrator:
         self.config = config or CalibrationConfig()
         self._samples: deque[tuple[int, int, float]] = deque(maxlen=self.config.max_samples)
         self._since_fit = 0
-        self.fitted: LinearPrefill | None = None
+        self.fitted: PrefillCost | None = None
         self.fits = 0
         self.rejected = 0
 
@@ -57,8 +59,13 @@ class PrefillCalibrator:
         self._samples.append((new_tokens, context_tokens, seconds))
         self._since_fit += 1
 
-    def maybe_refit(self) -> PrefillCost | None:
-        """A newly fitted model when one is due and sane, else None."""
+    def maybe_refit(self, chunk: int | None = None) -> PrefillCost | None:
+        """A newly fitted model when one is due and sane, else None.
+
+        Args:
+            chunk: the engines' token budget per step: the fit is per chunk of it and the model
+                a `ChunkedPrefill` (None: one term per prefill, a `LinearPrefill`).
+        """
         cfg = self.config
         if len(self._samples) < cfg.min_samples:
             return None
@@ -68,10 +75,11 @@ class PrefillCalibrator:
             return None
         self._since_fit = 0
         try:
-            model = LinearPrefill.fit(self._samples)
+            per_chunk = LinearPrefill.fit(self._samples, chunk=chunk)
         except ValueError:
             self.rejected += 1
             return None
+        model = ChunkedPrefill(per_chunk, chunk) if chunk else per_chunk
         if not _within_10x((model.seconds(e, c), t) for e, c, t in self._samples):
             self.rejected += 1
             return None

@@ -120,7 +120,15 @@ class ChunkedPrefill:
     chunk: int
 
     def seconds(self, new_tokens: int, context_tokens: int) -> float:
-        return sum(self.per_chunk.seconds(e, c) for e, c in prefill_chunks(new_tokens, context_tokens, self.chunk))
+        chunk, f = self.chunk, self.per_chunk.seconds
+        if new_tokens <= chunk:  # one step (the router prices this per candidate: keep it a call)
+            return f(new_tokens, context_tokens)
+        t, done = 0.0, context_tokens - new_tokens  # as `prefill_chunks`, without a generator
+        while done < context_tokens:
+            e = min(chunk, context_tokens - done)
+            done += e
+            t += f(e, done)
+        return t
 
 
 @dataclass(frozen=True, slots=True)

@@ -178,6 +178,7 @@ def test_router_calibrated_its_prefill_model_from_the_nodes_measurements(stubs):
     _, admin = stubs
     st = admin.ClusterStats(admin_pb2.ClusterStatsRequest())
     assert st.cost_model.startswith("fitted"), st.cost_model
+    assert "per chunk of 2048 tokens" in st.cost_model  # the engines' step budget, from their registration
 
 
 def test_node_serve_stream_batches_per_step_and_fails_requests_one_by_one(stubs):

@@ -1,7 +1,7 @@
 import pytest
 
 from preble_tiered.scheduler.calibration import CalibrationConfig, DecodeCalibrator, PrefillCalibrator
-from preble_tiered.scheduler.cost_model import FlatDecode, LinearDecode, LinearPrefill, engine_cost_model
+from preble_tiered.scheduler.cost_model import ChunkedPrefill, FlatDecode, LinearDecode, LinearPrefill, engine_cost_model
 from preble_tiered.scheduler.clock import ManualClock
 from preble_tiered.scheduler.core import Scheduler, SchedulerConfig
 
@@ -25,6 +25,19 @@ def test_first_fit_waits_for_enough_distinct_sizes_then_recovers_the_model():
     assert cal.maybe_refit() is None  # not due until refit_every more samples
     feed(cal, [256, 512, 768, 1536])
     assert cal.maybe_refit() is not None and cal.fits == 2
+
+
+def test_given_the_step_budget_the_fit_is_per_chunk_and_prices_long_prompts_as_the_engine_runs_them():
+    true = ChunkedPrefill(TRUE, 512)  # the engine runs prompts past its budget in chunks of 512
+    sizes = [128, 256, 512, 1024, 2048, 3000, 4000]
+    cal = PrefillCalibrator(CalibrationConfig(min_samples=8, min_distinct=3, refit_every=4))
+    feed(cal, sizes * 2, model=true)
+    fitted = cal.maybe_refit(chunk=512)
+    assert isinstance(fitted, ChunkedPrefill) and fitted.chunk == 512
+    for got, want in zip((fitted.per_chunk.a, fitted.per_chunk.b, fitted.per_chunk.d), (TRUE.a, TRUE.b, TRUE.d)):
+        assert got == pytest.approx(want, rel=0.05)
+    for e in (100, 1500, 3500):
+        assert fitted.seconds(e, e + 64) == pytest.approx(true.seconds(e, e + 64), rel=0.01)
 
 
 def test_nonsense_samples_are_ignored_and_an_insane_fit_is_rejected():
