@@ -115,10 +115,10 @@ class LoadFeed:
             self.scheduler.update_cost(replace(self.scheduler.cluster.cost, decode=decode))
             logger.info("decode model refitted: %s", decode)
 
-
     def _step_budget(self) -> int | None:
         """The live engines' token budget per step (the smallest; None until one reports it)."""
-        budgets = [lk.info.max_batch_tokens for lk in self.nodes.links.values() if lk.alive and lk.info.max_batch_tokens]
+        budgets = [lk.info.max_batch_tokens for lk in self.nodes.links.values()
+                   if lk.alive and lk.info.max_batch_tokens]
         return min(budgets) if budgets else None
 
 

@@ -5,8 +5,9 @@ The prefill calibrator keeps the most recent `max_samples`, refits `LinearPrefil
 has `min_samples` spread over at least `min_distinct` prompt sizes, and again every
 `refit_every` new samples. Given the engines' step budget it fits per chunk, as a profile's
 fit and the simulator price a prefill (`ChunkedPrefill`): the router and `preble admin
-profile` then price a long prompt alike. A fit that predicts a negative or absurd time for the sizes seen
-is rejected (the previous model stays), so a burst of odd samples cannot break routing.
+profile` then price a long prompt alike. A fit that predicts a negative or absurd time for
+the sizes seen is rejected (the previous model stays), so a burst of odd samples cannot break
+routing.
 
 Nodes also report their decode-only steps summed per (batch size, context bucket). The
 decode calibrator fits `LinearDecode` (step = a + b x batch + c x batch context) once they
