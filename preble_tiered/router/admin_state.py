@@ -1,8 +1,9 @@
 """The router's persisted admin state: named prefixes and pins, in one JSON file.
 
 Writes are atomic (temporary file, fsync, rename), so a crash leaves the old or the new
-state, never a torn one. A file that cannot be parsed is moved aside (`.corrupt-<time>`)
-and the router starts with no pins, saying so, rather than refusing to start.
+state, never a torn one. The router refuses to start on a path that is not such a file (a
+directory, another file, a newer format), saying what to do, and never moves or overwrites
+it: what is there may be the user's, and pins are not silently dropped.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 import logging
 import os
 import re
-import time
 from pathlib import Path
 
 from preble_tiered.scheduler.pins import NamedPrefix, PinSpec
@@ -40,10 +40,14 @@ class AdminState:
         self.path = path
         self.prefixes: dict[str, NamedPrefix] = {}
         self.pins: dict[str, PinSpec] = {}
-        if path is not None and path.exists():
+        if path is not None and (path.exists() or path.is_symlink()):
             self._load(path)
 
     def _load(self, path: Path) -> None:
+        """Raises ValueError (naming the path and the fix) for anything but a state file."""
+        if not path.is_file():
+            raise ValueError(f"admin state {path} is not a regular file: pass the path of a JSON file to keep "
+                             "names and pins in (it is created if missing)")
         try:
             doc = json.loads(path.read_text())
             if doc.get("version") != FORMAT_VERSION:
@@ -54,14 +58,10 @@ class AdminState:
             for p in doc["pins"]:
                 self.pins[p["name"]] = PinSpec(p["name"], Tier[p["tier"]], p["replicas"], p["created"],
                                                p.get("expires"))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-            os.replace(path, aside)
-            self.prefixes.clear()
-            self.pins.clear()
-            logger.error("admin state %s is unreadable (%s); moved to %s, starting with no names or pins",
-                         path, e, aside)
-            return
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"admin state {path} is not a preble admin state file ({type(e).__name__}: {e}); "
+                             "pass another --state path, or move this file aside to start with no names "
+                             "or pins") from None
         logger.info("admin state: %d named prefixes, %d pins from %s", len(self.prefixes), len(self.pins), path)
 
     def save(self) -> None:

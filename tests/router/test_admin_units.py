@@ -5,7 +5,6 @@ tested with the node's KV runtime, tests/node/test_kv_runtime.py)."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import grpc
 import pytest
@@ -19,7 +18,7 @@ from preble_tiered.api.pb import admin_pb2, admin_pb2_grpc
 from preble_tiered.types import Tier
 
 # ---------------------------------------------------------------- persisted state
-def test_state_round_trips_and_a_corrupt_file_is_moved_aside(tmp_path):
+def test_state_round_trips(tmp_path):
     path = tmp_path / "state.json"
     st = AdminState(path)
     st.prefixes["sys"] = NamedPrefix("sys", (1, 2, 3), (0xDEADBEEF, 0xFFFFFFFFFFFFFFFF), 5.0)
@@ -27,12 +26,23 @@ def test_state_round_trips_and_a_corrupt_file_is_moved_aside(tmp_path):
     st.save()
     again = AdminState(path)
     assert again.prefixes == st.prefixes and again.pins == st.pins
-    path.write_text("{not json")
-    fresh = AdminState(path)
-    assert not fresh.prefixes and not fresh.pins
-    assert list(tmp_path.glob("state.json.corrupt-*"))
-    fresh.save()  # and the router can write a good one again
-    assert json.loads(path.read_text())["version"] == 1
+
+
+@pytest.mark.parametrize("content", ["{not json", "my notes\n", '["a list"]', '{"version": 99}',
+                                     '{"version": 1, "prefixes": [{"name": "x"}], "pins": []}'])
+def test_a_file_that_is_not_a_state_file_is_refused_and_left_as_it_is(tmp_path, content):
+    path = tmp_path / "notes.txt"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=r"notes.txt is not a preble admin state file .*--state"):
+        AdminState(path)
+    assert path.read_text() == content and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_directory_is_refused_and_left_where_it_is(tmp_path):
+    (tmp_path / "keep").write_text("x")
+    with pytest.raises(ValueError, match="is not a regular file"):
+        AdminState(tmp_path)
+    assert tmp_path.is_dir() and (tmp_path / "keep").read_text() == "x"
 
 
 @pytest.mark.parametrize("name", ["", "-x", "a b", "x" * 65, "é"])
