@@ -14,6 +14,8 @@ import re
 import sys
 import time
 
+from preble_tiered.cli.paths import check_output
+
 DEFAULT_ADDR = "127.0.0.1:50051"
 _TIERS = {"hbm": 1, "dram": 2, "disk": 3}
 _TIER_NAMES = {0: "-", 1: "hbm", 2: "dram", 3: "disk"}
@@ -203,6 +205,8 @@ def cmd_admin(args: argparse.Namespace) -> int:
     try:
         token = load_token(ADMIN_TOKEN_ENV, args.admin_token_file)
         method, req = request_for(args)
+        if method == "GetProfile" and args.output:
+            check_output(args.output, "-o")
         client = AdminClient(args.addr, token, args.tls_ca, args.timeout)
     except ValueError as e:
         print(f"preble admin: {e}", file=sys.stderr)

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from pathlib import Path
 
+from preble_tiered.cli.paths import check_output
 from preble_tiered.scheduler.profile_fit import MIN_DECODE_BATCHES, MIN_PREFILL_SIZES, PREFILL_BUCKET
 
 
@@ -109,9 +108,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     sweep = Sweep(tuple(args.prompt_sizes), tuple(args.cached_contexts), tuple(args.batch_sizes),
                   tuple(args.decode_prompts), args.decode_tokens, args.repeats)
     sweep.check()
-    out_dir = Path(args.output).resolve().parent
-    if not out_dir.is_dir() or not os.access(out_dir, os.W_OK):
-        raise ValueError(f"cannot write {args.output}: {out_dir} is not a writable directory")
+    check_output(args.output, "-o")
     admin_md = auth.bearer(t) if (t := auth.load_token(auth.ADMIN_TOKEN_ENV, args.admin_token_file)) else ()
     inf_md = auth.bearer(t) if (t := auth.load_token(auth.INFERENCE_TOKEN_ENV, args.inference_token_file)) else ()
     ch = auth.channel(args.addr, args.tls_ca)

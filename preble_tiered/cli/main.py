@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from preble_tiered.cli import admin as cli_admin, calibrate as cli_calibrate, serving as cli_serving
+from preble_tiered.cli.paths import check_output
 from preble_tiered.scheduler.cost_model import COST_PRESETS, cost_preset
 from preble_tiered.scheduler.policy import PolicyConfig
 from preble_tiered.scheduler.registry import policy_names
@@ -145,6 +146,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
     from preble_tiered.sim.report import Progress, format_table, plot_cdf, write_json
     from preble_tiered.sim.simulator import SimConfig, Simulator
 
+    if args.json:
+        check_output(args.json, "--json", make_parents=True)
     policies = _policies(args)
     reqs, wname = _load_requests(args)
     profile = None
@@ -191,6 +194,8 @@ def cmd_workload(args: argparse.Namespace) -> int:
         for name in sorted(SPECS):
             print(name)
         return 0
+    if args.output != "-":
+        check_output(args.output, "-o")
     reqs, _ = _load_requests(args)
     if args.output == "-":
         write_trace(reqs, sys.stdout)
@@ -222,6 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, RuntimeError) as e:
         print(f"preble {args.cmd}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what was running stops, without a traceback
+        print(f"preble {args.cmd}: interrupted", file=sys.stderr)
+        return 130
     return 1
 
 

@@ -10,6 +10,7 @@ import os
 import shlex
 import sys
 
+from preble_tiered.cli.paths import check_output
 from preble_tiered.cli.tier_defaults import byte_size
 from preble_tiered.scheduler.registry import policy_names
 
@@ -338,6 +339,8 @@ def cmd_bench(args: argparse.Namespace, load_requests) -> int:
     from preble_tiered.client import Client
     from preble_tiered.sim.report import format_table, write_json
 
+    if args.json:
+        check_output(args.json, "--json", make_parents=True)
     given_nodes = args.nodes
     if args.nodes is None:
         if args.openai:

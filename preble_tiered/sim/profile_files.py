@@ -52,8 +52,12 @@ def save(profile: ClusterProfile, path: str | Path) -> None:
     """Write `profile` as JSON (atomically: a crash leaves the old file or the new one)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(profile.to_dict(), indent=2) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(profile.to_dict(), indent=2) + "\n")
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def sim_config(profile: ClusterProfile, policy: str, nodes: int | None = None, **overrides) -> SimConfig:

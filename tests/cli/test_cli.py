@@ -79,6 +79,40 @@ def test_sim_errors_say_what_to_fix(capsys, argv, message):
     assert message in err
 
 
+@pytest.mark.parametrize("argv", [
+    ["sim", "--workload", "loogle", "--nodes", "2", "--requests", "5", "--json", "{dir}"],
+    ["workload", "export", "--workload", "loogle", "-o", "{dir}"],
+    ["calibrate", "--addr", "127.0.0.1:1", "-o", "{dir}"],
+    ["admin", "--addr", "127.0.0.1:1", "profile", "-o", "{dir}"],
+    ["bench", "--addr", "127.0.0.1:1", "--workload", "loogle", "--nodes", "1", "--json", "{dir}"],
+])
+def test_an_output_path_that_is_a_directory_is_refused_before_any_work(capsys, tmp_path, argv):
+    (tmp_path / "keep").write_text("x")
+    code, _, err = run_cli(capsys, *[a.format(dir=tmp_path) for a in argv])
+    assert code == 2 and f"{tmp_path} is a directory: give a file path" in err  # not a connection error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]
+
+
+def test_a_profile_that_cannot_be_written_leaves_no_temporary_file(tmp_path):
+    from preble_tiered.sim import profile_files
+
+    prof = profile_files.load("cpu-tiny")
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(OSError):
+        profile_files.save(prof, tmp_path / "taken")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_ctrl_c_ends_a_command_with_one_line_and_130(capsys, monkeypatch):
+    from preble_tiered.cli import main as cli_main
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli_main, "cmd_sim", interrupted)
+    code, _, err = run_cli(capsys, "sim", "--workload", "loogle", "--nodes", "2")
+    assert code == 130 and err.strip() == "preble sim: interrupted"
+
+
 def test_sim_rejects_bad_numbers_at_parse_time(capsys):
     with pytest.raises(SystemExit) as e:
         main(["sim", "--workload", "toolbench", "--nodes", "0"])
