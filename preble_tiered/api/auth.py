@@ -72,8 +72,10 @@ class TokenAuth(grpc.aio.ServerInterceptor):
             return await continuation(details)
         handler = await continuation(details)
         why = "missing bearer token" if not got else "wrong bearer token"
-        return _refusing(handler, f"{why} for {details.method.split('/')[1]}: pass the token "
-                                  "(--admin-token-file, or the PREBLE_ADMIN_TOKEN / PREBLE_INFERENCE_TOKEN variable)")
+        service = details.method.split("/")[1]
+        kind, env = ("admin", ADMIN_TOKEN_ENV) if service.endswith(".Admin") else ("inference", INFERENCE_TOKEN_ENV)
+        return _refusing(handler, f"{why} for {service}: pass the router's {kind} token "
+                                  f"(--{kind}-token-file FILE, or the {env} variable)")
 
 
 def _refusing(handler: grpc.RpcMethodHandler | None, message: str) -> grpc.RpcMethodHandler | None:
@@ -109,8 +111,18 @@ def channel(addr: str, ca: str | None = None, options=None) -> grpc.Channel:
     """A (sync) client channel: TLS when `ca` (a PEM file of the CA or the server's certificate) is given."""
     if ca is None:
         return grpc.insecure_channel(addr, options=options)
+    return grpc.secure_channel(addr, _ca_credentials(ca), options=options)
+
+
+def aio_channel(addr: str, ca: str | None = None, options=None) -> grpc.aio.Channel:
+    """`channel` for asyncio."""
+    if ca is None:
+        return grpc.aio.insecure_channel(addr, options=options)
+    return grpc.aio.secure_channel(addr, _ca_credentials(ca), options=options)
+
+
+def _ca_credentials(ca: str) -> grpc.ChannelCredentials:
     try:
-        creds = grpc.ssl_channel_credentials(Path(ca).read_bytes())
+        return grpc.ssl_channel_credentials(Path(ca).read_bytes())
     except OSError as e:
         raise ValueError(f"cannot read TLS CA file {ca}: {e.strerror}") from None
-    return grpc.secure_channel(addr, creds, options=options)

@@ -21,6 +21,7 @@ import grpc
 
 from preble_tiered.types import GenParams
 from preble_tiered.api import convert
+from preble_tiered.api.auth import aio_channel, bearer
 from preble_tiered.api.grpc_util import CHANNEL_OPTIONS
 from preble_tiered.api.pb import admin_pb2, admin_pb2_grpc, inference_pb2, inference_pb2_grpc
 from preble_tiered.sim.metrics import RequestRecord, SimResult, stats
@@ -41,6 +42,12 @@ class BenchConfig:
     """The model's vocabulary for the prompt token ids (None: the server's report)."""
     nodes: int | None = None
     """Nodes behind an OpenAI server that does not report them (summaries per node)."""
+    token: str | None = None
+    """The Inference API's bearer token (over --openai: the API key), when the server requires one."""
+    admin_token: str | None = None
+    """The Admin API's token, for the router's policy and branch counts (optional)."""
+    tls_ca: str | None = None
+    """PEM of the CA (or the router's certificate): connect over TLS."""
 
 
 @dataclass
@@ -61,20 +68,25 @@ def check_fits(requests: Sequence[WorkloadRequest], max_model_len: int, max_out:
 async def run_bench(requests: Sequence[WorkloadRequest], cfg: BenchConfig, label: str = "") -> BenchOutcome:
     if cfg.openai_url:
         return await _run_openai(requests, cfg, label)
-    async with grpc.aio.insecure_channel(cfg.addr, options=CHANNEL_OPTIONS) as ch:
+    md = bearer(cfg.token) if cfg.token else None
+    admin_md = bearer(cfg.admin_token) if cfg.admin_token else None
+    async with aio_channel(cfg.addr, cfg.tls_ca, CHANNEL_OPTIONS) as ch:
         stub = inference_pb2_grpc.InferenceStub(ch)
-        info = await stub.GetModelInfo(inference_pb2.ModelInfoRequest(), timeout=10)
+        try:
+            info = await stub.GetModelInfo(inference_pb2.ModelInfoRequest(), timeout=10, metadata=md)
+        except grpc.aio.AioRpcError as e:
+            raise RuntimeError(f"cannot use the cluster at {cfg.addr}: {e.code().name}: {e.details()}") from None
         if info.nodes_alive == 0:
             raise ValueError(f"the cluster at {cfg.addr} has no node serving")
         check_fits(requests, info.max_model_len, cfg.max_output_tokens)
-        policy, branches_before = await _router_view(ch)
+        policy, branches_before = await _router_view(ch, admin_md)
 
         async def one(r: WorkloadRequest, t0: float) -> RequestRecord:
-            return await _send(stub, r, info.vocab_size, cfg, t0)
+            return await _send(stub, r, info.vocab_size, cfg, t0, md)
 
         done, failures, wall = await _replay(requests, one, grpc.aio.AioRpcError,
                                              lambda e: f"{e.code().name}: {e.details()}", cfg.progress)
-        _, branches_after = await _router_view(ch)
+        _, branches_after = await _router_view(ch, admin_md)
     branches = {k: v - branches_before.get(k, 0) for k, v in branches_after.items() if v - branches_before.get(k, 0)}
     return _outcome(policy or label, label, done, failures, branches, wall, info.nodes_alive)
 
@@ -85,9 +97,12 @@ async def _run_openai(requests: Sequence[WorkloadRequest], cfg: BenchConfig, lab
 
     from preble_tiered.cli import bench_openai
 
-    async with openai.AsyncOpenAI(base_url=cfg.openai_url, api_key=bench_openai.api_key(), max_retries=0,
+    async with openai.AsyncOpenAI(base_url=cfg.openai_url, api_key=cfg.token or bench_openai.api_key(), max_retries=0,
                                   timeout=cfg.timeout_s) as client:
-        server = await bench_openai.describe(client, cfg.openai_url, cfg.vocab_size)
+        try:
+            server = await bench_openai.describe(client, cfg.openai_url, cfg.vocab_size)
+        except (openai.APIError, httpx.HTTPError) as e:
+            raise RuntimeError(f"cannot use the OpenAI API at {cfg.openai_url}: {type(e).__name__}: {e}") from None
         if server.max_model_len:
             check_fits(requests, server.max_model_len, cfg.max_output_tokens)
 
@@ -148,7 +163,7 @@ def _outcome(policy: str, label: str, done: list[RequestRecord], failures: list[
     return BenchOutcome(summary, failures)
 
 
-async def _send(stub, r: WorkloadRequest, vocab: int, cfg: BenchConfig, t0: float) -> RequestRecord:
+async def _send(stub, r: WorkloadRequest, vocab: int, cfg: BenchConfig, t0: float, md=None) -> RequestRecord:
     out = min(r.output_tokens, cfg.max_output_tokens) if cfg.max_output_tokens else r.output_tokens
     params = GenParams(max_tokens=max(1, out), temperature=0.0, ignore_eos=True)
     ids = request_token_ids(r, vocab).tolist()
@@ -158,7 +173,7 @@ async def _send(stub, r: WorkloadRequest, vocab: int, cfg: BenchConfig, t0: floa
     sent = time.monotonic() - t0
     first = None
     usage = None
-    async for msg in stub.Generate(req, timeout=cfg.timeout_s):
+    async for msg in stub.Generate(req, timeout=cfg.timeout_s, metadata=md):
         if msg.WhichOneof("kind") == "chunk":
             if first is None:
                 first = time.monotonic() - t0
@@ -176,10 +191,11 @@ async def _send(stub, r: WorkloadRequest, vocab: int, cfg: BenchConfig, t0: floa
     return rec
 
 
-async def _router_view(ch: grpc.aio.Channel) -> tuple[str, dict[str, int]]:
-    """The router's policy and branch counts (empty if its Admin API is not reachable)."""
+async def _router_view(ch: grpc.aio.Channel, md=None) -> tuple[str, dict[str, int]]:
+    """The router's policy and branch counts (empty if its Admin API is not reachable or wants a token
+    we were not given)."""
     try:
-        st = await admin_pb2_grpc.AdminStub(ch).ClusterStats(admin_pb2.ClusterStatsRequest(), timeout=5)
+        st = await admin_pb2_grpc.AdminStub(ch).ClusterStats(admin_pb2.ClusterStatsRequest(), timeout=5, metadata=md)
     except grpc.aio.AioRpcError:
         return "", {}
     return st.policy, dict(st.branch_counts)

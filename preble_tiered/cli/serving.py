@@ -125,6 +125,13 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
                     help="with --openai: the model's vocabulary for the prompt token ids (default: the server's "
                          "report; ours gives it, others may not)")
     bn.add_argument("--max-output-tokens", type=positive_int, default=None, help="cap each request's output")
+    bn.add_argument("--inference-token-file", metavar="FILE",
+                    help="file with the Inference API token (default: $PREBLE_INFERENCE_TOKEN; with --openai, "
+                         "else $OPENAI_API_KEY)")
+    bn.add_argument("--admin-token-file", metavar="FILE",
+                    help="file with the Admin API token, to report the router's policy and branches (default: "
+                         "$PREBLE_ADMIN_TOKEN; without it they are left out where the router wants one)")
+    bn.add_argument("--tls-ca", metavar="PEM", help="CA (or server) certificate: connect to the router with TLS")
     bn.add_argument("--json", metavar="PATH", help="write the summary as JSON")
     bn.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -280,13 +287,20 @@ def _serving_banner(cluster, args: argparse.Namespace, token: bool) -> str:
              f"  gRPC    {cluster.addr}"]
     if cluster.http_url:
         lines.append(f"  OpenAI  {cluster.http_url}")
-    lines += ["try:", f"  {_preble_command()} generate --addr {cluster.addr} "
+    # what a fresh shell needs to be let in: the token file the cluster was given (or the variable
+    # it was read from, which `generate` reads too) and the certificate to trust
+    token_file = os.path.abspath(args.inference_token_file) if getattr(args, "inference_token_file", None) else None
+    cert = os.path.abspath(args.tls_cert) if args.tls_cert else None
+    opts = (f" --inference-token-file {shlex.quote(token_file)}" if token and token_file else "") \
+        + (f" --tls-ca {shlex.quote(cert)}" if cert else "")
+    lines += ["try:", f"  {_preble_command()} generate --addr {cluster.addr}{opts} "
                       f"{shlex.quote('Summarise the plot of Hamlet.')}"]
     if cluster.http_url:
         body = json.dumps({"model": os.path.basename(str(cluster.model).rstrip("/")),
                            "prompt": "Summarise the plot of Hamlet.", "max_tokens": 32})
-        auth = " -H 'Authorization: Bearer '\"$PREBLE_INFERENCE_TOKEN\"" if token else ""
-        tls = " --cacert " + shlex.quote(args.tls_cert) if args.tls_cert else ""
+        secret = f"$(cat {shlex.quote(token_file)})" if token_file else "$PREBLE_INFERENCE_TOKEN"
+        auth = f" -H \"Authorization: Bearer {secret}\"" if token else ""
+        tls = " --cacert " + shlex.quote(cert) if cert else ""
         lines.append(f"  curl -s{tls} {cluster.http_url}/completions -H 'Content-Type: application/json'{auth} "
                      f"-d {shlex.quote(body)}")
     lines.append("Ctrl-C stops everything.")
@@ -335,22 +349,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, load_requests) -> int:
+    import grpc
+
+    from preble_tiered.api.auth import ADMIN_TOKEN_ENV, INFERENCE_TOKEN_ENV, load_token
     from preble_tiered.cli.bench import BenchConfig, run_bench
     from preble_tiered.client import Client
     from preble_tiered.sim.report import format_table, write_json
 
     if args.json:
         check_output(args.json, "--json", make_parents=True)
+    token = load_token(INFERENCE_TOKEN_ENV, args.inference_token_file)
     given_nodes = args.nodes
     if args.nodes is None:
         if args.openai:
             args.nodes = 1  # scales a built-in workload; a trace is replayed as it is
         else:
-            with Client(args.addr) as c:
-                args.nodes = max(1, c.model_info().nodes_alive)
+            try:
+                with Client(args.addr, token=token, tls_ca=args.tls_ca) as c:
+                    args.nodes = max(1, c.model_info().nodes_alive)
+            except grpc.RpcError as e:
+                raise RuntimeError(f"cannot use the cluster at {args.addr}: {e.code().name}: {e.details()}") from None
     reqs, wname = load_requests(args)
     cfg = BenchConfig(addr=args.addr, max_output_tokens=args.max_output_tokens, progress=not args.quiet,
-                      openai_url=args.openai, vocab_size=args.vocab_size, nodes=given_nodes)
+                      openai_url=args.openai, vocab_size=args.vocab_size, nodes=given_nodes, token=token,
+                      admin_token=load_token(ADMIN_TOKEN_ENV, args.admin_token_file), tls_ca=args.tls_ca)
     out = asyncio.run(run_bench(reqs, cfg, wname))
     s = out.summary
     print(format_table([s]))

@@ -113,6 +113,25 @@ def test_ctrl_c_ends_a_command_with_one_line_and_130(capsys, monkeypatch):
     assert code == 130 and err.strip() == "preble sim: interrupted"
 
 
+def test_the_serve_banner_s_commands_carry_the_token_file_and_the_certificate(tmp_path, monkeypatch):
+    import argparse
+    import types
+
+    from preble_tiered.cli.serving import _serving_banner
+
+    monkeypatch.chdir(tmp_path)
+    cluster = types.SimpleNamespace(addr="127.0.0.1:50051", http_url="https://127.0.0.1:8000/v1", model="/m/tiny")
+    args = argparse.Namespace(nodes=2, policy="e2_tiered", inference_token_file="tok", tls_cert="cert.pem")
+    lines = _serving_banner(cluster, args, token=True).splitlines()
+    gen = next(ln for ln in lines if " generate " in ln)
+    curl = next(ln for ln in lines if ln.strip().startswith("curl"))
+    assert f"--inference-token-file {tmp_path / 'tok'}" in gen and f"--tls-ca {tmp_path / 'cert.pem'}" in gen
+    assert f'Authorization: Bearer $(cat {tmp_path / "tok"})' in curl and f"--cacert {tmp_path / 'cert.pem'}" in curl
+    plain = _serving_banner(cluster, argparse.Namespace(nodes=2, policy="p", inference_token_file=None,
+                                                        tls_cert=None), token=False)
+    assert "token-file" not in plain and "--cacert" not in plain and "Authorization" not in plain
+
+
 def test_sim_rejects_bad_numbers_at_parse_time(capsys):
     with pytest.raises(SystemExit) as e:
         main(["sim", "--workload", "toolbench", "--nodes", "0"])

@@ -120,6 +120,7 @@ def test_interceptor_refuses_without_the_token_and_the_handler_never_runs():
                         codes.append((e.code(), e.details()))
                 assert [c for c, _ in codes] == [grpc.StatusCode.UNAUTHENTICATED] * 3
                 assert "missing" in codes[0][1] and "wrong" in codes[1][1]
+                assert "admin token (--admin-token-file FILE, or the PREBLE_ADMIN_TOKEN variable)" in codes[0][1]
                 assert svc.calls == 0
                 ok = await stub.ClusterStats(admin_pb2.ClusterStatsRequest(), metadata=bearer(token))
                 assert ok.policy == "p" and svc.calls == 1

@@ -82,6 +82,20 @@ def test_tls_client_without_the_token_is_refused(router):
     with Client(addr, 5.0, tls_ca=cert) as c, pytest.raises(grpc.RpcError) as e:
         c.model_info()
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "inference token (--inference-token-file FILE, or the PREBLE_INFERENCE_TOKEN variable)" in e.value.details()
+
+
+def test_bench_gets_through_with_the_token_file_and_the_certificate(router, tmp_path, capsys, monkeypatch):
+    from preble_tiered.cli.main import main
+
+    addr, cert, _ = router
+    monkeypatch.delenv("PREBLE_INFERENCE_TOKEN", raising=False)
+    argv = ["bench", "--addr", addr, "--workload", "loogle", "--requests", "2", "--nodes", "1", "--quiet"]
+    assert main([*argv, "--tls-ca", cert]) == 2
+    assert "UNAUTHENTICATED" in capsys.readouterr().err  # a clear refusal, no traceback
+    (tmp_path / "tok").write_text("inference-token-0123456789\n")
+    assert main([*argv, "--tls-ca", cert, "--inference-token-file", str(tmp_path / "tok")]) == 2
+    assert "has no node serving" in capsys.readouterr().err  # let in: this router has no nodes
 
 
 def test_plaintext_client_cannot_talk_to_a_tls_router(router):
