@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -96,11 +97,18 @@ class LocalCluster:
     def _start(self, progress) -> None:
         from preble_tiered.engine.tiny_model import ensure_tiny_model
 
+        s = self.spec
         if self.model is None:
             progress("building/using the tiny random-weight model ...")
             self.model = str(ensure_tiny_model())
+        elif not Path(self.model).is_dir():
+            raise RuntimeError(f"model directory {self.model} does not exist: give a local model directory "
+                               "(nothing is downloaded), or leave --model out for the tiny model")
+        for flag, port in (("--port", s.port), ("--http-port", s.http_port)):
+            if port and not _port_free(s.host, port):
+                raise RuntimeError(f"{s.host}:{port} is in use (another preble serve, or another server): "
+                                   f"pick another {flag}")
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        s = self.spec
         self._router_args = ["router", "--host", s.host, "--port", str(s.port), "--policy", s.policy,
                              "--block-size", str(s.block_size), "--tokenizer", self.model,
                              "--http-port", str(s.http_port), *s.router_args]
@@ -180,8 +188,9 @@ class LocalCluster:
     def _check_alive(self) -> None:
         for name, p in self.processes():
             if p.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {p.returncode} during start; "
-                                   f"see {self.log_dir / (name + '.log')}")
+                log = self.log_dir / (name + ".log")
+                raise RuntimeError(f"{name} exited with code {p.returncode} during start:\n{_log_tail(log)}\n"
+                                   f"(its whole log: {log})")
 
     def model_info(self, timeout: float = 5.0) -> inference_pb2.ModelInfo:
         from preble_tiered.client import Client
@@ -259,3 +268,24 @@ def cache_dir() -> Path:
 
 def _default_log_dir() -> Path:
     return cache_dir() / "logs" / time.strftime("%Y%m%d-%H%M%S")
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether `host:port` can be listened on now (a server started there would get it)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no obstacle
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _log_tail(path: Path, lines: int = 6) -> str:
+    """The last lines of a process's log that say something (what a failed start ended with)."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "  (no log)"
+    keep = [ln for ln in text if ln.strip() and not ln.startswith(("Error in sys.excepthook", "Original exception"))]
+    return "\n".join("  " + ln[:300] for ln in keep[-lines:]) or "  (empty log)"

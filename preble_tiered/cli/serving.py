@@ -231,6 +231,9 @@ def cmd_node(args: argparse.Namespace) -> int:
     _logging()
     from preble_tiered.engine.vllm_engine import EngineConfig
 
+    if not os.path.isdir(args.model):
+        raise ValueError(f"--model {args.model}: no such directory; give a local model directory (nothing is "
+                         "downloaded)")
     kv = None
     disk_path = args.disk_path if args.disk_bytes != 0 else None
     if disk_path and args.dram_bytes == 0:

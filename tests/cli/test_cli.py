@@ -132,6 +132,38 @@ def test_the_serve_banner_s_commands_carry_the_token_file_and_the_certificate(tm
     assert "token-file" not in plain and "--cacert" not in plain and "Authorization" not in plain
 
 
+def test_serve_refuses_a_missing_model_and_a_port_in_use_before_starting_anything(capsys, tmp_path):
+    import socket
+
+    base = ["serve", "--nodes", "1", "--dram-bytes", "0", "--disk-bytes", "0", "--http-port", "0",
+            "--log-dir", str(tmp_path / "logs")]
+    code, _, err = run_cli(capsys, *base, "--model", str(tmp_path / "nope"))
+    assert code == 2 and "model directory" in err and "does not exist" in err
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        code, _, err = run_cli(capsys, *base, "--model", str(tmp_path), "--port", str(port))
+    assert code == 2 and f"127.0.0.1:{port} is in use" in err and "--port" in err
+    assert not (tmp_path / "logs" / "router.log").exists()  # nothing was started
+
+
+def test_node_refuses_a_model_directory_that_does_not_exist(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "node", "--model", str(tmp_path / "nope"))
+    assert code == 2 and "no such directory" in err and "nothing is downloaded" in err
+
+
+def test_a_failed_start_shows_the_end_of_the_process_log(tmp_path):
+    from preble_tiered.cli.launcher import _log_tail
+
+    log = tmp_path / "node0.log"
+    log.write_text("".join(f"line {i}\n" for i in range(20))
+                   + "preble node: error: the reason\nError in sys.excepthook:\n\nOriginal exception was:\n")
+    tail = _log_tail(log, lines=3).splitlines()
+    assert tail == ["  line 18", "  line 19", "  preble node: error: the reason"]
+    assert _log_tail(tmp_path / "missing.log") == "  (no log)"
+
+
 def test_sim_rejects_bad_numbers_at_parse_time(capsys):
     with pytest.raises(SystemExit) as e:
         main(["sim", "--workload", "toolbench", "--nodes", "0"])
