@@ -297,6 +297,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        router_args=tuple(router_args), inference_token=sec["inference_token"], tls_ca=args.tls_cert,
                        http_port=args.http_port)
     cluster = LocalCluster(spec)
+    saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops as cleanly as Ctrl-C
     try:
         print(tiers.describe(), flush=True)
@@ -317,8 +318,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # disk); stop() itself escalates to SIGKILL after its grace period.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        cluster.stop()
-        print("stopped: router and nodes exited", flush=True)
+        try:
+            cluster.stop()
+            print("stopped: router and nodes exited", flush=True)
+        finally:  # as they were: a caller in the same process (and its children) keep their Ctrl-C
+            signal.signal(signal.SIGINT, saved[0])
+            signal.signal(signal.SIGTERM, saved[1])
 
 
 def _serving_banner(cluster, args: argparse.Namespace, token: bool) -> str:

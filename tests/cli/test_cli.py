@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -146,6 +147,8 @@ def test_serve_refuses_a_missing_model_and_a_port_in_use_before_starting_anythin
         code, _, err = run_cli(capsys, *base, "--model", str(tmp_path), "--port", str(port))
     assert code == 2 and f"127.0.0.1:{port} is in use" in err and "--port" in err
     assert not (tmp_path / "logs" / "router.log").exists()  # nothing was started
+    # run in this process, serve leaves Ctrl-C as it found it (children started later inherit it)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_node_refuses_a_model_directory_that_does_not_exist(capsys, tmp_path):
