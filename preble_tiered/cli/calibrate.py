@@ -23,7 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from preble_tiered.cli.paths import check_output
-from preble_tiered.scheduler.profile_fit import MIN_DECODE_BATCHES, MIN_PREFILL_SIZES, PREFILL_BUCKET
+from preble_tiered.scheduler.profile_fit import (MIN_DECODE_BATCHES, MIN_PREFILL_SAMPLES, MIN_PREFILL_SIZES,
+                                                  PREFILL_BUCKET)
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,12 @@ class Sweep:
     def check(self, max_model_len: int | None = None) -> None:
         """Raises ValueError when the sweep cannot support a fit (saying what to add), also
         once what does not fit the model is left out."""
-        sizes = sorted({p // PREFILL_BUCKET for _, p in self.prefills(max_model_len)})
+        prefills = self.prefills(max_model_len)
+        sizes = sorted({p // PREFILL_BUCKET for _, p in prefills})
+        if len(prefills) * self.repeats < MIN_PREFILL_SAMPLES and len(sizes) >= MIN_PREFILL_SIZES:
+            raise ValueError(f"the sweep is too small to fit prefill times: it sends {len(prefills) * self.repeats} "
+                             f"prefills and a fit needs {MIN_PREFILL_SAMPLES}; raise --repeats or add "
+                             "--prompt-sizes or --cached-contexts")
         if len(sizes) < MIN_PREFILL_SIZES:
             raise ValueError(f"the sweep is too narrow to fit prefill times: --prompt-sizes needs {MIN_PREFILL_SIZES} "
                              f"or more sizes at least {PREFILL_BUCKET} tokens apart (got "

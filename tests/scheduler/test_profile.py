@@ -138,6 +138,7 @@ def test_fit_profile_refuses_samples_too_narrow_saying_what_to_add(kw, says):
 @pytest.mark.parametrize("argv, says", [
     (["--prompt-sizes", "512", "520"], "--prompt-sizes needs 3"),
     (["--batch-sizes", "4"], "--batch-sizes needs 2"),
+    (["--prompt-sizes", "64", "512", "1024", "--cached-contexts", "0", "--repeats", "2"], "sends 6 prefills"),
 ])
 def test_calibrate_refuses_a_sweep_too_narrow_to_fit_before_sending_anything(argv, says, capsys, tmp_path):
     rc = cli.main(["calibrate", "--addr", "127.0.0.1:1", "-o", str(tmp_path / "p.json"), *argv])
