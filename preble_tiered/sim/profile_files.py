@@ -40,7 +40,7 @@ def load(name_or_path: str) -> ClusterProfile:
     path = resolve(name_or_path)
     try:
         doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ProfileError(f"{path}: not JSON ({e})") from None
     try:
         return ClusterProfile.from_dict(doc)

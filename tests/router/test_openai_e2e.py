@@ -172,6 +172,12 @@ BAD = [
     ("/completions", {"model": MODEL, "prompt": "a\ud800b"}, 400, "lone surrogate"),
     ("/chat/completions", {"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}, 404, "not served"),
     ("/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 3}, 400, "n must"),
+    ("/completions", {"model": MODEL, "prompt": "x", "stream": "yes"}, 400, "stream"),
+    ("/completions", {"model": MODEL, "prompt": "x", "max_tokens": True}, 400, "max_tokens"),
+    ("/completions", {"model": MODEL, "prompt": "x", "logprobs": 5}, 400, "logprobs is not served"),
+    ("/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "logprobs": True,
+                           "top_logprobs": 2}, 400, "logprobs is not served"),
+    ("/chat/completions", {"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}, 400, "messages.0.role"),
     ("/nowhere", {}, 404, "Not Found"),
 ]
 
@@ -182,7 +188,8 @@ def test_bad_input_is_a_4xx_in_openais_error_shape(cluster, path, body, status, 
 
 
 def test_malformed_json_and_oversized_bodies(cluster):
-    assert_openai_error(post(cluster, "/completions", None, raw=b'{"prompt": '), 400)
+    assert_openai_error(post(cluster, "/completions", None, raw=b'{"prompt": '), 400,
+                        "the request body is not valid JSON at character 11")
     host, port = cluster.http_url.split("//")[1].split("/")[0].split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:  # a declared 64 MiB body: refused unread
         s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
@@ -201,7 +208,8 @@ def test_malformed_json_and_oversized_bodies(cluster):
 
 
 def test_the_token_is_required_and_unknown_fields_are_ignored(cluster):
-    body = {"model": MODEL, "prompt": "x", "max_tokens": 1, "logit_bias": {"5": 1}, "frobnicate": True}
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 1, "logit_bias": {"5": 1}, "frobnicate": True,
+            "temperature": 0, "logprobs": None}  # an int for a float, and a null logprobs, are fine
     assert_openai_error(post(cluster, "/completions", body, token=None), 401, "missing bearer token")
     assert_openai_error(post(cluster, "/completions", body, token="wrong-token-0123456789"), 401, "wrong bearer")
     r = httpx.get(cluster.http_url + "/models", timeout=10)

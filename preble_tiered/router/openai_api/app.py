@@ -102,6 +102,10 @@ class OpenAIFront:
         if body.n != 1:
             raise ApiError(400, f"n must be 1 (got {body.n}): send one request per choice", "invalid_request_error",
                            param="n")
+        for name in ("logprobs", "top_logprobs"):
+            if getattr(body, name) not in (None, False, 0):
+                raise ApiError(400, f"{name} is not served by this router: leave it out (or null)",
+                               "invalid_request_error", param=name)
 
     async def chat(self, body: ChatRequest, request: Request) -> Response:
         self._check_common(body)

@@ -72,6 +72,12 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
 async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
     errs = exc.errors()
     first = errs[0] if errs else {}
+    if first.get("type") == "json_invalid":  # its loc is a character position, not a field
+        loc = first.get("loc", ())
+        where = f" at character {loc[-1]}" if loc and isinstance(loc[-1], int) else ""
+        why = (first.get("ctx") or {}).get("error", "")
+        return JSONResponse(error_body(f"the request body is not valid JSON{where}" + (f": {why}" if why else ""),
+                                       "invalid_request_error", "invalid_body"), status_code=400)
     loc = [str(x) for x in first.get("loc", ()) if x != "body"]
     param = ".".join(loc) or None
     msg = first.get("msg", "invalid request body")

@@ -1,17 +1,22 @@
 """The OpenAI API's request bodies (pydantic) and the shapes of its answers.
 
 Fields the OpenAI API has and this router does not use are ignored, as the OpenAI API ignores
-unknown fields. `priority` is an extension: the gRPC priority, in [-9, 9].
+unknown fields, except those whose answer a client would miss (`logprobs`, `top_logprobs`: a
+400 says they are not served). `priority` is an extension: the gRPC priority, in [-9, 9].
+
+Types are strict, as OpenAI's are: `"stream": "yes"` or `"max_tokens": true` is a 400, not
+coerced (a number may still be given for a float).
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    include_usage: bool = False
+    include_usage: bool = Field(default=False, strict=True)
 
 
 class SamplingFields(BaseModel):
@@ -19,21 +24,24 @@ class SamplingFields(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
-    temperature: float | None = None
-    top_p: float | None = None
+    temperature: float | None = Field(default=None, strict=True)
+    top_p: float | None = Field(default=None, strict=True)
     stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = 1
+    seed: int | None = Field(default=None, strict=True)
+    n: int = Field(default=1, strict=True)
     user: str | None = Field(default=None, max_length=256)
-    ignore_eos: bool = False
-    stream: bool = False
+    ignore_eos: bool = Field(default=False, strict=True)
+    stream: bool = Field(default=False, strict=True)
     stream_options: StreamOptions | None = None
-    priority: int = 0
+    priority: int = Field(default=0, strict=True)
+    logprobs: Any = None
+    """Not served: anything but null, false or 0 is refused (`App._check_common`)."""
+    top_logprobs: Any = None
 
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[int] | list[str] | list[list[int]]
-    max_tokens: int | None = 16
+    max_tokens: int | None = Field(default=16, strict=True)
     """OpenAI's default for completions."""
 
 
@@ -45,15 +53,15 @@ class ContentPart(BaseModel):
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: str
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
 
 
 class ChatRequest(SamplingFields):
     messages: list[ChatMessage]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    max_tokens: int | None = Field(default=None, strict=True)
+    max_completion_tokens: int | None = Field(default=None, strict=True)
     """Unset with max_tokens: up to the model's length."""
 
 
