@@ -69,7 +69,8 @@ def _add_workload_args(p: argparse.ArgumentParser, trace: bool, nodes_default: i
                    help="number of nodes (GPUs) the workload is scaled to (default: "
                         f"{nodes_default or 'the nodes serving'})")
     p.add_argument("--requests", type=_positive_int, default=None,
-                   help="number of requests (default: the workload's, scaled with --nodes; a trace's: all)")
+                   help="number of requests (default: the workload's, scaled with --nodes"
+                        + ("; with --trace: all of its requests)" if trace else ")"))
     p.add_argument("--rps", type=_positive_float, default=None,
                    help="total arrival rate (default: the workload's, scaled with --nodes)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

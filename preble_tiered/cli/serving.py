@@ -254,7 +254,14 @@ def cmd_node(args: argparse.Namespace) -> int:
     ncfg = NodeConfig(name=args.name or f"node-{args.port or os.getpid()}", host=args.host, port=args.port, router=args.router,
                       max_queue=args.max_queue, metrics_port=args.metrics_port,
                       bulk=BulkConfig(args.transfer, args.transfer_protocol))
-    asyncio.run(serve_node(ncfg, ecfg, kv))
+    try:
+        asyncio.run(serve_node(ncfg, ecfg, kv))
+    except ValueError as e:
+        if "KV cache" not in str(e):
+            raise
+        # vLLM's advice names its own knobs (gpu_memory_utilization); a node's are these
+        raise ValueError(f"{e}\n  on this node: raise --kv-cache-bytes (now {args.kv_cache_bytes}) or lower "
+                         "--max-model-len (preble serve passes both on)") from None
     return 0
 
 

@@ -156,6 +156,16 @@ def test_node_refuses_a_model_directory_that_does_not_exist(capsys, tmp_path):
     assert code == 2 and "no such directory" in err and "nothing is downloaded" in err
 
 
+def test_too_little_kv_cache_names_the_nodes_own_options(capsys, tmp_path, monkeypatch):
+    from preble_tiered.node import agent
+
+    async def too_small(*_a, **_k):  # what vLLM raises when max_model_len does not fit the cache
+        raise ValueError("0.06 GiB KV cache is needed ... Try increasing `gpu_memory_utilization`")
+    monkeypatch.setattr(agent, "serve_node", too_small)
+    code, _, err = run_cli(capsys, "node", "--model", str(tmp_path), "--kv-cache-bytes", "1000000")
+    assert code == 2 and "raise --kv-cache-bytes (now 1000000) or lower --max-model-len" in err
+
+
 def test_a_failed_start_shows_the_end_of_the_process_log(tmp_path):
     from preble_tiered.cli.launcher import _log_tail
 
