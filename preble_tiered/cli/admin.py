@@ -101,7 +101,7 @@ def add_parser(sub) -> None:
     ls.add_argument("--node", type=_count(0), help="only prefixes held on this node id")
     ls.add_argument("--tier", choices=sorted(_TIERS), help="only prefixes held in this tier")
     ls.add_argument("--min-tokens", type=_count(0), default=0, help="only prefixes at least this long")
-    ls.add_argument("--limit", type=_count(1), default=100, help="rows (default 100, at most 10000)")
+    ls.add_argument("--limit", type=_count(0), default=100, help="rows (default 100, at most 10000)")
     ls.add_argument("--named", action="store_true", help="only named prefixes")
     nm = _leaf(ps.add_parser("name", help="register a name for a prefix"))
     nm.add_argument("name", help="1-64 characters of letters, digits and ._:/-")

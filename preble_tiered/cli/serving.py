@@ -399,6 +399,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_key(file: str | None) -> str | None:
+    """The first line of `file` as it is (None without a file)."""
+    if not file:
+        return None
+    try:
+        return (open(file).read().strip().splitlines() or [""])[0].strip() or None
+    except OSError as e:
+        raise ValueError(f"cannot read token file {file}: {e.strerror}") from None
+
+
 def cmd_bench(args: argparse.Namespace, load_requests) -> int:
     import grpc
 
@@ -409,7 +419,11 @@ def cmd_bench(args: argparse.Namespace, load_requests) -> int:
 
     if args.json:
         check_output(args.json, "--json", make_parents=True)
-    token = load_token(INFERENCE_TOKEN_ENV, args.inference_token_file)
+    if args.openai:  # another server's key, as it is (its own length rules); our Admin API is not asked
+        token, admin_token = _read_key(args.inference_token_file), None
+    else:
+        token = load_token(INFERENCE_TOKEN_ENV, args.inference_token_file)
+        admin_token = load_token(ADMIN_TOKEN_ENV, args.admin_token_file)
     given_nodes = args.nodes
     if args.nodes is None:
         if args.openai:
@@ -423,7 +437,7 @@ def cmd_bench(args: argparse.Namespace, load_requests) -> int:
     reqs, wname = load_requests(args)
     cfg = BenchConfig(addr=args.addr, max_output_tokens=args.max_output_tokens, progress=not args.quiet,
                       openai_url=args.openai, vocab_size=args.vocab_size, nodes=given_nodes, token=token,
-                      admin_token=load_token(ADMIN_TOKEN_ENV, args.admin_token_file), tls_ca=args.tls_ca)
+                      admin_token=admin_token, tls_ca=args.tls_ca)
     out = asyncio.run(run_bench(reqs, cfg, wname))
     s = out.summary
     print(format_table([s]))

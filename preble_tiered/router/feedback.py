@@ -34,16 +34,18 @@ class LoadFeed:
         self.metrics = nodes.metrics
         self.calibrator = PrefillCalibrator()
         self.decode_calibrator = DecodeCalibrator()
+        self._polling: dict[int, asyncio.Lock] = {}  # per node: one Load in flight, reports taken in order
 
     async def poll(self, link: NodeLink, closing) -> None:
         """Poll `link`'s load until `closing()`."""
         interval = self.config.load_interval_s
         while not closing():
             try:
-                rep = await link.client.load(timeout_s=max(interval, 0.5))
-                if not rep.ready:
-                    raise _NotReady()
-                self._take(link, rep)
+                async with self._lock(link):
+                    rep = await link.client.load(timeout_s=max(interval, 0.5))
+                    if not rep.ready:
+                        raise _NotReady()
+                    self._take(link, rep)
             except (NodeError, _NotReady) as e:
                 if link.alive and time.monotonic() - link.last_load_ok >= self.config.down_after_s:
                     why = "engine not ready" if isinstance(e, _NotReady) else f"load polls failing ({e.code.name})"
@@ -55,22 +57,29 @@ class LoadFeed:
         before this call is in `samples` when it returns (`preble calibrate` fits right after
         its sweep). A node that does not answer is left to the periodic polls."""
         async def one(link: NodeLink) -> None:
-            try:
-                rep = await link.client.load(timeout_s=max(self.config.load_interval_s, 0.5))
-            except NodeError:
-                return
-            if rep.ready:
-                self._take(link, rep)
+            async with self._lock(link):  # after a poll in flight: its report is taken first
+                try:
+                    rep = await link.client.load(timeout_s=max(self.config.load_interval_s, 0.5))
+                except NodeError:
+                    return
+                if rep.ready:
+                    self._take(link, rep, follow=False)
         await asyncio.gather(*(one(lk) for lk in self.nodes.links.values() if lk.alive))
 
-    def _take(self, link: NodeLink, rep: NodeLoad) -> None:
+    def _lock(self, link: NodeLink) -> asyncio.Lock:
+        return self._polling.setdefault(link.node_id, asyncio.Lock())
+
+    def _take(self, link: NodeLink, rep: NodeLoad, follow: bool = True) -> None:
+        """`follow`: judge the event stream by the report's sequence number (`check_behind`
+        wants reports a poll interval apart; a refresh right after a poll is not)."""
         link.load = rep
         link.last_load_ok = time.monotonic()
         ns = self.scheduler.cluster.nodes[link.node_id]
         ns.reported_running, ns.reported_waiting = rep.running, rep.waiting
         self.metrics.queue_depth.labels(link.name).set(rep.waiting)
         self.metrics.inflight.labels(link.name).set(ns.n_inflight)
-        check_behind(link, rep.event_seq)
+        if follow:
+            check_behind(link, rep.event_seq)
         self._calibrate(rep)
         self._update_links(link, rep)
 

@@ -119,6 +119,10 @@ class ChunkedPrefill:
     per_chunk: PrefillCost
     chunk: int
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.chunk, int) or self.chunk < 1:
+            raise ValueError(f"chunk must be a whole number of tokens >= 1, got {self.chunk!r}")
+
     def seconds(self, new_tokens: int, context_tokens: int) -> float:
         chunk, f = self.chunk, self.per_chunk.seconds
         if new_tokens <= chunk:  # one step (the router prices this per candidate: keep it a call)

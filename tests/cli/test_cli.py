@@ -166,6 +166,14 @@ def test_too_little_kv_cache_names_the_nodes_own_options(capsys, tmp_path, monke
     assert code == 2 and "raise --kv-cache-bytes (now 1000000) or lower --max-model-len" in err
 
 
+def test_bench_over_openai_takes_another_servers_key_as_it_is(capsys, monkeypatch):
+    monkeypatch.setenv("PREBLE_INFERENCE_TOKEN", "token-abc123")  # vLLM's --api-key example: 12 characters
+    monkeypatch.setenv("PREBLE_ADMIN_TOKEN", "x")  # not ours to check here: the admin API is not asked
+    code, _, err = run_cli(capsys, "bench", "--openai", "http://127.0.0.1:1/v1", "--workload", "loogle",
+                           "--requests", "2", "--vocab-size", "256", "--quiet")
+    assert code == 2 and "cannot use the OpenAI API at http://127.0.0.1:1/v1" in err and "characters" not in err
+
+
 def test_a_failed_start_shows_the_end_of_the_process_log(tmp_path):
     from preble_tiered.cli.launcher import _log_tail
 

@@ -177,7 +177,7 @@ BAD = [
     ("/completions", {"model": MODEL, "prompt": "x", "logprobs": 5}, 400, "logprobs is not served"),
     ("/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "logprobs": True,
                            "top_logprobs": 2}, 400, "logprobs is not served"),
-    ("/chat/completions", {"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}, 400, "messages.0.role"),
+    ("/completions", {"model": MODEL, "prompt": "x", "logprobs": 0}, 400, "logprobs is not served"),
     ("/nowhere", {}, 404, "Not Found"),
 ]
 
@@ -209,7 +209,7 @@ def test_malformed_json_and_oversized_bodies(cluster):
 
 def test_the_token_is_required_and_unknown_fields_are_ignored(cluster):
     body = {"model": MODEL, "prompt": "x", "max_tokens": 1, "logit_bias": {"5": 1}, "frobnicate": True,
-            "temperature": 0, "logprobs": None}  # an int for a float, and a null logprobs, are fine
+            "temperature": 0, "logprobs": False, "top_logprobs": 0}  # an int for a float, logprobs off: fine
     assert_openai_error(post(cluster, "/completions", body, token=None), 401, "missing bearer token")
     assert_openai_error(post(cluster, "/completions", body, token="wrong-token-0123456789"), 401, "wrong bearer")
     r = httpx.get(cluster.http_url + "/models", timeout=10)

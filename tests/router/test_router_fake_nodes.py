@@ -471,3 +471,17 @@ def test_profile_holds_what_the_nodes_measured_before_the_call_not_only_what_pol
             assert prof["name"] == "fresh" and prof["coverage"]["prefill_new_tokens"] == [64, 2048]
             assert prof["decode"]["a"] == pytest.approx(2.0, rel=0.05)  # ms: b's steps, not a's dropped ones (x100)
     run(body())
+
+
+def test_profile_refreshes_do_not_count_as_the_polls_that_judge_the_event_stream():
+    async def body():
+        async with Harness(load_interval_s=60.0) as h:
+            a = FakeNode("a")
+            await h.add_nodes(a)
+            await h.until(lambda: a.snapshots == 1)
+            a.store(doc(9, 8), skip_seq=True)  # the node is a batch ahead of what the router followed
+            for _ in range(3):  # refreshes a few ms apart: not "two polls in a row behind" a poll interval apart
+                await h.admin.GetProfile(admin_pb2.ProfileRequest(reset=True))
+            await asyncio.sleep(0.3)
+            assert a.snapshots == 1 and h.router.links[0].resyncs == 0
+    run(body())

@@ -102,8 +102,10 @@ class OpenAIFront:
         if body.n != 1:
             raise ApiError(400, f"n must be 1 (got {body.n}): send one request per choice", "invalid_request_error",
                            param="n")
-        for name in ("logprobs", "top_logprobs"):
-            if getattr(body, name) not in (None, False, 0):
+        lp, top = body.logprobs, body.top_logprobs  # `logprobs: 0` asks for the sampled tokens' logprobs
+        for name, absent in (("logprobs", lp is None or lp is False),
+                             ("top_logprobs", top is None or (type(top) is int and top == 0))):
+            if not absent:
                 raise ApiError(400, f"{name} is not served by this router: leave it out (or null)",
                                "invalid_request_error", param=name)
 

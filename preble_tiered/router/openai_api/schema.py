@@ -4,13 +4,13 @@ Fields the OpenAI API has and this router does not use are ignored, as the OpenA
 unknown fields, except those whose answer a client would miss (`logprobs`, `top_logprobs`: a
 400 says they are not served). `priority` is an extension: the gRPC priority, in [-9, 9].
 
-Types are strict, as OpenAI's are: `"stream": "yes"` or `"max_tokens": true` is a 400, not
-coerced (a number may still be given for a float).
+The sampling fields' types are strict, as OpenAI's are: `"stream": "yes"` or `"max_tokens":
+true` is a 400, not coerced (an integer may still be given for a float).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,8 +35,10 @@ class SamplingFields(BaseModel):
     stream_options: StreamOptions | None = None
     priority: int = Field(default=0, strict=True)
     logprobs: Any = None
-    """Not served: anything but null, false or 0 is refused (`App._check_common`)."""
+    """Not served: anything but null or false is refused (`OpenAIFront._check_common`; on completions
+    `logprobs: 0` asks for the sampled tokens' logprobs)."""
     top_logprobs: Any = None
+    """Not served: anything but null or 0 is refused."""
 
 
 class CompletionRequest(SamplingFields):
@@ -53,7 +55,8 @@ class ContentPart(BaseModel):
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    role: str
+    """Any role the model's chat template knows (as vLLM takes it; e.g. Llama 3.1's "ipython")."""
     content: str | list[ContentPart] | None = None
     name: str | None = None
 
