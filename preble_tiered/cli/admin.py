@@ -14,6 +14,7 @@ import re
 import sys
 import time
 
+from preble_tiered.cli.argtypes import at_least, positive_float
 from preble_tiered.cli.paths import check_output
 
 DEFAULT_ADDR = "127.0.0.1:50051"
@@ -43,29 +44,6 @@ def _node_list(s: str) -> list[int]:
     return out
 
 
-def _count(least: int):
-    """An argparse type: a whole number >= `least`."""
-    def parse(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
-        if v < least:
-            raise argparse.ArgumentTypeError(f"expected {least} or more, got {v}")
-        return v
-    return parse
-
-
-def _seconds(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {s!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {v}")
-    return v
-
-
 def _leaf(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """`--json` is also accepted after the command (`preble admin prefixes ls --json`)."""
     p.add_argument("--json", dest="json_after", action="store_true", help="print the response as JSON")
@@ -80,7 +58,7 @@ def add_parser(sub) -> None:
     ad.add_argument("--admin-token-file", metavar="FILE", help="file holding the admin token")
     ad.add_argument("--tls-ca", metavar="PEM", help="CA (or server) certificate: connect with TLS")
     ad.add_argument("--json", action="store_true", help="print the response as JSON (for scripts)")
-    ad.add_argument("--timeout", type=_seconds, default=60.0, help="seconds per call (default: 60)")
+    ad.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per call (default: 60)")
     cmds = ad.add_subparsers(dest="admin_cmd", required=True, metavar="COMMAND")
     _leaf(cmds.add_parser("nodes", help="nodes: load, KV usage per tier, pins"))
     _leaf(cmds.add_parser("stats", help="cluster totals: hit rates by tier, routing branch counts"))
@@ -98,10 +76,10 @@ def add_parser(sub) -> None:
     px = cmds.add_parser("prefixes", help="cached prefixes: ls, name, show, pin, unpin, evict, warm")
     ps = px.add_subparsers(dest="prefix_cmd", required=True, metavar="ACTION")
     ls = _leaf(ps.add_parser("ls", help="list cached prefixes (named first, then by demand)"))
-    ls.add_argument("--node", type=_count(0), help="only prefixes held on this node id")
+    ls.add_argument("--node", type=at_least(0), help="only prefixes held on this node id")
     ls.add_argument("--tier", choices=sorted(_TIERS), help="only prefixes held in this tier")
-    ls.add_argument("--min-tokens", type=_count(0), default=0, help="only prefixes at least this long")
-    ls.add_argument("--limit", type=_count(0), default=100, help="rows (default 100, at most 10000)")
+    ls.add_argument("--min-tokens", type=at_least(0), default=0, help="only prefixes at least this long")
+    ls.add_argument("--limit", type=at_least(0), default=100, help="rows (default 100, at most 10000)")
     ls.add_argument("--named", action="store_true", help="only named prefixes")
     nm = _leaf(ps.add_parser("name", help="register a name for a prefix"))
     nm.add_argument("name", help="1-64 characters of letters, digits and ._:/-")
@@ -114,7 +92,7 @@ def add_parser(sub) -> None:
     sh.add_argument("key", help="a name, or a block hash in hex")
     pn = _leaf(ps.add_parser("pin", help="keep a named prefix cached (reconciled by the router; persisted)"))
     pn.add_argument("name")
-    pn.add_argument("--replicas", type=_count(1), default=1, help="nodes that keep it (default 1)")
+    pn.add_argument("--replicas", type=at_least(1), default=1, help="nodes that keep it (default 1)")
     pn.add_argument("--tier", choices=sorted(_TIERS), default="dram",
                     help="dram (default), disk, or hbm (DRAM copy pinned, HBM re-warmed when evicted)")
     pn.add_argument("--ttl", type=parse_duration, default=None, help="release after this long: 90s, 15m, 2h, 7d")
@@ -122,7 +100,7 @@ def add_parser(sub) -> None:
     up.add_argument("name")
     ev = _leaf(ps.add_parser("evict", help="drop a prefix from nodes' DRAM/disk tiers (pinned ones refuse)"))
     ev.add_argument("key", help="a name, or a block hash in hex (evicts the subtree under it)")
-    ev.add_argument("--node", type=_count(0), help="only this node id (default: every node)")
+    ev.add_argument("--node", type=at_least(0), help="only this node id (default: every node)")
     ev.add_argument("--tier", choices=["dram", "disk"], help="only this tier (default: both)")
     wm = _leaf(ps.add_parser("warm", help="prefetch a named prefix onto nodes (KV copy when cheaper than recompute)"))
     wm.add_argument("name")

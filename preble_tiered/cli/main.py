@@ -21,40 +21,11 @@ import sys
 from collections.abc import Sequence
 
 from preble_tiered.cli import admin as cli_admin, calibrate as cli_calibrate, serving as cli_serving
+from preble_tiered.cli.argtypes import nonneg_int, positive_float, positive_int
 from preble_tiered.cli.paths import check_output
 from preble_tiered.scheduler.cost_model import COST_PRESETS, cost_preset
 from preble_tiered.scheduler.policy import PolicyConfig
 from preble_tiered.scheduler.registry import policy_names
-
-
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
-    return v
-
-
-def _nonneg_int(s: str) -> int:
-    try:
-        v = int(float(s)) if "e" in s.lower() else int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected zero or more, got {v}")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
-    return v
 
 
 def _add_workload_args(p: argparse.ArgumentParser, trace: bool, nodes_default: int | None = 8) -> None:
@@ -65,13 +36,13 @@ def _add_workload_args(p: argparse.ArgumentParser, trace: bool, nodes_default: i
     if trace:
         src.add_argument("--trace", metavar="PATH",
                          help='JSONL trace: {"t": s, "segments": [["id", n_tokens], ...], "output_tokens": n} per line')
-    p.add_argument("--nodes", type=_positive_int, default=nodes_default,
+    p.add_argument("--nodes", type=positive_int, default=nodes_default,
                    help="number of nodes (GPUs) the workload is scaled to (default: "
                         f"{nodes_default or 'the nodes serving'})")
-    p.add_argument("--requests", type=_positive_int, default=None,
+    p.add_argument("--requests", type=positive_int, default=None,
                    help="number of requests (default: the workload's, scaled with --nodes"
                         + ("; with --trace: all of its requests)" if trace else ")"))
-    p.add_argument("--rps", type=_positive_float, default=None,
+    p.add_argument("--rps", type=positive_float, default=None,
                    help="total arrival rate (default: the workload's, scaled with --nodes)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--arrival", choices=["poisson", "gamma"], default="poisson",
@@ -94,10 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run on a measured cluster profile (a shipped name such as cpu-tiny, or a JSON file "
                           "from `preble calibrate` / `preble admin profile`): its prefill and decode fits, "
                           "engine limits, KV per tier, links and request overhead; --hbm-tokens etc. override")
-    sim.add_argument("--hbm-tokens", type=_positive_int, default=None, help="per-node GPU KV capacity (default: preset's)")
-    sim.add_argument("--dram-tokens", type=_nonneg_int, default=None, help="per-node DRAM tier (default: 10x HBM)")
-    sim.add_argument("--disk-tokens", type=_nonneg_int, default=None, help="per-node disk tier (default: 50x HBM)")
-    sim.add_argument("--block-size", type=_positive_int, default=None,
+    sim.add_argument("--hbm-tokens", type=positive_int, default=None,
+                     help="per-node GPU KV capacity (default: preset's)")
+    sim.add_argument("--dram-tokens", type=nonneg_int, default=None, help="per-node DRAM tier (default: 10x HBM)")
+    sim.add_argument("--disk-tokens", type=nonneg_int, default=None, help="per-node disk tier (default: 50x HBM)")
+    sim.add_argument("--block-size", type=positive_int, default=None,
                      help="tokens per KV block (default: 32, or the profile's)")
     sim.add_argument("--event-delay", type=float, default=0.0, metavar="S",
                      help="delay before residency events reach the router, seconds (default: 0)")
@@ -114,10 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_workload_args(exp, trace=False)
     exp.add_argument("-o", "--output", required=True, metavar="PATH", help="trace file to write ('-' for stdout)")
     wsub.add_parser("list", help="list the built-in workloads")
-    cli_serving.add_parsers(sub, _positive_int, _positive_float,
+    cli_serving.add_parsers(sub, positive_int, positive_float,
                             lambda p, trace: _add_workload_args(p, trace, nodes_default=None))
     cli_admin.add_parser(sub)
-    cli_calibrate.add_parser(sub, _positive_int)
+    cli_calibrate.add_parser(sub, positive_int)
     return ap
 
 

@@ -10,40 +10,13 @@ import os
 import shlex
 import sys
 
+from preble_tiered.cli.argtypes import at_least, fixed_port, port
 from preble_tiered.cli.paths import check_output
 from preble_tiered.cli.tier_defaults import byte_size
 from preble_tiered.scheduler.registry import policy_names
 
 DEFAULT_PORT = 50051
 DEFAULT_HTTP_PORT = 8000
-
-
-def _port(s: str) -> int:
-    """A TCP port, 0 included (each option says what 0 means)."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {s!r}") from None
-    if not 0 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {v}")
-    return v
-
-
-def _nonneg(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {v}")
-    return v
-
-
-def _fixed_port(s: str) -> int:
-    v = _port(s)
-    if v == 0:
-        raise argparse.ArgumentTypeError("give a fixed port (1-65535): clients and nodes are told this one")
-    return v
 
 
 def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
@@ -53,8 +26,8 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
                                     "model once under ~/.cache/preble_tiered. Ctrl-C stops everything.")
     sv.add_argument("--nodes", type=positive_int, default=2, help="node agents to start (default: 2)")
     sv.add_argument("--model", metavar="PATH", help="local model directory (default: the tiny model)")
-    sv.add_argument("--port", type=_fixed_port, default=DEFAULT_PORT, help=f"router port (default: {DEFAULT_PORT})")
-    sv.add_argument("--http-port", type=_port, default=DEFAULT_HTTP_PORT,
+    sv.add_argument("--port", type=fixed_port, default=DEFAULT_PORT, help=f"router port (default: {DEFAULT_PORT})")
+    sv.add_argument("--http-port", type=port, default=DEFAULT_HTTP_PORT,
                     help=f"router port of the OpenAI HTTP API (default: {DEFAULT_HTTP_PORT}; 0: off)")
     sv.add_argument("--policy", default="e2_tiered", choices=policy_names(), help="routing policy (default: e2_tiered)")
     sv.add_argument("--kv-cache-bytes", type=positive_int, default=256 << 20,
@@ -78,10 +51,10 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     rt = sub.add_parser("router", help="run the router (global scheduler + client API)",
                         description="Serve preble.v1.Inference/Admin/Registry; nodes register with it.")
     rt.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    rt.add_argument("--port", type=_port, default=DEFAULT_PORT,
+    rt.add_argument("--port", type=port, default=DEFAULT_PORT,
                     help=f"gRPC port of the Inference, Admin and Registry APIs (default: {DEFAULT_PORT}; 0: any "
                          "free port, printed at start)")
-    rt.add_argument("--http-port", type=_port, default=DEFAULT_HTTP_PORT,
+    rt.add_argument("--http-port", type=port, default=DEFAULT_HTTP_PORT,
                     help=f"port of the OpenAI HTTP API, /v1/completions and /v1/chat/completions "
                          f"(default: {DEFAULT_HTTP_PORT}; 0: off)")
     rt.add_argument("--served-model-name", default=None, metavar="NAME",
@@ -93,7 +66,7 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     rt.add_argument("--max-nodes", type=positive_int, default=64, help="nodes that may register (default: 64)")
     rt.add_argument("--max-outstanding", type=positive_int, default=1024,
                     help="requests in flight before RESOURCE_EXHAUSTED (default: 1024)")
-    rt.add_argument("--metrics-port", type=_port, default=0, help="Prometheus /metrics port (default: 0, off)")
+    rt.add_argument("--metrics-port", type=port, default=0, help="Prometheus /metrics port (default: 0, off)")
     _add_security_args(rt)
 
     nd = sub.add_parser("node", help="run a node agent (one vLLM engine)",
@@ -102,7 +75,7 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     nd.add_argument("--model", required=True, metavar="PATH", help="local model directory")
     nd.add_argument("--router", metavar="ADDR", help="router host:port to register with")
     nd.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    nd.add_argument("--port", type=_port, default=0, help="Node service port (default: 0, any free port)")
+    nd.add_argument("--port", type=port, default=0, help="Node service port (default: 0, any free port)")
     nd.add_argument("--name", default=None,
                     help="node name, unique in the cluster (default: node-<port>, or node-<process id> with --port 0)")
     nd.add_argument("--block-size", type=positive_int, default=32, help="tokens per KV block, multiple of 32 on CPU")
@@ -114,7 +87,7 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
                     help="most requests the engine runs at once (default: 16)")
     nd.add_argument("--max-queue", type=positive_int, default=256,
                     help="requests waiting before RESOURCE_EXHAUSTED (default: 256)")
-    nd.add_argument("--cpu-core", type=_nonneg, default=None,
+    nd.add_argument("--cpu-core", type=at_least(0), default=None,
                     help="pin the engine's compute to this core, one thread (default: no pinning)")
     nd.add_argument("--gpu-memory-utilization", type=float, metavar="SHARE", default=None,
                     help="GPU nodes: share of the GPU's memory the engine may take, lower when nodes share a GPU "
@@ -130,17 +103,18 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     nd.add_argument("--write-policy", choices=["write_back", "write_through"], default="write_back",
                     help="write_back: DRAM, demoted to disk on DRAM eviction; write_through: DRAM and disk "
                          "(default: write_back)")
-    nd.add_argument("--metrics-port", type=_port, default=0, help="Prometheus /metrics port (default: 0, off)")
+    nd.add_argument("--metrics-port", type=port, default=0, help="Prometheus /metrics port (default: 0, off)")
     _add_transfer_args(nd)
 
     gn = sub.add_parser("generate", help="send one prompt to a cluster",
                         description="Stream a completion from the router; --json prints the final usage message.")
     gn.add_argument("text", help="prompt text")
-    gn.add_argument("--addr", default=f"127.0.0.1:{DEFAULT_PORT}", help=f"router address (default: 127.0.0.1:{DEFAULT_PORT})")
+    gn.add_argument("--addr", default=f"127.0.0.1:{DEFAULT_PORT}",
+                    help=f"router address (default: 127.0.0.1:{DEFAULT_PORT})")
     gn.add_argument("--max-tokens", type=positive_int, default=32, help="tokens to generate at most (default: 32)")
     gn.add_argument("--temperature", type=float, default=0.0, help="0 for greedy (default: 0)")
     gn.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1] (default: 1)")
-    gn.add_argument("--seed", type=_nonneg, default=None, help="sampling seed, 0 or more (default: none)")
+    gn.add_argument("--seed", type=at_least(0), default=None, help="sampling seed, 0 or more (default: none)")
     gn.add_argument("--request-id", default="", help="id of the request (default: the router picks one)")
     gn.add_argument("--json", action="store_true", help="print the usage message as JSON, not the text")
     gn.add_argument("--timeout", type=positive_float, default=300.0, help="seconds (default: 300)")
@@ -153,7 +127,8 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
                                     "--openai; prints TTFT/latency/TPOT/throughput and cached tokens by tier; "
                                     "--json writes the same shape as `preble sim`.")
     add_workload_args(bn, trace=True)
-    bn.add_argument("--addr", default=f"127.0.0.1:{DEFAULT_PORT}", help=f"router address (default: 127.0.0.1:{DEFAULT_PORT})")
+    bn.add_argument("--addr", default=f"127.0.0.1:{DEFAULT_PORT}",
+                    help=f"router address (default: 127.0.0.1:{DEFAULT_PORT})")
     bn.add_argument("--openai", metavar="URL", default=None,
                     help="drive this OpenAI API instead (base URL, e.g. http://127.0.0.1:8000/v1; ours, vLLM's or "
                          "a router's); the key is $PREBLE_INFERENCE_TOKEN, else $OPENAI_API_KEY")
@@ -251,8 +226,8 @@ def cmd_node(args: argparse.Namespace) -> int:
                         max_model_len=args.max_model_len)
     from preble_tiered.transfer.bulk import BulkConfig
 
-    ncfg = NodeConfig(name=args.name or f"node-{args.port or os.getpid()}", host=args.host, port=args.port, router=args.router,
-                      max_queue=args.max_queue, metrics_port=args.metrics_port,
+    ncfg = NodeConfig(name=args.name or f"node-{args.port or os.getpid()}", host=args.host, port=args.port,
+                      router=args.router, max_queue=args.max_queue, metrics_port=args.metrics_port,
                       bulk=BulkConfig(args.transfer, args.transfer_protocol))
     try:
         asyncio.run(serve_node(ncfg, ecfg, kv))
