@@ -178,6 +178,7 @@ BAD = [
     ("/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "logprobs": True,
                            "top_logprobs": 2}, 400, "logprobs is not served"),
     ("/completions", {"model": MODEL, "prompt": "x", "logprobs": 0}, 400, "logprobs is not served"),
+    ("/completions", {"model": MODEL, "prompt": [5.0, 6.0]}, 400, "prompt"),
     ("/nowhere", {}, 404, "Not Found"),
 ]
 

@@ -4,13 +4,14 @@ Fields the OpenAI API has and this router does not use are ignored, as the OpenA
 unknown fields, except those whose answer a client would miss (`logprobs`, `top_logprobs`: a
 400 says they are not served). `priority` is an extension: the gRPC priority, in [-9, 9].
 
-The sampling fields' types are strict, as OpenAI's are: `"stream": "yes"` or `"max_tokens":
-true` is a 400, not coerced (an integer may still be given for a float).
+The sampling fields' and token ids' types are strict, as OpenAI's are: `"stream": "yes"`,
+`"max_tokens": true` or a prompt of `[1.0, 2.0]` is a 400, not coerced (an integer may still be
+given for a float).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,8 +42,11 @@ class SamplingFields(BaseModel):
     """Not served: anything but null or 0 is refused."""
 
 
+TokenId = Annotated[int, Field(strict=True)]
+
+
 class CompletionRequest(SamplingFields):
-    prompt: str | list[int] | list[str] | list[list[int]]
+    prompt: str | list[TokenId] | list[str] | list[list[TokenId]]
     max_tokens: int | None = Field(default=16, strict=True)
     """OpenAI's default for completions."""
 
