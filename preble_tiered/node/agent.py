@@ -352,12 +352,15 @@ async def serve_node(config: NodeConfig, engine_config, kv_config: KVStoreConfig
         loop.add_signal_handler(sig, stop.set)
     starting = asyncio.create_task(agent.start())
     stopping = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if starting in done:
-        starting.result()  # raise a start failure
-        print(f"node {config.name} serving on {agent.address}", flush=True)
-        await stopping
-    else:
-        logger.info("node %s: stop requested during engine start", config.name)
-        starting.cancel()
-    await agent.stop()
+    try:
+        done, _ = await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting in done:
+            starting.result()  # raise a start failure
+            print(f"node {config.name} serving on {agent.address}", flush=True)
+            await stopping
+        else:
+            logger.info("node %s: stop requested during engine start", config.name)
+            starting.cancel()
+    finally:  # a failed start too: the server and threads it began stop here, not at interpreter exit
+        stopping.cancel()
+        await agent.stop()

@@ -174,6 +174,14 @@ def test_bench_over_openai_takes_another_servers_key_as_it_is(capsys, monkeypatc
     assert code == 2 and "cannot use the OpenAI API at http://127.0.0.1:1/v1" in err and "characters" not in err
 
 
+def test_a_node_whose_engine_fails_to_start_exits_2_with_the_reason_and_nothing_else(tmp_path):
+    (tmp_path / "model").mkdir()  # a directory, but no model in it: vLLM refuses it while the node's server is up
+    ran = subprocess.run([sys.executable, "-m", "preble_tiered.cli", "node", "--model", str(tmp_path / "model")],
+                         capture_output=True, text=True, timeout=180)
+    assert ran.returncode == 2 and "preble node: error:" in ran.stderr
+    assert "Error in sys.excepthook" not in ran.stderr and "Traceback" not in ran.stderr, ran.stderr[-2000:]
+
+
 def test_a_failed_start_shows_the_end_of_the_process_log(tmp_path):
     from preble_tiered.cli.launcher import _log_tail
 
