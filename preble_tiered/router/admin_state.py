@@ -34,12 +34,16 @@ def check_name(name: str) -> None:
 
 
 class AdminState:
-    """Named prefixes and pins; `path` None keeps them in memory only."""
+    """Named prefixes, pins and the node id each node name was given; `path` None keeps them in
+    memory only."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.prefixes: dict[str, NamedPrefix] = {}
         self.pins: dict[str, PinSpec] = {}
+        self.node_ids: dict[str, int] = {}
+        """Node name -> the id it had: a node that registers again (a router restart, nodes
+        registering in another order) gets its id back, so admin commands by id keep meaning it."""
         if path is not None and (path.exists() or path.is_symlink()):
             self._load(path)
 
@@ -58,6 +62,10 @@ class AdminState:
             for p in doc["pins"]:
                 self.pins[p["name"]] = PinSpec(p["name"], Tier[p["tier"]], p["replicas"], p["created"],
                                                p.get("expires"))
+            for name, node in doc.get("nodes", {}).items():
+                if not isinstance(node, int) or isinstance(node, bool) or node < 0:
+                    raise ValueError(f"node {name!r} has id {node!r}")
+                self.node_ids[str(name)] = node
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"admin state {path} is not a preble admin state file ({type(e).__name__}: {e}); "
                              "pass another --state path, or move this file aside to start with no names "
@@ -73,6 +81,7 @@ class AdminState:
                           "created": p.created} for p in self.prefixes.values()],
             "pins": [{"name": s.name, "tier": s.tier.name, "replicas": s.replicas, "created": s.created,
                       "expires": s.expires} for s in self.pins.values()],
+            "nodes": dict(self.node_ids),
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -81,3 +90,17 @@ class AdminState:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+
+    # -- node ids (NodeSet's `NodeIds`)
+    def preferred(self, name: str) -> int | None:
+        return self.node_ids.get(name)
+
+    def reserved(self) -> set[int]:
+        return set(self.node_ids.values())
+
+    def remember(self, name: str, node: int) -> None:
+        if name and self.node_ids.get(name) != node:
+            for other in [n for n, i in self.node_ids.items() if i == node]:
+                del self.node_ids[other]  # the id now belongs to `name`
+            self.node_ids[name] = node
+            self.save()

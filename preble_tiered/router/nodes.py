@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
 
@@ -53,12 +54,24 @@ class NodeLink:
         return self.info.name or self.address
 
 
+class NodeIds(Protocol):
+    """Where node ids are remembered by node name (the router's admin state file)."""
+
+    def preferred(self, name: str) -> int | None: ...
+
+    def reserved(self) -> set[int]: ...
+
+    def remember(self, name: str, node: int) -> None: ...
+
+
 class NodeSet:
     """Every node that registered, by id (ids are given in registration order)."""
 
     def __init__(self, config: RouterConfig, scheduler: Scheduler, metrics: RouterMetrics,
-                 client_factory: Callable[[NodeId, str], NodeClient] = GrpcNodeClient) -> None:
+                 client_factory: Callable[[NodeId, str], NodeClient] = GrpcNodeClient,
+                 ids: NodeIds | None = None) -> None:
         self.config = config
+        self._ids = ids
         self.scheduler = scheduler
         self.metrics = metrics
         self.links: dict[NodeId, NodeLink] = {}
@@ -99,17 +112,31 @@ class NodeSet:
         if len(self.links) >= self.config.max_nodes:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"the router takes at most {self.config.max_nodes} nodes (--max-nodes)")
-        node = len(self.links)
+        node = self._pick_id(info.name)
         if self.model is None:
             self.model = info
             cost = engine_cost_model(info.model or "engine", info.kv_bytes_per_token, info.kv_capacity_tokens)
             self.scheduler.update_cost(cost)
         link = self.links[node] = NodeLink(node, address, info, self._client_factory(node, address))
         self._by_address[address] = node
+        if self._ids is not None:
+            self._ids.remember(info.name, node)
         for cb in self.on_register:
             cb(link)
         logger.info("node %d registered: %s at %s", node, info.name, address)
         return node
+
+    def _pick_id(self, name: str) -> NodeId:
+        """The id this name had (if free), else the lowest free id no other known name had, else
+        the lowest free one."""
+        free = [i for i in range(self.config.max_nodes) if i not in self.links]
+        if self._ids is None:
+            return free[0]
+        want = self._ids.preferred(name) if name else None
+        if want in free:
+            return want
+        reserved = self._ids.reserved()
+        return next((i for i in free if i not in reserved), free[0])
 
     def mark_up(self, link: NodeLink, seq: int, events: list[ResidencyEvent]) -> None:
         """A snapshot arrived: the node is up with exactly this residency."""

@@ -48,15 +48,15 @@ class Router:
         self.scheduler = Scheduler(sc, engine_cost_model("engine", 8192, 1 << 16), self.clock)
         for n in range(config.max_nodes):
             self.scheduler.mark_down(n)  # slots come alive as nodes register and resync
-        self.nodes = NodeSet(config, self.scheduler, self.metrics)
+        state = AdminState(Path(config.state_path) if config.state_path else None)
+        self.nodes = NodeSet(config, self.scheduler, self.metrics, ids=state)
         self.samples = ProfileSamples()
         """What the nodes measured, kept for `preble admin profile`."""
         self.feed = LoadFeed(config, self.nodes, self.samples)
         self.decisions = DecisionRing()
         self.dispatch = Dispatcher(config, self.nodes, self.hasher, self.decisions, self.samples)
         self.view = RouterView(self.nodes, self.dispatch, self.clock, self.hasher)
-        self.admin = PrefixAdmin(self.view, AdminState(Path(config.state_path) if config.state_path else None),
-                                 interval_s=config.pin_interval_s)
+        self.admin = PrefixAdmin(self.view, state, interval_s=config.pin_interval_s)
         self.nodes.on_register.append(self._start_link)
         self.nodes.on_down.append(self.admin.on_node_down)
         self.dispatch.on_complete.append(self.admin.on_complete)

@@ -24,8 +24,10 @@ def test_state_round_trips(tmp_path):
     st.prefixes["sys"] = NamedPrefix("sys", (1, 2, 3), (0xDEADBEEF, 0xFFFFFFFFFFFFFFFF), 5.0)
     st.pins["sys"] = PinSpec("sys", Tier.DISK, 2, 5.0, 99.0)
     st.save()
+    st.remember("node0", 1)
+    st.remember("node1", 1)  # the id moved to another name: the old name lets go of it
     again = AdminState(path)
-    assert again.prefixes == st.prefixes and again.pins == st.pins
+    assert again.prefixes == st.prefixes and again.pins == st.pins and again.node_ids == {"node1": 1}
 
 
 @pytest.mark.parametrize("content", ["{not json", "my notes\n", '["a list"]', '{"version": 99}',

@@ -485,3 +485,22 @@ def test_profile_refreshes_do_not_count_as_the_polls_that_judge_the_event_stream
             await asyncio.sleep(0.3)
             assert a.snapshots == 1 and h.router.links[0].resyncs == 0
     run(body())
+
+
+def test_a_node_gets_its_id_back_after_a_router_restart_whatever_the_order_it_registers_in(tmp_path):
+    state = str(tmp_path / "state.json")
+
+    async def body():
+        async with Harness(state_path=state) as h:
+            a, b = FakeNode("a"), FakeNode("b")
+            await h.add_nodes(a)
+            await h.add_nodes(b)
+            assert {lk.name: n for n, lk in h.router.links.items()} == {"a": 0, "b": 1}
+        async with Harness(state_path=state) as h:  # a restarted router; b comes back first, then a newcomer
+            b, c, a = FakeNode("b"), FakeNode("c"), FakeNode("a")
+            await h.add_nodes(b)
+            await h.add_nodes(c)
+            await h.add_nodes(a)
+            assert {lk.name: n for n, lk in h.router.links.items()} == {"b": 1, "c": 2, "a": 0}
+            assert sorted(h.router.scheduler.cluster.nodes[n].alive for n in (0, 1, 2)) == [True] * 3
+    run(body())
