@@ -167,7 +167,7 @@ class Dispatcher:
     def _admit(self, request_id: str, prompt: Prompt, params: GenParams, priority: int) -> Run:
         rid = request_id or uuid.uuid4().hex
         if not -9 <= priority <= 9:
-            raise invalid(f"priority must be in [-9, 9], got {priority}")
+            raise invalid(f"priority must be in [-9, 9], got {priority}", "priority")
         if len(rid) > MAX_REQUEST_ID_CHARS:
             raise invalid(f"request_id has {len(rid)} characters; the limit is {MAX_REQUEST_ID_CHARS}")
         model = self.nodes.model
@@ -177,7 +177,7 @@ class Dispatcher:
         try:
             validate_prompt(model.vocab_size, model.max_model_len, ids, params)
         except ValueError as e:
-            raise invalid(str(e)) from None
+            raise invalid(str(e), getattr(e, "param", None)) from None
         if len(self._active) >= self.config.max_outstanding:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"the router has {len(self._active)} requests in flight (limit "

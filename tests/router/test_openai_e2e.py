@@ -183,6 +183,17 @@ BAD = [
 ]
 
 
+@pytest.mark.parametrize("body, param", [
+    ({"max_tokens": 0}, "max_tokens"), ({"temperature": -1}, "temperature"), ({"top_p": 2}, "top_p"),
+    ({"seed": -1}, "seed"), ({"stop": ["s"] * 17}, "stop"), ({"prompt": [5, 99999]}, "prompt"),
+    ({"prompt": "x" * 4095, "max_tokens": 2}, "prompt"), ({"priority": 12}, "priority"),
+    ({"stream_options": {"include_usage": True}}, "stream_options"),
+])
+def test_the_error_names_the_field_at_fault(cluster, body, param):
+    err = assert_openai_error(post(cluster, "/completions", {"model": MODEL, "prompt": "x", **body}), 400)
+    assert err["param"] == param, err
+
+
 @pytest.mark.parametrize("path,body,status,words", BAD, ids=[f"{b[2]}-{i}" for i, b in enumerate(BAD)])
 def test_bad_input_is_a_4xx_in_openais_error_shape(cluster, path, body, status, words):
     assert_openai_error(post(cluster, path, body), status, words)

@@ -102,6 +102,9 @@ class OpenAIFront:
         if body.n != 1:
             raise ApiError(400, f"n must be 1 (got {body.n}): send one request per choice", "invalid_request_error",
                            param="n")
+        if body.stream_options is not None and not body.stream:
+            raise ApiError(400, "stream_options is only allowed with \"stream\": true", "invalid_request_error",
+                           param="stream_options")
         lp, top = body.logprobs, body.top_logprobs  # `logprobs: 0` asks for the sampled tokens' logprobs
         for name, absent in (("logprobs", lp is None or lp is False),
                              ("top_logprobs", top is None or (type(top) is int and top == 0))):

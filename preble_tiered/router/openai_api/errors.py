@@ -41,7 +41,7 @@ class ApiError(Exception):
     @classmethod
     def of(cls, e: RequestError) -> "ApiError":
         status, type_ = _HTTP.get(e.code, (500, "server_error"))
-        return cls(status, e.message, type_, e.code.name.lower())
+        return cls(status, e.message, type_, e.code.name.lower(), e.param)
 
     def response(self) -> JSONResponse:
         return JSONResponse(error_body(self.message, self.type, self.code, self.param), status_code=self.status)
