@@ -45,8 +45,10 @@ def _node_list(s: str) -> list[int]:
 
 
 def _leaf(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """`--json` is also accepted after the command (`preble admin prefixes ls --json`)."""
+    """`--json` and `--timeout` are also accepted after the command (`preble admin prefixes ls --json`)."""
     p.add_argument("--json", dest="json_after", action="store_true", help="print the response as JSON")
+    p.add_argument("--timeout", dest="timeout_after", type=positive_float, default=None, metavar="TIMEOUT",
+                   help="seconds per call (as before the command)")
     return p
 
 
@@ -208,7 +210,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
         method, req = request_for(args)
         if method == "GetProfile" and args.output:
             check_output(args.output, "-o")
-        client = AdminClient(args.addr, token, args.tls_ca, args.timeout)
+        client = AdminClient(args.addr, token, args.tls_ca, getattr(args, "timeout_after", None) or args.timeout)
     except ValueError as e:
         print(f"preble admin: {e}", file=sys.stderr)
         return 2

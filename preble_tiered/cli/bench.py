@@ -115,7 +115,7 @@ async def _run_openai(requests: Sequence[WorkloadRequest], cfg: BenchConfig, lab
         done, failures, wall = await _replay(requests, one, (openai.APIError, httpx.HTTPError, RuntimeError),
                                              lambda e: f"{type(e).__name__}: {e}", cfg.progress)
     branches = dict(Counter(r.branch for r in done if r.branch))
-    return _outcome(label or server.model, label, done, failures, branches, wall, server.nodes or cfg.nodes or 1)
+    return _outcome(f"openai:{server.model}", label, done, failures, branches, wall, server.nodes or cfg.nodes or 1)
 
 
 async def _replay(requests: Sequence[WorkloadRequest], one, errors, describe, progress: bool):

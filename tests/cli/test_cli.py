@@ -182,6 +182,14 @@ def test_a_node_whose_engine_fails_to_start_exits_2_with_the_reason_and_nothing_
     assert "Error in sys.excepthook" not in ran.stderr and "Traceback" not in ran.stderr, ran.stderr[-2000:]
 
 
+def test_admin_takes_timeout_and_json_after_the_command_too():
+    from preble_tiered.cli.main import build_parser
+
+    args = build_parser().parse_args(["admin", "prefixes", "ls", "--timeout", "3", "--json"])
+    assert args.timeout_after == 3.0 and args.json_after
+    assert build_parser().parse_args(["admin", "--timeout", "4", "nodes"]).timeout == 4.0
+
+
 def test_a_failed_start_shows_the_end_of_the_process_log(tmp_path):
     from preble_tiered.cli.launcher import _log_tail
 

@@ -311,6 +311,7 @@ def test_preble_bench_replays_a_trace_over_the_openai_api(cluster, monkeypatch):
     out = asyncio.run(run_bench(reqs, cfg, "trace"))
     s = out.summary
     assert out.failures == [] and s["requests"] == 4 and s["ttft"]["mean"] > 0
+    assert s["policy"] == f"openai:{MODEL}"  # the server, not the workload: its routing is not visible over HTTP
     assert s["prompt_tokens"] == 4 * 680
     assert sum(s["cached_tokens"].values()) >= 2 * 640  # the shared document, after the first request
     assert sum(s["branches"].values()) == 4
