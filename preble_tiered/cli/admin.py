@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -289,7 +290,8 @@ def render(method: str, resp) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    # Piped, rich would cut the tables to 80 columns ("nod…"): print them whole (--json is for scripts).
+    con = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
 
     def table(title, *cols):
         t = Table(title=title, title_justify="left")

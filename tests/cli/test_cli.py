@@ -182,6 +182,17 @@ def test_a_node_whose_engine_fails_to_start_exits_2_with_the_reason_and_nothing_
     assert "Error in sys.excepthook" not in ran.stderr and "Traceback" not in ran.stderr, ran.stderr[-2000:]
 
 
+def test_admin_tables_piped_are_not_cut_to_80_columns(capsys, monkeypatch):
+    from preble_tiered.api.pb import admin_pb2
+    from preble_tiered.cli.admin import render
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    resp = admin_pb2.ListNodesResponse()
+    resp.nodes.add(node_id=0, name="a-rather-long-node-name-for-the-table", address="127.0.0.1:45678", alive=True)
+    render("ListNodes", resp)
+    assert "a-rather-long-node-name-for-the-table" in capsys.readouterr().out
+
+
 def test_admin_takes_timeout_and_json_after_the_command_too():
     from preble_tiered.cli.main import build_parser
 
