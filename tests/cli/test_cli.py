@@ -193,6 +193,20 @@ def test_admin_tables_piped_are_not_cut_to_80_columns(capsys, monkeypatch):
     assert "a-rather-long-node-name-for-the-table" in capsys.readouterr().out
 
 
+def test_a_pin_asking_for_more_replicas_than_it_has_says_so(capsys):
+    from preble_tiered.api.pb import admin_pb2
+    from preble_tiered.cli.admin import render
+
+    pin = admin_pb2.PinInfo(name="travel", tier=2, replicas=5)
+    pin.nodes.add(node="node0", state="pinned", blocks_held=7)
+    pin.nodes.add(node="node1", state="pinned", blocks_held=7)
+    render("PinPrefix", pin)
+    assert "only 2 node(s) are assigned a replica (all the cluster has now); the pin asks for 5" in capsys.readouterr().out
+    pin.replicas = 2
+    render("PinPrefix", pin)
+    assert "only" not in capsys.readouterr().out
+
+
 def test_admin_takes_timeout_and_json_after_the_command_too():
     from preble_tiered.cli.main import build_parser
 
