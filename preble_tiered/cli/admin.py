@@ -342,7 +342,8 @@ def render(method: str, resp) -> None:
         p = resp if method == "NamePrefix" else resp.prefix
         con.print(f"[bold]{p.name or '(unnamed)'}[/bold]  hash {p.hash:016x}  {p.tokens} tokens, {p.blocks} blocks, "
                   f"demand {p.demand:.1f}, {'pinned' if p.pinned else 'not pinned'}, last use {_ago(p.last_use_unix)}")
-        t = table("placement", "node", "tier", "blocks", "bytes", "last use", "hits")
+        t = table("placement (last use and hits: requests finished since the prefix was named)", "node", "tier",
+                  "blocks", "bytes", "last use", "hits")
         for w in p.where:
             t.add_row(w.node, _TIER_NAMES[w.tier], str(w.blocks), _bytes(w.bytes), _ago(w.last_use_unix), str(w.hits))
         con.print(t)
