@@ -93,13 +93,14 @@ def held_counts(index: PrefixIndex, hashes: Sequence[int], node: NodeId) -> tupl
 
 
 def replica_state(spec: PinSpec, n_blocks: int, counts: tuple[int, int, int, int], ack: NodePin | None) -> str:
-    """"pinned" (held in the tier and pinned there), "warming" (asked for), or "missing"."""
+    """"pinned" (held in the tier and pinned there), "held" (held there, the node's pin not
+    acknowledged yet), or "missing" (`PinKeeper` reports "warming" while it asks for it)."""
     hbm, dram, disk, _ = counts
     in_tier = dram if storage_tier(spec.tier) is Tier.DRAM else disk
-    if (ack is not None and ack.tier is spec.tier and ack.pinned >= n_blocks and in_tier >= n_blocks
-            and (spec.tier is not Tier.HBM or hbm >= n_blocks)):
+    held = in_tier >= n_blocks and (spec.tier is not Tier.HBM or hbm >= n_blocks)
+    if held and ack is not None and ack.tier is spec.tier and ack.pinned >= n_blocks:
         return "pinned"
-    return "missing"
+    return "held" if held else "missing"
 
 
 def pin_targets(spec: PinSpec, hashes: Sequence[int], index: PrefixIndex, alive: Sequence[NodeId],

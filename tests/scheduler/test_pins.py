@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from preble_tiered.scheduler.index import PrefixIndex
-from preble_tiered.scheduler.pins import NamedPrefix, NodePin, PinOp, PinSpec, held_counts, reconcile
+from preble_tiered.scheduler.pins import NamedPrefix, NodePin, PinOp, PinSpec, held_counts, reconcile, replica_state
 from preble_tiered.types import Tier
 
 HASHES = (11, 12, 13, 14)
@@ -97,3 +97,11 @@ def test_ttl_expiry():
     assert reconcile(spec(expires=100.0), PREFIX, idx, [0], acked, {}, set(), 99.9) == []
     acts = reconcile(spec(expires=100.0), PREFIX, idx, [0], acked, {}, set(), 100.0)
     assert [(a.op, a.name) for a in acts] == [(PinOp.EXPIRE, "sys"), (PinOp.UNPIN, "sys")]
+
+
+def test_a_replica_held_in_its_tier_but_not_yet_acknowledged_reads_held_not_missing():
+    idx = index_with(n0_dram=4, n1_dram=2)
+    assert replica_state(spec()["sys"], 4, held_counts(idx, HASHES, 0), None) == "held"
+    assert replica_state(spec()["sys"], 4, held_counts(idx, HASHES, 1), None) == "missing"
+    assert replica_state(spec()["sys"], 4, held_counts(idx, HASHES, 0), NodePin(Tier.DRAM, 4, 4)) == "pinned"
+    assert replica_state(spec(tier=Tier.DISK)["sys"], 4, held_counts(idx, HASHES, 0), None) == "missing"
