@@ -23,6 +23,15 @@ MIN_TOKEN_CHARS = 16
 MAX_TOKEN_CHARS = 4096
 
 
+def read_token_file(file: str) -> str:
+    """The first line of `file`, stripped ("" for an empty file); ValueError when it cannot be read."""
+    try:
+        text = Path(file).read_text()
+    except OSError as e:
+        raise ValueError(f"cannot read token file {file}: {e.strerror}") from None
+    return (text.strip().splitlines() or [""])[0].strip()
+
+
 def load_token(env: str, file: str | None) -> str | None:
     """The token from `file` if given, else from the environment variable `env`, else None.
 
@@ -30,11 +39,7 @@ def load_token(env: str, file: str | None) -> str | None:
         ValueError: the file is unreadable, or the token is too short or too long.
     """
     if file:
-        try:
-            text = Path(file).read_text()
-        except OSError as e:
-            raise ValueError(f"cannot read token file {file}: {e.strerror}") from None
-        token, where = (text.strip().splitlines() or [""])[0].strip(), file
+        token, where = read_token_file(file), file
     else:
         token, where = os.environ.get(env, "").strip(), f"${env}"
         if not token:

@@ -35,8 +35,8 @@ def validate_prompt(vocab_size: int, max_model_len: int, prompt_token_ids: Seque
         raise InvalidField("prompt", f"token id {bad} is out of the vocabulary: ids must be in [0, {vocab_size})")
     validate_params(params)
     if n + params.max_tokens > max_model_len:
-        raise InvalidField("prompt", f"prompt of {n} tokens plus max_tokens {params.max_tokens} exceeds the model's limit of "
-                         f"{max_model_len} tokens; shorten the prompt or lower max_tokens")
+        raise InvalidField("prompt", f"prompt of {n} tokens plus max_tokens {params.max_tokens} exceeds the "
+                                     f"model's limit of {max_model_len} tokens; shorten the prompt or lower max_tokens")
 
 
 def validate_params(params: GenParams) -> None:
@@ -44,7 +44,8 @@ def validate_params(params: GenParams) -> None:
     if params.max_tokens < 1:
         raise InvalidField("max_tokens", f"max_tokens must be at least 1, got {params.max_tokens}")
     if not math.isfinite(params.temperature) or params.temperature < 0:
-        raise InvalidField("temperature", f"temperature must be a finite number >= 0 (0 is greedy), got {params.temperature}")
+        raise InvalidField("temperature",
+                           f"temperature must be a finite number >= 0 (0 is greedy), got {params.temperature}")
     if not math.isfinite(params.top_p) or not 0.0 < params.top_p <= 1.0:
         raise InvalidField("top_p", f"top_p must be in (0, 1], got {params.top_p}")
     if len(params.stop) > MAX_STOP_STRINGS:
@@ -56,6 +57,7 @@ def validate_params(params: GenParams) -> None:
             try:
                 s.encode()
             except UnicodeEncodeError:
-                raise InvalidField("stop", "stop strings must be valid Unicode (one holds a lone surrogate)") from None
+                raise InvalidField("stop", "stop strings must be valid Unicode (one holds a lone surrogate)") \
+                    from None
     if params.seed is not None and not 0 <= params.seed < 1 << 63:
         raise InvalidField("seed", f"seed must be in [0, 2^63), got {params.seed}")

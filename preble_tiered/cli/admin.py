@@ -405,7 +405,8 @@ def _render_pin(con, table, pin) -> None:
         t.add_row(n.node, n.state, str(n.blocks_held))
     con.print(t)
     if len(pin.nodes) < pin.replicas:
-        con.print(f"only {len(pin.nodes)} node(s) are assigned a replica (all the cluster has now); the pin asks for {pin.replicas}")
+        con.print(f"only {len(pin.nodes)} node(s) are assigned a replica (all the cluster has now); "
+                  f"the pin asks for {pin.replicas}")
 
 
 _NUMERIC = {"id", "run", "wait", "infl", "kv %", "hbm blk", "pins", "tpot ms", "tokens", "demand", "blocks",

@@ -50,14 +50,14 @@ class Sweep:
         once what does not fit the model is left out."""
         prefills = self.prefills(max_model_len)
         sizes = sorted({p // PREFILL_BUCKET for _, p in prefills})
-        if len(prefills) * self.repeats < MIN_PREFILL_SAMPLES and len(sizes) >= MIN_PREFILL_SIZES:
-            raise ValueError(f"the sweep is too small to fit prefill times: it sends {len(prefills) * self.repeats} "
-                             f"prefills and a fit needs {MIN_PREFILL_SAMPLES}; raise --repeats or add "
-                             "--prompt-sizes or --cached-contexts")
         if len(sizes) < MIN_PREFILL_SIZES:
             raise ValueError(f"the sweep is too narrow to fit prefill times: --prompt-sizes needs {MIN_PREFILL_SIZES} "
                              f"or more sizes at least {PREFILL_BUCKET} tokens apart (got "
                              f"{' '.join(map(str, self.prompt_sizes))}); add sizes, e.g. 64 512 2048")
+        if len(prefills) * self.repeats < MIN_PREFILL_SAMPLES:
+            raise ValueError(f"the sweep is too small to fit prefill times: it sends {len(prefills) * self.repeats} "
+                             f"prefills and a fit needs {MIN_PREFILL_SAMPLES}; raise --repeats or add "
+                             "--prompt-sizes or --cached-contexts")
         if len(set(self.batch_sizes)) < MIN_DECODE_BATCHES:
             raise ValueError(f"the sweep is too narrow to fit decode steps: --batch-sizes needs {MIN_DECODE_BATCHES} "
                              f"or more distinct sizes (got {' '.join(map(str, self.batch_sizes))}); add sizes, "

@@ -374,28 +374,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_key(file: str | None) -> str | None:
-    """The first line of `file` as it is (None without a file)."""
-    if not file:
-        return None
-    try:
-        return (open(file).read().strip().splitlines() or [""])[0].strip() or None
-    except OSError as e:
-        raise ValueError(f"cannot read token file {file}: {e.strerror}") from None
-
-
 def cmd_bench(args: argparse.Namespace, load_requests) -> int:
     import grpc
 
-    from preble_tiered.api.auth import ADMIN_TOKEN_ENV, INFERENCE_TOKEN_ENV, load_token
+    from preble_tiered.api.auth import ADMIN_TOKEN_ENV, INFERENCE_TOKEN_ENV, load_token, read_token_file
     from preble_tiered.cli.bench import BenchConfig, run_bench
     from preble_tiered.client import Client
     from preble_tiered.sim.report import format_table, write_json
 
     if args.json:
         check_output(args.json, "--json", make_parents=True)
+    token = admin_token = None
     if args.openai:  # another server's key, as it is (its own length rules); our Admin API is not asked
-        token, admin_token = _read_key(args.inference_token_file), None
+        if args.inference_token_file:
+            token = read_token_file(args.inference_token_file) or None
     else:
         token = load_token(INFERENCE_TOKEN_ENV, args.inference_token_file)
         admin_token = load_token(ADMIN_TOKEN_ENV, args.admin_token_file)

@@ -1,4 +1,4 @@
-"""The router's persisted admin state: named prefixes and pins, in one JSON file.
+"""The router's persisted admin state: named prefixes, pins and node ids by name, in one JSON file.
 
 Writes are atomic (temporary file, fsync, rename), so a crash leaves the old or the new
 state, never a torn one. The router refuses to start on a path that is not such a file (a

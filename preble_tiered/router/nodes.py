@@ -65,7 +65,7 @@ class NodeIds(Protocol):
 
 
 class NodeSet:
-    """Every node that registered, by id (ids are given in registration order)."""
+    """Every node that registered, by id (a name gets back the id it had: `NodeIds`)."""
 
     def __init__(self, config: RouterConfig, scheduler: Scheduler, metrics: RouterMetrics,
                  client_factory: Callable[[NodeId, str], NodeClient] = GrpcNodeClient,

@@ -124,15 +124,10 @@ class ChunkedPrefill:
             raise ValueError(f"chunk must be a whole number of tokens >= 1, got {self.chunk!r}")
 
     def seconds(self, new_tokens: int, context_tokens: int) -> float:
-        chunk, f = self.chunk, self.per_chunk.seconds
-        if new_tokens <= chunk:  # one step (the router prices this per candidate: keep it a call)
+        f = self.per_chunk.seconds
+        if new_tokens <= self.chunk:  # one step (the router prices this per candidate: keep it a call)
             return f(new_tokens, context_tokens)
-        t, done = 0.0, context_tokens - new_tokens  # as `prefill_chunks`, without a generator
-        while done < context_tokens:
-            e = min(chunk, context_tokens - done)
-            done += e
-            t += f(e, done)
-        return t
+        return sum(f(e, c) for e, c in prefill_chunks(new_tokens, context_tokens, self.chunk))
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,12 +105,10 @@ class OpenAIFront:
         if body.stream_options is not None and not body.stream:
             raise ApiError(400, "stream_options is only allowed with \"stream\": true", "invalid_request_error",
                            param="stream_options")
-        lp, top = body.logprobs, body.top_logprobs  # `logprobs: 0` asks for the sampled tokens' logprobs
-        for name, absent in (("logprobs", lp is None or lp is False),
-                             ("top_logprobs", top is None or (type(top) is int and top == 0))):
-            if not absent:
-                raise ApiError(400, f"{name} is not served by this router: leave it out (or null)",
-                               "invalid_request_error", param=name)
+        if not (body.logprobs is None or body.logprobs is False):  # `logprobs: 0` asks for them too
+            raise _not_served("logprobs")
+        if not (body.top_logprobs is None or (type(body.top_logprobs) is int and body.top_logprobs == 0)):
+            raise _not_served("top_logprobs")
 
     async def chat(self, body: ChatRequest, request: Request) -> Response:
         self._check_common(body)
@@ -268,3 +266,8 @@ async def _race(aw, request: Request):
 async def _disconnected(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+def _not_served(name: str) -> ApiError:
+    return ApiError(400, f"{name} is not served by this router: leave it out (or null)", "invalid_request_error",
+                    param=name)
