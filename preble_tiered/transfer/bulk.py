@@ -26,9 +26,18 @@ from dataclasses import dataclass
 logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("tcp", "rdma")
-MAX_BATCH_BYTES = 64 << 20
-"""Bytes per batch call: Mooncake's TCP lanes refuse a much larger batch at once
-(measured: a 1 GiB batch failed with "queue-full"; 64 MiB batches run at full speed)."""
+MAX_INFLIGHT_BYTES = 64 << 20
+"""Bytes a read keeps submitted at once: Mooncake's TCP lanes refuse much more at once
+(measured: a 1 GiB batch failed with "queue-full"; 64 MiB in flight runs at full speed)."""
+
+POLL_S = 0.0002
+"""How long a read sleeps between checks of its oldest block. Mooncake's own blocking calls
+(`batch_transfer_sync_read`, `get_batch_transfer_status`) spin a core until the batch ends;
+on 2 cores that core is one the transfer needs (`benchmarks/tiers_bandwidth.py`)."""
+
+READ_TIMEOUT_S = 30.0
+"""A read gives up on a block this long after it started, plus a second per GB asked for (as
+Mooncake's own synchronous read does)."""
 
 QUARANTINE_S = 120.0
 """How long slots of a failed read stay out of use: well past Mooncake's own transfer
@@ -57,7 +66,7 @@ class BulkConfig:
 class BulkEngine:
     """One Mooncake TransferEngine: registered regions and batched one-sided reads.
 
-    Thread-safe: reads run in worker threads (Mooncake releases the GIL while it waits).
+    Thread-safe: reads run in worker threads, asleep between checks of their blocks.
     """
 
     def __init__(self, engine, host: str, protocol: str) -> None:
@@ -110,22 +119,44 @@ class BulkEngine:
 
     def read(self, session: str, local: Sequence[int], remote: Sequence[int], lengths: Sequence[int]) -> int:
         """Read each `remote[i]` of the peer at `session` into `local[i]`; blocks the calling
-        thread. Returns how many leading entries arrived whole (batches of at most
-        `MAX_BATCH_BYTES`; a failed batch stops the read, and nothing in it counts)."""
+        thread (asleep, the GIL released, while the transfer runs). Returns how many leading
+        entries arrived whole: a block that fails or times out stops the read there.
+
+        Each block is its own asynchronous batch (Mooncake's non-blocking status check looks
+        at a batch's first task only), submitted while at most `MAX_INFLIGHT_BYTES` are in
+        flight and checked oldest first with a `POLL_S` sleep between checks. Blocks still in
+        flight when a read stops may land later: the caller keeps their slots out of use
+        (`quarantine`)."""
         engine = self._engine
         if engine is None:  # closed
             return 0
-        done = 0
-        while done < len(local):
-            end, size = done, 0
-            while end < len(local) and (end == done or size + lengths[end] <= MAX_BATCH_BYTES):
-                size += lengths[end]
-                end += 1
-            rc = engine.batch_transfer_sync_read(session, list(local[done:end]), list(remote[done:end]),
-                                                       list(lengths[done:end]))
-            if rc != 0:
-                return done
-            done = end
+        n = len(local)
+        ids: list[int] = []  # batch ids of the blocks submitted, in order
+        inflight = done = 0  # bytes submitted and not yet arrived; leading blocks arrived
+        deadline = time.monotonic() + READ_TIMEOUT_S + sum(lengths) / 1e9
+        submitting = True
+        while done < n:
+            while submitting and len(ids) < n and (len(ids) == done
+                                                   or inflight + lengths[len(ids)] <= MAX_INFLIGHT_BYTES):
+                i = len(ids)
+                batch = engine.batch_transfer_async_read(session, [local[i]], [remote[i]], [lengths[i]])
+                if not 0 < batch < 1 << 63:  # 0 (or -1 as unsigned, in older builds): not submitted
+                    submitting = False
+                    break
+                ids.append(batch)
+                inflight += lengths[i]
+            if done == len(ids):  # nothing in flight: the next block could not be submitted
+                break
+            rc = engine.transfer_check_status(ids[done])
+            if rc == 1:  # arrived (Mooncake freed the batch)
+                inflight -= lengths[done]
+                done += 1
+            elif rc < 0 or time.monotonic() > deadline:  # -1 failed, -2 timed out
+                break
+            else:
+                time.sleep(POLL_S)
+        for batch in ids[done + 1:]:  # a stopped read: free the batches that already ended
+            engine.transfer_check_status(batch)
         return done
 
     def quarantine(self, views: list, hold_s: float = QUARANTINE_S) -> None:

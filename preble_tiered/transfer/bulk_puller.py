@@ -48,8 +48,9 @@ CHUNK_BYTES = 16 << 20
 """Bytes per lease and read (64 of the tiny model's 256 KiB blocks): chunk k+1 is leased and
 read while chunk k is verified and stored. Two chunks in flight stay well inside the block
 pool's headroom of free slots (16-256 slots beyond the DRAM tier's blocks), so a pull into a
-full DRAM tier still finds slots. On 2 cores it is not faster than one lease for the whole
-chain (the read keeps both cores busy: 64-2,048 blocks per chunk measured within noise)."""
+full DRAM tier still finds slots. On 2 cores, 64-256 blocks per chunk measured within noise
+of each other and one lease for the whole chain 8% slower (`benchmarks/tiers_bandwidth.py`'s
+pull, 512 MiB)."""
 MAX_CHUNK_BLOCKS = 64
 
 _releasing: set[asyncio.Task] = set()  # releases in flight (kept referenced until done)

@@ -254,3 +254,16 @@ def test_a_missing_block_in_a_later_chunk_keeps_the_chunks_before_it(engines):
     res, service = asyncio.run(go())
     assert res.stored == hashes[:5] and "is not held" in res.error
     assert service.leases.held_blocks == 0 and service.stats["released"] == 3  # 2 + 2 + the short third
+
+
+def test_a_read_larger_than_the_in_flight_window_arrives_whole(engines, monkeypatch):
+    """One chunk of 7 blocks read through a window of 2 blocks in flight at a time."""
+    import preble_tiered.transfer.bulk as bulk_mod
+
+    monkeypatch.setattr(bulk_mod, "MAX_INFLIGHT_BYTES", 2 * BLOCK)
+    src, hashes = pooled_rt(7)
+    dst, _ = pooled_rt(0)
+    res, service = pull(src, dst, hashes, *engines)
+    assert res.complete and res.stored == hashes
+    assert [bytes(dst.store.get(dst.store.key(h))[0].data) for h in hashes] == [data_of(h) for h in hashes]
+    assert service.leases.held_blocks == 0
