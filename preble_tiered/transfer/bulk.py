@@ -75,7 +75,8 @@ class BulkEngine:
         self.session = f"{host}:{engine.get_rpc_port()}"
         self._regions: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
-        self._quarantine: list[tuple[float, list]] = []
+        self._quarantine: list[tuple[float, list[tuple[int, memoryview]]]] = []  # (held until, slots)
+        self._unended: dict[int, int] = {}  # slot address -> batch id of a stopped read's block still in flight
 
     @classmethod
     def open(cls, host: str, config: BulkConfig) -> "BulkEngine | None":
@@ -126,15 +127,18 @@ class BulkEngine:
         at a batch's first task only), submitted while at most `MAX_INFLIGHT_BYTES` are in
         flight and checked oldest first with a `POLL_S` sleep between checks. Blocks still in
         flight when a read stops may land later: the caller keeps their slots out of use
-        (`quarantine`)."""
+        (`quarantine`), until they end."""
         engine = self._engine
         if engine is None:  # closed
             return 0
+        if self._quarantine or self._unended:
+            with self._lock:
+                self._prune(time.monotonic())
         n = len(local)
         ids: list[int] = []  # batch ids of the blocks submitted, in order
         inflight = done = 0  # bytes submitted and not yet arrived; leading blocks arrived
         deadline = time.monotonic() + READ_TIMEOUT_S + sum(lengths) / 1e9
-        submitting = True
+        submitting, rc = True, 1  # rc: the oldest block's last status
         while done < n:
             while submitting and len(ids) < n and (len(ids) == done
                                                    or inflight + lengths[len(ids)] <= MAX_INFLIGHT_BYTES):
@@ -155,21 +159,47 @@ class BulkEngine:
                 break
             else:
                 time.sleep(POLL_S)
-        for batch in ids[done + 1:]:  # a stopped read: free the batches that already ended
-            engine.transfer_check_status(batch)
+        self._hold_unended(engine, local, ids, done, rc)
         return done
 
-    def quarantine(self, views: list, hold_s: float = QUARANTINE_S) -> None:
-        """Keep `views` (pool slots a failed read was writing into) referenced for `hold_s`.
+    def _hold_unended(self, engine, local: Sequence[int], ids: list[int], done: int, stop_rc: int) -> None:
+        """After a read that stopped at `ids[done]` with status `stop_rc`: check once each
+        block submitted after it (which frees those that ended) and remember, by slot
+        address, the ones still in flight."""
+        left: dict[int, int] = {}
+        for i in range(done, len(ids)):
+            rc = stop_rc if i == done else engine.transfer_check_status(ids[i])
+            if rc == 0:  # still in flight: it may write into local[i] later
+                left[local[i]] = ids[i]
+        if left:
+            with self._lock:
+                self._unended.update(left)
 
-        A batch read that fails returns at once while parts of it may still be in flight
-        (Mooncake frees a failed batch early); were the slots handed out again, a late write
-        could land in a block the engine later loads. Their memory is lost for that time."""
+    def _prune(self, now: float) -> None:
+        """Forget in-flight blocks of stopped reads that have ended, and release quarantined
+        slots past their hold that no such block writes into any more (holding the lock)."""
+        if self._engine is not None:
+            for address, batch in list(self._unended.items()):
+                if self._engine.transfer_check_status(batch) != 0:  # ended (and freed, unless it timed out)
+                    del self._unended[address]
+        self._quarantine = [q for q in self._quarantine
+                            if q[0] > now or any(a in self._unended for a, _ in q[1])]
+
+    def quarantine(self, slots: list[tuple[int, memoryview]], hold_s: float = QUARANTINE_S) -> None:
+        """Keep `slots` ((address, view) of pool slots a failed read was writing into)
+        referenced for at least `hold_s`, and until no block of a stopped read is still in
+        flight into them.
+
+        A read that stops returns while blocks after the stop may still be on the wire:
+        Mooncake's TCP transport fails a block only 30 s after one of its few connections
+        picks it up, so a queue of them can end minutes later. Were the slots handed out
+        again, a late write could land in a block the engine later loads. Their memory is
+        lost for that time. Quarantined slots are released by later reads and quarantines."""
         now = time.monotonic()
         with self._lock:
-            self._quarantine = [q for q in self._quarantine if q[0] > now]
-            if views:
-                self._quarantine.append((now + hold_s, views))
+            self._prune(now)
+            if slots:
+                self._quarantine.append((now + hold_s, list(slots)))
 
     def close(self) -> None:
         with self._lock:

@@ -175,10 +175,10 @@ class _Read:
             self.abandon(bulk)
             raise
         except Exception:
-            bulk.quarantine([v for _, v in self.slots])
+            bulk.quarantine(self.slots)
             raise
         if arrived < len(self.blocks):  # a failed batch may still land late: never reuse its slots soon
-            bulk.quarantine([v for _, v in self.slots[arrived:]])
+            bulk.quarantine(self.slots[arrived:])
         for (_, view), b in zip(self.slots[:arrived], self.blocks[:arrived]):
             if block_checksum(view) != b.checksum:
                 res.error = f"block {b.hash:016x} failed its checksum"
@@ -198,11 +198,11 @@ class _Read:
         if it failed."""
         if self.future is None or self.future.done():
             return
-        views = [v for _, v in self.slots]
+        slots = self.slots
 
         def ended(f: asyncio.Future) -> None:
-            if f.cancelled() or f.exception() is not None or f.result() < len(views):
-                bulk.quarantine(views)
+            if f.cancelled() or f.exception() is not None or f.result() < len(slots):
+                bulk.quarantine(slots)
         self.future.add_done_callback(ended)
 
 

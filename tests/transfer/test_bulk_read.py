@@ -1,5 +1,6 @@
 """`BulkEngine.read` against a scripted stand-in for Mooncake's engine: the in-flight window,
-where a read stops on a failed, unsubmittable or timed-out block, and what it frees."""
+where a read stops on a failed, unsubmittable or timed-out block, what it frees, and how long
+the slots of blocks still in flight after a stop stay quarantined."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ class ScriptedEngine:
     """Each block is one batch; a batch arrives after `checks_to_arrive` status checks, or
     fails / never ends / cannot be submitted as scripted by the block's index."""
 
-    def __init__(self, checks_to_arrive: int = 2, fail_at: int | None = None, stuck_at: int | None = None,
+    def __init__(self, checks_to_arrive: int = 2, fail_at: int | None = None, stuck: tuple[int, ...] = (),
                  refuse_at: int | None = None) -> None:
         self.checks_to_arrive = checks_to_arrive
-        self.fail_at, self.stuck_at, self.refuse_at = fail_at, stuck_at, refuse_at
+        self.fail_at, self.stuck, self.refuse_at = fail_at, set(stuck), refuse_at
         self.batches: dict[int, dict] = {}  # batch id -> {index, length, checks, freed}
         self.inflight = self.peak = 0
         self.checks = 0
@@ -40,7 +41,7 @@ class ScriptedEngine:
         assert not b["freed"], "checked a batch after Mooncake freed it"
         self.checks += 1
         b["checks"] += 1
-        if b["index"] == self.stuck_at:
+        if b["index"] in self.stuck:
             return 0
         if b["index"] == self.fail_at:
             b["freed"] = True
@@ -86,7 +87,7 @@ def test_a_block_that_cannot_be_submitted_ends_the_read_after_those_in_flight():
 
 def test_a_block_that_never_ends_times_the_read_out(monkeypatch):
     monkeypatch.setattr(bulk_mod, "READ_TIMEOUT_S", 0.05)
-    eng = ScriptedEngine(stuck_at=2)
+    eng = ScriptedEngine(stuck=(2,))
     assert read(eng, 5) == 2
     assert not eng.batches[0x1002]["freed"]  # still in flight: Mooncake still owns it
 
@@ -105,3 +106,36 @@ def test_a_closed_engine_reads_nothing():
     engine = BulkEngine(ScriptedEngine(), "127.0.0.1", "tcp")
     engine._engine = None
     assert engine.read("peer:1", [1], [1], [100]) == 0
+
+
+class Slot:
+    """Stands for a pool slot's view; the quarantine only keeps a reference to it."""
+
+
+def test_quarantined_slots_stay_held_while_a_stopped_reads_block_is_in_flight_into_them():
+    eng = ScriptedEngine(checks_to_arrive=1, fail_at=2, stuck=(4, 5))
+    bulk = BulkEngine(eng, "127.0.0.1", "tcp")
+    slots = [(0x9000 + i, Slot()) for i in range(6)]
+    assert bulk.read("peer:1", [a for a, _ in slots], list(range(6)), [100] * 6) == 2
+    bulk.quarantine(slots[2:], hold_s=0.0)  # the caller keeps the slots of what did not arrive
+    assert len(bulk._quarantine) == 1  # blocks 4 and 5 may still write into their slots
+    eng.stuck.discard(4)
+    bulk.quarantine([], hold_s=0.0)
+    assert len(bulk._quarantine) == 1  # block 5 has not ended
+    eng.stuck.discard(5)
+    assert bulk.read("peer:1", [], [], []) == 0  # a later read releases what has ended
+    assert bulk._quarantine == [] and bulk._unended == {}
+    assert all(b["freed"] for b in eng.batches.values())  # the late blocks' batches were freed too
+
+
+def test_quarantined_slots_with_nothing_in_flight_are_held_for_the_hold_time_only():
+    eng = ScriptedEngine(checks_to_arrive=1, fail_at=1)
+    bulk = BulkEngine(eng, "127.0.0.1", "tcp")
+    slots = [(0x9000 + i, Slot()) for i in range(3)]
+    assert bulk.read("peer:1", [a for a, _ in slots], list(range(3)), [100] * 3) == 1
+    bulk.quarantine(slots[1:], hold_s=60.0)
+    bulk.quarantine([], hold_s=0.0)
+    assert len(bulk._quarantine) == 1  # within its hold
+    bulk.quarantine(slots[:1], hold_s=0.0)  # past its (zero) hold and nothing in flight: released next time
+    bulk.quarantine([], hold_s=0.0)
+    assert len(bulk._quarantine) == 1 and bulk._quarantine[0][1] == slots[1:]
