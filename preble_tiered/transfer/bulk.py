@@ -40,8 +40,8 @@ READ_TIMEOUT_S = 30.0
 Mooncake's own synchronous read does)."""
 
 QUARANTINE_S = 120.0
-"""How long slots of a failed read stay out of use: well past Mooncake's own transfer
-timeout (30 s by default)."""
+"""How long slots of a failed read stay out of use at least (longer while a block of the
+read is still in flight into them): well past Mooncake's own transfer timeout (30 s)."""
 
 _warned = False
 
