@@ -326,20 +326,21 @@ class E2Tiered(PrebleE2):
                  now: float) -> tuple[int, "_Costs", Branch]:
         """Preble's exploit among the holders, then a move to a non-holder (the prefix copied
         or recomputed there, whichever its plan says) when it clearly serves this request
-        sooner: `autoscale_ttft_ratio` (2) times, by either of two rules.
+        sooner, by either of two rules.
 
         - Queue (hot prefixes only, `_is_hot`): the prefill work already queued on the node
           + this request's plan (a pull, for a non-holder) + the recompute harm of what it
-          evicts there, against the best holder's queue + plan. This compares delays, not
-          Preble's windowed Load (seconds of work over three minutes: a share of
-          throughput, not a wait): Load against a pull of tens of milliseconds would copy
-          prefixes at every small imbalance, and queue bursts pass.
+          evicts there, `autoscale_ttft_ratio` (2) times below the best holder's queue +
+          plan. This compares delays, not Preble's windowed Load (seconds of work over three
+          minutes: a share of throughput, not a wait): Load against a pull of tens of
+          milliseconds would copy prefixes at every small imbalance, and queue bursts pass.
         - Decode (any prefix): the request's decode there (`_decode_s`: its own steps at the
-          node's batch and the slowdown it adds to the requests decoding beside it) against
-          the best holder's, and the whole delay (queue + plan + eviction + decode) too. A
-          node decoding a batch several times another's slows every token of every answer it
-          takes (chat on 8-32 nodes, README); with a decode step that does not grow with the
-          batch (an engine whose decode is not measured: `FlatDecode`) this rule never moves.
+          node's batch and the slowdown it adds to the requests decoding beside it)
+          `decode_move_ratio` (1.5) times below the best holder's, and the whole delay
+          (queue + plan + eviction + decode) too. A node decoding a batch several times
+          another's slows every token of every answer it takes (chat on 8-32 nodes,
+          README); with a decode step that does not grow with the batch (an engine whose
+          decode is not measured: `FlatDecode`) this rule never moves.
 
         "The best holder" is the one Preble's exploit picks (Load + plan); other holders are
         not weighed on decode, so a lightly decoding second holder can lose the request to a
@@ -353,8 +354,9 @@ class E2Tiered(PrebleE2):
             return best, costs, Branch.EXPLOIT
         # A copy costs cache space everywhere (duplicates evict other prefixes), which the
         # LRU-front eviction price underestimates: require a clear win, Preble's autoscaling
-        # factor (TTFT x2) applied to expected delay. Eviction harm >= 0 and no node decodes
-        # faster than an idle one, so only nodes that clear the bar without them are priced.
+        # factor (TTFT x2) applied to expected delay; a lower bar (x1.5) for decode, whose
+        # gain lasts the whole answer. Eviction harm >= 0 and no node decodes faster than an
+        # idle one, so only nodes that clear the bar without them are priced.
         ratio = self.config.autoscale_ttft_ratio
         pend = cl.terms.pending_s
         held = costs.nodes[best]
@@ -366,7 +368,8 @@ class E2Tiered(PrebleE2):
         held_dec = self._decode_s(held, out, grow)
         idle_dec = out * cl.cost.decode_step_s(grow, 1)
         held_t = held_q + held_dec
-        by_decode = idle_dec * ratio < held_dec and (floor_q + idle_dec) * ratio < held_t
+        dratio = self.config.decode_move_ratio
+        by_decode = idle_dec * dratio < held_dec and (floor_q + idle_dec) * dratio < held_t
         if not (by_queue or by_decode):
             return best, costs, Branch.EXPLOIT
         if by_decode:
@@ -379,9 +382,9 @@ class E2Tiered(PrebleE2):
             q = pend[n] + plans[n]
             ok = by_queue and q * ratio < held_q
             d = 0.0  # decode enters the ranking only where the decode rule is in play
-            if by_decode and (ok or (q + idle_dec) * ratio < held_t):
+            if by_decode and (ok or (q + idle_dec) * dratio < held_t):
                 d = self._decode_s(n, out, grow)
-                ok = ok or (d * ratio < held_dec and (q + d) * ratio < held_t)
+                ok = ok or (d * dratio < held_dec and (q + d) * dratio < held_t)
             if ok:
                 others.append(n)
                 decs.append(d)
@@ -398,7 +401,7 @@ class E2Tiered(PrebleE2):
         for j, (n, ev, d) in enumerate(zip(alt.nodes, alt.evicts, decs)):
             q = pend[n] + ev + alt.plans[j]
             if q + d < choice_t and ((by_queue and q * ratio < held_q)
-                                     or (by_decode and d * ratio < held_dec and (q + d) * ratio < held_t)):
+                                     or (by_decode and d * dratio < held_dec and (q + d) * dratio < held_t)):
                 choice, choice_t = j, q + d
         if choice is not None:
             return len(costs.nodes) + choice, merged, Branch.REPLICATE

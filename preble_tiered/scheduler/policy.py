@@ -28,6 +28,10 @@ class PolicyConfig:
     autoscale_ttft_ratio: float = 2.0
     """preble_e2 replicates a prefix whose windowed mean TTFT grew by this factor (Preble: 2);
     e2_tiered copies a hot prefix when another node would serve it this many times sooner."""
+    decode_move_ratio: float = 1.5
+    """e2_tiered moves a request off its prefix's holders when another node would decode it
+    this many times sooner, its whole delay included (swept 1.2-2 on the twin and the GPU
+    grid in docs/decisions.md)."""
     autoscale_window_s: float = 10.0
     """preble_e2 compares a prefix's mean TTFT between consecutive windows of this length
     (this project's choice, see docs/decisions.md; with H = 180 s a hot prefix swamps its node for minutes
@@ -62,6 +66,8 @@ class PolicyConfig:
             raise ValueError("replicate_hot_share must be positive")
         if self.pd_slack < 1.0 or self.autoscale_ttft_ratio <= 1.0:
             raise ValueError("pd_slack must be >= 1 and autoscale_ttft_ratio > 1")
+        if self.decode_move_ratio <= 1.0:
+            raise ValueError(f"decode_move_ratio must exceed 1, got {self.decode_move_ratio}")
         if len(self.dynamo_tier_credit) != 3 or not all(0 <= c <= 1 for c in self.dynamo_tier_credit):
             raise ValueError("dynamo_tier_credit needs three credits in [0, 1] (device, host, disk)")
 

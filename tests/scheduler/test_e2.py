@@ -273,6 +273,20 @@ def test_e2_tiered_moves_a_cold_prefix_off_a_node_whose_decode_batch_would_slow_
     assert d.plan.pull_from == 0
 
 
+def test_a_decode_gap_under_2x_moves_a_request_at_the_decode_ratio_and_not_at_the_queue_ratio():
+    # Node 0 decodes 5 answers, the others 2: the request's decode there (its 200 steps at a
+    # batch of 6 plus the slowdown of the 5) is 1.8x what it would be elsewhere. That clears
+    # decode_move_ratio (1.5), not the queue rule's factor of 2.
+    s = cold_prefix_sched(BATCH_BOUND)
+    busy_decoding(s, 0, 5)
+    d = s.schedule(req("r", PREFIX + blocks(1, 1), out=200))
+    assert d.node != 0 and d.branch is Branch.REPLICATE
+    s = cold_prefix_sched(BATCH_BOUND, decode_move_ratio=2.0)
+    busy_decoding(s, 0, 5)
+    d = s.schedule(req("r", PREFIX + blocks(1, 1), out=200))
+    assert (d.node, d.branch) == (0, Branch.EXPLOIT)
+
+
 def test_e2_tiered_keeps_a_cold_prefix_when_the_decode_batches_are_even():
     s = cold_prefix_sched(BATCH_BOUND)
     s.cluster.nodes[0].pending_prefill_s = 10.0  # a queue burst alone never moves a cold prefix
@@ -562,6 +576,8 @@ def test_policy_config_bounds():
         PolicyConfig(window_s=0)
     with pytest.raises(ValueError, match="dynamo_tier_credit"):
         PolicyConfig(dynamo_tier_credit=(1.0, 0.5))
+    with pytest.raises(ValueError, match="decode_move_ratio must exceed 1"):
+        PolicyConfig(decode_move_ratio=1.0)
 
 
 def test_per_prefix_policy_state_stays_bounded_over_time():
