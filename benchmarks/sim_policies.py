@@ -23,7 +23,7 @@ Targets are checked at every load and printed with each ratio:
     python benchmarks/sim_policies.py --quick        # fewer requests, for a smoke check
     python benchmarks/sim_policies.py --only loogle --loads mid
     python benchmarks/sim_policies.py --only loogle videoqa --no-scale \
-        --links benchmarks/results/tiers_bandwidth.json --out benchmarks/results/sim_measured_links
+        --links benchmarks/results/tiers_bandwidth_first_machine.json --out benchmarks/results/sim_measured_links
         # link bandwidths as measured by tiers_bandwidth.py instead of the GPU presets
 """
 

@@ -36,8 +36,8 @@ POLL_S = 0.0002
 on 2 cores that core is one the transfer needs (`benchmarks/tiers_bandwidth.py`)."""
 
 READ_TIMEOUT_S = 30.0
-"""A read gives up on a block this long after it started, plus a second per GB asked for (as
-Mooncake's own synchronous read does)."""
+"""A read gives up this long after it started, plus a second per GB asked for (as Mooncake's
+own synchronous read does)."""
 
 QUARANTINE_S = 120.0
 """How long slots of a failed read stay out of use at least (longer while a block of the
@@ -138,28 +138,30 @@ class BulkEngine:
         ids: list[int] = []  # batch ids of the blocks submitted, in order
         inflight = done = 0  # bytes submitted and not yet arrived; leading blocks arrived
         deadline = time.monotonic() + READ_TIMEOUT_S + sum(lengths) / 1e9
-        submitting, rc = True, 1  # rc: the oldest block's last status
-        while done < n:
-            while submitting and len(ids) < n and (len(ids) == done
-                                                   or inflight + lengths[len(ids)] <= MAX_INFLIGHT_BYTES):
-                i = len(ids)
-                batch = engine.batch_transfer_async_read(session, [local[i]], [remote[i]], [lengths[i]])
-                if not 0 < batch < 1 << 63:  # 0 (or -1 as unsigned, in older builds): not submitted
-                    submitting = False
+        submitting, rc = True, 0  # rc: the last status of ids[done] (0: not known to have ended)
+        try:
+            while done < n:
+                while submitting and len(ids) < n and (len(ids) == done
+                                                       or inflight + lengths[len(ids)] <= MAX_INFLIGHT_BYTES):
+                    i = len(ids)
+                    batch = engine.batch_transfer_async_read(session, [local[i]], [remote[i]], [lengths[i]])
+                    if not 0 < batch < 1 << 63:  # 0 (or -1 as unsigned, in older builds): not submitted
+                        submitting = False
+                        break
+                    ids.append(batch)
+                    inflight += lengths[i]
+                if done == len(ids):  # nothing in flight: the next block could not be submitted
                     break
-                ids.append(batch)
-                inflight += lengths[i]
-            if done == len(ids):  # nothing in flight: the next block could not be submitted
-                break
-            rc = engine.transfer_check_status(ids[done])
-            if rc == 1:  # arrived (Mooncake freed the batch)
-                inflight -= lengths[done]
-                done += 1
-            elif rc < 0 or time.monotonic() > deadline:  # -1 failed, -2 timed out
-                break
-            else:
-                time.sleep(POLL_S)
-        self._hold_unended(engine, local, ids, done, rc)
+                rc = engine.transfer_check_status(ids[done])
+                if rc == 1:  # arrived (Mooncake freed the batch)
+                    inflight -= lengths[done]
+                    done, rc = done + 1, 0
+                elif rc == -1 or time.monotonic() > deadline:  # failed (freed), or too late
+                    break
+                else:  # 0 in flight; -2 a slice past Mooncake's slice timeout, still able to write
+                    time.sleep(POLL_S)
+        finally:  # also when Mooncake raised: what was submitted may still write
+            self._hold_unended(engine, local, ids, done, rc)
         return done
 
     def _hold_unended(self, engine, local: Sequence[int], ids: list[int], done: int, stop_rc: int) -> None:
@@ -169,7 +171,7 @@ class BulkEngine:
         left: dict[int, int] = {}
         for i in range(done, len(ids)):
             rc = stop_rc if i == done else engine.transfer_check_status(ids[i])
-            if rc == 0:  # still in flight: it may write into local[i] later
+            if rc not in (1, -1):  # not ended (0, or -2): it may write into local[i] later
                 left[local[i]] = ids[i]
         if left:
             with self._lock:
@@ -178,9 +180,10 @@ class BulkEngine:
     def _prune(self, now: float) -> None:
         """Forget in-flight blocks of stopped reads that have ended, and release quarantined
         slots past their hold that no such block writes into any more (holding the lock)."""
-        if self._engine is not None:
+        engine = self._engine
+        if engine is not None:
             for address, batch in list(self._unended.items()):
-                if self._engine.transfer_check_status(batch) != 0:  # ended (and freed, unless it timed out)
+                if engine.transfer_check_status(batch) in (1, -1):  # ended, and freed by Mooncake
                     del self._unended[address]
         self._quarantine = [q for q in self._quarantine
                             if q[0] > now or any(a in self._unended for a, _ in q[1])]
@@ -206,4 +209,4 @@ class BulkEngine:
             for address, _ in self._regions:
                 self._engine.unregister_memory(address)
             self._regions.clear()
-        self._engine = None
+            self._engine = None

@@ -177,7 +177,7 @@ class _Read:
         except Exception:
             bulk.quarantine(self.slots)
             raise
-        if arrived < len(self.blocks):  # a failed batch may still land late: never reuse its slots soon
+        if arrived < len(self.blocks):  # blocks after a stop may still land: keep their slots out of use
             bulk.quarantine(self.slots[arrived:])
         for (_, view), b in zip(self.slots[:arrived], self.blocks[:arrived]):
             if block_checksum(view) != b.checksum:

@@ -15,9 +15,11 @@ class ScriptedEngine:
     fails / never ends / cannot be submitted as scripted by the block's index."""
 
     def __init__(self, checks_to_arrive: int = 2, fail_at: int | None = None, stuck: tuple[int, ...] = (),
-                 refuse_at: int | None = None) -> None:
+                 refuse_at: int | None = None, late: tuple[int, ...] = (), raise_at_check: int | None = None) -> None:
         self.checks_to_arrive = checks_to_arrive
         self.fail_at, self.stuck, self.refuse_at = fail_at, set(stuck), refuse_at
+        self.late = set(late)  # blocks reporting TIMEOUT (-2): a slice is late, the batch may still write
+        self.raise_at_check = raise_at_check
         self.batches: dict[int, dict] = {}  # batch id -> {index, length, checks, freed}
         self.inflight = self.peak = 0
         self.checks = 0
@@ -40,9 +42,13 @@ class ScriptedEngine:
         b = self.batches[batch]
         assert not b["freed"], "checked a batch after Mooncake freed it"
         self.checks += 1
+        if self.checks == self.raise_at_check:
+            raise RuntimeError("the engine failed")
         b["checks"] += 1
         if b["index"] in self.stuck:
             return 0
+        if b["index"] in self.late:
+            return -2
         if b["index"] == self.fail_at:
             b["freed"] = True
             self.inflight -= b["length"]
@@ -139,3 +145,24 @@ def test_quarantined_slots_with_nothing_in_flight_are_held_for_the_hold_time_onl
     bulk.quarantine(slots[:1], hold_s=0.0)  # past its (zero) hold and nothing in flight: released next time
     bulk.quarantine([], hold_s=0.0)
     assert len(bulk._quarantine) == 1 and bulk._quarantine[0][1] == slots[1:]
+
+
+def test_a_block_reported_late_is_waited_for_and_its_slot_held_as_in_flight(monkeypatch):
+    monkeypatch.setattr(bulk_mod, "READ_TIMEOUT_S", 0.05)
+    eng = ScriptedEngine(checks_to_arrive=1, late=(1,))
+    bulk = BulkEngine(eng, "127.0.0.1", "tcp")
+    slots = [(0x9000 + i, Slot()) for i in range(3)]
+    assert bulk.read("peer:1", [a for a, _ in slots], list(range(3)), [100] * 3) == 1
+    assert eng.batches[0x1001]["checks"] > 1  # -2 did not stop the read: only the deadline did
+    bulk.quarantine(slots[1:], hold_s=0.0)
+    bulk.quarantine([], hold_s=0.0)
+    assert len(bulk._quarantine) == 1 and 0x9001 in bulk._unended  # still able to write: held
+
+
+def test_a_read_that_raises_still_holds_the_slots_of_what_it_submitted():
+    eng = ScriptedEngine(checks_to_arrive=5, raise_at_check=3)
+    bulk = BulkEngine(eng, "127.0.0.1", "tcp")
+    slots = [(0x9000 + i, Slot()) for i in range(4)]
+    with pytest.raises(RuntimeError):
+        bulk.read("peer:1", [a for a, _ in slots], list(range(4)), [100] * 4)
+    assert set(bulk._unended) == {a for a, _ in slots}  # nothing had arrived; all may still write
