@@ -134,6 +134,16 @@ def test_the_serve_banner_s_commands_carry_the_token_file_and_the_certificate(tm
 
 
 def test_serve_refuses_a_missing_model_and_a_port_in_use_before_starting_anything(capsys, tmp_path):
+    # Start from Ctrl-C's default whatever this test process inherited (a shell starts its
+    # background jobs with SIGINT ignored).
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _serve_refuses_bad_model_and_busy_port(capsys, tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+
+
+def _serve_refuses_bad_model_and_busy_port(capsys, tmp_path):
     import socket
 
     base = ["serve", "--nodes", "1", "--dram-bytes", "0", "--disk-bytes", "0", "--http-port", "0",

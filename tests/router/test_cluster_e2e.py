@@ -327,7 +327,10 @@ def _start_serve(model_dir, port, tmp_path, *extra):
     p = subprocess.Popen([sys.executable, "-m", "preble_tiered.cli", "serve", "--nodes", "1", "--model", model_dir,
                           "--port", str(port), "--http-port", str(http_port), "--kv-cache-bytes", str(64 << 20), "--max-model-len", "4096",
                           "--log-dir", str(tmp_path / "logs"), "--state", str(tmp_path / "state.json"), *extra],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         # Ctrl-C reaches it as it would in a terminal, even when this test process
+                         # was started with SIGINT ignored (a shell's background job)
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     try:
         for line in p.stdout:
