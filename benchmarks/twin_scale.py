@@ -78,7 +78,8 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/twin_scale.json")
     args = ap.parse_args()
     if args.profile is None:
-        profile, source = ClusterProfile.from_dict(json.loads(FIDELITY.read_text())["profile"]), str(FIDELITY)
+        profile = ClusterProfile.from_dict(json.loads(FIDELITY.read_text())["profile"])
+        source = str(FIDELITY.relative_to(ROOT))
     else:
         profile, source = profile_files.load(args.profile), args.profile
     groups = []
