@@ -73,7 +73,8 @@ class Scheduler:
         match = self.index.lookup(req.block_hashes, now)  # counts demand and matches
         decision = self.policy.route(req, match, now)
         plan = decision.plan
-        self.cluster.on_dispatch(req.request_id, decision.node, req.prompt_tokens, plan.cached_tokens,
+        cached = plan.cached_tokens
+        self.cluster.on_dispatch(req.request_id, decision.node, req.prompt_tokens, cached,
                                  req.max_output_tokens, plan.est_prefill_s, now)
         self.policy.on_dispatched(req, decision, now)
         if self.policy.uses_pending and req.block_hashes:
@@ -81,7 +82,7 @@ class Scheduler:
             self.index.add_pending_entries(decision.node, match.entries)
             self._promised[req.request_id] = (decision.node, req.block_hashes)
         self.branch_counts[decision.branch.value] += 1
-        decision.priority_group = min(GROUPS - 1, max(0, hit_group(min(1.0, plan.cached_tokens / req.prompt_tokens))
+        decision.priority_group = min(GROUPS - 1, max(0, hit_group(min(1.0, cached / req.prompt_tokens))
                                                       + req.priority))
         decision.pull = self._pull_order(plan, req.block_hashes)
         return decision

@@ -166,30 +166,26 @@ class Planner:
         """The named plan for `node` (the cheapest one unless `choice` is given)."""
         c = choice or self.choice(node, pc)
         L, bs = pc.prompt_tokens, self.block_size
-        segs: list[PlanSegment] = []
         nm = pc.match.get(node)
-        budget = L - 1  # tokens that may come from cache (the last one is computed)
-
-        def add(action: Action, blocks: int, tier: Tier | None, source: NodeId | None = None) -> None:
-            nonlocal budget
-            if blocks <= 0:
-                return
-            tok = min(blocks * bs, budget)
-            if tok <= 0:
-                return
-            budget -= tok
-            segs.append(PlanSegment(action, blocks, tok, tier, source))
-
+        # (action, blocks, tier, source) of the cached parts in prompt order, then each given
+        # tokens from what may come from cache (all but the last token, which is computed)
+        parts: list[tuple[Action, int, Tier, NodeId | None]] = []
         if nm is not None and c.local_blocks:
             if c.local_blocks > nm.hbm_prefix:  # the whole usable prefix, fetching lower tiers
-                add(Action.IN_PLACE, nm.hbm + nm.pending, Tier.HBM)
-                add(Action.FETCH, nm.dram, Tier.DRAM)
-                add(Action.FETCH, nm.disk, Tier.DISK)
+                parts += ((Action.IN_PLACE, nm.hbm + nm.pending, Tier.HBM, None),
+                          (Action.FETCH, nm.dram, Tier.DRAM, None), (Action.FETCH, nm.disk, Tier.DISK, None))
             else:
-                add(Action.IN_PLACE, c.local_blocks, Tier.HBM)
+                parts.append((Action.IN_PLACE, c.local_blocks, Tier.HBM, None))
         if c.kind == "pull":
-            src_tier = Tier.DISK if pc.src_disk_frac >= 0.5 else Tier.HBM
-            add(Action.PULL, c.pull_blocks, src_tier, pc.src)
+            parts.append((Action.PULL, c.pull_blocks, Tier.DISK if pc.src_disk_frac >= 0.5 else Tier.HBM, pc.src))
+        segs: list[PlanSegment] = []
+        budget = L - 1
+        for action, blocks, tier, source in parts:
+            if blocks <= 0 or budget <= 0:
+                continue
+            tok = min(blocks * bs, budget)
+            budget -= tok
+            segs.append(PlanSegment(action, blocks, tok, tier, source))
         cached = (L - 1) - budget
         segs.append(PlanSegment(Action.RECOMPUTE, 0, L - cached))
         return Plan(node, tuple(segs), local_blocks=c.local_blocks,

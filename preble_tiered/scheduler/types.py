@@ -84,7 +84,11 @@ class Plan:
 
     @property
     def cached_tokens(self) -> int:
-        return sum(s.tokens for s in self.segments if s.action is not Action.RECOMPUTE)
+        n, recompute = 0, Action.RECOMPUTE
+        for s in self.segments:  # a plain loop: read on every decision
+            if s.action is not recompute:
+                n += s.tokens
+        return n
 
     @property
     def est_ttft_s(self) -> float:
