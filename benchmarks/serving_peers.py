@@ -304,6 +304,7 @@ class PrebleServe:
         self.spec = ClusterSpec(nodes=n, model=model, port=free_port(), policy=policy, block_size=shape.block_size,
                                 kv_cache_bytes=shape.kv_cache_bytes, max_num_seqs=shape.max_num_seqs,
                                 max_model_len=shape.max_model_len, log_dir=str(log_dir / name),
+                                state_path=str(log_dir / name / "router-state.json"),
                                 dram_bytes=plan.dram_bytes or None, disk_bytes=plan.disk_bytes or None,
                                 disk_dir=str(plan.disk_dir) if plan.disk_dir else None,
                                 http_port=free_port() if http else 0,

@@ -93,7 +93,8 @@ def make_trace(path: Path, workload: str, load: str, seed: int, scale: float = 1
 
 def spec(policy: str, out: Path, label: str, kv_bytes: int) -> ClusterSpec:
     return ClusterSpec(nodes=2, policy=policy, port=free_port(), kv_cache_bytes=kv_bytes, max_model_len=8192,
-                       log_dir=str(out / f"logs-{label}"), dram_bytes=DRAM_BYTES, disk_bytes=DISK_BYTES,
+                       log_dir=str(out / f"logs-{label}"), state_path=str(out / f"logs-{label}" / "router-state.json"),
+                       dram_bytes=DRAM_BYTES, disk_bytes=DISK_BYTES,
                        disk_dir=str(out / f"kv-{label}"))
 
 

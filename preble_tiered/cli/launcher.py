@@ -52,6 +52,10 @@ class ClusterSpec:
     """Data path of KV pulls: "mooncake" (gRPC stream where it cannot load) or "grpc"."""
     transfer_protocol: str = "tcp"
     log_dir: str | None = None
+    state_path: str | None = None
+    """The router's state file (named prefixes, pins, node ids), kept across restarts; None:
+    `router-<port>-state.json` under the cache dir, the router's own default. Give one under a
+    scratch directory for throwaway clusters (tests, benchmarks) so they leave nothing behind."""
     node_env: dict[str, str] = field(default_factory=dict)
     router_args: tuple[str, ...] = ()
     inference_token: str | None = field(default=None, repr=False)
@@ -111,7 +115,8 @@ class LocalCluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._router_args = ["router", "--host", s.host, "--port", str(s.port), "--policy", s.policy,
                              "--block-size", str(s.block_size), "--tokenizer", self.model,
-                             "--http-port", str(s.http_port), *s.router_args]
+                             "--http-port", str(s.http_port),
+                             *(("--state", s.state_path) if s.state_path else ()), *s.router_args]
         self.router = self._spawn("router", self._router_args, {})
         self._wait_router()
         ncpu = os.cpu_count() or 1

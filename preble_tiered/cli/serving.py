@@ -265,7 +265,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     sec = _security_config(args)  # fail here, not in the router child, on a bad token file or TLS pair
     router_args: list[str] = []
-    for flag in ("state", "admin_token_file", "inference_token_file", "tls_cert", "tls_key"):
+    for flag in ("admin_token_file", "inference_token_file", "tls_cert", "tls_key"):
         value = getattr(args, flag)
         if value:
             router_args += ["--" + flag.replace("_", "-"), str(value)]
@@ -275,7 +275,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        kv_cache_bytes=args.kv_cache_bytes, block_size=args.block_size, log_dir=args.log_dir,
                        max_model_len=args.max_model_len, dram_bytes=tiers.dram_bytes or None,
                        disk_dir=str(tiers.disk_dir) if tiers.disk_dir else None, disk_bytes=tiers.disk_bytes or None,
-                       transfer=args.transfer, transfer_protocol=args.transfer_protocol,
+                       transfer=args.transfer, transfer_protocol=args.transfer_protocol, state_path=args.state,
                        router_args=tuple(router_args), inference_token=sec["inference_token"], tls_ca=args.tls_cert,
                        http_port=args.http_port)
     cluster = LocalCluster(spec)

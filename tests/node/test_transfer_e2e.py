@@ -33,6 +33,7 @@ def cluster(tmp_path_factory):
 
     spec = ClusterSpec(nodes=2, model=str(ensure_tiny_model()), port=free_port(), kv_cache_bytes=64 << 20,
                        max_model_len=4096, dram_bytes=128 << 20, log_dir=str(tmp_path_factory.mktemp("logs")),
+                       state_path=str(tmp_path_factory.mktemp("state") / "router.json"),
                        node_env={FAULT_DIE_AFTER_PIECES: "40"}, transfer="grpc")
     c = LocalCluster(spec).start(progress=lambda m: None)
     yield c

@@ -30,7 +30,7 @@ def cluster(tmp_path_factory):
 
     spec = ClusterSpec(nodes=2, model=str(ensure_tiny_model()), port=free_port(), kv_cache_bytes=64 << 20,
                        max_model_len=4096, dram_bytes=128 << 20, log_dir=str(tmp_path_factory.mktemp("logs")),
-                       transfer="mooncake")
+                       state_path=str(tmp_path_factory.mktemp("state") / "router.json"), transfer="mooncake")
     c = LocalCluster(spec).start(progress=lambda m: None)
     yield c
     c.stop()

@@ -18,13 +18,14 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ports import free_port
 
-from preble_tiered.cli.launcher import ClusterSpec, LocalCluster
+from preble_tiered.cli.launcher import ClusterSpec, LocalCluster, cache_dir
 from preble_tiered.node.agent import FAULT_DROP_EVENT_SEQ
 from preble_tiered.api.pb import (admin_pb2, admin_pb2_grpc, common_pb2, inference_pb2, inference_pb2_grpc,
                                      node_pb2, node_pb2_grpc)
@@ -46,6 +47,7 @@ def cluster(model_dir, tmp_path_factory):
     metrics_port = free_port()
     spec = ClusterSpec(nodes=2, model=model_dir, port=free_port(), kv_cache_bytes=64 << 20, max_model_len=4096,
                        log_dir=str(tmp_path_factory.mktemp("logs")), node_env={FAULT_DROP_EVENT_SEQ: "3"},
+                       state_path=str(tmp_path_factory.mktemp("state") / "router.json"),
                        router_args=("--metrics-port", str(metrics_port)))
     c = LocalCluster(spec).start(progress=lambda m: None)
     c.metrics_port = metrics_port
@@ -82,6 +84,16 @@ def test_router_and_nodes_report_serving_and_reflect_their_services(cluster, stu
         resp = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
         names = {s.name for s in resp.list_services_response.service}
     assert {"preble.v1.Inference", "preble.v1.Admin", "grpc.health.v1.Health"} <= names
+
+
+def test_router_keeps_its_state_where_the_cluster_spec_says_and_nothing_in_the_cache_dir(cluster):
+    port = cluster.addr.rsplit(":", 1)[1]
+    assert not (cache_dir() / f"router-{port}-state.json").exists()  # a throwaway cluster leaves nothing there
+    deadline = time.monotonic() + 10
+    path = Path(cluster.spec.state_path)
+    while not path.exists() and time.monotonic() < deadline:  # written once the nodes have registered
+        time.sleep(0.1)
+    assert set(json.loads(path.read_text())["nodes"]) == {"node0", "node1"}
 
 
 def test_second_question_on_a_document_goes_to_its_node_and_reuses_its_cache(stubs):

@@ -34,6 +34,7 @@ def cluster(tmp_path_factory):
     (d / "token").write_text(TOKEN + "\n")
     spec = ClusterSpec(nodes=2, model=str(ensure_tiny_model()), port=free_port(), http_port=free_port(),
                        kv_cache_bytes=64 << 20, max_model_len=4096, log_dir=str(d / "logs"), inference_token=TOKEN,
+                       state_path=str(d / "state.json"),
                        router_args=("--inference-token-file", str(d / "token"), "--max-outstanding", "4"))
     c = LocalCluster(spec).start(progress=lambda m: None)
     yield c
