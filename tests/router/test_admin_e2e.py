@@ -55,8 +55,8 @@ def cluster(tmp_path_factory):
     d = tmp_path_factory.mktemp("admin")
     (d / "token").write_text(TOKEN + "\n")
     spec = ClusterSpec(nodes=2, model=str(ensure_tiny_model()), port=free_port(), kv_cache_bytes=64 << 20,
-                       max_model_len=4096, dram_bytes=DRAM_BYTES, log_dir=str(d / "logs"), state_path=str(d / "state.json"),
-                       router_args=("--admin-token-file", str(d / "token")))
+                       max_model_len=4096, dram_bytes=DRAM_BYTES, log_dir=str(d / "logs"),
+                       state_path=str(d / "state.json"), router_args=("--admin-token-file", str(d / "token")))
     c = LocalCluster(spec).start(progress=lambda m: None)
     c.token_file = str(d / "token")
     c.state_file = d / "state.json"
