@@ -76,11 +76,12 @@ def write_toolbench_trace(path: Path, requests: int, rps: float, seed: int, tool
                                 "output_tokens": int(rng.integers(16, 65))}) + "\n")
 
 
-def make_trace(path: Path, workload: str, load: str, seed: int, scale: float = 1.0) -> None:
+def make_trace(path: Path, workload: str, load: str, seed: int, scale: float = 1.0, rate_scale: float = 1.0) -> None:
     """The trace of `workload` at `load` for 2 nodes; `scale` multiplies its requests, rate and
-    distinct prefixes (documents, tools, conversations), for a cluster `scale` times larger."""
+    distinct prefixes (documents, tools, conversations), for a cluster `scale` times larger;
+    `rate_scale` multiplies the arrival rate alone, for a slower or faster machine."""
     n, rps = LOADS[workload][load]
-    n, rps = int(n * scale), rps * scale
+    n, rps = int(n * scale), rps * scale * rate_scale
     if workload == "longdoc":
         write_trace(path, int(12 * scale), n, rps, 3000, seed)
     elif workload == "toolbench":
@@ -210,6 +211,9 @@ def markdown(doc: dict) -> str:
     lines += ["", f"Within target: mean TTFT {s['ttft_mean']}, mean latency {s['latency_mean']}, p99 TTFT "
                   f"{s['ttft_p99']}, p99 latency {s['latency_p99']}, cached share {s['share']} (of {len(doc['runs'])} "
                   f"runs); same ranking in {s['rankings_same']} of {len(doc['rankings'])}."]
+    rate_scale = doc.get("setup", {}).get("rate_scale", 1.0)
+    if rate_scale != 1.0:
+        lines += ["", f"Arrival rates {rate_scale:g}x the benchmark's loads (`--rate-scale`), for a slower machine."]
     rp = doc.get("repeatability")
     if rp and rp["rows"]:
         med, mx = rp["median_abs"], rp["max_abs"]
@@ -262,6 +266,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kv-bytes", type=int, default=KV_BYTES,
                     help=f"engine KV cache per node (default: {KV_BYTES >> 20} MiB, smaller than the working sets)")
+    ap.add_argument("--rate-scale", type=float, default=1.0,
+                    help="multiply every load's arrival rate (default 1: the rates in LOADS, set on a machine "
+                         "whose 3k-token prefill takes ~0.45 s; a machine N times slower wants about 1/N)")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/sim_fidelity.json")
     ap.add_argument("--replot", action="store_true", help="rebuild the table and PNG from --json, run nothing")
     ap.add_argument("--repredict", action="store_true",
@@ -270,9 +277,12 @@ def main() -> int:
     ap.add_argument("--compare", type=Path, default=None,
                     help="an earlier run's JSON: report how far the real measurements moved between the two")
     args = ap.parse_args()
+    if not args.rate_scale > 0:
+        ap.error(f"--rate-scale must be positive, got {args.rate_scale}")
     md, png = args.json.with_suffix(".md"), args.json.with_suffix(".png")
     if args.repredict:
         doc = json.loads(args.json.read_text())
+        rate_scale = doc["setup"].get("rate_scale", 1.0)
         with tempfile.TemporaryDirectory(prefix="preble-fidelity-") as tmp:
             out = Path(tmp)
             profile = out / "profile.json"
@@ -280,7 +290,7 @@ def main() -> int:
             for r in doc["runs"]:
                 trace = out / f"{r['workload']}-{r['load']}.jsonl"
                 if not trace.exists():
-                    make_trace(trace, r["workload"], r["load"], args.seed)
+                    make_trace(trace, r["workload"], r["load"], args.seed, rate_scale=rate_scale)
                 r["predicted"] = pick(predict(r["policy"], trace, profile, out, f"{r['workload']}-{r['load']}-{r['policy']}"))
                 r["error"] = errors(r["measured"], r["predicted"])
                 r["within"] = within(r["error"])
@@ -308,7 +318,7 @@ def main() -> int:
         for wl in args.workloads:
             for load in args.loads:
                 trace = out / f"{wl}-{load}.jsonl"
-                make_trace(trace, wl, load, args.seed)
+                make_trace(trace, wl, load, args.seed, rate_scale=args.rate_scale)
                 for policy in policies:
                     label = f"{wl}-{load}-{policy}"
                     m = pick(measure(policy, trace, out, label, args.kv_bytes))
@@ -326,7 +336,7 @@ def main() -> int:
     summary["rankings_same"] = sum(k["same"] for k in ranks)
     doc = {"command": "python " + shlex.join(sys.argv), "targets": TARGETS, "profile": prof_doc,
            "setup": {"nodes": 2, "kv_cache_bytes_per_node": args.kv_bytes, "dram_bytes": DRAM_BYTES,
-                     "disk_bytes": DISK_BYTES, "loads": LOADS},
+                     "disk_bytes": DISK_BYTES, "loads": LOADS, "rate_scale": args.rate_scale},
            "runs": runs, "rankings": ranks, "summary": summary}
     if args.compare is not None:
         doc["repeatability"] = repeatability(doc, json.loads(args.compare.read_text()))
