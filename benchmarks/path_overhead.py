@@ -26,8 +26,8 @@ Workloads (text prompts of printable ASCII: the tiny model's tokenizer is byte-l
 Reported per (workload, system, run): TTFT, time per output token after the first (TPOT),
 latency (mean, p50, p99), output tokens/s, and CPU seconds per request of every process tree
 (router, node agents, vLLM servers with their engine cores, smg). `--runs N` repeats all of
-it; the summary gives the median and the spread (min-max) over runs, and the ratios of the
-issue's targets. `--profile` also records a py-spy profile (SVG) of the router and of node0
+it; the summary gives the median and the spread (min-max) over runs, and the ratios the
+targets compare. `--profile` also records a py-spy profile (SVG) of the router and of node0
 under the chat workload.
 
     python benchmarks/path_overhead.py [--runs 3] [--workloads c1 decode4 decode16 chat longdoc]

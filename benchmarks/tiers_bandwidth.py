@@ -421,7 +421,7 @@ def main() -> int:
                 "share_of_ceiling": round(gbps[k] / gbps[c], 3)} for k, c in pairs.items()}
     doc = {"command": "python " + shlex.join(sys.argv), "block_bytes": BLOCK_BYTES, "blocks": n, "reps": args.reps,
            "paths": rows,
-           "mandated_parts": {  # the libraries the issue prescribes, measured bare (no project code)
+           "mandated_parts": {  # the libraries the project is built on, measured bare (no project code)
                "rocksdb_write": {"gb_per_s": gbps["bare_rocksdb_write"],
                                  "share_of_ceiling": round(gbps["bare_rocksdb_write"] / gbps["file_write"], 3)},
                "rocksdb_read": {"gb_per_s": gbps["bare_rocksdb_read"],
