@@ -262,7 +262,9 @@ def main() -> int:
     ap.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
     ap.add_argument("--loads", nargs="+", choices=("light", "heavy"), default=["light", "heavy"])
     ap.add_argument("--policy", action="append", choices=POLICIES, help="policies (default: all four)")
-    ap.add_argument("--profile", type=Path, default=None, help="a stored profile of this cluster shape (skip calibrating)")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="a stored profile of this cluster shape (skip calibrating; with --repredict, predict on it "
+                         "in place of the one stored in --json)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kv-bytes", type=int, default=KV_BYTES,
                     help=f"engine KV cache per node (default: {KV_BYTES >> 20} MiB, smaller than the working sets)")
@@ -286,8 +288,12 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="preble-fidelity-") as tmp:
             out = Path(tmp)
             profile = out / "profile.json"
+            if args.profile is not None:  # a profile calibrated apart from these runs replaces the stored one
+                doc["profile"] = json.loads(args.profile.read_text())
             profile.write_text(json.dumps(doc["profile"]))
             for r in doc["runs"]:
+                if args.profile is not None:
+                    r["calibrated_on"] = str(args.profile)
                 trace = out / f"{r['workload']}-{r['load']}.jsonl"
                 if not trace.exists():
                     make_trace(trace, r["workload"], r["load"], args.seed, rate_scale=rate_scale)
