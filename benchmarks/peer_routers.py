@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 import tempfile
@@ -288,8 +289,8 @@ def main() -> int:
     ap.add_argument("--replot", action="store_true",
                     help="run nothing: rebuild the summary, table and plot from the runs stored in --json")
     args = ap.parse_args()
-    if not args.rate_scale > 0:
-        ap.error(f"--rate-scale must be positive, got {args.rate_scale}")
+    if not (math.isfinite(args.rate_scale) and args.rate_scale > 0):
+        ap.error(f"--rate-scale must be a positive number, got {args.rate_scale}")
     if args.replot:
         stored = json.loads(args.json.read_text())
         report(stored["runs"], args.json, stored["config"])
@@ -343,6 +344,8 @@ def report(rows: list[dict], path: Path, config: dict) -> None:
     agg = aggregate(rows)
     tg = targets(agg)
     md = markdown(agg, tg)
+    if config.get("rate_scale", 1.0) != 1.0:
+        md += f"\nArrival rates {config['rate_scale']:g}x the workloads' (`--rate-scale`).\n"
     print(md)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"config": config, "summary": agg, "targets": tg, "runs": rows}, indent=1))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import tempfile
@@ -136,7 +137,7 @@ def pick(s: dict) -> dict:
             "latency": {k: s["latency"][k] for k in ("mean", "p50", "p99")},
             **({"tpot": {"mean": s["tpot"]["mean"]}} if "tpot" in s else {}),
             "cached_token_share": round(share, 4), "recomputed_tokens": s["recomputed_tokens"],
-            "cached_tokens": s["cached_tokens"]}
+            "cached_tokens": s["cached_tokens"], **({"branches": s["branches"]} if "branches" in s else {})}
 
 
 def errors(m: dict, p: dict) -> dict:
@@ -213,7 +214,7 @@ def markdown(doc: dict) -> str:
                   f"runs); same ranking in {s['rankings_same']} of {len(doc['rankings'])}."]
     rate_scale = doc.get("setup", {}).get("rate_scale", 1.0)
     if rate_scale != 1.0:
-        lines += ["", f"Arrival rates {rate_scale:g}x the benchmark's loads (`--rate-scale`), for a slower machine."]
+        lines += ["", f"Arrival rates {rate_scale:g}x the benchmark's loads (`--rate-scale`)."]
     rp = doc.get("repeatability")
     if rp and rp["rows"]:
         med, mx = rp["median_abs"], rp["max_abs"]
@@ -274,21 +275,24 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/sim_fidelity.json")
     ap.add_argument("--replot", action="store_true", help="rebuild the table and PNG from --json, run nothing")
     ap.add_argument("--repredict", action="store_true",
-                    help="simulate again the traces of --json (rebuilt from their seed) on its stored profile, "
-                         "keeping its real measurements: for a change to the simulator only")
+                    help="simulate again the traces of --json (rebuilt from their seed and rate scale) on its "
+                         "stored profile, or on --profile (a calibration apart from the runs; the runs' own is kept "
+                         "as run_profile), keeping its real measurements; rewrites --json: work on a copy")
     ap.add_argument("--compare", type=Path, default=None,
                     help="an earlier run's JSON: report how far the real measurements moved between the two")
     args = ap.parse_args()
-    if not args.rate_scale > 0:
-        ap.error(f"--rate-scale must be positive, got {args.rate_scale}")
+    if not (math.isfinite(args.rate_scale) and args.rate_scale > 0):
+        ap.error(f"--rate-scale must be a positive number, got {args.rate_scale}")
     md, png = args.json.with_suffix(".md"), args.json.with_suffix(".png")
     if args.repredict:
         doc = json.loads(args.json.read_text())
         rate_scale = doc["setup"].get("rate_scale", 1.0)
+        seed = doc["setup"].get("seed", args.seed)
         with tempfile.TemporaryDirectory(prefix="preble-fidelity-") as tmp:
             out = Path(tmp)
             profile = out / "profile.json"
             if args.profile is not None:  # a profile calibrated apart from these runs replaces the stored one
+                doc.setdefault("run_profile", doc["profile"])
                 doc["profile"] = json.loads(args.profile.read_text())
             profile.write_text(json.dumps(doc["profile"]))
             for r in doc["runs"]:
@@ -296,7 +300,7 @@ def main() -> int:
                     r["calibrated_on"] = str(args.profile)
                 trace = out / f"{r['workload']}-{r['load']}.jsonl"
                 if not trace.exists():
-                    make_trace(trace, r["workload"], r["load"], args.seed, rate_scale=rate_scale)
+                    make_trace(trace, r["workload"], r["load"], seed, rate_scale=rate_scale)
                 r["predicted"] = pick(predict(r["policy"], trace, profile, out, f"{r['workload']}-{r['load']}-{r['policy']}"))
                 r["error"] = errors(r["measured"], r["predicted"])
                 r["within"] = within(r["error"])
@@ -342,7 +346,8 @@ def main() -> int:
     summary["rankings_same"] = sum(k["same"] for k in ranks)
     doc = {"command": "python " + shlex.join(sys.argv), "targets": TARGETS, "profile": prof_doc,
            "setup": {"nodes": 2, "kv_cache_bytes_per_node": args.kv_bytes, "dram_bytes": DRAM_BYTES,
-                     "disk_bytes": DISK_BYTES, "loads": LOADS, "rate_scale": args.rate_scale},
+                     "disk_bytes": DISK_BYTES, "loads": LOADS, "rate_scale": args.rate_scale,
+                     "seed": args.seed},
            "runs": runs, "rankings": ranks, "summary": summary}
     if args.compare is not None:
         doc["repeatability"] = repeatability(doc, json.loads(args.compare.read_text()))
