@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import sys
 import tempfile
@@ -58,6 +57,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving_peers import (NodeShape, OpenAIClient, PrebleServe, Rec, Req, Smg, VllmRouter,  # noqa: E402
                            VllmServers, ensure_smg, ensure_vllm_router, open_loop, text)
+
+from preble_tiered.cli.argtypes import positive_float  # noqa: E402  (on the path once serving_peers is imported)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORKLOADS = ("longdoc", "toolbench", "chat", "chat-long")
@@ -279,7 +280,7 @@ def main() -> int:
     ap.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS[:3]))
     ap.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     ap.add_argument("--seed", type=int, default=0, help="trace seed (the same trace for every system)")
-    ap.add_argument("--rate-scale", type=float, default=1.0,
+    ap.add_argument("--rate-scale", type=positive_float, default=1.0,
                     help="multiply every workload's arrival rate (default 1: the rates above, set on a machine "
                          "whose 3k-token prefill takes ~0.45 s; a machine N times slower wants about 1/N)")
     ap.add_argument("--model", help="model directory (default: the tiny model)")
@@ -289,8 +290,6 @@ def main() -> int:
     ap.add_argument("--replot", action="store_true",
                     help="run nothing: rebuild the summary, table and plot from the runs stored in --json")
     args = ap.parse_args()
-    if not (math.isfinite(args.rate_scale) and args.rate_scale > 0):
-        ap.error(f"--rate-scale must be a positive number, got {args.rate_scale}")
     if args.replot:
         stored = json.loads(args.json.read_text())
         report(stored["runs"], args.json, stored["config"])

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
 import sys
 import tempfile
@@ -46,6 +45,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from e2e_longdoc import free_port, write_chat_trace, write_trace  # noqa: E402
 
 from preble_tiered.cli import main as cli  # noqa: E402
+from preble_tiered.cli.argtypes import positive_float  # noqa: E402
 from preble_tiered.cli.launcher import ClusterSpec, LocalCluster  # noqa: E402
 
 POLICIES = ("e2_tiered", "preble_e2", "round_robin", "least_load")
@@ -269,7 +269,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kv-bytes", type=int, default=KV_BYTES,
                     help=f"engine KV cache per node (default: {KV_BYTES >> 20} MiB, smaller than the working sets)")
-    ap.add_argument("--rate-scale", type=float, default=1.0,
+    ap.add_argument("--rate-scale", type=positive_float, default=1.0,
                     help="multiply every load's arrival rate (default 1: the rates in LOADS, set on a machine "
                          "whose 3k-token prefill takes ~0.45 s; a machine N times slower wants about 1/N)")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/sim_fidelity.json")
@@ -281,8 +281,6 @@ def main() -> int:
     ap.add_argument("--compare", type=Path, default=None,
                     help="an earlier run's JSON: report how far the real measurements moved between the two")
     args = ap.parse_args()
-    if not (math.isfinite(args.rate_scale) and args.rate_scale > 0):
-        ap.error(f"--rate-scale must be a positive number, got {args.rate_scale}")
     md, png = args.json.with_suffix(".md"), args.json.with_suffix(".png")
     if args.repredict:
         doc = json.loads(args.json.read_text())

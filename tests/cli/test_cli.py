@@ -1,5 +1,6 @@
 """`preble sim` and `preble workload`: output schema, plot, trace round trip, errors."""
 
+import argparse
 import json
 import shutil
 import signal
@@ -241,6 +242,15 @@ def test_sim_rejects_bad_numbers_at_parse_time(capsys):
         main(["sim", "--workload", "toolbench", "--nodes", "0"])
     assert e.value.code == 2
     assert "expected a positive number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "0"])
+def test_positive_float_refuses_what_is_not_a_finite_positive_number(value):
+    from preble_tiered.cli.argtypes import positive_float
+
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a positive number"):
+        positive_float(value)
+    assert positive_float("0.3") == 0.3
 
 
 def test_bad_trace_line_is_reported_with_its_line_number(tmp_path, capsys):
