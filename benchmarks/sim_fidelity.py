@@ -47,6 +47,7 @@ from e2e_longdoc import free_port, write_chat_trace, write_trace  # noqa: E402
 from preble_tiered.cli import main as cli  # noqa: E402
 from preble_tiered.cli.argtypes import positive_float  # noqa: E402
 from preble_tiered.cli.launcher import ClusterSpec, LocalCluster  # noqa: E402
+from preble_tiered.scheduler.profile import ClusterProfile, mean_profile  # noqa: E402
 
 POLICIES = ("e2_tiered", "preble_e2", "round_robin", "least_load")
 WORKLOADS = ("longdoc", "toolbench", "chat")
@@ -100,12 +101,34 @@ def spec(policy: str, out: Path, label: str, kv_bytes: int) -> ClusterSpec:
                        disk_dir=str(out / f"kv-{label}"))
 
 
-def calibrate(out: Path, kv_bytes: int) -> Path:
-    path = out / "profile.json"
-    with LocalCluster(spec("e2_tiered", out, "calibrate", kv_bytes)) as c:
+def calibrate(out: Path, kv_bytes: int, k: int = 0) -> Path:
+    path = out / ("profile.json" if k == 0 else f"profile-{k}.json")
+    with LocalCluster(spec("e2_tiered", out, f"calibrate-{k}", kv_bytes)) as c:
         rc = cli.main(["calibrate", "--addr", c.addr, "-o", str(path), "--name", "fidelity", "--quiet"])
         if rc != 0:
             raise RuntimeError(f"preble calibrate failed (exit {rc})")
+    return path
+
+
+def calibration_record(path: Path) -> dict:
+    """A calibration as the JSON keeps it: when, the profile, and what it says a 3k-token prefill
+    and two decode steps take (how fast the machine was)."""
+    d = json.loads(path.read_text())
+    cost = ClusterProfile.from_dict(d).cost_model()
+    step = lambda ctx, batch: round(cost.decode.step_seconds(cost.shape, ctx, batch) * 1e3, 2)  # noqa: E731
+    return {"utc": time.strftime("%H:%M:%S", time.gmtime()), "profile": d,
+            "at": {"prefill_ms_3000_new": round(cost.prefill_s(3000, 3000) * 1e3, 1),
+                   "decode_step_ms_batch4_ctx4000": step(4000, 4), "decode_step_ms_batch8_ctx8000": step(8000, 8)}}
+
+
+def bracket(calibrations: list[dict], run: dict, out: Path) -> Path:
+    """The profile a --recalibrate run is predicted on: the mean of the calibrations just before
+    and just after its (workload, load)'s runs."""
+    ks = run["calibrations"]
+    path = out / f"bracket-{'-'.join(map(str, ks))}.json"
+    if not path.exists():
+        mean = mean_profile([ClusterProfile.from_dict(calibrations[k]["profile"]) for k in ks])
+        path.write_text(json.dumps(mean.to_dict()))
     return path
 
 
@@ -212,6 +235,26 @@ def markdown(doc: dict) -> str:
     lines += ["", f"Within target: mean TTFT {s['ttft_mean']}, mean latency {s['latency_mean']}, p99 TTFT "
                   f"{s['ttft_p99']}, p99 latency {s['latency_p99']}, cached share {s['share']} (of {len(doc['runs'])} "
                   f"runs); same ranking in {s['rankings_same']} of {len(doc['rankings'])}."]
+    cal = doc.get("calibrations")
+    if cal:
+        lines += ["", f"Calibrated {len(cal)} times (`--recalibrate`): once before the first runs and once after each "
+                      "(workload, load)'s runs. Each run is predicted on the mean of the calibrations just before and "
+                      "just after it (the table above), on the first calibration alone, and on the one just before it.",
+                  "", "| calibration | ended (UTC) | 3k-token prefill ms | decode step ms, 4 sequences on 4k tokens | "
+                      "8 on 8k |", "|---|---|---|---|---|"]
+        for k, c in enumerate(cal):
+            a = c["at"]
+            lines.append(f"| {k} | {c['utc']} | {a['prefill_ms_3000_new']:.0f} | {a['decode_step_ms_batch4_ctx4000']:.1f} | "
+                         f"{a['decode_step_ms_batch8_ctx8000']:.1f} |")
+        lines += ["", "| predicted on | mean TTFT | mean latency | p99 TTFT | p99 latency | cached share | same ranking | "
+                      "median error of mean TTFT / mean latency |", "|---|---|---|---|---|---|---|---|"]
+        names = {"first": "the first calibration alone", "before": "the calibration just before the runs",
+                 "bracket": "the mean of the calibrations before and after"}
+        for name, sb in doc["summary_by_calibration"].items():
+            med = sb.get("median_error", {})
+            lines.append(f"| {names[name]} | {sb['ttft_mean']} | {sb['latency_mean']} | {sb['ttft_p99']} | "
+                         f"{sb['latency_p99']} | {sb['share']} | {sb['rankings_same']} of {len(doc['rankings'])} | "
+                         f"{med.get('ttft_mean', float('nan')):+.0%} / {med.get('latency_mean', float('nan')):+.0%} |")
     rate_scale = doc.get("setup", {}).get("rate_scale", 1.0)
     if rate_scale != 1.0:
         lines += ["", f"Arrival rates {rate_scale:g}x the benchmark's loads (`--rate-scale`)."]
@@ -258,6 +301,46 @@ def plot(doc: dict, path: Path) -> None:
     fig.savefig(path)
 
 
+def predicted_on(r: dict, trace: Path, profile: Path, out: Path, label: str) -> dict:
+    """The run's prediction on `profile`, with its errors against the run's measurements."""
+    p = pick(predict(r["policy"], trace, profile, out, label))
+    e = errors(r["measured"], p)
+    return {"predicted": p, "error": e, "within": within(e)}
+
+
+def predict_alternatives(r: dict, calibrations: list[dict], trace: Path, out: Path, label: str) -> None:
+    """A --recalibrate run predicted also on the first calibration alone (as if calibrated once)
+    and on the last one before its runs (the newest a prediction made in advance could use)."""
+    paths = []
+    for k in (0, r["calibrations"][0]):
+        path = out / f"calibration-{k}.json"
+        if not path.exists():
+            path.write_text(json.dumps(calibrations[k]["profile"]))
+        paths.append(path)
+    r["alternatives"] = {name: {"calibrations": [k], **predicted_on(r, trace, path, out, f"{label}-cal{k}")}
+                         for name, k, path in zip(("first", "before"), (0, r["calibrations"][0]), paths)}
+
+
+def summarize(runs: list[dict]) -> tuple[dict, list[dict]]:
+    ranks = rankings(runs)
+    summary = {k: f"{sum(r['within'][k] for r in runs)}/{len(runs)}" for k in runs[0]["within"]}
+    summary["rankings_same"] = sum(k["same"] for k in ranks)
+    summary["median_error"] = {k: float(np.median([r["error"][k] for r in runs]))
+                               for k in ("ttft_mean", "latency_mean", "ttft_p99", "latency_p99")}
+    return summary, ranks
+
+
+def summary_by_calibration(doc: dict) -> dict:
+    """For --recalibrate runs: the targets met when every run is predicted on the first
+    calibration, on the one just before its runs, and on the bracket (the reported one)."""
+    out = {}
+    for name in ("first", "before"):
+        alt = [{**r, **r["alternatives"][name]} for r in doc["runs"]]
+        out[name] = summarize(alt)[0]
+    out["bracket"] = doc["summary"]
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
@@ -273,6 +356,11 @@ def main() -> int:
                     help="multiply every load's arrival rate (default 1: the rates in LOADS, set on a machine "
                          "whose 3k-token prefill takes ~0.45 s; a machine N times slower wants about 1/N)")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/sim_fidelity.json")
+    ap.add_argument("--recalibrate", action="store_true",
+                    help="calibrate again after each (workload, load)'s runs and predict those runs on the mean of "
+                         "the calibrations just before and just after them (a machine whose speed drifts within "
+                         "the hour); every run is also predicted on the first calibration alone and on the one "
+                         "just before it, for comparison (seven calibrations in all: about 15 more minutes)")
     ap.add_argument("--replot", action="store_true", help="rebuild the table and PNG from --json, run nothing")
     ap.add_argument("--repredict", action="store_true",
                     help="simulate again the traces of --json (rebuilt from their seed and rate scale) on its "
@@ -281,6 +369,8 @@ def main() -> int:
     ap.add_argument("--compare", type=Path, default=None,
                     help="an earlier run's JSON: report how far the real measurements moved between the two")
     args = ap.parse_args()
+    if args.recalibrate and (args.profile is not None or args.repredict or args.replot):
+        ap.error("--recalibrate calibrates the cluster between real runs: leave out --profile, --repredict and --replot")
     md, png = args.json.with_suffix(".md"), args.json.with_suffix(".png")
     if args.repredict:
         doc = json.loads(args.json.read_text())
@@ -293,18 +383,21 @@ def main() -> int:
                 doc.setdefault("run_profile", doc["profile"])
                 doc["profile"] = json.loads(args.profile.read_text())
             profile.write_text(json.dumps(doc["profile"]))
+            calibrations = doc.get("calibrations")
             for r in doc["runs"]:
                 if args.profile is not None:
                     r["calibrated_on"] = str(args.profile)
                 trace = out / f"{r['workload']}-{r['load']}.jsonl"
                 if not trace.exists():
                     make_trace(trace, r["workload"], r["load"], seed, rate_scale=rate_scale)
-                r["predicted"] = pick(predict(r["policy"], trace, profile, out, f"{r['workload']}-{r['load']}-{r['policy']}"))
-                r["error"] = errors(r["measured"], r["predicted"])
-                r["within"] = within(r["error"])
-        doc["rankings"] = rankings(doc["runs"])
-        doc["summary"] = {k: f"{sum(r['within'][k] for r in doc['runs'])}/{len(doc['runs'])}" for k in doc["runs"][0]["within"]}
-        doc["summary"]["rankings_same"] = sum(k["same"] for k in doc["rankings"])
+                label = f"{r['workload']}-{r['load']}-{r['policy']}"
+                on = bracket(calibrations, r, out) if calibrations and args.profile is None else profile
+                r.update(predicted_on(r, trace, on, out, label))
+                if calibrations:
+                    predict_alternatives(r, calibrations, trace, out, label)
+        doc["summary"], doc["rankings"] = summarize(doc["runs"])
+        if calibrations:
+            doc["summary_by_calibration"] = summary_by_calibration(doc)
         doc["repredicted"] = "python " + shlex.join(sys.argv)
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
         args.replot = True
@@ -319,34 +412,49 @@ def main() -> int:
         return 0
     policies = args.policy or list(POLICIES)
     runs: list[dict] = []
+    calibrations: list[dict] = []  # --recalibrate: one before the first runs and one after each (workload, load)
     with tempfile.TemporaryDirectory(prefix="preble-fidelity-") as tmp:
         out = Path(tmp)
         profile = args.profile or calibrate(out, args.kv_bytes)
         prof_doc = json.loads(Path(profile).read_text())
+        if args.recalibrate:
+            calibrations.append(calibration_record(Path(profile)))
         for wl in args.workloads:
             for load in args.loads:
                 trace = out / f"{wl}-{load}.jsonl"
                 make_trace(trace, wl, load, args.seed, rate_scale=args.rate_scale)
-                for policy in policies:
-                    label = f"{wl}-{load}-{policy}"
-                    m = pick(measure(policy, trace, out, label, args.kv_bytes))
-                    p = pick(predict(policy, trace, Path(profile), out, label))
-                    e = errors(m, p)
-                    runs.append({"workload": wl, "load": load, "policy": policy,
-                                 "calibrated_on": "preble calibrate sweep" if args.profile is None else str(args.profile),
-                                 "measured": m, "predicted": p, "error": e, "within": within(e)})
+                group = [{"workload": wl, "load": load, "policy": policy,
+                          "measured": pick(measure(policy, trace, out, f"{wl}-{load}-{policy}", args.kv_bytes))}
+                         for policy in policies]
+                if args.recalibrate:
+                    k = len(calibrations)
+                    calibrations.append(calibration_record(calibrate(out, args.kv_bytes, k)))
+                    print(f"[calibration {k}] {calibrations[-1]['at']}", flush=True)
+                for r in group:
+                    label = f"{wl}-{load}-{r['policy']}"
+                    if args.recalibrate:
+                        r["calibrations"] = [k - 1, k]
+                        r["calibrated_on"] = f"the mean of preble calibrate sweeps {k - 1} and {k} (just before and after these runs)"
+                        r.update(predicted_on(r, trace, bracket(calibrations, r, out), out, label))
+                        predict_alternatives(r, calibrations, trace, out, label)
+                    else:
+                        r["calibrated_on"] = "preble calibrate sweep" if args.profile is None else str(args.profile)
+                        r.update(predicted_on(r, trace, Path(profile), out, label))
+                    runs.append(r)
+                    m, p, e = r["measured"], r["predicted"], r["error"]
                     print(f"  {label}: TTFT {m['ttft']['mean'] * 1e3:.0f} vs {p['ttft']['mean'] * 1e3:.0f} ms "
                           f"({e['ttft_mean'] * 100:+.0f}%), latency {m['latency']['mean'] * 1e3:.0f} vs "
                           f"{p['latency']['mean'] * 1e3:.0f} ms ({e['latency_mean'] * 100:+.0f}%), share "
                           f"{m['cached_token_share']:.2f} vs {p['cached_token_share']:.2f}", flush=True)
-    ranks = rankings(runs)
-    summary = {k: f"{sum(r['within'][k] for r in runs)}/{len(runs)}" for k in runs[0]["within"]}
-    summary["rankings_same"] = sum(k["same"] for k in ranks)
+    summary, ranks = summarize(runs)
     doc = {"command": "python " + shlex.join(sys.argv), "targets": TARGETS, "profile": prof_doc,
            "setup": {"nodes": 2, "kv_cache_bytes_per_node": args.kv_bytes, "dram_bytes": DRAM_BYTES,
                      "disk_bytes": DISK_BYTES, "loads": LOADS, "rate_scale": args.rate_scale,
                      "seed": args.seed},
            "runs": runs, "rankings": ranks, "summary": summary}
+    if calibrations:
+        doc["calibrations"] = calibrations
+        doc["summary_by_calibration"] = summary_by_calibration(doc)
     if args.compare is not None:
         doc["repeatability"] = repeatability(doc, json.loads(args.compare.read_text()))
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,8 @@ Bad or missing fields raise `ProfileError` naming the field. Pure code: no I/O h
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from preble_tiered.scheduler.cost_model import (ChunkedPrefill, CostModel, LinearDecode, LinearPrefill, Link,
@@ -183,6 +184,55 @@ class ClusterProfile:
                 decode_context_tokens=_pair(cov, "decode_context_tokens")),
             source=_get(d, "", "source", str, default=""),
         )
+
+
+def mean_profile(profiles: Sequence[ClusterProfile], name: str | None = None) -> ClusterProfile:
+    """One cluster's calibrations taken at different moments, as one profile whose every time is
+    their mean at the same shape: the fits' terms and the overheads averaged (a fit is linear in
+    its terms), and each link's latency and time per byte averaged. For a machine whose speed
+    drifts between calibrations: a calibration just before some runs and one just after them
+    bracket the speed the runs ran at.
+
+    Raises:
+        ValueError: for no profiles.
+        ProfileError: where the profiles differ in what is not a time (model, nodes, KV bytes
+            per token, the engine's limits): they are not of one cluster.
+    """
+    if not profiles:
+        raise ValueError("mean_profile needs at least one profile")
+    first = profiles[0]
+    for p in profiles[1:]:
+        for key in ("model", "nodes", "kv_bytes_per_token", "engine"):
+            if getattr(p, key) != getattr(first, key):
+                diff = next((f"engine.{f.name}" for f in fields(EngineLimits)
+                             if getattr(p.engine, f.name) != getattr(first.engine, f.name)), key) if key == "engine" else key
+                raise ProfileError(f"profile field '{diff}' differs between the profiles ({getattr(first, key)!r} "
+                                   f"against {getattr(p, key)!r}): they are not calibrations of one cluster")
+    n = len(profiles)
+
+    def mean(values: Any) -> float:
+        return math.fsum(values) / n
+
+    def mean_fit(which: str) -> Any:
+        fit = getattr(first, which)
+        return replace(fit, **{f.name: mean(getattr(getattr(p, which), f.name) for p in profiles) for f in fields(fit)})
+
+    links = {k: LinkFigure(bandwidth=1.0 / mean(1.0 / p.links[k].bandwidth for p in profiles),
+                           latency_s=mean(p.links[k].latency_s for p in profiles),
+                           measured=all(p.links[k].measured for p in profiles)) for k in LINK_KINDS}
+    covs = [p.coverage for p in profiles]
+
+    def span(key: str) -> tuple[int, int]:
+        spans = [getattr(c, key) for c in covs if getattr(c, key) != (0, 0)]
+        return (min(s[0] for s in spans), max(s[1] for s in spans)) if spans else (0, 0)
+
+    coverage = Coverage(prefill_samples=sum(c.prefill_samples for c in covs), prefill_new_tokens=span("prefill_new_tokens"),
+                        decode_steps=sum(c.decode_steps for c in covs), decode_batch=span("decode_batch"),
+                        decode_context_tokens=span("decode_context_tokens"))
+    return replace(first, name=name or first.name, prefill=mean_fit("prefill"), decode=mean_fit("decode"), links=links,
+                   request_overhead_s=mean(p.request_overhead_s for p in profiles),
+                   client_overhead_s=mean(p.client_overhead_s for p in profiles), coverage=coverage,
+                   source=f"the mean of {n} profiles: " + "; ".join(p.source or p.name for p in profiles))
 
 
 _NO_SHAPE = ModelShape("none", 1, 1, 1, 1, 0.0)

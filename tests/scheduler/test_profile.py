@@ -1,6 +1,6 @@
 """Cluster profiles: round trip, validation naming the field, the decode fit, fitting a profile
-from samples (and refusing narrow ones), shipped profiles, and the simulator config a
-profile gives."""
+from samples (and refusing narrow ones), the mean of calibrations, shipped profiles, and the
+simulator config a profile gives."""
 
 import json
 import math
@@ -11,7 +11,7 @@ import pytest
 from preble_tiered.cli import main as cli
 from preble_tiered.cli.calibrate import Sweep
 from preble_tiered.scheduler.cost_model import ChunkedPrefill, LinearDecode, LinearPrefill, Links
-from preble_tiered.scheduler.profile import ClusterProfile, EngineLimits, LinkFigure, ProfileError
+from preble_tiered.scheduler.profile import ClusterProfile, Coverage, EngineLimits, LinkFigure, ProfileError, mean_profile
 from preble_tiered.scheduler.profile_fit import NodeFacts, ProfileSamples, fit_profile
 from preble_tiered.sim import profile_files
 from preble_tiered.sim.simulator import Simulator
@@ -228,3 +228,41 @@ def test_the_client_overhead_is_part_of_the_request_overhead():
     d = profile().to_dict()
     d.pop("client_overhead_s")  # optional: a profile from `preble admin profile` has no client part
     assert ClusterProfile.from_dict(d).client_overhead_s == 0.0
+
+
+def test_the_mean_of_calibrations_prices_every_shape_at_their_mean_time():
+    slow = profile(prefill=LinearPrefill(9.0, 0.2, 0.0, 2e-6), decode=LinearDecode(12.0, 0.3, 0.002),
+                   links={k: LinkFigure(1e9, 2e-5, True) for k in ("dram", "disk", "net")},
+                   request_overhead_s=0.006, client_overhead_s=0.002,
+                   coverage=Coverage(10, (64, 2048), 50, (1, 8), (100, 8000)), source="first")
+    fast = profile(prefill=LinearPrefill(5.0, 0.1, 0.001, 0.0), decode=LinearDecode(6.0, 0.5, 0.001),
+                   links={k: LinkFigure(4e9, 0.0, k != "disk") for k in ("dram", "disk", "net")},
+                   request_overhead_s=0.002, client_overhead_s=0.001,
+                   coverage=Coverage(12, (32, 3000), 40, (2, 16), (200, 6000)), source="second")
+    m = mean_profile([slow, fast], name="both")
+    for e, c in ((32, 32), (500, 1500), (2048, 6000)):
+        assert m.prefill.seconds(e, c) == pytest.approx((slow.prefill.seconds(e, c) + fast.prefill.seconds(e, c)) / 2)
+    cost, cs, cf = m.cost_model(), slow.cost_model(), fast.cost_model()
+    for batch, ctx in ((1, 100), (8, 4000), (16, 9000)):
+        assert cost.decode.step_seconds(cost.shape, ctx, batch) == pytest.approx(
+            (cs.decode.step_seconds(cs.shape, ctx, batch) + cf.decode.step_seconds(cf.shape, ctx, batch)) / 2)
+    for kind in ("dram", "disk", "net"):  # a link's time for any size is the mean time
+        t = lambda p: p.links[kind].latency_s + (1 << 20) / p.links[kind].bandwidth  # noqa: E731
+        assert t(m) == pytest.approx((t(slow) + t(fast)) / 2)
+    assert [m.links[k].measured for k in ("dram", "disk", "net")] == [True, False, True]
+    assert (m.request_overhead_s, m.client_overhead_s) == (pytest.approx(0.004), pytest.approx(0.0015))
+    assert m.coverage == Coverage(22, (32, 3000), 90, (1, 16), (100, 8000))
+    assert m.name == "both" and "first" in m.source and "second" in m.source
+    assert m.engine == slow.engine and ClusterProfile.from_dict(m.to_dict()) == m
+    assert mean_profile([slow]).prefill == slow.prefill
+
+
+def test_the_mean_refuses_profiles_of_different_clusters_naming_the_field():
+    p = profile()
+    other = profile(engine=EngineLimits(block_size=32, max_num_seqs=16, max_batch_tokens=2048, hbm_tokens=65536))
+    with pytest.raises(ProfileError, match="'engine.hbm_tokens' differs"):
+        mean_profile([p, other])
+    with pytest.raises(ProfileError, match="'nodes' differs"):
+        mean_profile([p, profile(nodes=4)])
+    with pytest.raises(ValueError, match="at least one"):
+        mean_profile([])
