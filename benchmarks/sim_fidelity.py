@@ -19,7 +19,12 @@ conversations over one system prompt, answers of 40-250 tokens). Loads: light (q
 form) and heavy (they do).
 
     python benchmarks/sim_fidelity.py [--workloads longdoc toolbench chat] [--loads light heavy]
-        [--policy P ...] [--profile PATH] [--json benchmarks/results/sim_fidelity.json]
+        [--policy P ...] [--profile PATH | --recalibrate] [--json benchmarks/results/sim_fidelity.json]
+
+`--recalibrate` (for a machine whose speed drifts within the hour): calibrate again after each
+(workload, load)'s runs, and predict those runs on the mean of the calibrations taken just
+before and just after them (`mean_profile`). Every run is also predicted on the first
+calibration alone and on the one just before it; the report compares the three.
 
 Targets: mean TTFT and mean latency within 15% of measured, p99 within 30%, cached-token share
 within 5 points, the same ranking of policies by mean latency. The router's own TTFT (from each
@@ -249,7 +254,8 @@ def markdown(doc: dict) -> str:
         lines += ["", "| predicted on | mean TTFT | mean latency | p99 TTFT | p99 latency | cached share | same ranking | "
                       "median error of mean TTFT / mean latency |", "|---|---|---|---|---|---|---|---|"]
         names = {"first": "the first calibration alone", "before": "the calibration just before the runs",
-                 "bracket": "the mean of the calibrations before and after"}
+                 "bracket": "the mean of the calibrations before and after",
+                 "profile": f"`{doc.get('repredicted', '--profile')}`"}
         for name, sb in doc["summary_by_calibration"].items():
             med = sb.get("median_error", {})
             lines.append(f"| {names[name]} | {sb['ttft_mean']} | {sb['latency_mean']} | {sb['ttft_p99']} | "
@@ -337,7 +343,7 @@ def summary_by_calibration(doc: dict) -> dict:
     for name in ("first", "before"):
         alt = [{**r, **r["alternatives"][name]} for r in doc["runs"]]
         out[name] = summarize(alt)[0]
-    out["bracket"] = doc["summary"]
+    out[doc.get("predicted_on", "bracket")] = doc["summary"]  # "profile": --repredict --profile
     return out
 
 
@@ -396,6 +402,7 @@ def main() -> int:
                 if calibrations:
                     predict_alternatives(r, calibrations, trace, out, label)
         doc["summary"], doc["rankings"] = summarize(doc["runs"])
+        doc["predicted_on"] = "profile" if args.profile is not None or not calibrations else "bracket"
         if calibrations:
             doc["summary_by_calibration"] = summary_by_calibration(doc)
         doc["repredicted"] = "python " + shlex.join(sys.argv)

@@ -88,8 +88,11 @@ class LinearPrefill:
 
     @classmethod
     def fit(cls, samples: Iterable[tuple[int, int, float]], chunk: int | None = None) -> "LinearPrefill":
-        """Least-squares fit from (new_tokens, context_tokens, seconds) samples, every
-        coefficient >= 0 (`nonneg_lstsq`).
+        """Least-squares fit of the relative error from (new_tokens, context_tokens, seconds)
+        samples, every coefficient >= 0 (`nonneg_lstsq`). Each sample weighs 1/t^2, so a 15 ms
+        prefill counts as much as a 2 s one: fitted on absolute error, the long prefills set
+        every coefficient and short ones (a question on a cached document, a chat turn) came
+        out wrong by 2-5x (`benchmarks/engine_steps.py`, docs/decisions.md).
 
         With `chunk` (the engine's token budget per step), a sample is taken to be the sum
         of its chunked prefill's steps, as the simulator prices it: chunks of `chunk` new
@@ -106,7 +109,9 @@ class LinearPrefill:
         x, y = m[:, :4], m[:, 4]
         if np.linalg.matrix_rank(x / np.maximum(np.abs(x).max(axis=0), 1e-12)) < 2:
             raise ValueError("prefill samples are degenerate: vary the prompt lengths")
-        a, b, c, d = nonneg_lstsq(x, y, np.ones(len(y))).tolist()
+        if np.any(y <= 0):
+            raise ValueError("prefill samples must take a positive time")
+        a, b, c, d = nonneg_lstsq(x, y, 1.0 / y ** 2).tolist()
         return cls(a, b, c, d)
 
 
