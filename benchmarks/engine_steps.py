@@ -120,7 +120,7 @@ def main() -> int:
             cached_rows.append({"context_tokens": c, "new_tokens": e, "measured_ms": m * 1e3,
                                 **({"profile_ms": p * 1e3, "profile_over_measured": p / m} if cost else {})})
             print(f"cached prefill C={c:5d} E={e:5d}: {m * 1e3:7.2f} ms{price(p)}", flush=True)
-    prefill_alone = {}
+    prefill_alone, alone_rows = {}, []
     for e in args.prefills:
         ts = []
         for _ in range(args.reps):
@@ -129,24 +129,32 @@ def main() -> int:
             drain()
         prefill_alone[e] = statistics.median(ts)
         p = cost.prefill_s(e, e) if cost else None
+        alone_rows.append({"new_tokens": e, "measured_ms": prefill_alone[e] * 1e3,
+                           **({"profile_ms": p * 1e3, "profile_over_measured": p / prefill_alone[e]} if cost else {})})
         print(f"prefill alone E={e:5d}: {prefill_alone[e] * 1e3:7.2f} ms{price(p)}", flush=True)
     mixed_rows = []
     for b in args.batches:
         decoders = [add(fresh(args.prompt), 100_000) for _ in range(b)]
         while sum(1 for o in step()[1] if o.outputs and o.outputs[0].token_ids) < b:
             pass  # until every decoder has its first token: the next steps are decode only
+        generated = 1
         for _ in range(3):
             step()
+            generated += 1
         for e in args.prefills:
-            dec, mix = [], []
+            dec, mix, ctxs = [], [], []
             for _ in range(args.reps):
                 dec.append(step()[0])
                 rid = add(fresh(e), 1)
-                mix.append(step()[0])  # the B decodes and the E-token prefill in one step (B + E <= budget)
-                llm.abort_request([rid])
-                step()  # the step after an abort: not measured
+                ctxs.append(b * (args.prompt + generated + 1))
+                t, outs = step()  # the B decodes and the E-token prefill in one step (B + E <= budget)
+                if not any(o.request_id == rid and o.outputs and o.outputs[0].token_ids for o in outs):
+                    raise RuntimeError(f"the {e}-token prefill did not run in the step after it was added")
+                mix.append(t)
+                step()  # a decode step after the prefill finished: not measured
+                generated += 3
             d, m, p = statistics.median(dec), statistics.median(mix), prefill_alone[e]
-            ctx = b * (args.prompt + len(dec) * 3)  # about the decodes' context at the time
+            ctx = int(statistics.median(ctxs))  # the decodes' context in the mixed steps
             sim = (cost.prefill_s(e, e) + cost.decode_step_s(ctx, b)) if cost else None
             mixed_rows.append({"batch": b, "prompt_tokens": args.prompt, "prefill_tokens": e,
                                "decode_alone_ms": d * 1e3, "prefill_alone_ms": p * 1e3, "mixed_ms": m * 1e3,
@@ -159,7 +167,8 @@ def main() -> int:
         drain()
     doc = {"command": "python " + shlex.join(sys.argv),
            "engine": {"kv_cache_bytes": KV_BYTES, "block_size": 32, "max_num_seqs": 16, "max_num_batched_tokens": BUDGET},
-           "profile": str(args.profile) if args.profile else None, "cached_prefill": cached_rows, "mixed": mixed_rows}
+           "profile": str(args.profile) if args.profile else None, "cached_prefill": cached_rows,
+           "prefill_alone": alone_rows, "mixed": mixed_rows}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {args.json}")

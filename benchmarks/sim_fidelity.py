@@ -242,9 +242,13 @@ def markdown(doc: dict) -> str:
                   f"runs); same ranking in {s['rankings_same']} of {len(doc['rankings'])}."]
     cal = doc.get("calibrations")
     if cal:
+        on = ("the mean of the calibrations just before and just after it (the table above)"
+              if doc.get("predicted_on", "bracket") == "bracket" else
+              f"the profile of `{doc.get('repredicted', '--profile')}` (the table above; the calibrations below are "
+              "the run's own, fitted by the code of that run)")
         lines += ["", f"Calibrated {len(cal)} times (`--recalibrate`): once before the first runs and once after each "
-                      "(workload, load)'s runs. Each run is predicted on the mean of the calibrations just before and "
-                      "just after it (the table above), on the first calibration alone, and on the one just before it.",
+                      f"(workload, load)'s runs. Each run is predicted on {on}, on the first calibration alone, and on "
+                      "the one just before it.",
                   "", "| calibration | ended (UTC) | 3k-token prefill ms | decode step ms, 4 sequences on 4k tokens | "
                       "8 on 8k |", "|---|---|---|---|---|"]
         for k, c in enumerate(cal):
@@ -398,6 +402,9 @@ def main() -> int:
                     make_trace(trace, r["workload"], r["load"], seed, rate_scale=rate_scale)
                 label = f"{r['workload']}-{r['load']}-{r['policy']}"
                 on = bracket(calibrations, r, out) if calibrations and args.profile is None else profile
+                if on is not profile:
+                    a, b = r["calibrations"]
+                    r["calibrated_on"] = f"the mean of preble calibrate sweeps {a} and {b} (just before and after these runs)"
                 r.update(predicted_on(r, trace, on, out, label))
                 if calibrations:
                     predict_alternatives(r, calibrations, trace, out, label)

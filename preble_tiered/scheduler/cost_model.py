@@ -100,7 +100,8 @@ class LinearPrefill:
         coefficients (their features are summed over the chunks), so the fit is exact.
 
         Raises:
-            ValueError: with fewer than 4 samples or when all samples are identical.
+            ValueError: with fewer than 4 samples, when all samples are identical, or for a
+                sample of zero or negative time.
         """
         rows = [(*_chunk_features(e, c, chunk), t * 1e3) for e, c, t in samples]
         if len(rows) < 4:
