@@ -1,8 +1,9 @@
 """Cost model: prefill time, decode step time, KV bytes, and link times.
 
 Everything is in seconds and bytes. Prefill models are fitted objects: `LinearPrefill.fit`
-takes measured samples and solves least squares on the features [1, e, c, e*c], where
-e = new (computed) tokens and c = context tokens (cached + new). Decode steps are a roofline
+takes measured samples and solves least squares of the relative error on the features
+[1, e, c, e*c], where e = new (computed) tokens and c = context tokens (cached + new).
+Decode steps are a roofline
 (`DecodeModel`, for the GPU presets), fitted from measured steps (`LinearDecode.fit`,
 features [1, batch size, batch context tokens]), or flat (`FlatDecode`: a real engine's
 before anything is measured). Presets are named in
