@@ -38,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from peer_routers import MEAN_TTFT_TARGET as TARGET  # noqa: E402
 from peer_routers import OURS, SHAPE, WORKLOADS, warmup, workload  # noqa: E402
 from serving_peers import OpenAIClient, VllmServers, closed_loop  # noqa: E402
 
@@ -47,7 +48,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 BOUND_KV_BYTES = 1 << 30
 """128k tokens of the tiny model: more than any workload's distinct prompt tokens, so nothing
 an earlier request computed is evicted."""
-TARGET = 1.5  # peer_routers.py: mean TTFT this many times lower than the best peer's
 
 
 async def one_pass(url: str, wl: str, seed: int) -> list[float]:
@@ -66,11 +66,9 @@ def stats(xs: list[float]) -> dict:
     return {"mean": float(np.mean(xs)), "p50": float(np.percentile(xs, 50)), "p99": float(np.percentile(xs, 99))}
 
 
-def against(path: Path, wl: str, bound_ms: float, seed: int) -> dict | None:
-    """The bound beside a peer_routers.py result for the same workload."""
+def against(path: Path, wl: str, bound_ms: float) -> dict | None:
+    """The bound beside a peer_routers.py result for the same workload (its seed checked in main)."""
     doc = json.loads(path.read_text())
-    if doc.get("config", {}).get("seed", seed) != seed:
-        raise SystemExit(f"--against {path}: its trace seed is {doc['config']['seed']}, not {seed}: pass --seed to match")
     rows = {r["system"]: r for r in doc["summary"] if r["workload"] == wl}
     peers = {s: r["ttft_mean"]["mean"] for s, r in rows.items() if not s.startswith("preble") and r["ttft_mean"]}
     if not peers:
@@ -96,9 +94,12 @@ def main() -> int:
                     help="peer_routers.py results to set the bound beside (same workload and seed)")
     ap.add_argument("--json", type=Path, default=RESULTS / "peer_bounds.json")
     args = ap.parse_args()
-    for p in args.against:
+    for p in args.against:  # checked before any measuring
         if not p.is_file():
             ap.error(f"--against {p}: no such file")
+        seed = json.loads(p.read_text()).get("config", {}).get("seed", args.seed)
+        if seed != args.seed:
+            ap.error(f"--against {p}: its trace seed is {seed}, not {args.seed}: pass --seed {seed}")
     from preble_tiered.engine.tiny_model import ensure_tiny_model
 
     model = args.model or str(ensure_tiny_model())
@@ -126,7 +127,7 @@ def main() -> int:
             means = [p["mean"] for p in passes]
             row = {"workload": wl, "passes": passes,
                    "mean_ttft_ms": {"mean": float(np.mean(means)), "min": min(means), "max": max(means)}}
-            row["against"] = [a for a in (against(p, wl, row["mean_ttft_ms"]["mean"], args.seed) for p in args.against) if a]
+            row["against"] = [a for a in (against(p, wl, row["mean_ttft_ms"]["mean"]) for p in args.against) if a]
             for a in row["against"]:
                 print(f"  {a['results']}: best peer {a['best_peer']} {a['best_peer_mean_ttft_ms']:.1f} ms, target "
                       f"{a['target_mean_ttft_ms']:.1f} ms, bound {a['bound_mean_ttft_ms']:.1f} ms: no router can be more "
