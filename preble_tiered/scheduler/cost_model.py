@@ -72,6 +72,13 @@ def nonneg_lstsq(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     return best / scale
 
 
+RELATIVE_FLOOR = 0.1
+"""`LinearPrefill.fit`: below this share of the samples' median time, a sample's weight stops
+growing."""
+OUTLIER_FACTOR = 3.0
+"""`LinearPrefill.fit`: a sample the first fit prices this many times over or under is dropped."""
+
+
 @dataclass(frozen=True, slots=True)
 class LinearPrefill:
     """t_ms = a + b*e + c*ctx + d*e*ctx (Preble's form for Llama-3-70B on H100 TP2)."""
@@ -94,6 +101,10 @@ class LinearPrefill:
         prefill counts as much as a 2 s one: fitted on absolute error, the long prefills set
         every coefficient and short ones (a question on a cached document, a chat turn) came
         out wrong by 2-5x (`benchmarks/engine_steps.py`, docs/decisions.md).
+        Against a bad sample (a clock glitch, a step that waited on something else): a sample
+        weighs no more than one taking `RELATIVE_FLOOR` of the samples' median time, and the
+        samples that fit is off by more than `OUTLIER_FACTOR` either way are dropped and the
+        rest fitted again (once, while 4 remain).
 
         With `chunk` (the engine's token budget per step), a sample is taken to be the sum
         of its chunked prefill's steps, as the simulator prices it: chunks of `chunk` new
@@ -113,7 +124,13 @@ class LinearPrefill:
             raise ValueError("prefill samples are degenerate: vary the prompt lengths")
         if np.any(y <= 0):
             raise ValueError("prefill samples must take a positive time")
-        a, b, c, d = nonneg_lstsq(x, y, 1.0 / y ** 2).tolist()
+        w = 1.0 / np.maximum(y, RELATIVE_FLOOR * np.median(y)) ** 2
+        coef = nonneg_lstsq(x, y, w)
+        pred = x @ coef
+        keep = (pred <= OUTLIER_FACTOR * y) & (y <= OUTLIER_FACTOR * pred)
+        if not keep.all() and keep.sum() >= 4:  # one trimmed refit without the samples the fit cannot be
+            coef = nonneg_lstsq(x[keep], y[keep], w[keep])
+        a, b, c, d = coef.tolist()
         return cls(a, b, c, d)
 
 

@@ -105,6 +105,15 @@ def test_the_prefill_fit_prices_short_prefills_as_well_as_long_ones():
         LinearPrefill.fit([*MEASURED_PREFILLS, (64, 64, 0.0)])
 
 
+def test_one_absurdly_short_prefill_sample_cannot_bend_the_fit():
+    """A clock glitch (a 64-token prefill timed at a microsecond) would weigh a million times a
+    15 ms sample under plain 1/t^2 weights and drag every price to zero; its weight is capped."""
+    clean = LinearPrefill.fit(MEASURED_PREFILLS, chunk=2048)
+    fit = LinearPrefill.fit([*MEASURED_PREFILLS, (64, 64, 1e-6)], chunk=2048)
+    for e, c, _ in MEASURED_PREFILLS:
+        assert fit.seconds(e, c) == pytest.approx(clean.seconds(e, c), rel=0.25)
+
+
 def test_the_decode_fit_refuses_a_single_batch_size():
     with pytest.raises(ValueError, match="one batch size"):
         LinearDecode.fit([(4, 100, 0.005, 3), (4, 900, 0.006, 3), (4, 4000, 0.01, 3)])
