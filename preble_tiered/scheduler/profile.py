@@ -186,6 +186,10 @@ class ClusterProfile:
         )
 
 
+HBM_TOLERANCE = 0.05
+"""`mean_profile`: how far apart (as a share) calibrations' engine KV capacities may lie."""
+
+
 def mean_profile(profiles: Sequence[ClusterProfile], name: str | None = None) -> ClusterProfile:
     """One cluster's calibrations taken at different moments, as one profile whose every time is
     their mean at the same shape: the fits' terms and the overheads averaged (a fit is linear in
@@ -196,11 +200,18 @@ def mean_profile(profiles: Sequence[ClusterProfile], name: str | None = None) ->
     Raises:
         ValueError: for no profiles.
         ProfileError: where the profiles differ in what is not a time (model, nodes, KV bytes
-            per token, the engine's limits): they are not of one cluster.
+            per token, the engine's limits): they are not of one cluster. The engine's KV
+            capacity may differ by `HBM_TOLERANCE` (a GPU engine sizes its cache from a memory
+            profile taken at each start, which can come out a few blocks apart): the mean
+            takes the smallest.
     """
     if not profiles:
         raise ValueError("mean_profile needs at least one profile")
     first = profiles[0]
+    hbm = min(p.engine.hbm_tokens for p in profiles)
+    if max(p.engine.hbm_tokens for p in profiles) <= hbm * (1 + HBM_TOLERANCE):  # the engine's own sizing
+        first = replace(first, engine=replace(first.engine, hbm_tokens=hbm))
+        profiles = [replace(p, engine=replace(p.engine, hbm_tokens=hbm)) for p in profiles]
     for p in profiles[1:]:
         for key in ("model", "nodes", "kv_bytes_per_token", "engine"):
             if getattr(p, key) != getattr(first, key):

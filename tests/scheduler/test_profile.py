@@ -4,6 +4,7 @@ simulator config a profile gives."""
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -295,3 +296,14 @@ def test_the_mean_refuses_profiles_of_different_clusters_naming_the_field():
         mean_profile([p, profile(nodes=4)])
     with pytest.raises(ValueError, match="at least one"):
         mean_profile([])
+
+
+def test_the_mean_takes_the_smaller_kv_capacity_of_two_starts_a_few_blocks_apart():
+    """A GPU engine sizes its KV cache at each start from a memory profile: two calibrations of
+    one cluster can hold a few blocks more or less. Within 5% that is one cluster."""
+    p = profile()
+    near = replace(p, engine=replace(p.engine, hbm_tokens=int(p.engine.hbm_tokens * 1.04)))
+    assert mean_profile([near, p]).engine == p.engine
+    far = replace(p, engine=replace(p.engine, hbm_tokens=int(p.engine.hbm_tokens * 1.06)))
+    with pytest.raises(ProfileError, match="'engine.hbm_tokens' differs"):
+        mean_profile([p, far])
