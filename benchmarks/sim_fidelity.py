@@ -83,10 +83,12 @@ def write_toolbench_trace(path: Path, requests: int, rps: float, seed: int, tool
                                 "output_tokens": int(rng.integers(16, 65))}) + "\n")
 
 
-def make_trace(path: Path, workload: str, load: str, seed: int, scale: float = 1.0, rate_scale: float = 1.0) -> None:
+def make_trace(path: Path, workload: str, load: str, seed: int, scale: float = 1.0, rate_scale: float = 1.0,
+               spacing: float | None = None) -> None:
     """The trace of `workload` at `load` for 2 nodes; `scale` multiplies its requests, rate and
     distinct prefixes (documents, tools, conversations), for a cluster `scale` times larger;
-    `rate_scale` multiplies the arrival rate alone, for a slower or faster machine."""
+    `rate_scale` multiplies the arrival rate alone, for a slower or faster machine; `spacing`
+    sends the same requests `spacing` seconds apart instead (each alone on the cluster)."""
     n, rps = LOADS[workload][load]
     n, rps = int(n * scale), rps * scale * rate_scale
     if workload == "longdoc":
@@ -97,6 +99,9 @@ def make_trace(path: Path, workload: str, load: str, seed: int, scale: float = 1
         write_chat_trace(path, int(16 * scale), 5, rps, seed)
         lines = path.read_text().splitlines()[:n]
         path.write_text("\n".join(lines) + "\n")
+    if spacing is not None:
+        reqs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        path.write_text("".join(json.dumps({**r, "t": i * spacing}) + "\n" for i, r in enumerate(reqs)))
 
 
 def spec(policy: str, out: Path, label: str, kv_bytes: int) -> ClusterSpec:
@@ -266,7 +271,9 @@ def markdown(doc: dict) -> str:
                          f"{sb['latency_p99']} | {sb['share']} | {sb['rankings_same']} of {len(doc['rankings'])} | "
                          f"{med.get('ttft_mean', float('nan')):+.0%} / {med.get('latency_mean', float('nan')):+.0%} |")
     rate_scale = doc.get("setup", {}).get("rate_scale", 1.0)
-    if rate_scale != 1.0:
+    if doc.get("setup", {}).get("spacing"):
+        lines += ["", f"Requests sent {doc['setup']['spacing']:g} s apart, each alone (`--spacing`)."]
+    elif rate_scale != 1.0:
         lines += ["", f"Arrival rates {rate_scale:g}x the benchmark's loads (`--rate-scale`)."]
     rp = doc.get("repeatability")
     if rp and rp["rows"]:
@@ -365,6 +372,9 @@ def main() -> int:
     ap.add_argument("--rate-scale", type=positive_float, default=1.0,
                     help="multiply every load's arrival rate (default 1: the rates in LOADS, set on a machine "
                          "whose 3k-token prefill takes ~0.45 s; a machine N times slower wants about 1/N)")
+    ap.add_argument("--spacing", type=positive_float, default=None, metavar="S",
+                    help="send each trace's requests S seconds apart instead of at its arrival times: every "
+                         "request alone on the cluster (what a profile prices, without the load)")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/sim_fidelity.json")
     ap.add_argument("--recalibrate", action="store_true",
                     help="calibrate again after each (workload, load)'s runs and predict those runs on the mean of "
@@ -399,7 +409,8 @@ def main() -> int:
                     r["calibrated_on"] = str(args.profile)
                 trace = out / f"{r['workload']}-{r['load']}.jsonl"
                 if not trace.exists():
-                    make_trace(trace, r["workload"], r["load"], seed, rate_scale=rate_scale)
+                    make_trace(trace, r["workload"], r["load"], seed, rate_scale=rate_scale,
+                               spacing=doc["setup"].get("spacing"))
                 label = f"{r['workload']}-{r['load']}-{r['policy']}"
                 on = bracket(calibrations, r, out) if calibrations and args.profile is None else profile
                 if on is not profile:
@@ -436,7 +447,7 @@ def main() -> int:
         for wl in args.workloads:
             for load in args.loads:
                 trace = out / f"{wl}-{load}.jsonl"
-                make_trace(trace, wl, load, args.seed, rate_scale=args.rate_scale)
+                make_trace(trace, wl, load, args.seed, rate_scale=args.rate_scale, spacing=args.spacing)
                 group = [{"workload": wl, "load": load, "policy": policy,
                           "measured": pick(measure(policy, trace, out, f"{wl}-{load}-{policy}", args.kv_bytes))}
                          for policy in policies]
@@ -464,7 +475,7 @@ def main() -> int:
     doc = {"command": "python " + shlex.join(sys.argv), "targets": TARGETS, "profile": prof_doc,
            "setup": {"nodes": 2, "kv_cache_bytes_per_node": args.kv_bytes, "dram_bytes": DRAM_BYTES,
                      "disk_bytes": DISK_BYTES, "loads": LOADS, "rate_scale": args.rate_scale,
-                     "seed": args.seed},
+                     "seed": args.seed, "spacing": args.spacing},
            "runs": runs, "rankings": ranks, "summary": summary}
     if calibrations:
         doc["calibrations"] = calibrations
