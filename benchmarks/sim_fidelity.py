@@ -373,8 +373,9 @@ def main() -> int:
                     help="multiply every load's arrival rate (default 1: the rates in LOADS, set on a machine "
                          "whose 3k-token prefill takes ~0.45 s; a machine N times slower wants about 1/N)")
     ap.add_argument("--spacing", type=positive_float, default=None, metavar="S",
-                    help="send each trace's requests S seconds apart instead of at its arrival times: every "
-                         "request alone on the cluster (what a profile prices, without the load)")
+                    help="send each trace's requests S seconds apart instead of at its arrival times (the same "
+                         "requests; --rate-scale then changes nothing): each alone on the cluster while S exceeds "
+                         "every request's latency (a warning says where it did not)")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/sim_fidelity.json")
     ap.add_argument("--recalibrate", action="store_true",
                     help="calibrate again after each (workload, load)'s runs and predict those runs on the mean of "
@@ -383,12 +384,14 @@ def main() -> int:
                          "just before it, for comparison (seven calibrations in all: about 15 more minutes)")
     ap.add_argument("--replot", action="store_true", help="rebuild the table and PNG from --json, run nothing")
     ap.add_argument("--repredict", action="store_true",
-                    help="simulate again the traces of --json (rebuilt from their seed and rate scale) on its "
+                    help="simulate again the traces of --json (rebuilt from their seed, rate scale and spacing) on its "
                          "stored profile, or on --profile (a calibration apart from the runs; the runs' own is kept "
                          "as run_profile), keeping its real measurements; rewrites --json: work on a copy")
     ap.add_argument("--compare", type=Path, default=None,
                     help="an earlier run's JSON: report how far the real measurements moved between the two")
     args = ap.parse_args()
+    if args.spacing is not None and (args.repredict or args.replot):
+        ap.error("--spacing sets the traces of new runs; --repredict and --replot use the stored one")
     if args.recalibrate and (args.profile is not None or args.repredict or args.replot):
         ap.error("--recalibrate calibrates the cluster between real runs: leave out --profile, --repredict and --replot")
     md, png = args.json.with_suffix(".md"), args.json.with_suffix(".png")
@@ -466,6 +469,8 @@ def main() -> int:
                         r["calibrated_on"] = "preble calibrate sweep" if args.profile is None else str(args.profile)
                         r.update(predicted_on(r, trace, Path(profile), out, label))
                     runs.append(r)
+                    if args.spacing is not None and r["measured"]["latency"]["p99"] > args.spacing:
+                        print(f"  warning: {label}'s p99 latency exceeds --spacing: some requests may have overlapped", flush=True)
                     m, p, e = r["measured"], r["predicted"], r["error"]
                     print(f"  {label}: TTFT {m['ttft']['mean'] * 1e3:.0f} vs {p['ttft']['mean'] * 1e3:.0f} ms "
                           f"({e['ttft_mean'] * 100:+.0f}%), latency {m['latency']['mean'] * 1e3:.0f} vs "

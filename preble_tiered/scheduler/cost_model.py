@@ -73,10 +73,10 @@ def nonneg_lstsq(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 RELATIVE_FLOOR = 0.1
-"""`LinearPrefill.fit`: below this share of the samples' median time, a sample's weight stops
-growing."""
+"""`LinearPrefill.fit`'s first pass: below this share of the samples' median time, a sample's
+weight stops growing."""
 OUTLIER_FACTOR = 3.0
-"""`LinearPrefill.fit`: a sample the first fit prices this many times over or under is dropped."""
+"""`LinearPrefill.fit`: a sample the first pass prices this many times over or under is dropped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,10 +101,13 @@ class LinearPrefill:
         prefill counts as much as a 2 s one: fitted on absolute error, the long prefills set
         every coefficient and short ones (a question on a cached document, a chat turn) came
         out wrong by 2-5x (`benchmarks/engine_steps.py`, docs/decisions.md).
-        Against a bad sample (a clock glitch, a step that waited on something else): a sample
-        weighs no more than one taking `RELATIVE_FLOOR` of the samples' median time, and the
-        samples that fit is off by more than `OUTLIER_FACTOR` either way are dropped and the
-        rest fitted again (once, while 4 remain).
+        Against a bad sample (a clock glitch, a step that waited on something else), in two
+        passes: a first fit in which no sample weighs more than one taking `RELATIVE_FLOOR`
+        of the samples' median time (so a microsecond glitch cannot drag it to zero) finds
+        the samples it is off by more than `OUTLIER_FACTOR` either way; they are dropped and
+        the rest fitted on plain 1/t^2 weights. With nothing dropped the fit is plain
+        relative error; if fewer than 4 samples, or degenerate ones, would remain, the first
+        fit stands.
 
         With `chunk` (the engine's token budget per step), a sample is taken to be the sum
         of its chunked prefill's steps, as the simulator prices it: chunks of `chunk` new
@@ -120,18 +123,22 @@ class LinearPrefill:
             raise ValueError(f"need at least 4 samples to fit a prefill model, got {len(rows)}")
         m = np.asarray(rows, dtype=np.float64)
         x, y = m[:, :4], m[:, 4]
-        if np.linalg.matrix_rank(x / np.maximum(np.abs(x).max(axis=0), 1e-12)) < 2:
+        if _degenerate(x):
             raise ValueError("prefill samples are degenerate: vary the prompt lengths")
         if np.any(y <= 0):
             raise ValueError("prefill samples must take a positive time")
-        w = 1.0 / np.maximum(y, RELATIVE_FLOOR * np.median(y)) ** 2
-        coef = nonneg_lstsq(x, y, w)
+        coef = nonneg_lstsq(x, y, 1.0 / np.maximum(y, RELATIVE_FLOOR * np.median(y)) ** 2)
         pred = x @ coef
         keep = (pred <= OUTLIER_FACTOR * y) & (y <= OUTLIER_FACTOR * pred)
-        if not keep.all() and keep.sum() >= 4:  # one trimmed refit without the samples the fit cannot be
-            coef = nonneg_lstsq(x[keep], y[keep], w[keep])
+        if keep.sum() >= 4 and not _degenerate(x[keep]):
+            coef = nonneg_lstsq(x[keep], y[keep], 1.0 / y[keep] ** 2)
         a, b, c, d = coef.tolist()
         return cls(a, b, c, d)
+
+
+def _degenerate(x: np.ndarray) -> bool:
+    """Prefill features that cannot tell the terms apart (one prompt shape)."""
+    return bool(np.linalg.matrix_rank(x / np.maximum(np.abs(x).max(axis=0), 1e-12)) < 2)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,8 @@ import pytest
 
 from preble_tiered.cli import main as cli
 from preble_tiered.cli.calibrate import Sweep
-from preble_tiered.scheduler.cost_model import ChunkedPrefill, LinearDecode, LinearPrefill, Links
+from preble_tiered.scheduler.cost_model import (RELATIVE_FLOOR, ChunkedPrefill, LinearDecode, LinearPrefill, Links,
+                                                _chunk_features, nonneg_lstsq)
 from preble_tiered.scheduler.profile import ClusterProfile, Coverage, EngineLimits, LinkFigure, ProfileError, mean_profile
 from preble_tiered.scheduler.profile_fit import NodeFacts, ProfileSamples, fit_profile
 from preble_tiered.sim import profile_files
@@ -106,13 +107,36 @@ def test_the_prefill_fit_prices_short_prefills_as_well_as_long_ones():
         LinearPrefill.fit([*MEASURED_PREFILLS, (64, 64, 0.0)])
 
 
-def test_one_absurdly_short_prefill_sample_cannot_bend_the_fit():
-    """A clock glitch (a 64-token prefill timed at a microsecond) would weigh a million times a
-    15 ms sample under plain 1/t^2 weights and drag every price to zero; its weight is capped."""
+def test_one_bad_prefill_sample_cannot_bend_the_fit():
+    """A clock glitch (a 64-token prefill timed at a microsecond) would weigh ~2e8 times a 15 ms
+    sample under plain 1/t^2 weights and drag every price to zero; a step that waited on
+    something else (the same prefill timed at a second) pulls short prices up. The first pass
+    finds either, and the fit on the rest is the clean one."""
     clean = LinearPrefill.fit(MEASURED_PREFILLS, chunk=2048)
-    fit = LinearPrefill.fit([*MEASURED_PREFILLS, (64, 64, 1e-6)], chunk=2048)
-    for e, c, _ in MEASURED_PREFILLS:
-        assert fit.seconds(e, c) == pytest.approx(clean.seconds(e, c), rel=0.25)
+    for bad in ((64, 64, 1e-6), (64, 64, 1.0)):
+        fit = LinearPrefill.fit([*MEASURED_PREFILLS, bad], chunk=2048)
+        for e, c, _ in MEASURED_PREFILLS:
+            assert fit.seconds(e, c) == pytest.approx(clean.seconds(e, c), rel=0.02)
+
+
+def test_with_no_bad_sample_the_prefill_fit_is_plain_relative_error():
+    x = np.array([_chunk_features(e, c, 2048) for e, c, _ in MEASURED_PREFILLS])
+    y = np.array([t * 1e3 for _, _, t in MEASURED_PREFILLS])
+    want = nonneg_lstsq(x, y, 1.0 / y ** 2)
+    fit = LinearPrefill.fit(MEASURED_PREFILLS, chunk=2048)
+    assert [fit.a, fit.b, fit.c, fit.d] == pytest.approx(want.tolist())
+
+
+def test_a_trim_that_would_leave_too_few_samples_keeps_the_first_pass():
+    """Four samples of which one is far off: dropping it would leave three, too few for four
+    terms, so the first pass's fit (all four, the short one's weight capped) stands; the
+    router's calibrator then judges it as any fit (`calibration.py` rejects absurd ones)."""
+    samples = [(64, 64, 0.015), (512, 512, 0.12), (2048, 2048, 0.9), (128, 3000, 1e-6)]
+    x = np.array([_chunk_features(e, c, None) for e, c, _ in samples])
+    y = np.array([t * 1e3 for _, _, t in samples])
+    first = nonneg_lstsq(x, y, 1.0 / np.maximum(y, RELATIVE_FLOOR * np.median(y)) ** 2)
+    fit = LinearPrefill.fit(samples)
+    assert [fit.a, fit.b, fit.c, fit.d] == pytest.approx(first.tolist())
 
 
 def test_the_decode_fit_refuses_a_single_batch_size():
