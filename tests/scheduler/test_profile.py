@@ -128,8 +128,9 @@ def test_with_no_bad_sample_the_prefill_fit_is_plain_relative_error():
 
 
 def test_a_trim_that_would_leave_too_few_samples_keeps_the_first_pass():
-    """Four samples of which one is far off: dropping it would leave three, too few for four
-    terms, so the first pass's fit (all four, the short one's weight capped) stands; the
+    """Four samples of which one is a glitch: the first pass, bent by it, is off by more than 3x
+    on most of them, and fewer than four would be left for four terms, so the first pass's fit
+    (all four, the glitch's weight capped) stands; the
     router's calibrator then judges it as any fit (`calibration.py` rejects absurd ones)."""
     samples = [(64, 64, 0.015), (512, 512, 0.12), (2048, 2048, 0.9), (128, 3000, 1e-6)]
     x = np.array([_chunk_features(e, c, None) for e, c, _ in samples])
