@@ -207,11 +207,10 @@ def mean_profile(profiles: Sequence[ClusterProfile], name: str | None = None) ->
     """
     if not profiles:
         raise ValueError("mean_profile needs at least one profile")
-    first = profiles[0]
     hbm = min(p.engine.hbm_tokens for p in profiles)
     if max(p.engine.hbm_tokens for p in profiles) <= hbm * (1 + HBM_TOLERANCE):  # the engine's own sizing
-        first = replace(first, engine=replace(first.engine, hbm_tokens=hbm))
         profiles = [replace(p, engine=replace(p.engine, hbm_tokens=hbm)) for p in profiles]
+    first = profiles[0]
     for p in profiles[1:]:
         for key in ("model", "nodes", "kv_bytes_per_token", "engine"):
             if getattr(p, key) != getattr(first, key):
