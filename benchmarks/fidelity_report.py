@@ -1,0 +1,182 @@
+"""The fidelity report: a run's predicted figures against its measured ones (errors, targets
+met, rankings of the policies), the real cluster against an earlier run of itself, and the
+markdown table and PNG that `sim_fidelity.py` writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+TARGETS = {"mean": 0.15, "p99": 0.30, "share_points": 0.05}
+
+
+def errors(m: dict, p: dict) -> dict:
+    rel = lambda a, b: (b - a) / a if a else float("nan")  # noqa: E731
+    return {"ttft_mean": rel(m["ttft"]["mean"], p["ttft"]["mean"]), "ttft_p99": rel(m["ttft"]["p99"], p["ttft"]["p99"]),
+            "latency_mean": rel(m["latency"]["mean"], p["latency"]["mean"]),
+            "latency_p99": rel(m["latency"]["p99"], p["latency"]["p99"]),
+            "share_points": p["cached_token_share"] - m["cached_token_share"],
+            **({"tpot_mean": rel(m["tpot"]["mean"], p["tpot"]["mean"])} if "tpot" in m and "tpot" in p else {})}
+
+
+def within(e: dict) -> dict:
+    return {"ttft_mean": abs(e["ttft_mean"]) <= TARGETS["mean"], "latency_mean": abs(e["latency_mean"]) <= TARGETS["mean"],
+            "ttft_p99": abs(e["ttft_p99"]) <= TARGETS["p99"], "latency_p99": abs(e["latency_p99"]) <= TARGETS["p99"],
+            "share": abs(e["share_points"]) <= TARGETS["share_points"]}
+
+
+def rankings(runs: list[dict]) -> list[dict]:
+    out = []
+    for wl in dict.fromkeys(r["workload"] for r in runs):
+        for load in dict.fromkeys(r["load"] for r in runs if r["workload"] == wl):
+            rs = [r for r in runs if r["workload"] == wl and r["load"] == load]
+            m = [r["policy"] for r in sorted(rs, key=lambda r: r["measured"]["latency"]["mean"])]
+            p = [r["policy"] for r in sorted(rs, key=lambda r: r["predicted"]["latency"]["mean"])]
+            out.append({"workload": wl, "load": load, "measured": m, "predicted": p, "same": m == p})
+    return out
+
+
+def repeatability(doc: dict, other: dict) -> dict:
+    """The real cluster against itself: the measured side of two runs of the same traces. A
+    prediction cannot be held to a closer match than the cluster's own run-to-run spread."""
+    prev = {(r["workload"], r["load"], r["policy"]): r["measured"] for r in other["runs"]}
+    rows = []
+    for r in doc["runs"]:
+        o = prev.get((r["workload"], r["load"], r["policy"]))
+        if o is not None:
+            rows.append({"workload": r["workload"], "load": r["load"], "policy": r["policy"],
+                         **{f"{k}_{s_}": (r["measured"][k][s_] - o[k][s_]) / o[k][s_]
+                            for k in ("ttft", "latency") for s_ in ("mean", "p99")}})
+    same = []
+    for k in rankings(doc["runs"]):
+        o = [x for x in rankings(other["runs"]) if (x["workload"], x["load"]) == (k["workload"], k["load"])]
+        if o:
+            same.append({"workload": k["workload"], "load": k["load"], "same": o[0]["measured"] == k["measured"]})
+    keys = ("ttft_mean", "ttft_p99", "latency_mean", "latency_p99")
+    return {"rows": rows, "rankings": same,
+            "median_abs": {k: float(np.median([abs(x[k]) for x in rows])) for k in keys} if rows else {},
+            "max_abs": {k: float(max(abs(x[k]) for x in rows)) for k in keys} if rows else {}}
+
+
+def markdown(doc: dict) -> str:
+    lines = ["| workload | load | policy | TTFT mean ms (meas / pred, err) | TTFT p99 ms | latency mean ms | "
+             "latency p99 ms | TPOT mean ms | cached share (meas / pred) | router's TTFT mean / p99 ms | "
+             "node's TTFT mean / p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["runs"]:
+        m, p, e = r["measured"], r["predicted"], r["error"]
+
+        def cell(kind: str, stat: str) -> str:
+            return f"{m[kind][stat] * 1e3:.0f} / {p[kind][stat] * 1e3:.0f} ({e[f'{kind}_{stat}'] * 100:+.0f}%)"
+        lines.append(f"| {r['workload']} | {r['load']} | {r['policy']} | {cell('ttft', 'mean')} | {cell('ttft', 'p99')} | "
+                     f"{cell('latency', 'mean')} | {cell('latency', 'p99')} | "
+                     f"{cell('tpot', 'mean') if 'tpot_mean' in e else '-'} | "
+                     f"{m['cached_token_share']:.2f} / {p['cached_token_share']:.2f} |"
+                     + "".join(f" {m[k]['mean'] * 1e3:.0f} / {m[k]['p99'] * 1e3:.0f} |" if k in m else " - |"
+                               for k in ("server_ttft", "node_ttft")))
+    lines += ["", "| workload | load | ranking by mean latency, measured | predicted | same |", "|---|---|---|---|---|"]
+    for k in doc["rankings"]:
+        lines.append(f"| {k['workload']} | {k['load']} | {' < '.join(k['measured'])} | {' < '.join(k['predicted'])} | "
+                     f"{'yes' if k['same'] else 'no'} |")
+    s = doc["summary"]
+    lines += ["", f"Within target: mean TTFT {s['ttft_mean']}, mean latency {s['latency_mean']}, p99 TTFT "
+                  f"{s['ttft_p99']}, p99 latency {s['latency_p99']}, cached share {s['share']} (of {len(doc['runs'])} "
+                  f"runs); same ranking in {s['rankings_same']} of {len(doc['rankings'])}." + _beside(doc)]
+    cal = doc.get("calibrations")
+    if cal:
+        on = ("the mean of the calibrations just before and just after it (the table above)"
+              if doc.get("predicted_on", "bracket") == "bracket" else
+              f"the profile of `{doc.get('repredicted', '--profile')}` (the table above; the calibrations below are "
+              "the run's own, fitted by the code of that run)")
+        lines += ["", f"Calibrated {len(cal)} times (`--recalibrate`): once before the first runs and once after each "
+                      f"(workload, load)'s runs. Each run is predicted on {on}, on the first calibration alone, and on "
+                      "the one just before it.",
+                  "", "| calibration | ended (UTC) | 3k-token prefill ms | decode step ms, 4 sequences on 4k tokens | "
+                      "8 on 8k |", "|---|---|---|---|---|"]
+        for k, c in enumerate(cal):
+            a = c["at"]
+            lines.append(f"| {k} | {c['utc']} | {a['prefill_ms_3000_new']:.0f} | {a['decode_step_ms_batch4_ctx4000']:.1f} | "
+                         f"{a['decode_step_ms_batch8_ctx8000']:.1f} |")
+        lines += ["", "| predicted on | mean TTFT | mean latency | p99 TTFT | p99 latency | cached share | same ranking | "
+                      "median error of mean TTFT / mean latency |", "|---|---|---|---|---|---|---|---|"]
+        names = {"first": "the first calibration alone", "before": "the calibration just before the runs",
+                 "bracket": "the mean of the calibrations before and after",
+                 "profile": f"`{doc.get('repredicted', '--profile')}`"}
+        for name, sb in doc["summary_by_calibration"].items():
+            med = sb.get("median_error", {})
+            lines.append(f"| {names[name]} | {sb['ttft_mean']} | {sb['latency_mean']} | {sb['ttft_p99']} | "
+                         f"{sb['latency_p99']} | {sb['share']} | {sb['rankings_same']} of {len(doc['rankings'])} | "
+                         f"{med.get('ttft_mean', float('nan')):+.0%} / {med.get('latency_mean', float('nan')):+.0%} |")
+    rate_scale = doc.get("setup", {}).get("rate_scale", 1.0)
+    if doc.get("setup", {}).get("spacing"):
+        lines += ["", f"Requests sent {doc['setup']['spacing']:g} s apart, each alone (`--spacing`)."]
+    elif rate_scale != 1.0:
+        lines += ["", f"Arrival rates {rate_scale:g}x the benchmark's loads (`--rate-scale`)."]
+    rp = doc.get("repeatability")
+    if rp and rp["rows"]:
+        med, mx = rp["median_abs"], rp["max_abs"]
+        lines += ["", f"The real cluster against itself ({len(rp['rows'])} runs measured twice, `--compare`): median / "
+                      f"largest difference of mean TTFT {med['ttft_mean']:.0%} / {mx['ttft_mean']:.0%}, p99 TTFT "
+                      f"{med['ttft_p99']:.0%} / {mx['ttft_p99']:.0%}, mean latency {med['latency_mean']:.0%} / "
+                      f"{mx['latency_mean']:.0%}, p99 latency {med['latency_p99']:.0%} / {mx['latency_p99']:.0%}; "
+                      f"the measured ranking was the same in {sum(x['same'] for x in rp['rankings'])} of "
+                      f"{len(rp['rankings'])} (workload, load) pairs."]
+    return "\n".join(lines) + "\n"
+
+
+def _beside(doc: dict) -> str:
+    n = doc.get("setup", {}).get("calibration_background_streams")
+    return (f" The profile measured its prefills beside {n} decoding stream{'s' if n > 1 else ''} "
+            "(`preble calibrate --background-streams`).") if n else ""
+
+
+def plot(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), dpi=120)
+    marks = {"longdoc": "o", "toolbench": "s", "chat": "^"}
+    colors = {p: f"C{i}" for i, p in enumerate(dict.fromkeys(r["policy"] for r in doc["runs"]))}
+    for ax, kind in zip(axes, ("ttft", "latency")):
+        lo, hi = float("inf"), 0.0
+        for r in doc["runs"]:
+            x, y = r["measured"][kind]["mean"] * 1e3, r["predicted"][kind]["mean"] * 1e3
+            lo, hi = min(lo, x, y), max(hi, x, y)
+            ax.scatter(x, y, marker=marks.get(r["workload"], "x"), color=colors.get(r["policy"], "k"),
+                       facecolors="none" if r["load"] == "light" else None)
+        xs = np.array([lo * 0.8, hi * 1.25])
+        ax.plot(xs, xs, "k-", lw=1)
+        ax.fill_between(xs, xs * (1 - TARGETS["mean"]), xs * (1 + TARGETS["mean"]), color="0.9")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"measured mean {kind} (ms)")
+        ax.set_ylabel(f"predicted mean {kind} (ms)")
+        ax.set_title(f"mean {kind}: one point per run; band ±15%")
+    handles = [plt.Line2D([], [], marker=m, ls="", color="k", label=w) for w, m in marks.items()]
+    handles += [plt.Line2D([], [], marker="o", ls="", color=c, label=p) for p, c in colors.items()]
+    axes[1].legend(handles=handles, fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def summarize(runs: list[dict]) -> tuple[dict, list[dict]]:
+    ranks = rankings(runs)
+    summary = {k: f"{sum(r['within'][k] for r in runs)}/{len(runs)}" for k in runs[0]["within"]}
+    summary["rankings_same"] = sum(k["same"] for k in ranks)
+    summary["median_error"] = {k: float(np.median([r["error"][k] for r in runs]))
+                               for k in ("ttft_mean", "latency_mean", "ttft_p99", "latency_p99")}
+    return summary, ranks
+
+
+def summary_by_calibration(doc: dict) -> dict:
+    """For --recalibrate runs: the targets met when every run is predicted on the first
+    calibration, on the one just before its runs, and on the bracket (the reported one)."""
+    out = {}
+    for name in ("first", "before"):
+        alt = [{**r, **r["alternatives"][name]} for r in doc["runs"]]
+        out[name] = summarize(alt)[0]
+    out[doc.get("predicted_on", "bracket")] = doc["summary"]  # "profile": --repredict --profile
+    return out
