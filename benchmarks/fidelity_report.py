@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 TARGETS = {"mean": 0.15, "p99": 0.30, "share_points": 0.05}
+NEW_TOKEN_BANDS = (0, 128, 512, 2048)  # lower ends: 0-127, 128-511, 512-2047, 2048 and more
 
 
 def errors(m: dict, p: dict) -> dict:
@@ -83,6 +84,12 @@ def markdown(doc: dict) -> str:
     lines += ["", f"Within target: mean TTFT {s['ttft_mean']}, mean latency {s['latency_mean']}, p99 TTFT "
                   f"{s['ttft_p99']}, p99 latency {s['latency_p99']}, cached share {s['share']} (of {len(doc['runs'])} "
                   f"runs); same ranking in {s['rankings_same']} of {len(doc['rankings'])}." + _beside(doc)]
+    if doc.get("ttft_by_request"):
+        lines += ["", "Mean TTFT by request, each workload's runs pooled (`ttft_by_request`: by the new tokens the "
+                      "real cluster computed, and by whether other requests were in flight when it was sent):",
+                  "", "| workload | requests | n | measured ms | predicted ms | error |", "|---|---|---|---|---|---|"]
+        lines += [f"| {g['workload']} | {g['requests']} | {g['n']} | {g['measured_ms']:.0f} | {g['predicted_ms']:.0f} | "
+                  f"{g['error']:+.0%} |" for g in doc["ttft_by_request"]]
     cal = doc.get("calibrations")
     if cal:
         on = ("the mean of the calibrations just before and just after it (the table above)"
@@ -123,6 +130,27 @@ def markdown(doc: dict) -> str:
                       f"the measured ranking was the same in {sum(x['same'] for x in rp['rankings'])} of "
                       f"{len(rp['rankings'])} (workload, load) pairs."]
     return "\n".join(lines) + "\n"
+
+
+def ttft_by_request(runs: list[dict]) -> list[dict]:
+    """Mean TTFT measured and predicted, each workload's runs pooled, by the new tokens the real
+    cluster computed for the request and by whether others were in flight when it was sent:
+    which requests the twin misses."""
+    keys = ("new_tokens", "others_in_flight", "measured_ttft_ms", "predicted_ttft_ms")
+    out = []
+    for wl in dict.fromkeys(r["workload"] for r in runs):
+        reqs = [x for r in runs if r["workload"] == wl and "predicted_ttft_ms" in r.get("requests", {})
+                for x in zip(*(r["requests"][k] for k in keys))]
+        ends = NEW_TOKEN_BANDS[1:] + (None,)
+        groups = [(f"{lo}-{hi - 1} new tokens" if hi else f"{lo}+ new tokens",
+                   [x for x in reqs if lo <= x[0] and (hi is None or x[0] < hi)]) for lo, hi in zip(NEW_TOKEN_BANDS, ends)]
+        groups += [("sent alone", [x for x in reqs if x[1] == 0]), ("sent beside others", [x for x in reqs if x[1] > 0])]
+        for name, xs in groups:
+            if xs:
+                m, p = float(np.mean([x[2] for x in xs])), float(np.mean([x[3] for x in xs]))
+                out.append({"workload": wl, "requests": name, "n": len(xs), "measured_ms": round(m, 1),
+                            "predicted_ms": round(p, 1), "error": (p - m) / m if m else float("nan")})
+    return out
 
 
 def _beside(doc: dict) -> str:

@@ -34,6 +34,7 @@ request's usage) is reported beside the client's: the difference is the client a
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shlex
 import sys
@@ -49,12 +50,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from e2e_longdoc import free_port, write_chat_trace, write_trace  # noqa: E402
 from fidelity_report import (TARGETS, errors, markdown, plot, repeatability, summarize,  # noqa: E402
-                             summary_by_calibration, within)
+                             summary_by_calibration, ttft_by_request, within)
 
 from preble_tiered.cli import main as cli  # noqa: E402
+from preble_tiered.cli.bench import BenchConfig, run_bench  # noqa: E402
 from preble_tiered.cli.argtypes import nonneg_int, positive_float  # noqa: E402
 from preble_tiered.cli.launcher import ClusterSpec, LocalCluster  # noqa: E402
 from preble_tiered.scheduler.profile import ClusterProfile, mean_profile  # noqa: E402
+from preble_tiered.sim import profile_files  # noqa: E402
+from preble_tiered.sim.simulator import Simulator  # noqa: E402
+from preble_tiered.workloads import load_trace  # noqa: E402
 
 POLICIES = ("e2_tiered", "preble_e2", "round_robin", "least_load")
 WORKLOADS = ("longdoc", "toolbench", "chat")
@@ -144,25 +149,32 @@ def bracket(calibrations: list[dict], run: dict, out: Path) -> Path:
     return path
 
 
-def measure(policy: str, trace: Path, out: Path, label: str, kv_bytes: int) -> dict:
+def measure(policy: str, trace: Path, out: Path, label: str, kv_bytes: int) -> tuple[dict, dict]:
+    """The run's summary through `preble bench`'s client, and each request's: new tokens
+    computed, other requests in flight when it was sent, and its TTFT."""
     t0 = time.monotonic()
+    reqs = load_trace(trace)
     with LocalCluster(spec(policy, out, label, kv_bytes)) as c:
         started = time.monotonic() - t0
-        res = out / f"bench-{label}.json"
-        rc = cli.main(["bench", "--addr", c.addr, "--trace", str(trace), "--json", str(res), "--quiet"])
-        if rc != 0:
-            raise RuntimeError(f"preble bench failed for {label} (exit {rc})")
+        res = asyncio.run(run_bench(reqs, BenchConfig(addr=c.addr, progress=False), f"trace:{trace}"))
+    if res.failures:
+        raise RuntimeError(f"{len(res.failures)} requests failed in {label}; the first: {res.failures[0]}")
     print(f"[{label}] measured (cluster up in {started:.0f} s)", flush=True)
-    return json.loads(res.read_text())["runs"][0]
+    recs = res.records
+    return res.summary, {
+        "id": [r.request_id for r in recs],
+        "new_tokens": [r.prompt_tokens - sum(r.cached.values()) for r in recs],
+        "others_in_flight": [sum(o is not r and o.arrival_s <= r.arrival_s < o.finish_s for o in recs) for r in recs],
+        "measured_ttft_ms": [round((r.first_token_s - r.arrival_s) * 1e3, 2) for r in recs]}
 
 
-def predict(policy: str, trace: Path, profile: Path, out: Path, label: str) -> dict:
-    res = out / f"sim-{label}.json"
-    rc = cli.main(["sim", "--trace", str(trace), "--nodes", "2", "--policy", policy, "--profile", str(profile),
-                   "--engine-tiers", "all", "--json", str(res), "--quiet"])
-    if rc != 0:
-        raise RuntimeError(f"preble sim failed for {label} (exit {rc})")
-    return json.loads(res.read_text())["runs"][0]
+def predict(policy: str, trace: Path, profile: Path) -> tuple[dict, dict[str, float]]:
+    """What `preble sim --nodes 2 --engine-tiers all --profile` predicts: the summary, and each
+    request's TTFT in ms."""
+    prof = profile_files.load(str(profile))
+    res = Simulator(load_trace(trace), profile_files.sim_config(prof, policy, 2, engine_tiers="all"),
+                    prof.cost_model()).run()
+    return res.summary(f"trace:{trace}", 2), {r.request_id: r.ttft_s * 1e3 for r in res.records}
 
 
 def pick(s: dict) -> dict:
@@ -175,14 +187,19 @@ def pick(s: dict) -> dict:
             "cached_tokens": s["cached_tokens"], **({"branches": s["branches"]} if "branches" in s else {})}
 
 
-def predicted_on(r: dict, trace: Path, profile: Path, out: Path, label: str) -> dict:
-    """The run's prediction on `profile`, with its errors against the run's measurements."""
-    p = pick(predict(r["policy"], trace, profile, out, label))
+def predicted_on(r: dict, trace: Path, profile: Path, per_request: bool = False) -> dict:
+    """The run's prediction on `profile`, with its errors against the run's measurements (and,
+    with `per_request`, each request's predicted TTFT beside its measured one)."""
+    s, ttft = predict(r["policy"], trace, profile)
+    p = pick(s)
     e = errors(r["measured"], p)
-    return {"predicted": p, "error": e, "within": within(e)}
+    out = {"predicted": p, "error": e, "within": within(e)}
+    if per_request and "requests" in r:
+        out["requests"] = {**r["requests"], "predicted_ttft_ms": [round(ttft[i], 2) for i in r["requests"]["id"]]}
+    return out
 
 
-def predict_alternatives(r: dict, calibrations: list[dict], trace: Path, out: Path, label: str) -> None:
+def predict_alternatives(r: dict, calibrations: list[dict], trace: Path, out: Path) -> None:
     """A --recalibrate run predicted also on the first calibration alone (as if calibrated once)
     and on the last one before its runs (the newest a prediction made in advance could use)."""
     paths = []
@@ -191,7 +208,7 @@ def predict_alternatives(r: dict, calibrations: list[dict], trace: Path, out: Pa
         if not path.exists():
             path.write_text(json.dumps(calibrations[k]["profile"]))
         paths.append(path)
-    r["alternatives"] = {name: {"calibrations": [k], **predicted_on(r, trace, path, out, f"{label}-cal{k}")}
+    r["alternatives"] = {name: {"calibrations": [k], **predicted_on(r, trace, path)}
                          for name, k, path in zip(("first", "before"), (0, r["calibrations"][0]), paths)}
 
 
@@ -256,15 +273,15 @@ def main() -> int:
                 if not trace.exists():
                     make_trace(trace, r["workload"], r["load"], seed, rate_scale=rate_scale,
                                spacing=doc["setup"].get("spacing"))
-                label = f"{r['workload']}-{r['load']}-{r['policy']}"
                 on = bracket(calibrations, r, out) if calibrations and args.profile is None else profile
                 if on is not profile:
                     a, b = r["calibrations"]
                     r["calibrated_on"] = f"the mean of preble calibrate sweeps {a} and {b} (just before and after these runs)"
-                r.update(predicted_on(r, trace, on, out, label))
+                r.update(predicted_on(r, trace, on, per_request=True))
                 if calibrations:
-                    predict_alternatives(r, calibrations, trace, out, label)
+                    predict_alternatives(r, calibrations, trace, out)
         doc["summary"], doc["rankings"] = summarize(doc["runs"])
+        doc["ttft_by_request"] = ttft_by_request(doc["runs"])
         doc["predicted_on"] = "profile" if args.profile is not None or not calibrations else "bracket"
         if calibrations:
             doc["summary_by_calibration"] = summary_by_calibration(doc)
@@ -293,9 +310,11 @@ def main() -> int:
             for load in args.loads:
                 trace = out / f"{wl}-{load}.jsonl"
                 make_trace(trace, wl, load, args.seed, rate_scale=args.rate_scale, spacing=args.spacing)
-                group = [{"workload": wl, "load": load, "policy": policy,
-                          "measured": pick(measure(policy, trace, out, f"{wl}-{load}-{policy}", args.kv_bytes))}
-                         for policy in policies]
+                group = []
+                for policy in policies:
+                    summary, per_request = measure(policy, trace, out, f"{wl}-{load}-{policy}", args.kv_bytes)
+                    group.append({"workload": wl, "load": load, "policy": policy, "measured": pick(summary),
+                                  "requests": per_request})
                 if args.recalibrate:
                     k = len(calibrations)
                     calibrations.append(calibration_record(calibrate(out, args.kv_bytes, k, args.background_streams)))
@@ -305,11 +324,11 @@ def main() -> int:
                     if args.recalibrate:
                         r["calibrations"] = [k - 1, k]
                         r["calibrated_on"] = f"the mean of preble calibrate sweeps {k - 1} and {k} (just before and after these runs)"
-                        r.update(predicted_on(r, trace, bracket(calibrations, r, out), out, label))
-                        predict_alternatives(r, calibrations, trace, out, label)
+                        r.update(predicted_on(r, trace, bracket(calibrations, r, out), per_request=True))
+                        predict_alternatives(r, calibrations, trace, out)
                     else:
                         r["calibrated_on"] = "preble calibrate sweep" if args.profile is None else str(args.profile)
-                        r.update(predicted_on(r, trace, Path(profile), out, label))
+                        r.update(predicted_on(r, trace, Path(profile), per_request=True))
                     runs.append(r)
                     if args.spacing is not None and r["measured"]["latency"]["p99"] > args.spacing:
                         print(f"  warning: {label}'s p99 latency exceeds --spacing: some requests may have overlapped", flush=True)
@@ -324,7 +343,7 @@ def main() -> int:
                      "disk_bytes": DISK_BYTES, "loads": LOADS, "rate_scale": args.rate_scale,
                      "seed": args.seed, "spacing": args.spacing,
                      "calibration_background_streams": None if args.profile else args.background_streams},
-           "runs": runs, "rankings": ranks, "summary": summary}
+           "runs": runs, "rankings": ranks, "summary": summary, "ttft_by_request": ttft_by_request(runs)}
     if calibrations:
         doc["calibrations"] = calibrations
         doc["summary_by_calibration"] = summary_by_calibration(doc)

@@ -15,7 +15,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -54,6 +54,8 @@ class BenchConfig:
 class BenchOutcome:
     summary: dict
     failures: list[str]
+    records: list[RequestRecord] = field(default_factory=list)
+    """One per finished request, in the order of the requests given."""
 
 
 def check_fits(requests: Sequence[WorkloadRequest], max_model_len: int, max_out: int | None) -> None:
@@ -160,7 +162,7 @@ def _outcome(policy: str, label: str, done: list[RequestRecord], failures: list[
     node = [r.node_ttft_s for r in done if math.isfinite(r.node_ttft_s)]
     if node:  # the node's: received -> first token (its queue, admission, prefill)
         summary["node_ttft"] = stats(node)
-    return BenchOutcome(summary, failures)
+    return BenchOutcome(summary, failures, done)
 
 
 async def _send(stub, r: WorkloadRequest, vocab: int, cfg: BenchConfig, t0: float, md=None) -> RequestRecord:
