@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+POLICIES = ("e2_tiered", "preble_e2", "round_robin", "least_load")
 TARGETS = {"mean": 0.15, "p99": 0.30, "share_points": 0.05}
 NEW_TOKEN_BANDS = (0, 128, 512, 2048)  # lower ends: 0-127, 128-511, 512-2047, 2048 and more
 
@@ -86,7 +87,8 @@ def markdown(doc: dict) -> str:
                   f"runs); same ranking in {s['rankings_same']} of {len(doc['rankings'])}." + _beside(doc)]
     if doc.get("ttft_by_request"):
         lines += ["", "Mean TTFT by request, each workload's runs pooled (`ttft_by_request`: by the new tokens the "
-                      "real cluster computed, and by whether other requests were in flight when it was sent):",
+                      "real cluster computed, and by whether other requests were in flight in the cluster when it "
+                      "was sent):",
                   "", "| workload | requests | n | measured ms | predicted ms | error |", "|---|---|---|---|---|---|"]
         lines += [f"| {g['workload']} | {g['requests']} | {g['n']} | {g['measured_ms']:.0f} | {g['predicted_ms']:.0f} | "
                   f"{g['error']:+.0%} |" for g in doc["ttft_by_request"]]
@@ -134,8 +136,8 @@ def markdown(doc: dict) -> str:
 
 def ttft_by_request(runs: list[dict]) -> list[dict]:
     """Mean TTFT measured and predicted, each workload's runs pooled, by the new tokens the real
-    cluster computed for the request and by whether others were in flight when it was sent:
-    which requests the twin misses."""
+    cluster computed for the request and by whether other requests were in flight in the
+    cluster (on either node) when it was sent: which requests the twin misses."""
     keys = ("new_tokens", "others_in_flight", "measured_ttft_ms", "predicted_ttft_ms")
     out = []
     for wl in dict.fromkeys(r["workload"] for r in runs):
@@ -167,7 +169,7 @@ def plot(doc: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), dpi=120)
     marks = {"longdoc": "o", "toolbench": "s", "chat": "^"}
-    colors = {p: f"C{i}" for i, p in enumerate(dict.fromkeys(r["policy"] for r in doc["runs"]))}
+    colors = {p: f"C{i}" for i, p in enumerate(POLICIES)}
     for ax, kind in zip(axes, ("ttft", "latency")):
         lo, hi = float("inf"), 0.0
         for r in doc["runs"]:

@@ -11,7 +11,9 @@ cluster and through `preble sim` on a profile of that cluster.
    simulate the same trace on the profile (tiers on every node, as on the real one).
 3. Report predicted against measured: TTFT and latency (mean, p50, p99), mean time per output
    token (TPOT: where latency misses on long answers come from), cached-token share,
-   recomputed tokens; the relative errors; the policies' ranking by mean latency.
+   recomputed tokens; the relative errors; the policies' ranking by mean latency; and, each
+   workload's runs pooled, the mean TTFT by request (by the new tokens computed, and by
+   whether other requests were in flight in the cluster when it was sent).
 
 Workloads: longdoc (questions on 12 documents of ~3k tokens), toolbench (10 tool prompts of
 ~1.5k tokens with Zipf popularity, short questions and answers), chat (multi-turn
@@ -19,7 +21,8 @@ conversations over one system prompt, answers of 40-250 tokens). Loads: light (q
 form) and heavy (they do).
 
     python benchmarks/sim_fidelity.py [--workloads longdoc toolbench chat] [--loads light heavy]
-        [--policy P ...] [--profile PATH | --recalibrate] [--json benchmarks/results/sim_fidelity.json]
+        [--policy P ...] [--profile PATH | --recalibrate] [--background-streams N]
+        [--json benchmarks/results/sim_fidelity.json]
 
 `--recalibrate` (for a machine whose speed drifts within the hour): calibrate again after each
 (workload, load)'s runs, and predict those runs on the mean of the calibrations taken just
@@ -49,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from e2e_longdoc import free_port, write_chat_trace, write_trace  # noqa: E402
-from fidelity_report import (TARGETS, errors, markdown, plot, repeatability, summarize,  # noqa: E402
+from fidelity_report import (POLICIES, TARGETS, errors, markdown, plot, repeatability, summarize,  # noqa: E402
                              summary_by_calibration, ttft_by_request, within)
 
 from preble_tiered.cli import main as cli  # noqa: E402
@@ -61,7 +64,6 @@ from preble_tiered.sim import profile_files  # noqa: E402
 from preble_tiered.sim.simulator import Simulator  # noqa: E402
 from preble_tiered.workloads import load_trace  # noqa: E402
 
-POLICIES = ("e2_tiered", "preble_e2", "round_robin", "least_load")
 WORKLOADS = ("longdoc", "toolbench", "chat")
 LOADS = {  # (requests, requests per second)
     "longdoc": {"light": (30, 1.0), "heavy": (60, 3.0)},

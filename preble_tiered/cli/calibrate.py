@@ -6,8 +6,9 @@ The sweep, after the router's measurements are reset (Admin GetProfile reset):
      context's first request computes it; the rest reuse it). With `--background-streams N`,
      N decoding requests run throughout this phase (each re-sent as it ends), so where nodes
      share a host's cores the prefills are measured beside the other nodes' decoding, as
-     under load; a prefill counts only if nothing else ran on its node, so a stream placed
-     on its node costs that sample, not the fit;
+     under load. A prefill counts only if nothing else ran on its node, so a stream placed
+     on its node costs that sample; the streams' own prefills and decode steps are measured
+     like any request's;
   2. decodes: every batch size (sequences per node: the cluster gets that many times its
      nodes, at once) on short and long prompts, so decode steps are measured across batch
      sizes and batch contexts.
@@ -30,6 +31,9 @@ from preble_tiered.cli.argtypes import nonneg_int
 from preble_tiered.cli.paths import check_output
 from preble_tiered.scheduler.profile_fit import (MIN_DECODE_BATCHES, MIN_PREFILL_SAMPLES, MIN_PREFILL_SIZES,
                                                   PREFILL_BUCKET)
+
+
+MAX_BACKGROUND_STREAMS = 64
 
 
 @dataclass(frozen=True)
@@ -74,8 +78,9 @@ class Sweep:
             raise ValueError("sizes must be positive (cached contexts >= 0)")
         if self.decode_tokens < 8 or self.repeats < 1:
             raise ValueError("--decode-tokens must be >= 8 and --repeats >= 1")
-        if self.background_streams < 0:
-            raise ValueError(f"--background-streams must be >= 0 (got {self.background_streams})")
+        if not 0 <= self.background_streams <= MAX_BACKGROUND_STREAMS:
+            raise ValueError(f"--background-streams must be 0 to {MAX_BACKGROUND_STREAMS}, each a client thread "
+                             f"(got {self.background_streams})")
         if (self.background_streams and max_model_len is not None
                 and self.background_prompt + self.background_tokens > max_model_len):
             raise ValueError(f"a background stream ({self.background_prompt} prompt tokens, {self.background_tokens} "
@@ -151,8 +156,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             if skipped:
                 print(f"leaving out {skipped} prefill size(s) longer than the model's {info.max_model_len} tokens",
                       file=sys.stderr)
-            client_gaps = _run_sweep(sweep, inference, inf_md, info.vocab_size, info.nodes_alive,
-                                     info.max_model_len, not args.quiet)
+            client_gaps, background = _run_sweep(sweep, inference, inf_md, info.vocab_size, info.nodes_alive,
+                                                 info.max_model_len, not args.quiet)
             source = "preble " + shlex.join(getattr(args, "argv", []) or ["calibrate"])
             resp = admin.GetProfile(admin_pb2.ProfileRequest(name=args.name, source=source), metadata=admin_md,
                                     timeout=30)
@@ -167,15 +172,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     profile_files.save(prof, args.output)
     print(describe_profile(prof))
     n = sweep.requests(info.nodes_alive, info.max_model_len)
-    print(f"wrote {args.output} ({n} requests in {time.monotonic() - t0:.0f} s)", file=sys.stderr)
+    beside = f" and {background} background ones" if background else ""
+    print(f"wrote {args.output} ({n} requests{beside} in {time.monotonic() - t0:.0f} s)", file=sys.stderr)
     return 0
 
 
-def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, max_len: int, progress: bool) -> list[float]:
-    """Run the sweep; returns the client TTFT less the router's (seconds) of each prefill,
-    sent one at a time (the decode batches' threads would add their own contention)."""
+def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, max_len: int,
+               progress: bool) -> tuple[list[float], int]:
+    """Run the sweep; returns the client TTFT less the router's (seconds) of each prefill
+    (sent one at a time, beside the background streams' threads if any; the decode batches'
+    threads would add their own contention) and how many background requests were sent."""
+    import itertools
     import threading
 
+    import grpc
     import numpy as np
 
     from preble_tiered.api import convert
@@ -186,57 +196,69 @@ def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, max_len: int, pro
     rng = np.random.default_rng(time.monotonic_ns())
     lo = min(16, vocab // 2)  # skip the lowest ids (special tokens of real vocabularies)
     bar = _bar(sweep.requests(nodes, max_len), progress)
-    n = 0
+    serial, background_sent = itertools.count(1), itertools.count()
     gaps: list[float] = []
+    stop, lock, live, failed = threading.Event(), threading.Lock(), set(), []  # live: background calls
 
     def fresh(k: int, gen=rng) -> list[int]:
         return gen.integers(lo, vocab, size=k).tolist() if k else []
 
-    def one(ids: list[int], out: int, timed: bool = False, stop: threading.Event | None = None) -> None:
-        nonlocal n
-        n += 1
-        req = inference_pb2.GenerateRequest(request_id=f"calibrate-{time.monotonic_ns()}-{n}", sampling=convert.params_to_pb(
-            GenParams(max_tokens=out, temperature=0.0, ignore_eos=True)))
+    def one(ids: list[int], out: int, timed: bool = False, background: bool = False) -> None:
+        req = inference_pb2.GenerateRequest(request_id=f"calibrate-{time.monotonic_ns()}-{next(serial)}",
+                                            sampling=convert.params_to_pb(
+                                                GenParams(max_tokens=out, temperature=0.0, ignore_eos=True)))
         req.token_ids.ids.extend(ids)
         t0, first = time.monotonic(), None
         call = stub.Generate(req, metadata=md, timeout=600)
-        for msg in call:
-            if stop is not None and stop.is_set():
-                call.cancel()  # a background stream: done as soon as the prefills are
-                return
-            if msg.WhichOneof("kind") == "chunk":
-                first = first or time.monotonic() - t0
-            elif timed and first is not None and msg.complete.usage.ttft_ms > 0:
-                gaps.append(max(0.0, first - msg.complete.usage.ttft_ms * 1e-3))
-        if stop is None:
+        if background:
+            with lock:
+                if stop.is_set():
+                    call.cancel()
+                    return
+                live.add(call)
+        try:
+            for msg in call:
+                if msg.WhichOneof("kind") == "chunk":
+                    first = first or time.monotonic() - t0
+                elif timed and first is not None and msg.complete.usage.ttft_ms > 0:
+                    gaps.append(max(0.0, first - msg.complete.usage.ttft_ms * 1e-3))
+        finally:
+            if background:
+                with lock:
+                    live.discard(call)
+        if not background:
             bar.update(1)
 
-    stop, failed = threading.Event(), []
-
-    def background(gen) -> None:
+    def stream(gen) -> None:
         try:
             while not stop.is_set():
-                one(fresh(sweep.background_prompt, gen), sweep.background_tokens, stop=stop)
+                next(background_sent)
+                one(fresh(sweep.background_prompt, gen), sweep.background_tokens, background=True)
+        except grpc.RpcError as e:
+            if not (stop.is_set() and e.code() == grpc.StatusCode.CANCELLED):
+                failed.append(e)
         except Exception as e:  # noqa: BLE001 - raised in the caller's thread below
             failed.append(e)
-            stop.set()
 
-    streams = [threading.Thread(target=background, args=(np.random.default_rng(rng.integers(1 << 62)),), daemon=True)
+    streams = [threading.Thread(target=stream, args=(np.random.default_rng(rng.integers(1 << 62)),), daemon=True)
                for _ in range(sweep.background_streams)]
     for t in streams:
         t.start()
     try:
         prefixes: dict[int, list[int]] = {}
         for ctx, size in sweep.prefills(max_len):  # one at a time
+            if failed:
+                break
             prefix = prefixes.setdefault(ctx, fresh(ctx))
             for _ in range(sweep.repeats):
-                if failed:
-                    break
-                one(prefix + fresh(size), 2, timed=True)  # the client's hop (beside its background streams, if any)
+                one(prefix + fresh(size), 2, timed=True)
     finally:
         stop.set()
+        with lock:  # a stream waiting on its node's queue sends nothing to wake its thread: cancel it
+            for call in live:
+                call.cancel()
         for t in streams:
-            t.join()
+            t.join(timeout=30)
     if failed:
         raise failed[0]
     with ThreadPoolExecutor(max(sweep.batch_sizes) * nodes) as pool:
@@ -244,4 +266,4 @@ def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, max_len: int, pro
             for b in sweep.batch_sizes:
                 list(pool.map(lambda ids: one(ids, sweep.decode_tokens), [fresh(plen) for _ in range(b * nodes)]))
     bar.close()
-    return gaps
+    return gaps, next(background_sent)
