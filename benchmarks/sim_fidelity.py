@@ -153,7 +153,8 @@ def bracket(calibrations: list[dict], run: dict, out: Path) -> Path:
 
 def measure(policy: str, trace: Path, out: Path, label: str, kv_bytes: int) -> tuple[dict, dict]:
     """The run's summary through `preble bench`'s client, and each request's: new tokens
-    computed, other requests in flight when it was sent, and its TTFT."""
+    computed, other requests in flight when it was sent, its TTFT, and the engine's part of
+    it where the engine ran it alone (None elsewhere)."""
     t0 = time.monotonic()
     reqs = load_trace(trace)
     with LocalCluster(spec(policy, out, label, kv_bytes)) as c:
@@ -167,7 +168,8 @@ def measure(policy: str, trace: Path, out: Path, label: str, kv_bytes: int) -> t
         "id": [r.request_id for r in recs],
         "new_tokens": [r.prompt_tokens - sum(r.cached.values()) for r in recs],
         "others_in_flight": [sum(o is not r and o.arrival_s <= r.arrival_s < o.finish_s for o in recs) for r in recs],
-        "measured_ttft_ms": [round((r.first_token_s - r.arrival_s) * 1e3, 2) for r in recs]}
+        "measured_ttft_ms": [round((r.first_token_s - r.arrival_s) * 1e3, 2) for r in recs],
+        "engine_ttft_ms": [round(r.engine_ttft_s * 1e3, 2) if r.engine_ttft_s > 0 else None for r in recs]}
 
 
 def predict(policy: str, trace: Path, profile: Path) -> tuple[dict, dict[str, float]]:
@@ -181,7 +183,7 @@ def predict(policy: str, trace: Path, profile: Path) -> tuple[dict, dict[str, fl
 
 def pick(s: dict) -> dict:
     share = sum(s["cached_tokens"].values()) / s["prompt_tokens"] if s["prompt_tokens"] else 0.0
-    out = {k: {q: s[k][q] for q in ("mean", "p99")} for k in ("server_ttft", "node_ttft") if k in s}
+    out = {k: {q: s[k][q] for q in ("mean", "p99")} for k in ("server_ttft", "node_ttft", "engine_ttft") if k in s}
     return {**out, "ttft": {k: s["ttft"][k] for k in ("mean", "p50", "p99")},
             "latency": {k: s["latency"][k] for k in ("mean", "p50", "p99")},
             **({"tpot": {"mean": s["tpot"]["mean"]}} if "tpot" in s else {}),

@@ -141,7 +141,7 @@ def order_to_pb(o: DispatchOrder) -> node_pb2.SubmitRequest:
 
 
 def done_from_pb(d: node_pb2.SubmitDone) -> NodeDone:
-    return NodeDone(d.finish_reason, cached_from_pb(d.cached_tokens), d.ttft_ms * 1e-3)
+    return NodeDone(d.finish_reason, cached_from_pb(d.cached_tokens), d.ttft_ms * 1e-3, d.engine_ttft_ms * 1e-3)
 
 
 def tier_usage_to_pb(u: TierUsage) -> node_pb2.TierUsage:

@@ -68,6 +68,8 @@ class NodeDone:
     """Prompt tokens served from cache, by source (hbm, dram, disk, remote)."""
     ttft_s: float = 0.0
     """The node's time from receiving the request to its first token (0: not reported)."""
+    engine_ttft_s: float = 0.0
+    """The engine's, from admitting it, when it ran there alone (0: it did not, or not reported)."""
 
 
 @dataclass(frozen=True, slots=True)

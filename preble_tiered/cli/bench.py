@@ -162,6 +162,9 @@ def _outcome(policy: str, label: str, done: list[RequestRecord], failures: list[
     node = [r.node_ttft_s for r in done if math.isfinite(r.node_ttft_s)]
     if node:  # the node's: received -> first token (its queue, admission, prefill)
         summary["node_ttft"] = stats(node)
+    engine = [r.engine_ttft_s for r in done if math.isfinite(r.engine_ttft_s)]
+    if engine:  # the engine's, admitted -> first token, of the requests it ran alone
+        summary["engine_ttft"] = {**stats(engine), "requests": len(engine)}
     return BenchOutcome(summary, failures, done)
 
 
@@ -190,6 +193,7 @@ async def _send(stub, r: WorkloadRequest, vocab: int, cfg: BenchConfig, t0: floa
     rec.recomputed_tokens = usage.recomputed_tokens
     rec.server_ttft_s = usage.ttft_ms * 1e-3 if usage.ttft_ms > 0 else float("nan")
     rec.node_ttft_s = usage.node_ttft_ms * 1e-3 if usage.node_ttft_ms > 0 else float("nan")
+    rec.engine_ttft_s = usage.engine_ttft_ms * 1e-3 if usage.engine_ttft_ms > 0 else float("nan")
     return rec
 
 

@@ -48,6 +48,9 @@ class EngineOutput:
     error: str | None = None
     cached_by_tier: dict[str, int] | None = None
     """On the final output: num_cached_tokens split into hbm/dram/disk/remote."""
+    alone_prefill_s: float | None = None
+    """On the output with the first token: seconds from the request's admission into the
+    engine, when nothing else ran there meanwhile (what a prefill sample measures); else None."""
 
 
 @dataclass(frozen=True)

@@ -108,8 +108,8 @@ class Timings:
         if not t.first_token:
             t.first_token = True
             if t.clean:
-                sample = (out.prompt_tokens - out.num_cached_tokens, out.prompt_tokens,
-                          now - t.admitted_at)
+                out.alone_prefill_s = now - t.admitted_at
+                sample = (out.prompt_tokens - out.num_cached_tokens, out.prompt_tokens, out.alone_prefill_s)
                 with self._lock:
                     self._samples.append(sample)
         elif t.last_token_at is not None:

@@ -67,6 +67,8 @@ class Stream:
     conn: ServeConn | None = None
     """Serve: the stream its items go out on."""
     first_token_at: float | None = None
+    engine_ttft_s: float = 0.0
+    """Admission into the engine -> first token, when it ran there alone (0: it did not)."""
     tokens: int = 0
     done: bool = False
 
@@ -143,6 +145,7 @@ class NodeRequests:
         now = time.monotonic()
         if st.first_token_at is None and (out.new_token_ids or out.finished):
             st.first_token_at = now
+            st.engine_ttft_s = out.alone_prefill_s or 0.0
             self._queued -= 1
             self.metrics.ttft.observe(now - st.received_at)
         st.tokens += len(out.new_token_ids)
@@ -166,7 +169,7 @@ class NodeRequests:
         first = st.first_token_at or now
         return node_pb2.SubmitDone(finish_reason=out.finish_reason or "stop", prompt_tokens=st.prompt_tokens,
                                    completion_tokens=st.tokens, cached_tokens=convert.cached_to_pb(cached),
-                                   ttft_ms=(first - st.received_at) * 1e3)
+                                   ttft_ms=(first - st.received_at) * 1e3, engine_ttft_ms=st.engine_ttft_s * 1e3)
 
     def close(self, rid: str) -> None:
         """Forget a request; abort it in the engine when it had not finished (cancelled, or

@@ -77,6 +77,7 @@ class Outcome:
     latency_s: float
     finish_reason: str
     node_ttft_s: float = 0.0
+    engine_ttft_s: float = 0.0
 
 
 @dataclass
@@ -295,7 +296,7 @@ class Dispatcher:
         total_cached = min(L, sum(done.cached.values()))
         first = run.first_token_at or now
         out = Outcome(run, link.name, decision, done.cached, L - total_cached, first - run.t0, now - run.t0,
-                      done.finish_reason, done.ttft_s)
+                      done.finish_reason, done.ttft_s, done.engine_ttft_s)
         self._account(out, done)
         if run.record is not None:  # "done" now: GenerateOnce returns before run()'s `finally` runs
             run.record.state, run.record.actual = "done", done.cached
@@ -305,7 +306,7 @@ class Dispatcher:
         return out
 
     def _account(self, out: Outcome, done: NodeDone) -> None:
-        self.samples.add_request(out.ttft_s, done.ttft_s, rerouted=out.run.reroutes > 0)
+        self.samples.add_request(out.ttft_s, done.engine_ttft_s, rerouted=out.run.reroutes > 0)
         L = len(out.run.ids)
         st = self.stats
         st.requests_total += 1

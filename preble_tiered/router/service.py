@@ -75,7 +75,7 @@ def _complete_pb(o: Outcome) -> inference_pb2.GenerateComplete:
         finish_reason=o.finish_reason, branch=o.decision.branch.value,
         predicted_cached_tokens=convert.cached_to_pb(run.record.predicted if run.record is not None
                                                      else o.decision.predicted_cached),
-        reroutes=run.reroutes, node_ttft_ms=o.node_ttft_s * 1e3)
+        reroutes=run.reroutes, node_ttft_ms=o.node_ttft_s * 1e3, engine_ttft_ms=o.engine_ttft_s * 1e3)
     return inference_pb2.GenerateComplete(text="".join(run.text), token_ids=run.generated, usage=usage)
 
 

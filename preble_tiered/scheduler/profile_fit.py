@@ -77,15 +77,18 @@ class ProfileSamples:
         self.decode.add(batch, context_tokens, seconds, steps)
 
     def add_overhead(self, seconds: float) -> None:
-        """A request's time outside its node: the router's TTFT less the node's."""
+        """A request's time outside the engine: the router's TTFT less the engine's."""
         if 0.0 <= seconds < 60.0:
             self.overheads.append(seconds)
 
-    def add_request(self, router_ttft_s: float, node_ttft_s: float, rerouted: bool = False) -> None:
-        """A finished request's TTFTs; its overhead counts unless the node did not report one
-        or the request was re-routed (its TTFT then spans two nodes)."""
-        if node_ttft_s > 0 and not rerouted:
-            self.add_overhead(router_ttft_s - node_ttft_s)
+    def add_request(self, router_ttft_s: float, engine_ttft_s: float, rerouted: bool = False) -> None:
+        """A finished request's TTFTs: the router's, and the engine's from admitting it to its
+        first token. Its overhead (everything a prefill sample leaves out: the router's hop, the
+        node's work before the engine, the hand-offs back) counts only where the engine ran it
+        alone (its TTFT is 0 otherwise: the overhead would then hold queueing, which the
+        simulator models itself) and it was not re-routed (its TTFT then spans two nodes)."""
+        if engine_ttft_s > 0 and not rerouted:
+            self.add_overhead(router_ttft_s - engine_ttft_s)
 
     def clear(self) -> None:
         self.prefill.clear()

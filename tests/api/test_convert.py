@@ -88,7 +88,8 @@ def test_router_node_messages_round_trip_through_protobuf():
     assert load.decode_steps == [(4, 900.5, 0.006, 12)]
     assert [convert.tier_usage_to_pb(u) for u in load.tiers] == list(rep.tiers)
 
-    done = node_pb2.SubmitDone(finish_reason="length", cached_tokens=convert.cached_to_pb({"disk": 32}), ttft_ms=12.5)
+    done = node_pb2.SubmitDone(finish_reason="length", cached_tokens=convert.cached_to_pb({"disk": 32}), ttft_ms=12.5,
+                               engine_ttft_ms=9.5)
     got = convert.done_from_pb(done)
     assert got.finish_reason == "length" and got.cached == {"hbm": 0, "dram": 0, "disk": 32, "remote": 0}
-    assert got.ttft_s == pytest.approx(0.0125)
+    assert got.ttft_s == pytest.approx(0.0125) and got.engine_ttft_s == pytest.approx(0.0095)

@@ -342,10 +342,14 @@ def test_eviction_emits_removals_and_snapshot_matches_the_event_stream(engine, r
 def test_prefill_samples_come_from_prefills_that_ran_alone(engine, rec):
     engine.take_prefill_samples()
     prompt = prompt_of(300, salt=40)
-    run(engine, rec, "sample-cold", prompt, max_tokens=2)
-    run(engine, rec, "sample-warm", prompt, max_tokens=2)
+    cold = run(engine, rec, "sample-cold", prompt, max_tokens=2)
+    warm = run(engine, rec, "sample-warm", prompt, max_tokens=2)
     samples = engine.take_prefill_samples()
     assert [(new, ctx) for new, ctx, _ in samples] == [(300, 300), (12, 300)]
+    # the output with each first token carries the same time (the node reports it as the engine's TTFT)
+    firsts = [next(o for o in outs if o.new_token_ids) for outs in (cold, warm)]
+    assert [o.alone_prefill_s for o in firsts] == [s for _, _, s in samples]
+    assert all(o.alone_prefill_s is None for outs in (cold, warm) for o in outs if o not in firsts)
     assert all(0 < s < 10 for _, _, s in samples)
     assert engine.take_prefill_samples() == []
     stats = engine.stats()

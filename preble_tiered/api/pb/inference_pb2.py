@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from preble_tiered.api.pb import common_pb2 as preble_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19preble/v1/inference.proto\x12\tpreble.v1\x1a\x16preble/v1/common.proto\"\xa8\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x13.preble.v1.TokenIdsH\x00\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.preble.v1.SamplingParams\x12\x10\n\x08priority\x18\x05 \x01(\x05\x42\x08\n\x06prompt\"0\n\rGenerateChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xd4\x02\n\x05Usage\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12.\n\rcached_tokens\x18\x04 \x01(\x0b\x32\x17.preble.v1.CachedTokens\x12\x19\n\x11recomputed_tokens\x18\x05 \x01(\r\x12\x0c\n\x04node\x18\x06 \x01(\t\x12\x0f\n\x07ttft_ms\x18\x07 \x01(\x01\x12\x12\n\nlatency_ms\x18\x08 \x01(\x01\x12\x15\n\rfinish_reason\x18\t \x01(\t\x12\x0e\n\x06\x62ranch\x18\n \x01(\t\x12\x38\n\x17predicted_cached_tokens\x18\x0b \x01(\x0b\x32\x17.preble.v1.CachedTokens\x12\x10\n\x08reroutes\x18\x0c \x01(\r\x12\x14\n\x0cnode_ttft_ms\x18\r \x01(\x01\"T\n\x10GenerateComplete\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.preble.v1.Usage\"v\n\x10GenerateResponse\x12)\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x18.preble.v1.GenerateChunkH\x00\x12/\n\x08\x63omplete\x18\x02 \x01(\x0b\x32\x1b.preble.v1.GenerateCompleteH\x00\x42\x06\n\x04kind\"\x12\n\x10ModelInfoRequest\"n\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\x12\n\nblock_size\x18\x04 \x01(\r\x12\x13\n\x0bnodes_alive\x18\x05 \x01(\r2\xde\x01\n\tInference\x12\x45\n\x08Generate\x12\x1a.preble.v1.GenerateRequest\x1a\x1b.preble.v1.GenerateResponse0\x01\x12G\n\x0cGenerateOnce\x12\x1a.preble.v1.GenerateRequest\x1a\x1b.preble.v1.GenerateComplete\x12\x41\n\x0cGetModelInfo\x12\x1b.preble.v1.ModelInfoRequest\x1a\x14.preble.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19preble/v1/inference.proto\x12\tpreble.v1\x1a\x16preble/v1/common.proto\"\xa8\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x13.preble.v1.TokenIdsH\x00\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.preble.v1.SamplingParams\x12\x10\n\x08priority\x18\x05 \x01(\x05\x42\x08\n\x06prompt\"0\n\rGenerateChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xec\x02\n\x05Usage\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12.\n\rcached_tokens\x18\x04 \x01(\x0b\x32\x17.preble.v1.CachedTokens\x12\x19\n\x11recomputed_tokens\x18\x05 \x01(\r\x12\x0c\n\x04node\x18\x06 \x01(\t\x12\x0f\n\x07ttft_ms\x18\x07 \x01(\x01\x12\x12\n\nlatency_ms\x18\x08 \x01(\x01\x12\x15\n\rfinish_reason\x18\t \x01(\t\x12\x0e\n\x06\x62ranch\x18\n \x01(\t\x12\x38\n\x17predicted_cached_tokens\x18\x0b \x01(\x0b\x32\x17.preble.v1.CachedTokens\x12\x10\n\x08reroutes\x18\x0c \x01(\r\x12\x14\n\x0cnode_ttft_ms\x18\r \x01(\x01\x12\x16\n\x0e\x65ngine_ttft_ms\x18\x0e \x01(\x01\"T\n\x10GenerateComplete\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.preble.v1.Usage\"v\n\x10GenerateResponse\x12)\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x18.preble.v1.GenerateChunkH\x00\x12/\n\x08\x63omplete\x18\x02 \x01(\x0b\x32\x1b.preble.v1.GenerateCompleteH\x00\x42\x06\n\x04kind\"\x12\n\x10ModelInfoRequest\"n\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\x12\n\nblock_size\x18\x04 \x01(\r\x12\x13\n\x0bnodes_alive\x18\x05 \x01(\r2\xde\x01\n\tInference\x12\x45\n\x08Generate\x12\x1a.preble.v1.GenerateRequest\x1a\x1b.preble.v1.GenerateResponse0\x01\x12G\n\x0cGenerateOnce\x12\x1a.preble.v1.GenerateRequest\x1a\x1b.preble.v1.GenerateComplete\x12\x41\n\x0cGetModelInfo\x12\x1b.preble.v1.ModelInfoRequest\x1a\x14.preble.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,15 +37,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATECHUNK']._serialized_start=235
   _globals['_GENERATECHUNK']._serialized_end=283
   _globals['_USAGE']._serialized_start=286
-  _globals['_USAGE']._serialized_end=626
-  _globals['_GENERATECOMPLETE']._serialized_start=628
-  _globals['_GENERATECOMPLETE']._serialized_end=712
-  _globals['_GENERATERESPONSE']._serialized_start=714
-  _globals['_GENERATERESPONSE']._serialized_end=832
-  _globals['_MODELINFOREQUEST']._serialized_start=834
-  _globals['_MODELINFOREQUEST']._serialized_end=852
-  _globals['_MODELINFO']._serialized_start=854
-  _globals['_MODELINFO']._serialized_end=964
-  _globals['_INFERENCE']._serialized_start=967
-  _globals['_INFERENCE']._serialized_end=1189
+  _globals['_USAGE']._serialized_end=650
+  _globals['_GENERATECOMPLETE']._serialized_start=652
+  _globals['_GENERATECOMPLETE']._serialized_end=736
+  _globals['_GENERATERESPONSE']._serialized_start=738
+  _globals['_GENERATERESPONSE']._serialized_end=856
+  _globals['_MODELINFOREQUEST']._serialized_start=858
+  _globals['_MODELINFOREQUEST']._serialized_end=876
+  _globals['_MODELINFO']._serialized_start=878
+  _globals['_MODELINFO']._serialized_end=988
+  _globals['_INFERENCE']._serialized_start=991
+  _globals['_INFERENCE']._serialized_end=1213
 # @@protoc_insertion_point(module_scope)

@@ -30,7 +30,7 @@ class GenerateChunk(_message.Message):
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("request_id", "prompt_tokens", "completion_tokens", "cached_tokens", "recomputed_tokens", "node", "ttft_ms", "latency_ms", "finish_reason", "branch", "predicted_cached_tokens", "reroutes", "node_ttft_ms")
+    __slots__ = ("request_id", "prompt_tokens", "completion_tokens", "cached_tokens", "recomputed_tokens", "node", "ttft_ms", "latency_ms", "finish_reason", "branch", "predicted_cached_tokens", "reroutes", "node_ttft_ms", "engine_ttft_ms")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class Usage(_message.Message):
     PREDICTED_CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     REROUTES_FIELD_NUMBER: _ClassVar[int]
     NODE_TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_TTFT_MS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_tokens: int
     completion_tokens: int
@@ -57,7 +58,8 @@ class Usage(_message.Message):
     predicted_cached_tokens: _common_pb2.CachedTokens
     reroutes: int
     node_ttft_ms: float
-    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[_Union[_common_pb2.CachedTokens, _Mapping]] = ..., recomputed_tokens: _Optional[int] = ..., node: _Optional[str] = ..., ttft_ms: _Optional[float] = ..., latency_ms: _Optional[float] = ..., finish_reason: _Optional[str] = ..., branch: _Optional[str] = ..., predicted_cached_tokens: _Optional[_Union[_common_pb2.CachedTokens, _Mapping]] = ..., reroutes: _Optional[int] = ..., node_ttft_ms: _Optional[float] = ...) -> None: ...
+    engine_ttft_ms: float
+    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[_Union[_common_pb2.CachedTokens, _Mapping]] = ..., recomputed_tokens: _Optional[int] = ..., node: _Optional[str] = ..., ttft_ms: _Optional[float] = ..., latency_ms: _Optional[float] = ..., finish_reason: _Optional[str] = ..., branch: _Optional[str] = ..., predicted_cached_tokens: _Optional[_Union[_common_pb2.CachedTokens, _Mapping]] = ..., reroutes: _Optional[int] = ..., node_ttft_ms: _Optional[float] = ..., engine_ttft_ms: _Optional[float] = ...) -> None: ...
 
 class GenerateComplete(_message.Message):
     __slots__ = ("text", "token_ids", "usage")
