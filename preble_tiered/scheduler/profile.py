@@ -64,6 +64,8 @@ class Coverage:
     decode_steps: int = 0
     decode_batch: tuple[int, int] = (0, 0)
     decode_context_tokens: tuple[int, int] = (0, 0)
+    overhead_samples: int = 0
+    """Requests the request overhead is the median of (those the engine ran alone)."""
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,8 @@ class ClusterProfile:
                 prefill_new_tokens=_pair(cov, "prefill_new_tokens"),
                 decode_steps=_get(cov, "coverage.", "decode_steps", int, default=0),
                 decode_batch=_pair(cov, "decode_batch"),
-                decode_context_tokens=_pair(cov, "decode_context_tokens")),
+                decode_context_tokens=_pair(cov, "decode_context_tokens"),
+                overhead_samples=_get(cov, "coverage.", "overhead_samples", int, default=0)),
             source=_get(d, "", "source", str, default=""),
         )
 
@@ -238,7 +241,8 @@ def mean_profile(profiles: Sequence[ClusterProfile], name: str | None = None) ->
 
     coverage = Coverage(prefill_samples=sum(c.prefill_samples for c in covs), prefill_new_tokens=span("prefill_new_tokens"),
                         decode_steps=sum(c.decode_steps for c in covs), decode_batch=span("decode_batch"),
-                        decode_context_tokens=span("decode_context_tokens"))
+                        decode_context_tokens=span("decode_context_tokens"),
+                        overhead_samples=sum(c.overhead_samples for c in covs))
     return replace(first, name=name or first.name, prefill=mean_fit("prefill"), decode=mean_fit("decode"), links=links,
                    request_overhead_s=mean(p.request_overhead_s for p in profiles),
                    client_overhead_s=mean(p.client_overhead_s for p in profiles), coverage=coverage,

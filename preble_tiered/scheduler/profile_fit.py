@@ -158,7 +158,8 @@ def fit_profile(samples: ProfileSamples, nodes: list[NodeFacts], links: Links, m
     cov = Coverage(prefill_samples=len(samples.prefill), prefill_new_tokens=(min(pre_new), max(pre_new)),
                    decode_steps=sum(n for *_, n in rows),
                    decode_batch=(min(b for b, *_ in rows), max(b for b, *_ in rows)),
-                   decode_context_tokens=(int(min(c for _, c, _, _ in rows)), int(max(c for _, c, _, _ in rows))))
+                   decode_context_tokens=(int(min(c for _, c, _, _ in rows)), int(max(c for _, c, _, _ in rows))),
+                   overhead_samples=len(samples.overheads))
     overhead = statistics.median(samples.overheads) if samples.overheads else 0.0
     return ClusterProfile(name=name, model=model, nodes=len(nodes), kv_bytes_per_token=kvb, prefill=prefill,
                           decode=decode, engine=engine, links=figures, request_overhead_s=overhead, coverage=cov,

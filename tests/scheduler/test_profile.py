@@ -176,6 +176,7 @@ def test_fit_profile_from_samples_gives_the_cluster_and_its_fits():
     assert p.request_overhead_s == pytest.approx(0.003)
     assert p.links["net"].measured and not p.links["disk"].measured
     assert p.coverage.decode_batch == (1, 16) and p.coverage.prefill_new_tokens == (64, 2048)
+    assert p.coverage.overhead_samples == 3
     assert ClusterProfile.from_dict(json.loads(json.dumps(p.to_dict()))) == p
 
 
@@ -299,11 +300,11 @@ def test_the_mean_of_calibrations_prices_every_shape_at_their_mean_time():
     slow = profile(prefill=LinearPrefill(9.0, 0.2, 0.0, 2e-6), decode=LinearDecode(12.0, 0.3, 0.002),
                    links={k: LinkFigure(1e9, 2e-5, True) for k in ("dram", "disk", "net")},
                    request_overhead_s=0.006, client_overhead_s=0.002,
-                   coverage=Coverage(10, (64, 2048), 50, (1, 8), (100, 8000)), source="first")
+                   coverage=Coverage(10, (64, 2048), 50, (1, 8), (100, 8000), 7), source="first")
     fast = profile(prefill=LinearPrefill(5.0, 0.1, 0.001, 0.0), decode=LinearDecode(6.0, 0.5, 0.001),
                    links={k: LinkFigure(4e9, 0.0, k != "disk") for k in ("dram", "disk", "net")},
                    request_overhead_s=0.002, client_overhead_s=0.001,
-                   coverage=Coverage(12, (32, 3000), 40, (2, 16), (200, 6000)), source="second")
+                   coverage=Coverage(12, (32, 3000), 40, (2, 16), (200, 6000), 5), source="second")
     m = mean_profile([slow, fast], name="both")
     for e, c in ((32, 32), (500, 1500), (2048, 6000)):
         assert m.prefill.seconds(e, c) == pytest.approx((slow.prefill.seconds(e, c) + fast.prefill.seconds(e, c)) / 2)
@@ -316,7 +317,7 @@ def test_the_mean_of_calibrations_prices_every_shape_at_their_mean_time():
         assert t(m) == pytest.approx((t(slow) + t(fast)) / 2)
     assert [m.links[k].measured for k in ("dram", "disk", "net")] == [True, False, True]
     assert (m.request_overhead_s, m.client_overhead_s) == (pytest.approx(0.004), pytest.approx(0.0015))
-    assert m.coverage == Coverage(22, (32, 3000), 90, (1, 16), (100, 8000))
+    assert m.coverage == Coverage(22, (32, 3000), 90, (1, 16), (100, 8000), 12)
     assert m.name == "both" and "first" in m.source and "second" in m.source
     assert m.engine == slow.engine and ClusterProfile.from_dict(m.to_dict()) == m
     assert mean_profile([slow]).prefill == slow.prefill
