@@ -166,8 +166,8 @@ def ttft_by_request(runs: list[dict]) -> list[dict]:
 
 def _beside(doc: dict) -> str:
     n = doc.get("setup", {}).get("calibration_background_streams")
-    return (f" The profile measured its prefills beside {n} decoding stream{'s' if n > 1 else ''} "
-            "(`preble calibrate --background-streams`).") if n else ""
+    return (f" Every calibration of this run measured its prefills beside {n} decoding stream{'s' if n > 1 else ''} "
+            "(`preble calibrate --background-streams`, on the branch `calibrate-beside`).") if n else ""
 
 
 def plot(doc: dict, path: Path) -> None:

@@ -21,8 +21,7 @@ conversations over one system prompt, answers of 40-250 tokens). Loads: light (q
 form) and heavy (they do).
 
     python benchmarks/sim_fidelity.py [--workloads longdoc toolbench chat] [--loads light heavy]
-        [--policy P ...] [--profile PATH | --recalibrate] [--background-streams N]
-        [--json benchmarks/results/sim_fidelity.json]
+        [--policy P ...] [--profile PATH | --recalibrate] [--json benchmarks/results/sim_fidelity.json]
 
 `--recalibrate` (for a machine whose speed drifts within the hour): calibrate again after each
 (workload, load)'s runs, and predict those runs on the mean of the calibrations taken just
@@ -57,7 +56,7 @@ from fidelity_report import (POLICIES, TARGETS, errors, markdown, plot, repeatab
 
 from preble_tiered.cli import main as cli  # noqa: E402
 from preble_tiered.cli.bench import BenchConfig, run_bench  # noqa: E402
-from preble_tiered.cli.argtypes import nonneg_int, positive_float  # noqa: E402
+from preble_tiered.cli.argtypes import positive_float  # noqa: E402
 from preble_tiered.cli.launcher import ClusterSpec, LocalCluster  # noqa: E402
 from preble_tiered.scheduler.profile import ClusterProfile, mean_profile  # noqa: E402
 from preble_tiered.sim import profile_files  # noqa: E402
@@ -119,11 +118,10 @@ def spec(policy: str, out: Path, label: str, kv_bytes: int) -> ClusterSpec:
                        disk_dir=str(out / f"kv-{label}"))
 
 
-def calibrate(out: Path, kv_bytes: int, k: int = 0, background: int = 0) -> Path:
+def calibrate(out: Path, kv_bytes: int, k: int = 0) -> Path:
     path = out / ("profile.json" if k == 0 else f"profile-{k}.json")
     with LocalCluster(spec("e2_tiered", out, f"calibrate-{k}", kv_bytes)) as c:
-        rc = cli.main(["calibrate", "--addr", c.addr, "-o", str(path), "--name", "fidelity", "--quiet",
-                       "--background-streams", str(background)])
+        rc = cli.main(["calibrate", "--addr", c.addr, "-o", str(path), "--name", "fidelity", "--quiet"])
         if rc != 0:
             raise RuntimeError(f"preble calibrate failed (exit {rc})")
     return path
@@ -240,9 +238,6 @@ def main() -> int:
                          "the calibrations just before and just after them (a machine whose speed drifts within "
                          "the hour); every run is also predicted on the first calibration alone and on the one "
                          "just before it, for comparison (seven calibrations in all: about 15 more minutes)")
-    ap.add_argument("--background-streams", type=nonneg_int, default=0, metavar="N",
-                    help="decoding requests kept running while each `preble calibrate` measures its prefills "
-                         "(`preble calibrate --background-streams`; default: 0)")
     ap.add_argument("--replot", action="store_true", help="rebuild the table and PNG from --json, run nothing")
     ap.add_argument("--repredict", action="store_true",
                     help="simulate again the traces of --json (rebuilt from their seed, rate scale and spacing) on its "
@@ -255,8 +250,6 @@ def main() -> int:
         ap.error("--spacing sets the traces of new runs; --repredict and --replot use the stored one")
     if args.recalibrate and (args.profile is not None or args.repredict or args.replot):
         ap.error("--recalibrate calibrates the cluster between real runs: leave out --profile, --repredict and --replot")
-    if args.background_streams and (args.profile is not None or args.repredict or args.replot):
-        ap.error("--background-streams sets how the cluster is calibrated: it needs a run that calibrates")
     md, png = args.json.with_suffix(".md"), args.json.with_suffix(".png")
     if args.repredict:
         doc = json.loads(args.json.read_text())
@@ -306,7 +299,7 @@ def main() -> int:
     calibrations: list[dict] = []  # --recalibrate: one before the first runs and one after each (workload, load)
     with tempfile.TemporaryDirectory(prefix="preble-fidelity-") as tmp:
         out = Path(tmp)
-        profile = args.profile or calibrate(out, args.kv_bytes, background=args.background_streams)
+        profile = args.profile or calibrate(out, args.kv_bytes)
         prof_doc = json.loads(Path(profile).read_text())
         if args.recalibrate:
             calibrations.append(calibration_record(Path(profile)))
@@ -321,7 +314,7 @@ def main() -> int:
                                   "requests": per_request})
                 if args.recalibrate:
                     k = len(calibrations)
-                    calibrations.append(calibration_record(calibrate(out, args.kv_bytes, k, args.background_streams)))
+                    calibrations.append(calibration_record(calibrate(out, args.kv_bytes, k)))
                     print(f"[calibration {k}] {calibrations[-1]['at']}", flush=True)
                 for r in group:
                     label = f"{wl}-{load}-{r['policy']}"
@@ -345,8 +338,7 @@ def main() -> int:
     doc = {"command": "python " + shlex.join(sys.argv), "targets": TARGETS, "profile": prof_doc,
            "setup": {"nodes": 2, "kv_cache_bytes_per_node": args.kv_bytes, "dram_bytes": DRAM_BYTES,
                      "disk_bytes": DISK_BYTES, "loads": LOADS, "rate_scale": args.rate_scale,
-                     "seed": args.seed, "spacing": args.spacing,
-                     "calibration_background_streams": None if args.profile else args.background_streams},
+                     "seed": args.seed, "spacing": args.spacing},
            "runs": runs, "rankings": ranks, "summary": summary, "ttft_by_request": ttft_by_request(runs)}
     if calibrations:
         doc["calibrations"] = calibrations

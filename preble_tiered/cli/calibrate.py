@@ -2,13 +2,8 @@
 cluster profile its nodes measured (`preble sim --profile`).
 
 The sweep, after the router's measurements are reset (Admin GetProfile reset):
-  1. prefills, one request at a time: every prompt size on top of every cached context (a
-     context's first request computes it; the rest reuse it). With `--background-streams N`,
-     N decoding requests run throughout this phase (each re-sent as it ends), so where nodes
-     share a host's cores the prefills are measured beside the other nodes' decoding, as
-     under load. A prefill counts only if nothing else ran on its node, so a stream placed
-     on its node costs that sample; the streams' own prefills and decode steps are measured
-     like any request's;
+  1. prefills, one request at a time so each is measured alone: every prompt size on top of
+     every cached context (a context's first request computes it; the rest reuse it);
   2. decodes: every batch size (sequences per node: the cluster gets that many times its
      nodes, at once) on short and long prompts, so decode steps are measured across batch
      sizes and batch contexts.
@@ -27,13 +22,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
-from preble_tiered.cli.argtypes import nonneg_int
 from preble_tiered.cli.paths import check_output
 from preble_tiered.scheduler.profile_fit import (MIN_DECODE_BATCHES, MIN_PREFILL_SAMPLES, MIN_PREFILL_SIZES,
                                                   PREFILL_BUCKET)
-
-
-MAX_BACKGROUND_STREAMS = 64
 
 
 @dataclass(frozen=True)
@@ -44,9 +35,6 @@ class Sweep:
     decode_prompts: tuple[int, ...] = (64, 1024)
     decode_tokens: int = 48
     repeats: int = 3
-    background_streams: int = 0
-    background_prompt: int = 64
-    background_tokens: int = 256
 
     def prefills(self, max_model_len: int | None = None) -> list[tuple[int, int]]:
         """(cached context, new tokens) of each prefill, in order; those longer than the
@@ -78,13 +66,6 @@ class Sweep:
             raise ValueError("sizes must be positive (cached contexts >= 0)")
         if self.decode_tokens < 8 or self.repeats < 1:
             raise ValueError("--decode-tokens must be >= 8 and --repeats >= 1")
-        if not 0 <= self.background_streams <= MAX_BACKGROUND_STREAMS:
-            raise ValueError(f"--background-streams must be 0 to {MAX_BACKGROUND_STREAMS}, each a client thread "
-                             f"(got {self.background_streams})")
-        if (self.background_streams and max_model_len is not None
-                and self.background_prompt + self.background_tokens > max_model_len):
-            raise ValueError(f"a background stream ({self.background_prompt} prompt tokens, {self.background_tokens} "
-                             f"out) does not fit the model's {max_model_len} tokens")
         if not self.decode_prompts_for(max_model_len):
             raise ValueError(f"no --decode-prompts size fits the model ({max_model_len} tokens with "
                              f"{self.decode_tokens} out): lower them")
@@ -115,11 +96,6 @@ def add_parser(sub, positive_int) -> None:
     ca.add_argument("--decode-tokens", type=positive_int, default=d.decode_tokens,
                     help=f"tokens each decoding request generates (default: {d.decode_tokens})")
     ca.add_argument("--repeats", type=positive_int, default=d.repeats, help=f"prefills per size (default: {d.repeats})")
-    ca.add_argument("--background-streams", type=nonneg_int, default=d.background_streams, metavar="N",
-                    help=f"decoding requests ({d.background_prompt} prompt tokens, {d.background_tokens} out) kept "
-                         "running while the prefills are measured, so that where nodes share a host's cores the "
-                         "prefill fit carries the slowdown the other nodes' work causes (a node count less one "
-                         f"suits a cluster on one host; default: {d.background_streams})")
     ca.add_argument("--admin-token-file", metavar="FILE", help="file holding the admin token")
     ca.add_argument("--inference-token-file", metavar="FILE", help="file holding the inference token")
     ca.add_argument("--tls-ca", metavar="PEM", help="CA (or server) certificate: connect with TLS")
@@ -136,7 +112,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from preble_tiered.sim import profile_files
 
     sweep = Sweep(tuple(args.prompt_sizes), tuple(args.cached_contexts), tuple(args.batch_sizes),
-                  tuple(args.decode_prompts), args.decode_tokens, args.repeats, args.background_streams)
+                  tuple(args.decode_prompts), args.decode_tokens, args.repeats)
     sweep.check()
     check_output(args.output, "-o")
     admin_md = auth.bearer(t) if (t := auth.load_token(auth.ADMIN_TOKEN_ENV, args.admin_token_file)) else ()
@@ -156,8 +132,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             if skipped:
                 print(f"leaving out {skipped} prefill size(s) longer than the model's {info.max_model_len} tokens",
                       file=sys.stderr)
-            client_gaps, background = _run_sweep(sweep, inference, inf_md, info.vocab_size, info.nodes_alive,
-                                                 info.max_model_len, not args.quiet)
+            client_gaps = _run_sweep(sweep, inference, inf_md, info.vocab_size, info.nodes_alive,
+                                     info.max_model_len, not args.quiet)
             source = "preble " + shlex.join(getattr(args, "argv", []) or ["calibrate"])
             resp = admin.GetProfile(admin_pb2.ProfileRequest(name=args.name, source=source), metadata=admin_md,
                                     timeout=30)
@@ -172,20 +148,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     profile_files.save(prof, args.output)
     print(describe_profile(prof))
     n = sweep.requests(info.nodes_alive, info.max_model_len)
-    beside = f" and {background} background ones" if background else ""
-    print(f"wrote {args.output} ({n} requests{beside} in {time.monotonic() - t0:.0f} s)", file=sys.stderr)
+    print(f"wrote {args.output} ({n} requests in {time.monotonic() - t0:.0f} s)", file=sys.stderr)
     return 0
 
 
-def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, max_len: int,
-               progress: bool) -> tuple[list[float], int]:
-    """Run the sweep; returns the client TTFT less the router's (seconds) of each prefill
-    (sent one at a time, beside the background streams' threads if any; the decode batches'
-    threads would add their own contention) and how many background requests were sent."""
-    import itertools
-    import threading
-
-    import grpc
+def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, max_len: int, progress: bool) -> list[float]:
+    """Run the sweep; returns the client TTFT less the router's (seconds) of each prefill,
+    sent one at a time (the decode batches' threads would add their own contention)."""
     import numpy as np
 
     from preble_tiered.api import convert
@@ -196,74 +165,34 @@ def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, max_len: int,
     rng = np.random.default_rng(time.monotonic_ns())
     lo = min(16, vocab // 2)  # skip the lowest ids (special tokens of real vocabularies)
     bar = _bar(sweep.requests(nodes, max_len), progress)
-    serial, background_sent = itertools.count(1), itertools.count()
+    n = 0
     gaps: list[float] = []
-    stop, lock, live, failed = threading.Event(), threading.Lock(), set(), []  # live: background calls
 
-    def fresh(k: int, gen=rng) -> list[int]:
-        return gen.integers(lo, vocab, size=k).tolist() if k else []
+    def fresh(k: int) -> list[int]:
+        return rng.integers(lo, vocab, size=k).tolist() if k else []
 
-    def one(ids: list[int], out: int, timed: bool = False, background: bool = False) -> None:
-        req = inference_pb2.GenerateRequest(request_id=f"calibrate-{time.monotonic_ns()}-{next(serial)}",
-                                            sampling=convert.params_to_pb(
-                                                GenParams(max_tokens=out, temperature=0.0, ignore_eos=True)))
+    def one(ids: list[int], out: int, timed: bool = False) -> None:
+        nonlocal n
+        n += 1
+        req = inference_pb2.GenerateRequest(request_id=f"calibrate-{time.monotonic_ns()}-{n}", sampling=convert.params_to_pb(
+            GenParams(max_tokens=out, temperature=0.0, ignore_eos=True)))
         req.token_ids.ids.extend(ids)
         t0, first = time.monotonic(), None
-        call = stub.Generate(req, metadata=md, timeout=600)
-        if background:
-            with lock:
-                if stop.is_set():
-                    call.cancel()
-                    return
-                live.add(call)
-        try:
-            for msg in call:
-                if msg.WhichOneof("kind") == "chunk":
-                    first = first or time.monotonic() - t0
-                elif timed and first is not None and msg.complete.usage.ttft_ms > 0:
-                    gaps.append(max(0.0, first - msg.complete.usage.ttft_ms * 1e-3))
-        finally:
-            if background:
-                with lock:
-                    live.discard(call)
-        if not background:
-            bar.update(1)
+        for msg in stub.Generate(req, metadata=md, timeout=600):
+            if msg.WhichOneof("kind") == "chunk":
+                first = first or time.monotonic() - t0
+            elif timed and first is not None and msg.complete.usage.ttft_ms > 0:
+                gaps.append(max(0.0, first - msg.complete.usage.ttft_ms * 1e-3))
+        bar.update(1)
 
-    def stream(gen) -> None:
-        try:
-            while not stop.is_set():
-                next(background_sent)
-                one(fresh(sweep.background_prompt, gen), sweep.background_tokens, background=True)
-        except grpc.RpcError as e:
-            if not (stop.is_set() and e.code() == grpc.StatusCode.CANCELLED):
-                failed.append(e)
-        except Exception as e:  # noqa: BLE001 - raised in the caller's thread below
-            failed.append(e)
-
-    streams = [threading.Thread(target=stream, args=(np.random.default_rng(rng.integers(1 << 62)),), daemon=True)
-               for _ in range(sweep.background_streams)]
-    for t in streams:
-        t.start()
-    try:
-        prefixes: dict[int, list[int]] = {}
-        for ctx, size in sweep.prefills(max_len):  # one at a time
-            if failed:
-                break
-            prefix = prefixes.setdefault(ctx, fresh(ctx))
-            for _ in range(sweep.repeats):
-                one(prefix + fresh(size), 2, timed=True)
-    finally:
-        stop.set()
-        with lock:  # a stream waiting on its node's queue sends nothing to wake its thread: cancel it
-            for call in live:
-                call.cancel()
-        for t in streams:
-            t.join(timeout=30)
-    if failed:
-        raise failed[0]
+    prefixes: dict[int, list[int]] = {}
+    for ctx, size in sweep.prefills(max_len):  # one at a time: each prefill is measured alone
+        prefix = prefixes.setdefault(ctx, fresh(ctx))
+        for _ in range(sweep.repeats):
+            one(prefix + fresh(size), 2, timed=True)  # alone: the client's own hop, not its threads' contention
     with ThreadPoolExecutor(max(sweep.batch_sizes) * nodes) as pool:
         for plen in sweep.decode_prompts_for(max_len):
             for b in sweep.batch_sizes:
                 list(pool.map(lambda ids: one(ids, sweep.decode_tokens), [fresh(plen) for _ in range(b * nodes)]))
     bar.close()
-    return gaps, next(background_sent)
+    return gaps

@@ -292,16 +292,11 @@ def test_calibrate_writes_a_profile_of_this_cluster_that_preble_sim_runs_on(clus
         call(admin, "GetProfile", admin_pb2.ProfileRequest())
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "too few prefill" in e.value.details()
     out = tmp_path / "profile.json"
-    def sent() -> int:
-        return sum(n.requests_total for n in call(admin, "ListNodes", admin_pb2.ListNodesRequest()).nodes)
-
-    before = sent()
     rc = cli.main(["calibrate", "--addr", cluster.addr, "-o", str(out), "--name", "e2e", "--admin-token-file",
                    cluster.token_file, "--prompt-sizes", "64", "256", "512", "--cached-contexts", "0", "512",
                    "--batch-sizes", "1", "4", "--decode-prompts", "64", "512", "--decode-tokens", "16",
-                   "--repeats", "2", "--background-streams", "1", "--quiet"])
+                   "--repeats", "2", "--quiet"])
     assert rc == 0, capsys.readouterr().err
-    assert sent() - before > 12 + 20  # 12 prefills, 20 decodes and the background stream beside the prefills
     prof = json.loads(out.read_text())
     assert prof["name"] == "e2e" and prof["nodes"] == 2
     # the profile held every measurement of the sweep: none came in after it was fitted
@@ -315,7 +310,7 @@ def test_calibrate_writes_a_profile_of_this_cluster_that_preble_sim_runs_on(clus
     assert prof["coverage"]["prefill_new_tokens"][1] >= 512 and prof["coverage"]["decode_batch"][1] >= 2
     assert prof["decode"]["a"] > 0 and prof["request_overhead_s"] > prof["client_overhead_s"] > 0
     # the overhead is the median over requests the engine ran alone: the prefills, sent one at a time
-    assert prof["coverage"]["overhead_samples"] >= 6
+    assert prof["coverage"]["overhead_samples"] >= 12
     assert f"the median of {prof['coverage']['overhead_samples']} requests the engine ran alone" in capsys.readouterr().out
     # the router fitted its own decode model from the same steps (e2_tiered's decode rule runs on it)
     assert "decode fitted" in call(admin, "ClusterStats", admin_pb2.ClusterStatsRequest()).cost_model
