@@ -89,8 +89,8 @@ def markdown(doc: dict) -> str:
         lines += ["", "Mean TTFT by request, each workload's runs pooled (`ttft_by_request`: by the new tokens the "
                       "real cluster computed, and by whether other requests were in flight in the cluster when it "
                       "was sent):",
-                  "", "| workload | requests | n | measured ms | predicted ms | error | of those the engine ran alone: "
-                      "n, TTFT ms, the engine's part ms |", "|---|---|---|---|---|---|---|"]
+                  "", "| workload | requests | n | measured ms | predicted ms | error | of those that met nothing else in "
+                      "the engine: n, TTFT ms, the engine's part ms |", "|---|---|---|---|---|---|---|"]
         for g in doc["ttft_by_request"]:
             a = g.get("engine_alone")
             lines.append(f"| {g['workload']} | {g['requests']} | {g['n']} | {g['measured_ms']:.0f} | "
@@ -158,7 +158,7 @@ def ttft_by_request(runs: list[dict]) -> list[dict]:
                 out.append({"workload": wl, "requests": name, "n": len(xs), "measured_ms": round(m, 1),
                             "predicted_ms": round(p, 1), "error": (p - m) / m if m else float("nan")})
                 alone = [(x[2], x[4]) for x in xs if x[4] is not None]
-                if alone:  # the engine's own part where it ran the request alone, and the rest
+                if alone:  # the engine's own part where the request met nothing else there, and the rest
                     out[-1]["engine_alone"] = {"n": len(alone), "engine_ms": round(float(np.mean([e for _, e in alone])), 1),
                                                "measured_ms": round(float(np.mean([m_ for m_, _ in alone])), 1)}
     return out

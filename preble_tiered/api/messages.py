@@ -69,7 +69,8 @@ class NodeDone:
     ttft_s: float = 0.0
     """The node's time from receiving the request to its first token (0: not reported)."""
     engine_ttft_s: float = 0.0
-    """The engine's, from admitting it, when it ran there alone (0: it did not, or not reported)."""
+    """The engine's, from admitting it, when it met nothing else there from its arrival (0: it
+    did, or not reported)."""
 
 
 @dataclass(frozen=True, slots=True)

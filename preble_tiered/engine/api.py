@@ -50,7 +50,8 @@ class EngineOutput:
     """On the final output: num_cached_tokens split into hbm/dram/disk/remote."""
     alone_prefill_s: float | None = None
     """On the output with the first token: seconds from the request's admission into the
-    engine, when nothing else ran there meanwhile (what a prefill sample measures); else None."""
+    engine (what a prefill sample measures), when nothing else was there or queued for it from
+    the request's arrival to that token; else None."""
 
 
 @dataclass(frozen=True)

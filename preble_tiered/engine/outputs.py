@@ -26,6 +26,7 @@ class Tracked:
     in_vllm: bool = False
     admitted_at: float = 0.0
     clean: bool = False  # nothing else ran in vLLM from its admission to its first token
+    arrived_idle: bool = False  # nothing was in vLLM or queued for it when the request arrived
     first_token: bool = False
     last_token_at: float | None = None
     num_cached_tokens: int = 0
@@ -108,10 +109,11 @@ class Timings:
         if not t.first_token:
             t.first_token = True
             if t.clean:
-                out.alone_prefill_s = now - t.admitted_at
-                sample = (out.prompt_tokens - out.num_cached_tokens, out.prompt_tokens, out.alone_prefill_s)
+                seconds = now - t.admitted_at
+                if t.arrived_idle:  # it waited on nothing: the rest of its TTFT is overhead
+                    out.alone_prefill_s = seconds
                 with self._lock:
-                    self._samples.append(sample)
+                    self._samples.append((out.prompt_tokens - out.num_cached_tokens, out.prompt_tokens, seconds))
         elif t.last_token_at is not None:
             with self._lock:
                 self._tpots.append((now - t.last_token_at) / len(out.new_token_ids))

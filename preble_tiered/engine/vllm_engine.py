@@ -266,8 +266,9 @@ class VLLMEngine:
             if req.request_id in self._known:
                 raise ValueError(f"request id {req.request_id!r} is already in use; "
                                  "use a fresh id for every request")
+            idle = not self._in_vllm and not len(self._queue)
             self._queue.push(req)
-            self._known[req.request_id] = Tracked(req)
+            self._known[req.request_id] = Tracked(req, arrived_idle=idle)
         self._wake.set()
 
     def abort(self, request_id: str) -> None:

@@ -68,7 +68,8 @@ class Stream:
     """Serve: the stream its items go out on."""
     first_token_at: float | None = None
     engine_ttft_s: float = 0.0
-    """Admission into the engine -> first token, when it ran there alone (0: it did not)."""
+    """Admission into the engine -> first token, when the request met nothing else there from
+    its arrival (0: it did)."""
     tokens: int = 0
     done: bool = False
 

@@ -84,9 +84,10 @@ class ProfileSamples:
     def add_request(self, router_ttft_s: float, engine_ttft_s: float, rerouted: bool = False) -> None:
         """A finished request's TTFTs: the router's, and the engine's from admitting it to its
         first token. Its overhead (everything a prefill sample leaves out: the router's hop, the
-        node's work before the engine, the hand-offs back) counts only where the engine ran it
-        alone (its TTFT is 0 otherwise: the overhead would then hold queueing, which the
-        simulator models itself) and it was not re-routed (its TTFT then spans two nodes)."""
+        node's work before the engine, the hand-offs back) counts only where the request met
+        nothing else in the engine from its arrival (its TTFT is 0 otherwise: the overhead would
+        then hold queueing, which the simulator models itself) and it was not re-routed (its
+        TTFT then spans two nodes)."""
         if engine_ttft_s > 0 and not rerouted:
             self.add_overhead(router_ttft_s - engine_ttft_s)
 
