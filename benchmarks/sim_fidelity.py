@@ -152,7 +152,7 @@ def bracket(calibrations: list[dict], run: dict, out: Path) -> Path:
 def measure(policy: str, trace: Path, out: Path, label: str, kv_bytes: int) -> tuple[dict, dict]:
     """The run's summary through `preble bench`'s client, and each request's: new tokens
     computed, other requests in flight when it was sent, its TTFT, and the engine's part of
-    it where the engine ran it alone (None elsewhere)."""
+    it where the request met nothing else in the engine (None elsewhere)."""
     t0 = time.monotonic()
     reqs = load_trace(trace)
     with LocalCluster(spec(policy, out, label, kv_bytes)) as c:

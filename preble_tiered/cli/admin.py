@@ -263,8 +263,8 @@ def describe_profile(p) -> str:
         f"  links: {links}",
         f"  request overhead {p.request_overhead_s * 1e3:.2f} ms (of which the client's hop "
         f"{p.client_overhead_s * 1e3:.2f} ms; "
-        + (f"the median of {c.overhead_samples} requests the engine ran alone)" if c.overhead_samples else
-           "no request ran alone in the engine: the router's part is not measured)"),
+        + (f"the median of {c.overhead_samples} requests that met nothing else in the engine)"
+           if c.overhead_samples else "no request met nothing else in the engine: the router's part is not measured)"),
     ])
 
 

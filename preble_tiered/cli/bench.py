@@ -163,7 +163,7 @@ def _outcome(policy: str, label: str, done: list[RequestRecord], failures: list[
     if node:  # the node's: received -> first token (its queue, admission, prefill)
         summary["node_ttft"] = stats(node)
     engine = [r.engine_ttft_s for r in done if math.isfinite(r.engine_ttft_s)]
-    if engine:  # the engine's, admitted -> first token, of the requests it ran alone
+    if engine:  # the engine's, admitted -> first token, of the requests that met nothing else there
         summary["engine_ttft"] = {**stats(engine), "requests": len(engine)}
     return BenchOutcome(summary, failures, done)
 

@@ -65,7 +65,7 @@ class Coverage:
     decode_batch: tuple[int, int] = (0, 0)
     decode_context_tokens: tuple[int, int] = (0, 0)
     overhead_samples: int = 0
-    """Requests the request overhead is the median of (those the engine ran alone)."""
+    """Requests the request overhead is the median of (those that met nothing else in the engine)."""
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ class RequestRecord:
     node_ttft_s: float = float("nan")
     """TTFT as the node measured it (received -> first token), from the usage."""
     engine_ttft_s: float = float("nan")
-    """The engine's (admitted -> first token), from the usage, where it ran the request alone."""
+    """The engine's (admitted -> first token), from the usage, where the request met nothing else there."""
 
     def fill_from(self, r) -> None:  # r: SimRequest (kept untyped: no engine import here)
         self.first_token_s = r.first_token_at

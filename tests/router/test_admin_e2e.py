@@ -309,9 +309,11 @@ def test_calibrate_writes_a_profile_of_this_cluster_that_preble_sim_runs_on(clus
     assert prof["engine"]["dram_tokens"] == DRAM_BYTES // prof["kv_bytes_per_token"]
     assert prof["coverage"]["prefill_new_tokens"][1] >= 512 and prof["coverage"]["decode_batch"][1] >= 2
     assert prof["decode"]["a"] > 0 and prof["request_overhead_s"] > prof["client_overhead_s"] > 0
-    # the overhead is the median over requests the engine ran alone: the prefills, sent one at a time
+    # the overhead is the median over requests that met nothing else in the engine: the prefills, sent one
+    # at a time, among them
     assert prof["coverage"]["overhead_samples"] >= 12
-    assert f"the median of {prof['coverage']['overhead_samples']} requests the engine ran alone" in capsys.readouterr().out
+    n = prof["coverage"]["overhead_samples"]
+    assert f"the median of {n} requests that met nothing else in the engine" in capsys.readouterr().out
     # the router fitted its own decode model from the same steps (e2_tiered's decode rule runs on it)
     assert "decode fitted" in call(admin, "ClusterStats", admin_pb2.ClusterStatsRequest()).cost_model
     # `preble admin profile` fits the same measurements; `preble sim` runs on either.

@@ -110,7 +110,7 @@ def test_second_question_on_a_document_goes_to_its_node_and_reuses_its_cache(stu
     assert second.branch == "exploit"
     assert second.ttft_ms < first.ttft_ms
     for u in (first, second):  # the node's part of the TTFT: less than the router's, which holds it;
-        assert 0 < u.engine_ttft_ms < u.node_ttft_ms < u.ttft_ms  # the engine's (each ran alone), less again
+        assert 0 < u.engine_ttft_ms < u.node_ttft_ms < u.ttft_ms  # the engine's (each met nothing else there), less again
 
 
 def test_router_index_equals_what_the_engines_hold_after_a_lost_batch(cluster, stubs):
