@@ -81,14 +81,16 @@ class ProfileSamples:
         if 0.0 <= seconds < 60.0:
             self.overheads.append(seconds)
 
-    def add_request(self, router_ttft_s: float, engine_ttft_s: float, rerouted: bool = False) -> None:
+    def add_request(self, router_ttft_s: float, engine_ttft_s: float, rerouted: bool = False,
+                    pulled: bool = False) -> None:
         """A finished request's TTFTs: the router's, and the engine's from admitting it to its
         first token. Its overhead (everything a prefill sample leaves out: the router's hop, the
         node's work before the engine, the hand-offs back) counts only where the request met
         nothing else in the engine from its arrival (its TTFT is 0 otherwise: the overhead would
-        then hold queueing, which the simulator models itself) and it was not re-routed (its
-        TTFT then spans two nodes)."""
-        if engine_ttft_s > 0 and not rerouted:
+        then hold queueing, which the simulator models itself), was not re-routed (its TTFT then
+        spans two nodes) and pulled nothing from another node first (the simulator prices a pull
+        from the links' figures)."""
+        if engine_ttft_s > 0 and not rerouted and not pulled:
             self.add_overhead(router_ttft_s - engine_ttft_s)
 
     def clear(self) -> None:

@@ -268,11 +268,12 @@ def test_a_profiles_cost_model_prices_a_whole_prefill_as_its_chunks():
     assert cost.prefill_s(budget + 1000, budget + 1000) == pytest.approx(whole)
 
 
-def test_a_request_counts_toward_the_overhead_only_when_the_engine_ran_it_alone_on_one_node():
+def test_a_request_counts_toward_the_overhead_only_alone_in_the_engine_on_one_node_and_with_no_pull():
     s = ProfileSamples()
     s.add_request(0.050, 0.046)  # the router's TTFT and the engine's
     s.add_request(0.050, 0.0)  # the engine ran something else beside it (or the node reported nothing)
     s.add_request(0.900, 0.040, rerouted=True)  # its TTFT spans two nodes
+    s.add_request(0.300, 0.040, pulled=True)  # it pulled its prefix first: the simulator prices that itself
     s.add_request(0.010, 0.020)  # negative: clock noise, not an overhead
     assert list(s.overheads) == [pytest.approx(0.004)]
 
