@@ -145,9 +145,9 @@ def ttft_by_request(runs: list[dict]) -> list[dict]:
     keys = ("new_tokens", "others_in_flight", "measured_ttft_ms", "predicted_ttft_ms")
     out = []
     for wl in dict.fromkeys(r["workload"] for r in runs):
-        reqs = [(*x, e) for r in runs if r["workload"] == wl and "predicted_ttft_ms" in r.get("requests", {})
-                for *x, e in zip(*(r["requests"][k] for k in keys),
-                                 r["requests"].get("engine_ttft_ms") or [None] * len(r["requests"]["id"]))]
+        reqs = [x for r in runs if r["workload"] == wl and "predicted_ttft_ms" in r.get("requests", {})
+                for x in zip(*(r["requests"][k] for k in keys),
+                             r["requests"].get("engine_ttft_ms") or [None] * len(r["requests"]["id"]))]
         ends = NEW_TOKEN_BANDS[1:] + (None,)
         groups = [(f"{lo}-{hi - 1} new tokens" if hi else f"{lo}+ new tokens",
                    [x for x in reqs if lo <= x[0] and (hi is None or x[0] < hi)]) for lo, hi in zip(NEW_TOKEN_BANDS, ends)]

@@ -306,7 +306,7 @@ class Dispatcher:
         return out
 
     def _account(self, out: Outcome, done: NodeDone) -> None:
-        self.samples.add_request(out.ttft_s, done.engine_ttft_s, out.run.reroutes > 0, out.decision.pull is not None)
+        self.samples.add_request(out.ttft_s, done.engine_ttft_s, rerouted=out.run.reroutes > 0, pulled=out.decision.pull is not None)
         L = len(out.run.ids)
         st = self.stats
         st.requests_total += 1
