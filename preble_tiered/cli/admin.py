@@ -253,7 +253,8 @@ def describe_profile(p) -> str:
                       for k, f in p.links.items())
     return "\n".join([
         f"profile {p.name}: {p.nodes} node(s) of {p.model}",
-        f"  prefill ms = {pf.a:.3g} + {pf.b:.3g}*new + {pf.c:.3g}*context + {pf.d:.3g}*new*context "
+        f"  prefill ms = {pf.a:.3g} + {pf.b:.3g}*new + {pf.c:.3g}*context + {pf.d:.3g}*"
+        f"{'new*(context-(new-1)/2)' if pf.causal else 'new*context'} "
         f"({c.prefill_samples} samples, {c.prefill_new_tokens[0]}-{c.prefill_new_tokens[1]} new tokens)",
         f"  decode step ms = {d.a:.3g} + {d.b:.3g}*batch + {d.c:.3g}*context "
         f"({c.decode_steps} steps, batch {c.decode_batch[0]}-{c.decode_batch[1]}, "

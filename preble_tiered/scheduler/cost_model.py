@@ -2,7 +2,9 @@
 
 Everything is in seconds and bytes. Prefill models are fitted objects: `LinearPrefill.fit`
 takes measured samples and solves least squares of the relative error on the features
-[1, e, c, e*c], where e = new (computed) tokens and c = context tokens (cached + new).
+[1, e, c, e*c], where e = new (computed) tokens and c = context tokens (cached + new); a
+fitted model measures attention as causal, e*(c - (e-1)/2): the (new token, token it attends
+to) pairs, each new token attending to the cached context and the new tokens before it.
 Decode steps are a roofline
 (`DecodeModel`, for the GPU presets), fitted from measured steps (`LinearDecode.fit`,
 features [1, batch size, batch context tokens]), or flat (`FlatDecode`: a real engine's
@@ -43,11 +45,17 @@ def prefill_chunks(new: int, context: int, chunk: int | None) -> Iterator[tuple[
         yield e, done
 
 
-def _chunk_features(new: int, context: int, chunk: int | None) -> tuple[float, float, float, float]:
-    """[1, e, c, e*c] summed over the chunks of a prefill (`prefill_chunks`)."""
+def attention_pairs(new: int, context: int, causal: bool) -> float:
+    """The attention term's feature: e*c, or with `causal` the pairs a causal prefill
+    computes, e*(c - (e-1)/2) (the i-th new token attends to c - e + i tokens)."""
+    return new * (context - (new - 1) * 0.5) if causal else float(new * context)
+
+
+def _chunk_features(new: int, context: int, chunk: int | None, causal: bool) -> tuple[float, float, float, float]:
+    """[1, e, c, attention pairs] summed over the chunks of a prefill (`prefill_chunks`)."""
     k = n = cs = ec = 0.0
     for e, c in prefill_chunks(new, context, chunk):
-        k, n, cs, ec = k + 1, n + e, cs + c, ec + e * c
+        k, n, cs, ec = k + 1, n + e, cs + c, ec + attention_pairs(e, c, causal)
     return k, n, cs, ec
 
 
@@ -81,21 +89,31 @@ OUTLIER_FACTOR = 3.0
 
 @dataclass(frozen=True, slots=True)
 class LinearPrefill:
-    """t_ms = a + b*e + c*ctx + d*e*ctx (Preble's form for Llama-3-70B on H100 TP2)."""
+    """t_ms = a + b*e + c*ctx + d*e*ctx (Preble's form for Llama-3-70B on H100 TP2); with
+    `causal`, d prices the attention pairs e*(ctx - (e-1)/2) instead of e*ctx.
+
+    The causal form is what `fit` gives: without it a prefill on nothing cached is charged
+    twice its attention, and a fit across prompt sizes bends b and d to make up for it. On a
+    grid of prefills measured alone on one CPU node (new 32-1,024 x cached 0-2,048 tokens,
+    `benchmarks/results/twin_probes_epyc.json`) the causal form fitted 41 of 45 cells within
+    6%, e*ctx 20 of 45, pricing mid-sized prompts on a short context 5-14% low."""
 
     a: float
     b: float
     c: float
     d: float
+    causal: bool = False
 
     def seconds(self, new_tokens: int, context_tokens: int) -> float:
         if new_tokens <= 0:
             return 0.0
         e, ctx = new_tokens, context_tokens
-        return (self.a + self.b * e + self.c * ctx + self.d * e * ctx) * 1e-3
+        pairs = e * (ctx - (e - 1) * 0.5) if self.causal else e * ctx  # attention_pairs, inlined: priced per candidate
+        return (self.a + self.b * e + self.c * ctx + self.d * pairs) * 1e-3
 
     @classmethod
-    def fit(cls, samples: Iterable[tuple[int, int, float]], chunk: int | None = None) -> "LinearPrefill":
+    def fit(cls, samples: Iterable[tuple[int, int, float]], chunk: int | None = None,
+            causal: bool = True) -> "LinearPrefill":
         """Least-squares fit of the relative error from (new_tokens, context_tokens, seconds)
         samples, every coefficient >= 0 (`nonneg_lstsq`). Each sample weighs 1/t^2, so a 15 ms
         prefill counts as much as a 2 s one: fitted on absolute error, the long prefills set
@@ -113,12 +131,14 @@ class LinearPrefill:
         of its chunked prefill's steps, as the simulator prices it: chunks of `chunk` new
         tokens, each on the context up to its end. The model stays linear in its
         coefficients (their features are summed over the chunks), so the fit is exact.
+        `causal` (the default) fits the attention term as causal pairs; False fits
+        Preble's e*ctx.
 
         Raises:
             ValueError: with fewer than 4 samples, when all samples are identical, or for a
                 sample of zero or negative time.
         """
-        rows = [(*_chunk_features(e, c, chunk), t * 1e3) for e, c, t in samples]
+        rows = [(*_chunk_features(e, c, chunk, causal), t * 1e3) for e, c, t in samples]
         if len(rows) < 4:
             raise ValueError(f"need at least 4 samples to fit a prefill model, got {len(rows)}")
         m = np.asarray(rows, dtype=np.float64)
@@ -133,7 +153,7 @@ class LinearPrefill:
         if keep.sum() >= 4 and not _degenerate(x[keep]):
             coef = nonneg_lstsq(x[keep], y[keep], 1.0 / y[keep] ** 2)
         a, b, c, d = coef.tolist()
-        return cls(a, b, c, d)
+        return cls(a, b, c, d, causal)
 
 
 def _degenerate(x: np.ndarray) -> bool:

@@ -1,6 +1,7 @@
 """A cluster profile: every cost fact the simulator needs to stand for one real cluster.
 
-Measured, not guessed: the prefill fit `[1, e, c, e*c]` from the nodes' clean prefills, the
+Measured, not guessed: the prefill fit `[1, e, c, causal attention pairs]` (`LinearPrefill`) from
+the nodes' clean prefills, the
 decode step fit `[1, batch, context]` from the nodes' measured decode steps, the engine's
 limits (sequences, step token budget, block size, KV per tier), the link bandwidths the nodes
 measured, and the fixed time a request spends outside the engine (router hop, tokenization,
@@ -123,6 +124,8 @@ class ClusterProfile:
                 raise ProfileError(f"profile field 'links.{kind}.latency_s' must be >= 0, got {lat}")
         for name, fit in (("prefill", self.prefill), ("decode", self.decode)):
             for k, v in asdict(fit).items():
+                if isinstance(v, bool):  # the prefill's form, not a term
+                    continue
                 if not math.isfinite(v):
                     raise ProfileError(f"profile field '{name}.{k}' must be a finite number, got {v}")
                 if v < 0:  # the fits are non-negative: a negative term gives negative times somewhere
@@ -166,7 +169,8 @@ class ClusterProfile:
         return cls(
             name=_get(d, "", "name", str), model=_get(d, "", "model", str), nodes=_get(d, "", "nodes", int),
             kv_bytes_per_token=_get(d, "", "kv_bytes_per_token", int),
-            prefill=LinearPrefill(*(_get(pre, "prefill.", k, float) for k in ("a", "b", "c", "d"))),
+            prefill=LinearPrefill(*(_get(pre, "prefill.", k, float) for k in ("a", "b", "c", "d")),
+                                  causal=_get(pre, "prefill.", "causal", bool, default=False)),
             decode=LinearDecode(*(_get(dec, "decode.", k, float) for k in ("a", "b", "c"))),
             engine=EngineLimits(
                 **{k: _get(eng, "engine.", k, int) for k in ("block_size", "max_num_seqs", "max_batch_tokens",
@@ -215,6 +219,9 @@ def mean_profile(profiles: Sequence[ClusterProfile], name: str | None = None) ->
         profiles = [replace(p, engine=replace(p.engine, hbm_tokens=hbm)) for p in profiles]
     first = profiles[0]
     for p in profiles[1:]:
+        if p.prefill.causal != first.prefill.causal:
+            raise ProfileError("profile field 'prefill.causal' differs between the profiles: their prefill fits "
+                               "price attention differently and cannot be averaged; recalibrate the older one")
         for key in ("model", "nodes", "kv_bytes_per_token", "engine"):
             if getattr(p, key) != getattr(first, key):
                 diff = next((f"engine.{f.name}" for f in fields(EngineLimits)
@@ -228,7 +235,8 @@ def mean_profile(profiles: Sequence[ClusterProfile], name: str | None = None) ->
 
     def mean_fit(which: str) -> Any:
         fit = getattr(first, which)
-        return replace(fit, **{f.name: mean(getattr(getattr(p, which), f.name) for p in profiles) for f in fields(fit)})
+        terms = [f.name for f in fields(fit) if not isinstance(getattr(fit, f.name), bool)]
+        return replace(fit, **{k: mean(getattr(getattr(p, which), k) for p in profiles) for k in terms})
 
     links = {k: LinkFigure(bandwidth=1.0 / mean(1.0 / p.links[k].bandwidth for p in profiles),
                            latency_s=mean(p.links[k].latency_s for p in profiles),

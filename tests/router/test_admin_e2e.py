@@ -313,7 +313,10 @@ def test_calibrate_writes_a_profile_of_this_cluster_that_preble_sim_runs_on(clus
     # at a time, among them
     assert prof["coverage"]["overhead_samples"] >= 12
     n = prof["coverage"]["overhead_samples"]
-    assert f"the median of {n} requests that met nothing else in the engine" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"the median of {n} requests that met nothing else in the engine" in said
+    # the prefill is fitted with causal attention, and says so
+    assert prof["prefill"]["causal"] is True and "*new*(context-(new-1)/2)" in said
     # the router fitted its own decode model from the same steps (e2_tiered's decode rule runs on it)
     assert "decode fitted" in call(admin, "ClusterStats", admin_pb2.ClusterStatsRequest()).cost_model
     # `preble admin profile` fits the same measurements; `preble sim` runs on either.

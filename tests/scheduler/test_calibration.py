@@ -5,7 +5,7 @@ from preble_tiered.scheduler.cost_model import ChunkedPrefill, FlatDecode, Linea
 from preble_tiered.scheduler.clock import ManualClock
 from preble_tiered.scheduler.core import Scheduler, SchedulerConfig
 
-TRUE = LinearPrefill(15.0, 0.2, 0.001, 1e-5)
+TRUE = LinearPrefill(15.0, 0.2, 0.001, 1e-5, causal=True)  # the form the calibrator fits
 
 
 def feed(cal, sizes, model=TRUE):

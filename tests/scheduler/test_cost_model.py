@@ -12,6 +12,7 @@ from preble_tiered.scheduler.cost_model import (
     Link,
     Links,
     PrebleMistralA6000Prefill,
+    attention_pairs,
     cost_preset,
 )
 from preble_tiered.types import Tier
@@ -60,15 +61,38 @@ def test_kv_bytes_per_token_mistral():
     assert mistral().hbm_tokens == 198_516
 
 
-def test_fit_recovers_known_coefficients_from_noiseless_samples():
-    true = LinearPrefill(12.5, 0.08, 0.003, 6e-7)
+@pytest.mark.parametrize("causal", [True, False])
+def test_fit_recovers_known_coefficients_from_noiseless_samples(causal):
+    true = LinearPrefill(12.5, 0.08, 0.003, 6e-7, causal=causal)
     samples = [(e, c, true.seconds(e, c)) for e in (64, 512, 2048, 8000) for c in (e, e + 1000, e + 20000)]
-    fit = LinearPrefill.fit(samples)
+    fit = LinearPrefill.fit(samples, causal=causal)
     assert np.allclose([fit.a, fit.b, fit.c, fit.d], [12.5, 0.08, 0.003, 6e-7], rtol=1e-6)
+    assert fit.causal is causal
+
+
+def test_causal_attention_counts_each_new_token_against_what_precedes_it():
+    """4 new tokens on 6 cached: they attend to 7, 8, 9 and 10 tokens (34 pairs); Preble's
+    form charges 4 x 10. On nothing cached the causal form charges half (plus the diagonal)."""
+    attn = LinearPrefill(0.0, 0.0, 0.0, 1.0, causal=True)
+    assert attn.seconds(4, 10) == pytest.approx(34e-3)
+    assert LinearPrefill(0.0, 0.0, 0.0, 1.0).seconds(4, 10) == pytest.approx(40e-3)
+    assert attn.seconds(1000, 1000) == pytest.approx(1000 * 1001 / 2 * 1e-3)
+    assert attention_pairs(4, 10, causal=True) == 34 and attention_pairs(4, 10, causal=False) == 40
+
+
+def test_a_fit_of_the_wrong_form_misprices_what_the_right_one_recovers():
+    """Samples from a causal engine across prompt sizes on short and long contexts: the causal
+    fit prices every one exactly; Preble's e*ctx cannot, and misses some by more than 5%."""
+    true = LinearPrefill(10.0, 0.17, 0.001, 2.6e-4, causal=True)
+    shapes = [(e, cached + e) for e in (32, 64, 128, 256, 512, 1024) for cached in (0, 512, 2048)]
+    samples = [(e, c, true.seconds(e, c)) for e, c in shapes]
+    causal, flat = LinearPrefill.fit(samples), LinearPrefill.fit(samples, causal=False)
+    assert max(abs(causal.seconds(e, c) / t - 1) for e, c, t in samples) < 1e-6
+    assert max(abs(flat.seconds(e, c) / t - 1) for e, c, t in samples) > 0.05
 
 
 def test_fit_accepts_an_iterator():
-    true = LinearPrefill(1.0, 0.1, 0.01, 1e-6)
+    true = LinearPrefill(1.0, 0.1, 0.01, 1e-6, causal=True)
     fit = LinearPrefill.fit((e, c, true.seconds(e, c)) for e, c in [(10, 10), (100, 500), (1000, 1000), (50, 4000), (700, 9000)])
     assert fit.seconds(300, 3000) == pytest.approx(true.seconds(300, 3000))
 

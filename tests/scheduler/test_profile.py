@@ -40,6 +40,20 @@ def test_a_profile_round_trips_through_json(tmp_path):
     assert json.loads(path.read_text())["version"] == 1
 
 
+def test_the_prefill_form_round_trips_and_a_profile_without_it_is_prebles(tmp_path):
+    """A fitted prefill prices attention as causal pairs and says so in its JSON; a profile
+    written before the form was recorded (no 'causal') is read as Preble's e*ctx, as it was fitted."""
+    p = profile(prefill=LinearPrefill(5.0, 0.1, 0.001, 1e-6, causal=True))
+    d = p.to_dict()
+    assert d["prefill"]["causal"] is True and ClusterProfile.from_dict(d) == p
+    del d["prefill"]["causal"]
+    old = ClusterProfile.from_dict(d)
+    assert old.prefill.causal is False and old.prefill.seconds(1000, 1000) > p.prefill.seconds(1000, 1000)
+    d["prefill"]["causal"] = "yes"
+    with pytest.raises(ProfileError, match="'prefill.causal' must be bool"):
+        ClusterProfile.from_dict(d)
+
+
 @pytest.mark.parametrize("mutate, field", [
     (lambda d: d.pop("decode"), "'decode' is missing"),
     (lambda d: d["decode"].pop("b"), "'decode.b' is missing"),
@@ -120,7 +134,7 @@ def test_one_bad_prefill_sample_cannot_bend_the_fit():
 
 
 def test_with_no_bad_sample_the_prefill_fit_is_plain_relative_error():
-    x = np.array([_chunk_features(e, c, 2048) for e, c, _ in MEASURED_PREFILLS])
+    x = np.array([_chunk_features(e, c, 2048, True) for e, c, _ in MEASURED_PREFILLS])
     y = np.array([t * 1e3 for _, _, t in MEASURED_PREFILLS])
     want = nonneg_lstsq(x, y, 1.0 / y ** 2)
     fit = LinearPrefill.fit(MEASURED_PREFILLS, chunk=2048)
@@ -133,7 +147,7 @@ def test_a_trim_that_would_leave_too_few_samples_keeps_the_first_pass():
     (all four, the glitch's weight capped) stands; the
     router's calibrator then judges it as any fit (`calibration.py` rejects absurd ones)."""
     samples = [(64, 64, 0.015), (512, 512, 0.12), (2048, 2048, 0.9), (128, 3000, 1e-6)]
-    x = np.array([_chunk_features(e, c, None) for e, c, _ in samples])
+    x = np.array([_chunk_features(e, c, None, True) for e, c, _ in samples])
     y = np.array([t * 1e3 for _, _, t in samples])
     first = nonneg_lstsq(x, y, 1.0 / np.maximum(y, RELATIVE_FLOOR * np.median(y)) ** 2)
     fit = LinearPrefill.fit(samples)
@@ -153,7 +167,7 @@ def facts(n=2):
 
 def measured(prefill_sizes=(64, 512, 2048), batches=(1, 4, 16)) -> ProfileSamples:
     s = ProfileSamples()
-    pre = LinearPrefill(8.0, 0.07, 0.0, 4e-5)
+    pre = LinearPrefill(8.0, 0.07, 0.0, 4e-5, causal=True)
     for e in prefill_sizes:
         for ctx in (0, 1024, 4096):
             s.add_prefill(e, e + ctx, pre.seconds(e, e + ctx))
@@ -171,7 +185,7 @@ def test_fit_profile_from_samples_gives_the_cluster_and_its_fits():
     p = fit_profile(measured(), facts(), Links(), {"net"}, name="x", model="m", source="test")
     assert p.nodes == 2 and p.engine.max_num_seqs == 16 and p.engine.dram_tokens == (64 << 20) // 8192
     assert p.decode.a == pytest.approx(3.5, rel=1e-3) and p.decode.c == pytest.approx(0.0013, rel=1e-3)
-    assert p.prefill.seconds(1000, 1000) == pytest.approx(LinearPrefill(8.0, 0.07, 0.0, 4e-5).seconds(1000, 1000),
+    assert p.prefill.causal and p.prefill.seconds(1000, 1000) == pytest.approx(LinearPrefill(8.0, 0.07, 0.0, 4e-5, causal=True).seconds(1000, 1000),
                                                           rel=1e-3)
     assert p.request_overhead_s == pytest.approx(0.003)
     assert p.links["net"].measured and not p.links["disk"].measured
@@ -243,7 +257,9 @@ def test_sim_refuses_cost_and_profile_together(capsys):
 
 
 def test_a_chunked_prefill_fit_makes_the_simulators_chunks_sum_to_the_measured_time():
-    true = LinearPrefill(6.0, 0.07, 0.0, 4e-5)
+    # Causal attention pairs sum the same over chunks as over the whole prompt; what chunking
+    # adds is a fixed cost per step and each chunk's read of its context.
+    true = LinearPrefill(30.0, 0.07, 0.01, 4e-5, causal=True)
     chunk = 2048
 
     samples = [(e, e + ctx, chunked_with(true, e, e + ctx, chunk)) for e in (64, 512, 2048, 3000, 4000) for ctx in (0, 1024, 3000)]
@@ -323,6 +339,10 @@ def test_the_mean_refuses_profiles_of_different_clusters_naming_the_field():
         mean_profile([p, profile(nodes=4)])
     with pytest.raises(ValueError, match="at least one"):
         mean_profile([])
+    causal = profile(prefill=replace(p.prefill, causal=True))
+    with pytest.raises(ProfileError, match="'prefill.causal' differs"):
+        mean_profile([p, causal])
+    assert mean_profile([causal, causal]).prefill == causal.prefill
 
 
 def test_the_mean_takes_the_smaller_kv_capacity_of_two_starts_a_few_blocks_apart():
