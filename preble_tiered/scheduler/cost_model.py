@@ -2,9 +2,9 @@
 
 Everything is in seconds and bytes. Prefill models are fitted objects: `LinearPrefill.fit`
 takes measured samples and solves least squares of the relative error on the features
-[1, e, c, e*c], where e = new (computed) tokens and c = context tokens (cached + new); a
-fitted model measures attention as causal, e*(c - (e-1)/2): the (new token, token it attends
-to) pairs, each new token attending to the cached context and the new tokens before it.
+[1, e, c, attention pairs], where e = new (computed) tokens and c = context tokens (cached +
+new), and the pairs are causal, e*(c - (e-1)/2) (each new token attends to the cached
+context and the new tokens before it; Preble's published fits use e*c).
 Decode steps are a roofline
 (`DecodeModel`, for the GPU presets), fitted from measured steps (`LinearDecode.fit`,
 features [1, batch size, batch context tokens]), or flat (`FlatDecode`: a real engine's
@@ -96,7 +96,7 @@ class LinearPrefill:
     twice its attention, and a fit across prompt sizes bends b and d to make up for it. On a
     grid of prefills measured alone on one CPU node (new 32-1,024 x cached 0-2,048 tokens,
     `benchmarks/results/twin_probes_epyc.json`) the causal form fitted 41 of 45 cells within
-    6%, e*ctx 20 of 45, pricing mid-sized prompts on a short context 5-14% low."""
+    6%, e*ctx 22 of 45, pricing mid-sized prompts on a short context 4-13% low."""
 
     a: float
     b: float

@@ -8,9 +8,9 @@ from preble_tiered.scheduler.core import Scheduler, SchedulerConfig
 TRUE = LinearPrefill(15.0, 0.2, 0.001, 1e-5, causal=True)  # the form the calibrator fits
 
 
-def feed(cal, sizes, model=TRUE):
+def feed(cal, sizes, model=TRUE, cached=64):
     for e in sizes:
-        cal.add(e, e + 64, model.seconds(e, e + 64))
+        cal.add(e, e + cached, model.seconds(e, e + cached))
 
 
 def test_first_fit_waits_for_enough_distinct_sizes_then_recovers_the_model():
@@ -18,10 +18,12 @@ def test_first_fit_waits_for_enough_distinct_sizes_then_recovers_the_model():
     feed(cal, [512] * 10)
     assert cal.maybe_refit() is None  # one size only: degenerate
     feed(cal, [128, 1024, 2048, 3000])
+    feed(cal, [128, 1024, 2048, 3000], cached=2048)
     fitted = cal.maybe_refit()
-    assert fitted is not None
+    assert fitted is not None and fitted.causal  # the engine's attention is causal: so is the fit
     for e in (100, 700, 2500):
-        assert fitted.seconds(e, e + 64) == pytest.approx(TRUE.seconds(e, e + 64), rel=0.02)
+        for cached in (0, 64, 1000):
+            assert fitted.seconds(e, e + cached) == pytest.approx(TRUE.seconds(e, e + cached), rel=1e-4)
     assert cal.maybe_refit() is None  # not due until refit_every more samples
     feed(cal, [256, 512, 768, 1536])
     assert cal.maybe_refit() is not None and cal.fits == 2

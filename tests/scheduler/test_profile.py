@@ -342,7 +342,9 @@ def test_the_mean_refuses_profiles_of_different_clusters_naming_the_field():
     causal = profile(prefill=replace(p.prefill, causal=True))
     with pytest.raises(ProfileError, match="'prefill.causal' differs"):
         mean_profile([p, causal])
-    assert mean_profile([causal, causal]).prefill == causal.prefill
+    both = mean_profile([causal, causal])
+    assert both.prefill.causal is True and both.prefill == causal.prefill
+    assert ClusterProfile.from_dict(both.to_dict()) == both
 
 
 def test_the_mean_takes_the_smaller_kv_capacity_of_two_starts_a_few_blocks_apart():
