@@ -12,7 +12,11 @@ against round_robin and preble_e2:
   - queueing: mean TTFT above the ideal (each request alone on an idle node, its shared
     prefix cached).
 
-    python benchmarks/twin_scale.py [--profile PATH] [--nodes 2 8 32] [--json benchmarks/results/twin_scale.json]
+    python benchmarks/twin_scale.py [--profile PATH] [--nodes 2 8 32] [--rate-scale R]
+        [--json benchmarks/results/twin_scale.json]
+
+`--rate-scale` multiplies every arrival rate, as `sim_fidelity.py --rate-scale` does for a slower
+machine: give the one the profile's fidelity run used, so the load per node is the one validated.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from sim_fidelity import POLICIES, WORKLOADS, make_trace  # noqa: E402
 
+from preble_tiered.cli.argtypes import positive_float  # noqa: E402
 from preble_tiered.scheduler.profile import ClusterProfile  # noqa: E402
 from preble_tiered.sim import profile_files  # noqa: E402
 from preble_tiered.sim.simulator import Simulator  # noqa: E402
@@ -75,6 +80,8 @@ def main() -> int:
     ap.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
     ap.add_argument("--load", choices=("light", "heavy"), default="heavy")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rate-scale", type=positive_float, default=1.0,
+                    help="multiply every arrival rate (default 1; the profile's fidelity run's, for a slower machine)")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/twin_scale.json")
     args = ap.parse_args()
     if args.profile is None:
@@ -87,14 +94,14 @@ def main() -> int:
         for wl in args.workloads:
             for n in args.nodes:
                 trace = Path(tmp) / f"{wl}-{n}.jsonl"
-                make_trace(trace, wl, args.load, args.seed, scale=n / 2)
+                make_trace(trace, wl, args.load, args.seed, scale=n / 2, rate_scale=args.rate_scale)
                 runs = [run(profile, trace, n, p) for p in POLICIES]
                 groups.append({"workload": wl, "nodes": n, "load": args.load, "runs": runs})
                 best = min(runs, key=lambda r: r["latency"]["mean"])
                 print(f"{wl:9s} {n:3d} nodes: best {best['policy']}; "
                       + ", ".join(f"{r['policy']} {r['latency']['mean'] * 1e3:.0f} ms" for r in runs), flush=True)
     doc = {"command": "python " + shlex.join(sys.argv), "profile": {"name": profile.name, "from": source},
-           "groups": groups}
+           "rate_scale": args.rate_scale, "groups": groups}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2) + "\n")
     args.json.with_suffix(".md").write_text(markdown(doc))
