@@ -185,15 +185,15 @@ def plot(doc: dict, path: Path) -> None:
             x, y = r["measured"][kind]["mean"] * 1e3, r["predicted"][kind]["mean"] * 1e3
             lo, hi = min(lo, x, y), max(hi, x, y)
             ax.scatter(x, y, marker=marks.get(r["workload"], "x"), color=colors.get(r["policy"], "k"),
-                       facecolors="none" if r["load"] == "light" else None)
+                       facecolors="none" if r["load"] == "light" else None, zorder=3)
         xs = np.array([lo * 0.8, hi * 1.25])
-        ax.plot(xs, xs, "k-", lw=1)
-        ax.fill_between(xs, xs * (1 - TARGETS["mean"]), xs * (1 + TARGETS["mean"]), color="0.9")
+        ax.plot(xs, xs, "k-", lw=1, zorder=2)
+        ax.fill_between(xs, xs * (1 - TARGETS["mean"]), xs * (1 + TARGETS["mean"]), color="0.9", zorder=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(f"measured mean {kind} (ms)")
         ax.set_ylabel(f"predicted mean {kind} (ms)")
-        ax.set_title(f"mean {kind}: one point per run; band ±15%")
+        ax.set_title(f"mean {kind} per run (open: light load); band ±15%", fontsize=10)
     handles = [plt.Line2D([], [], marker=m, ls="", color="k", label=w) for w, m in marks.items()]
     handles += [plt.Line2D([], [], marker="o", ls="", color=c, label=p) for p, c in colors.items()]
     axes[1].legend(handles=handles, fontsize=7, loc="upper left")
