@@ -1,8 +1,7 @@
 """A cluster profile: every cost fact the simulator needs to stand for one real cluster.
 
-Measured, not guessed: the prefill fit `[1, e, c, causal attention pairs]` (`LinearPrefill`) from
-the nodes' clean prefills, the
-decode step fit `[1, batch, context]` from the nodes' measured decode steps, the engine's
+Measured, not guessed: the prefill fit `[1, e, c, causal attention pairs]` (`LinearPrefill`)
+from the nodes' clean prefills, the decode step fit `[1, batch, context]` from the nodes' measured decode steps, the engine's
 limits (sequences, step token budget, block size, KV per tier), the link bandwidths the nodes
 measured, and the fixed time a request spends outside the engine (router hop, tokenization,
 gRPC). The router assembles one from what its nodes report (`preble admin profile`); `preble

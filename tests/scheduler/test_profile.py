@@ -185,8 +185,9 @@ def test_fit_profile_from_samples_gives_the_cluster_and_its_fits():
     p = fit_profile(measured(), facts(), Links(), {"net"}, name="x", model="m", source="test")
     assert p.nodes == 2 and p.engine.max_num_seqs == 16 and p.engine.dram_tokens == (64 << 20) // 8192
     assert p.decode.a == pytest.approx(3.5, rel=1e-3) and p.decode.c == pytest.approx(0.0013, rel=1e-3)
-    assert p.prefill.causal and p.prefill.seconds(1000, 1000) == pytest.approx(LinearPrefill(8.0, 0.07, 0.0, 4e-5, causal=True).seconds(1000, 1000),
-                                                          rel=1e-3)
+    assert p.prefill.causal
+    assert p.prefill.seconds(1000, 1000) == pytest.approx(
+        LinearPrefill(8.0, 0.07, 0.0, 4e-5, causal=True).seconds(1000, 1000), rel=1e-3)
     assert p.request_overhead_s == pytest.approx(0.003)
     assert p.links["net"].measured and not p.links["disk"].measured
     assert p.coverage.decode_batch == (1, 16) and p.coverage.prefill_new_tokens == (64, 2048)
