@@ -87,6 +87,12 @@ class ClusterProfile:
     client_overhead_s: float = 0.0
     """Of `request_overhead_s`, the client's own hop (its TTFT less the router's), where a
     client measured it (`preble calibrate`); `preble admin profile` has no client: 0."""
+    host_nodes: int = 1
+    """Nodes that share one host's cores (from the nodes' addresses)."""
+    host_prefill_slowdown: float = 0.0
+    """How much slower a prefill runs while another node of its host works: its engine time
+    over the fitted price, less 1 (`preble calibrate` measures it beside decode streams;
+    `preble admin profile` has none: 0)."""
     coverage: Coverage = field(default_factory=Coverage)
     source: str = ""
     """How it was measured (the command)."""
@@ -111,7 +117,8 @@ class ClusterProfile:
             if kind not in self.links:
                 raise ProfileError(f"profile field 'links.{kind}' is missing")
             _positive(f"links.{kind}.bandwidth", self.links[kind].bandwidth)
-        for name in ("request_overhead_s", "client_overhead_s"):
+        _positive("host_nodes", self.host_nodes)
+        for name in ("request_overhead_s", "client_overhead_s", "host_prefill_slowdown"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise ProfileError(f"profile field '{name}' must be >= 0, got {v}")
@@ -181,6 +188,8 @@ class ClusterProfile:
                    for k in LINK_KINDS},
             request_overhead_s=_get(d, "", "request_overhead_s", float, default=0.0),
             client_overhead_s=_get(d, "", "client_overhead_s", float, default=0.0),
+            host_nodes=_get(d, "", "host_nodes", int, default=1),
+            host_prefill_slowdown=_get(d, "", "host_prefill_slowdown", float, default=0.0),
             coverage=Coverage(
                 prefill_samples=_get(cov, "coverage.", "prefill_samples", int, default=0),
                 prefill_new_tokens=_pair(cov, "prefill_new_tokens"),
@@ -221,7 +230,7 @@ def mean_profile(profiles: Sequence[ClusterProfile], name: str | None = None) ->
         if p.prefill.causal != first.prefill.causal:
             raise ProfileError("profile field 'prefill.causal' differs between the profiles: their prefill fits "
                                "price attention differently and cannot be averaged; recalibrate the older one")
-        for key in ("model", "nodes", "kv_bytes_per_token", "engine"):
+        for key in ("model", "nodes", "kv_bytes_per_token", "engine", "host_nodes"):
             if getattr(p, key) != getattr(first, key):
                 diff = next((f"engine.{f.name}" for f in fields(EngineLimits)
                              if getattr(p.engine, f.name) != getattr(first.engine, f.name)), key) if key == "engine" else key
@@ -252,7 +261,8 @@ def mean_profile(profiles: Sequence[ClusterProfile], name: str | None = None) ->
                         overhead_samples=sum(c.overhead_samples for c in covs))
     return replace(first, name=name or first.name, prefill=mean_fit("prefill"), decode=mean_fit("decode"), links=links,
                    request_overhead_s=mean(p.request_overhead_s for p in profiles),
-                   client_overhead_s=mean(p.client_overhead_s for p in profiles), coverage=coverage,
+                   client_overhead_s=mean(p.client_overhead_s for p in profiles),
+                   host_prefill_slowdown=mean(p.host_prefill_slowdown for p in profiles), coverage=coverage,
                    source=f"the mean of {n} profiles: " + "; ".join(p.source or p.name for p in profiles))
 
 

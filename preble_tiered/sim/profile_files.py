@@ -68,5 +68,6 @@ def sim_config(profile: ClusterProfile, policy: str, nodes: int | None = None, *
     cfg = SimConfig(nodes=nodes or profile.nodes, policy=policy, hbm_tokens=e.hbm_tokens,
                     dram_tokens=e.dram_tokens, disk_tokens=e.disk_tokens, block_size=e.block_size,
                     max_batch_tokens=e.max_batch_tokens, max_running=e.max_num_seqs,
-                    request_overhead_s=profile.request_overhead_s)
+                    request_overhead_s=profile.request_overhead_s, host_nodes=profile.host_nodes,
+                    host_prefill_slowdown=profile.host_prefill_slowdown)
     return replace(cfg, **overrides) if overrides else cfg

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from preble_tiered.sim.engine import SimEngine, SimEngineConfig, SimRequest
+from preble_tiered.sim.engine import SimEngine, SimEngineConfig, SimRequest, State
 from preble_tiered.hashing import BlockHasher
 from preble_tiered.scheduler.clock import ManualClock
 from preble_tiered.scheduler.core import Scheduler, SchedulerConfig
@@ -62,6 +62,11 @@ class SimConfig:
     """'policy': tiers only for policies that use them (each runs on its own stack);
     'all': every policy's engines get DRAM/disk tiers; 'none': HBM only for all."""
     policy_config: PolicyConfig = field(default_factory=PolicyConfig)
+    host_nodes: int = 1
+    """Nodes that share one host's cores (nodes 0..h-1 on the first host, and so on)."""
+    host_prefill_slowdown: float = 0.0
+    """A step holding prefill work takes (1 + this) times its price while another node of its
+    host is mid-step (CPU nodes sharing cores; a profile measures it; 0: nodes apart)."""
     prewarm_shared: bool = False
     """Every node starts with every block that two or more requests share held in its HBM
     for good, in room added to its capacity: no shared block is ever computed, fetched or
@@ -74,6 +79,8 @@ class SimConfig:
             raise ValueError("event_delay_s and request_overhead_s cannot be negative")
         if self.max_running < 1 or self.max_batch_tokens < 1:
             raise ValueError("max_running and max_batch_tokens must be positive")
+        if self.host_nodes < 1 or not 0.0 <= self.host_prefill_slowdown < 10.0:
+            raise ValueError("host_nodes must be positive and host_prefill_slowdown in [0, 10)")
         if self.engine_tiers not in ("policy", "all", "none"):
             raise ValueError("engine_tiers must be one of policy, all, none")
         policy_class(self.policy)  # raises ValueError for an unknown name
@@ -197,12 +204,21 @@ class Simulator:
         dur, work = eng.plan_step(now)
         self._drain(node)
         if work:
+            if self.config.host_prefill_slowdown and self._host_busy(node) and any(
+                    r.state is State.PREFILL for r, _ in work):
+                dur *= 1.0 + self.config.host_prefill_slowdown
             self._busy[node] = True
             self._push(now + dur, _STEP, (node, work, dur))
         else:
             wake = eng.next_ready()
             if wake is not None:
                 self._push(wake, _WAKE, node)
+
+    def _host_busy(self, node: int) -> bool:
+        """Whether another node of `node`'s host is mid-step."""
+        h = self.config.host_nodes
+        first = node - node % h
+        return any(self._busy[i] for i in range(first, min(first + h, len(self._busy))) if i != node)
 
     def _end_step(self, node: int, work: list, dur: float) -> int:
         eng = self.engines[node]

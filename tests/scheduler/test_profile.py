@@ -40,6 +40,26 @@ def test_a_profile_round_trips_through_json(tmp_path):
     assert json.loads(path.read_text())["version"] == 1
 
 
+def test_the_host_share_round_trips_reaches_the_simulator_and_defaults_to_nodes_apart():
+    p = profile(host_nodes=2, host_prefill_slowdown=0.08)
+    d = p.to_dict()
+    assert (d["host_nodes"], d["host_prefill_slowdown"]) == (2, 0.08) and ClusterProfile.from_dict(d) == p
+    cfg = profile_files.sim_config(p, "e2_tiered")
+    assert (cfg.host_nodes, cfg.host_prefill_slowdown) == (2, 0.08)
+    del d["host_nodes"], d["host_prefill_slowdown"]
+    apart = ClusterProfile.from_dict(d)
+    assert (apart.host_nodes, apart.host_prefill_slowdown) == (1, 0.0)
+    with pytest.raises(ProfileError, match="'host_prefill_slowdown' must be >= 0"):
+        profile(host_prefill_slowdown=-0.1)
+    with pytest.raises(ProfileError, match="'host_nodes' must be positive"):
+        profile(host_nodes=0)
+    # calibrations of one cluster average their slowdowns; different host layouts are not one cluster
+    m = mean_profile([p, profile(host_nodes=2, host_prefill_slowdown=0.12)])
+    assert m.host_prefill_slowdown == pytest.approx(0.10) and m.host_nodes == 2
+    with pytest.raises(ProfileError, match="'host_nodes' differs"):
+        mean_profile([p, profile()])
+
+
 def test_the_prefill_form_round_trips_and_a_profile_without_it_is_prebles(tmp_path):
     """A fitted prefill prices attention as causal pairs and says so in its JSON; a profile
     written before the form was recorded (no 'causal') is read as Preble's e*ctx, as it was fitted."""

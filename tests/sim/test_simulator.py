@@ -172,6 +172,30 @@ def test_a_lone_short_request_meets_its_ideal():
     assert rec.latency_s == pytest.approx(res.ideal[0][1], rel=1e-5)
 
 
+def test_a_prefill_beside_a_busy_node_of_its_host_takes_the_hosts_slowdown():
+    """Two nodes on one host (CPU nodes sharing cores): b's prefill starts while a's is
+    running on the other node and takes 1.5x its price; a's started alone. On separate hosts,
+    or once the other node is idle, nothing changes."""
+    reqs = [WorkloadRequest("a", 0.0, (Segment("d1", 2000),), 2), WorkloadRequest("b", 0.001, (Segment("d2", 500),), 2)]
+    alone = COST.prefill_s(500, 500)
+
+    def ttfts(**kw):
+        res = simulate(reqs, SimConfig(nodes=2, policy="round_robin", hbm_tokens=4_000, **kw), COST)
+        return {r.request_id: r.ttft_s for r in res.records}
+
+    apart = ttfts()
+    assert apart["b"] == pytest.approx(alone)
+    shared = ttfts(host_nodes=2, host_prefill_slowdown=0.5)
+    assert shared["b"] == pytest.approx(1.5 * alone) and shared["a"] == pytest.approx(apart["a"])
+    assert ttfts(host_nodes=1, host_prefill_slowdown=0.5) == apart  # each node its own host
+    # b arriving once a has finished: the other node idle, its price
+    a_done = simulate(reqs[:1], SimConfig(nodes=2, policy="round_robin", hbm_tokens=4_000), COST).records[0].latency_s
+    late = [reqs[0], WorkloadRequest("b", a_done + 1e-3, (Segment("d2", 500),), 2)]
+    res = simulate(late, SimConfig(nodes=2, policy="round_robin", hbm_tokens=4_000, host_nodes=2,
+                                   host_prefill_slowdown=0.5), COST)
+    assert {r.request_id: r.ttft_s for r in res.records}["b"] == pytest.approx(alone)
+
+
 # ------------------------------------------------------------------ traces and errors
 def test_trace_replay_gives_the_same_result(tmp_path):
     path = tmp_path / "toolbench.jsonl"
@@ -198,6 +222,8 @@ def test_config_and_input_errors():
         SimConfig(engine_tiers="some")
     with pytest.raises(ValueError, match="nodes"):
         SimConfig(nodes=0)
+    with pytest.raises(ValueError, match="host_prefill_slowdown"):
+        SimConfig(host_prefill_slowdown=-0.1)
     with pytest.raises(ValueError, match="no requests"):
         Simulator([], SimConfig(nodes=1), COST)
 
