@@ -7,7 +7,11 @@ The sweep, after the router's measurements are reset (Admin GetProfile reset):
   2. decodes: every batch size (sequences per node: the cluster gets that many times its
      nodes, at once) on short and long prompts, so decode steps are measured across batch
      sizes and batch contexts.
-Then the router fits the profile (Admin GetProfile) and this writes it. Prompts are fresh
+Then the router fits the profile (Admin GetProfile) and this writes it. Where nodes share a
+host (their addresses), a first phase, before the reset, measures how much slower a prefill
+runs while another node of the host works: prefills one at a time while a decode stream
+runs, kept where the prefill met nothing else in its own engine (so the stream ran on
+another node); their engine time over the fitted price is `host_prefill_slowdown`. Prompts are fresh
 token ids (never cached by an earlier run), greedy, `ignore_eos`.
 """
 
@@ -126,6 +130,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             if info.nodes_alive == 0:
                 raise RuntimeError(f"the cluster at {args.addr} has no node serving")
             sweep.check(info.max_model_len)
+            nodes = admin.ListNodes(admin_pb2.ListNodesRequest(), metadata=admin_md, timeout=10).nodes
+            host_nodes = nodes_per_host([n.address for n in nodes if n.alive])
+            beside = []
+            if host_nodes > 1:  # before the reset: these prefills must not enter the fit
+                print(f"measuring prefills beside a decode stream ({host_nodes} nodes per host)", file=sys.stderr)
+                beside = _beside_a_stream(inference, inf_md, info.vocab_size, info.max_model_len)
             admin.GetProfile(admin_pb2.ProfileRequest(reset=True), metadata=admin_md, timeout=10)
             t0 = time.monotonic()
             skipped = len(sweep.prefills()) - len(sweep.prefills(info.max_model_len))
@@ -142,6 +152,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     finally:
         ch.close()
     prof = ClusterProfile.from_dict(json.loads(resp.profile_json))
+    price = prof.cost_model().prefill
+    share = [s / price.seconds(e, e) for e, s in beside]
+    if share:
+        prof = replace(prof, host_nodes=host_nodes, host_prefill_slowdown=max(0.0, statistics.median(share) - 1.0))
+    elif host_nodes > 1:
+        print("no prefill ran beside the decode stream on another node: host_prefill_slowdown left at 0",
+              file=sys.stderr)
+        prof = replace(prof, host_nodes=host_nodes)
     if client_gaps:  # the router cannot see the client's hop: add what this client measured
         client = statistics.median(client_gaps)
         prof = replace(prof, request_overhead_s=prof.request_overhead_s + client, client_overhead_s=client)
@@ -150,6 +168,73 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     n = sweep.requests(info.nodes_alive, info.max_model_len)
     print(f"wrote {args.output} ({n} requests in {time.monotonic() - t0:.0f} s)", file=sys.stderr)
     return 0
+
+
+def nodes_per_host(addresses: list[str]) -> int:
+    """The most nodes at one host among `addresses` ("host:port"; 1 for none)."""
+    hosts = [a.rsplit(":", 1)[0] for a in addresses]
+    return max((hosts.count(h) for h in set(hosts)), default=1)
+
+
+BESIDE_SIZES = (512, 1024, 1536)
+BESIDE_ROUNDS = 3
+
+
+def _beside_a_stream(stub, md, vocab: int, max_len: int) -> list[tuple[int, float]]:
+    """(new tokens, engine seconds) of fresh prefills sent one at a time while a decode
+    stream runs, for those that met nothing else in their own engine and ended before the
+    stream did (so another node of the host was working)."""
+    import threading
+
+    import numpy as np
+
+    from preble_tiered.api import convert
+    from preble_tiered.api.pb import inference_pb2
+    from preble_tiered.types import GenParams
+
+    rng = np.random.default_rng(time.monotonic_ns())
+    lo = min(16, vocab // 2)
+    sizes = [s for s in BESIDE_SIZES if s + 2 <= max_len]
+    out = max(16, min(256, max_len - 64 - 1))  # a stream long enough to outlast the prefills
+
+    def send(ids: list[int], n_out: int, on_first=None):
+        req = inference_pb2.GenerateRequest(
+            request_id=f"calibrate-beside-{time.monotonic_ns()}",
+            sampling=convert.params_to_pb(GenParams(max_tokens=n_out, temperature=0.0, ignore_eos=True)))
+        req.token_ids.ids.extend(ids)
+        usage = None
+        for msg in stub.Generate(req, metadata=md, timeout=600):
+            if msg.WhichOneof("kind") == "chunk":
+                if on_first is not None:
+                    on_first.set()
+            else:
+                usage = msg.complete.usage
+        return usage, time.monotonic()
+
+    samples: list[tuple[int, float]] = []
+    for _ in range(BESIDE_ROUNDS):
+        decoding, stream = threading.Event(), {}
+
+        def run_stream() -> None:
+            try:
+                stream["usage"], stream["end"] = send(rng.integers(lo, vocab, size=64).tolist(), out, decoding)
+            finally:
+                decoding.set()
+
+        t = threading.Thread(target=run_stream, daemon=True)
+        t.start()
+        decoding.wait(600)
+        done = []
+        for e in sizes:
+            usage, end = send(rng.integers(lo, vocab, size=e).tolist(), 2)
+            done.append((e, usage, end))
+        t.join(600)
+        if "usage" not in stream:
+            raise RuntimeError("the decode stream of the host phase ended without a result")
+        for e, usage, end in done:
+            if usage.engine_ttft_ms > 0 and usage.node != stream["usage"].node and end < stream["end"]:
+                samples.append((e, usage.engine_ttft_ms * 1e-3))
+    return samples
 
 
 def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, max_len: int, progress: bool) -> list[float]:

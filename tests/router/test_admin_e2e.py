@@ -317,6 +317,9 @@ def test_calibrate_writes_a_profile_of_this_cluster_that_preble_sim_runs_on(clus
     assert f"the median of {n} requests that met nothing else in the engine" in said
     # the prefill is fitted with causal attention, and says so
     assert prof["prefill"]["causal"] is True and "*new*(context-(new-1)/2)" in said
+    # both nodes run on this host: the last phase measured prefills beside a decode stream
+    assert prof["host_nodes"] == 2 and 0.0 <= prof["host_prefill_slowdown"] < 1.0
+    assert "host: 2 nodes share one host's cores" in said
     # the router fitted its own decode model from the same steps (e2_tiered's decode rule runs on it)
     assert "decode fitted" in call(admin, "ClusterStats", admin_pb2.ClusterStatsRequest()).cost_model
     # `preble admin profile` fits the same measurements; `preble sim` runs on either.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from preble_tiered.cli import main as cli
-from preble_tiered.cli.calibrate import Sweep
+from preble_tiered.cli.calibrate import Sweep, nodes_per_host
 from preble_tiered.scheduler.cost_model import (RELATIVE_FLOOR, ChunkedPrefill, LinearDecode, LinearPrefill, Links,
                                                 _chunk_features, nonneg_lstsq)
 from preble_tiered.scheduler.profile import ClusterProfile, Coverage, EngineLimits, LinkFigure, ProfileError, mean_profile
@@ -58,6 +58,13 @@ def test_the_host_share_round_trips_reaches_the_simulator_and_defaults_to_nodes_
     assert m.host_prefill_slowdown == pytest.approx(0.10) and m.host_nodes == 2
     with pytest.raises(ProfileError, match="'host_nodes' differs"):
         mean_profile([p, profile()])
+
+
+def test_nodes_per_host_counts_the_largest_group_of_addresses_on_one_host():
+    assert nodes_per_host(["127.0.0.1:5001", "127.0.0.1:5002"]) == 2
+    assert nodes_per_host(["10.0.0.1:5001", "10.0.0.2:5001", "10.0.0.2:5002"]) == 2
+    assert nodes_per_host(["[::1]:5001", "[::1]:5002", "[::1]:5003"]) == 3
+    assert nodes_per_host(["a:1", "b:1"]) == 1 and nodes_per_host([]) == 1
 
 
 def test_the_prefill_form_round_trips_and_a_profile_without_it_is_prebles(tmp_path):
