@@ -88,7 +88,8 @@ class ClusterProfile:
     """Of `request_overhead_s`, the client's own hop (its TTFT less the router's), where a
     client measured it (`preble calibrate`); `preble admin profile` has no client: 0."""
     host_nodes: int = 1
-    """Nodes that share one host's cores (from the nodes' addresses)."""
+    """Nodes that share one host's cores (`preble calibrate` counts them from the nodes'
+    addresses; 1 otherwise)."""
     host_prefill_slowdown: float = 0.0
     """How much slower a prefill runs while another node of its host works: its engine time
     over the fitted price, less 1 (`preble calibrate` measures it beside decode streams;
