@@ -267,7 +267,7 @@ def describe_profile(p) -> str:
         + (f"the median of {c.overhead_samples} requests that met nothing else in the engine)"
            if c.overhead_samples else "no request met nothing else in the engine: the router's part is not measured)"),
     ] + ([f"  host: {p.host_nodes} nodes share one host's cores; a prefill while another works there takes "
-          f"{1 + p.host_prefill_slowdown:.2f}x its price"] if p.host_nodes > 1 else []))
+          f"{1 + p.host_prefill_slowdown:.2f}x its time alone ({c.host_samples} prefills)"] if p.host_nodes > 1 else []))
 
 
 # ---------------------------------------------------------------------- tables

@@ -9,10 +9,11 @@ The sweep, after the router's measurements are reset (Admin GetProfile reset):
      sizes and batch contexts.
 Then the router fits the profile (Admin GetProfile) and this writes it. Where nodes share a
 host (their addresses), a first phase, before the reset, measures how much slower a prefill
-runs while another node of the host works: prefills one at a time while a decode stream
-runs, kept where the prefill met nothing else in its own engine (so the stream ran on
-another node); their engine time over the fitted price is `host_prefill_slowdown`. Prompts are fresh
-token ids (never cached by an earlier run), greedy, `ignore_eos`.
+runs while another node of the host works: prefills one at a time with the cluster idle, then
+the same sizes while a decode stream runs, kept where the prefill met nothing else in its own
+engine and ran on another node of the stream's host; the median of their engine times
+beside over alone, less 1, is `host_prefill_slowdown`.
+Prompts are fresh token ids (never cached by an earlier run), greedy, `ignore_eos`.
 """
 
 from __future__ import annotations
@@ -132,10 +133,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             sweep.check(info.max_model_len)
             nodes = admin.ListNodes(admin_pb2.ListNodesRequest(), metadata=admin_md, timeout=10).nodes
             host_nodes = nodes_per_host([n.address for n in nodes if n.alive])
-            beside = []
+            share = []
             if host_nodes > 1:  # before the reset: these prefills must not enter the fit
                 print(f"measuring prefills beside a decode stream ({host_nodes} nodes per host)", file=sys.stderr)
-                beside = _beside_a_stream(inference, inf_md, info.vocab_size, info.max_model_len)
+                host_of = {n.name: n.address.rsplit(":", 1)[0] for n in nodes}
+                share = _beside_a_stream(inference, inf_md, info.vocab_size, info.max_model_len, host_of)
             admin.GetProfile(admin_pb2.ProfileRequest(reset=True), metadata=admin_md, timeout=10)
             t0 = time.monotonic()
             skipped = len(sweep.prefills()) - len(sweep.prefills(info.max_model_len))
@@ -152,14 +154,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     finally:
         ch.close()
     prof = ClusterProfile.from_dict(json.loads(resp.profile_json))
-    price = prof.cost_model().prefill
-    share = [s / price.seconds(e, e) for e, s in beside]
-    if share:
-        prof = replace(prof, host_nodes=host_nodes, host_prefill_slowdown=max(0.0, statistics.median(share) - 1.0))
-    elif host_nodes > 1:
-        print("no prefill ran beside the decode stream on another node: host_prefill_slowdown left at 0",
-              file=sys.stderr)
-        prof = replace(prof, host_nodes=host_nodes)
+    if host_nodes > 1:
+        if not share:
+            print("no prefill ran beside the decode stream on another node of its host: host_prefill_slowdown "
+                  "left at 0 (coverage.host_samples 0)", file=sys.stderr)
+        prof = replace(prof, host_nodes=host_nodes,
+                       host_prefill_slowdown=max(0.0, statistics.median(share) - 1.0) if share else 0.0,
+                       coverage=replace(prof.coverage, host_samples=len(share)))
     if client_gaps:  # the router cannot see the client's hop: add what this client measured
         client = statistics.median(client_gaps)
         prof = replace(prof, request_overhead_s=prof.request_overhead_s + client, client_overhead_s=client)
@@ -180,10 +181,11 @@ BESIDE_SIZES = (512, 1024, 1536)
 BESIDE_ROUNDS = 3
 
 
-def _beside_a_stream(stub, md, vocab: int, max_len: int) -> list[tuple[int, float]]:
-    """(new tokens, engine seconds) of fresh prefills sent one at a time while a decode
-    stream runs, for those that met nothing else in their own engine and ended before the
-    stream did (so another node of the host was working)."""
+def _beside_a_stream(stub, md, vocab: int, max_len: int, host_of: dict[str, str]) -> list[float]:
+    """Engine time beside a decode stream over engine time alone, per prefill size and round:
+    each size is sent once with the cluster idle, then again while a stream decodes; a pair
+    counts where both met nothing else in their own engine and the second ran on another node
+    of the stream's host and ended before the stream did. `host_of`: node name -> host."""
     import threading
 
     import numpy as np
@@ -211,30 +213,38 @@ def _beside_a_stream(stub, md, vocab: int, max_len: int) -> list[tuple[int, floa
                 usage = msg.complete.usage
         return usage, time.monotonic()
 
-    samples: list[tuple[int, float]] = []
+    def engine_s(usage) -> float:
+        return usage.engine_ttft_ms * 1e-3 if usage is not None and usage.engine_ttft_ms > 0 else 0.0
+
+    ratios: list[float] = []
     for _ in range(BESIDE_ROUNDS):
+        alone = {e: engine_s(send(rng.integers(lo, vocab, size=e).tolist(), 2)[0]) for e in sizes}
         decoding, stream = threading.Event(), {}
 
         def run_stream() -> None:
             try:
                 stream["usage"], stream["end"] = send(rng.integers(lo, vocab, size=64).tolist(), out, decoding)
+            except Exception as e:  # handed to the caller below (an RpcError says what failed)
+                stream["error"] = e
             finally:
                 decoding.set()
 
         t = threading.Thread(target=run_stream, daemon=True)
         t.start()
         decoding.wait(600)
-        done = []
-        for e in sizes:
-            usage, end = send(rng.integers(lo, vocab, size=e).tolist(), 2)
-            done.append((e, usage, end))
+        done = [(e, *send(rng.integers(lo, vocab, size=e).tolist(), 2)) for e in sizes]
         t.join(600)
-        if "usage" not in stream:
+        if "error" in stream:
+            raise stream["error"]
+        if stream.get("usage") is None:
             raise RuntimeError("the decode stream of the host phase ended without a result")
+        s_node = stream["usage"].node
         for e, usage, end in done:
-            if usage.engine_ttft_ms > 0 and usage.node != stream["usage"].node and end < stream["end"]:
-                samples.append((e, usage.engine_ttft_ms * 1e-3))
-    return samples
+            beside = engine_s(usage)
+            if beside and alone[e] and usage.node != s_node and host_of.get(usage.node) == host_of.get(s_node) \
+                    and end < stream["end"]:
+                ratios.append(beside / alone[e])
+    return ratios
 
 
 def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, max_len: int, progress: bool) -> list[float]:

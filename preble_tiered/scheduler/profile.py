@@ -66,6 +66,8 @@ class Coverage:
     decode_context_tokens: tuple[int, int] = (0, 0)
     overhead_samples: int = 0
     """Requests the request overhead is the median of (those that met nothing else in the engine)."""
+    host_samples: int = 0
+    """Prefills the host slowdown is the median of (`preble calibrate`; 0: not measured)."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,9 @@ class ClusterProfile:
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise ProfileError(f"profile field '{name}' must be >= 0, got {v}")
+        if self.host_prefill_slowdown >= MAX_HOST_SLOWDOWN:
+            raise ProfileError(f"profile field 'host_prefill_slowdown' must be below {MAX_HOST_SLOWDOWN}, got "
+                               f"{self.host_prefill_slowdown}")
         if self.client_overhead_s > self.request_overhead_s:
             raise ProfileError("profile field 'client_overhead_s' is part of 'request_overhead_s' and cannot exceed it")
         for kind in LINK_KINDS:
@@ -197,10 +202,14 @@ class ClusterProfile:
                 decode_steps=_get(cov, "coverage.", "decode_steps", int, default=0),
                 decode_batch=_pair(cov, "decode_batch"),
                 decode_context_tokens=_pair(cov, "decode_context_tokens"),
-                overhead_samples=_get(cov, "coverage.", "overhead_samples", int, default=0)),
+                overhead_samples=_get(cov, "coverage.", "overhead_samples", int, default=0),
+                host_samples=_get(cov, "coverage.", "host_samples", int, default=0)),
             source=_get(d, "", "source", str, default=""),
         )
 
+
+MAX_HOST_SLOWDOWN = 10.0
+"""`host_prefill_slowdown` must be below this (as `SimConfig` requires)."""
 
 HBM_TOLERANCE = 0.05
 """`mean_profile`: how far apart (as a share) calibrations' engine KV capacities may lie."""
@@ -259,7 +268,8 @@ def mean_profile(profiles: Sequence[ClusterProfile], name: str | None = None) ->
     coverage = Coverage(prefill_samples=sum(c.prefill_samples for c in covs), prefill_new_tokens=span("prefill_new_tokens"),
                         decode_steps=sum(c.decode_steps for c in covs), decode_batch=span("decode_batch"),
                         decode_context_tokens=span("decode_context_tokens"),
-                        overhead_samples=sum(c.overhead_samples for c in covs))
+                        overhead_samples=sum(c.overhead_samples for c in covs),
+                        host_samples=sum(c.host_samples for c in covs))
     return replace(first, name=name or first.name, prefill=mean_fit("prefill"), decode=mean_fit("decode"), links=links,
                    request_overhead_s=mean(p.request_overhead_s for p in profiles),
                    client_overhead_s=mean(p.client_overhead_s for p in profiles),

@@ -53,6 +53,8 @@ def test_the_host_share_round_trips_reaches_the_simulator_and_defaults_to_nodes_
         profile(host_prefill_slowdown=-0.1)
     with pytest.raises(ProfileError, match="'host_nodes' must be positive"):
         profile(host_nodes=0)
+    with pytest.raises(ProfileError, match="'host_prefill_slowdown' must be below 10"):
+        profile(host_prefill_slowdown=10.0)
     # calibrations of one cluster average their slowdowns; different host layouts are not one cluster
     m = mean_profile([p, profile(host_nodes=2, host_prefill_slowdown=0.12)])
     assert m.host_prefill_slowdown == pytest.approx(0.10) and m.host_nodes == 2

@@ -188,6 +188,19 @@ def test_a_prefill_beside_a_busy_node_of_its_host_takes_the_hosts_slowdown():
     shared = ttfts(host_nodes=2, host_prefill_slowdown=0.5)
     assert shared["b"] == pytest.approx(1.5 * alone) and shared["a"] == pytest.approx(apart["a"])
     assert ttfts(host_nodes=1, host_prefill_slowdown=0.5) == apart  # each node its own host
+    # four nodes, two per host: node 2 is on the other host, node 1 beside node 0
+    four = [reqs[0], WorkloadRequest("b", 0.001, (Segment("d2", 500),), 2),
+            WorkloadRequest("c", 0.002, (Segment("d3", 500),), 2)]
+    res = simulate(four, SimConfig(nodes=4, policy="round_robin", hbm_tokens=4_000, host_nodes=2,
+                                   host_prefill_slowdown=0.5), COST)
+    got = {r.request_id: (r.node, r.ttft_s) for r in res.records}
+    assert got["b"] == (1, pytest.approx(1.5 * alone)) and got["c"] == (2, pytest.approx(alone))
+    # decode-only steps beside the other node's prefill keep their price
+    decoding = [reqs[0], WorkloadRequest("b", 0.001, (Segment("d2", 64),), 5)]
+    times = [{r.request_id: r.latency_s - r.ttft_s for r in simulate(decoding, SimConfig(
+        nodes=2, policy="round_robin", hbm_tokens=4_000, host_nodes=h, host_prefill_slowdown=0.5), COST).records}
+        for h in (1, 2)]
+    assert times[1]["b"] == pytest.approx(times[0]["b"]) and times[0]["b"] < COST.prefill_s(2000, 2000)
     # b arriving once a has finished: the other node idle, its price
     a_done = simulate(reqs[:1], SimConfig(nodes=2, policy="round_robin", hbm_tokens=4_000), COST).records[0].latency_s
     late = [reqs[0], WorkloadRequest("b", a_done + 1e-3, (Segment("d2", 500),), 2)]
