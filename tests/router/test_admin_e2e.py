@@ -320,8 +320,9 @@ def test_calibrate_writes_a_profile_of_this_cluster_that_preble_sim_runs_on(clus
     # both nodes run on this host: the last phase measured prefills beside a decode stream
     assert prof["host_nodes"] == 2 and 0.0 <= prof["host_prefill_slowdown"] < 1.0
     assert prof["coverage"]["host_samples"] > 0 and "host: 2 nodes share one host's cores" in said
-    # its prefills (1,024 and 1,536 tokens) ran before the reset: none entered the fit
-    assert prof["coverage"]["prefill_new_tokens"][1] == 512
+    # its prefills (up to 1,536 tokens) ran before the reset: none entered the fit (the sweep's largest
+    # is a 512-token context with 64 more)
+    assert prof["coverage"]["prefill_new_tokens"][1] < 1024
     # the router fitted its own decode model from the same steps (e2_tiered's decode rule runs on it)
     assert "decode fitted" in call(admin, "ClusterStats", admin_pb2.ClusterStatsRequest()).cost_model
     # `preble admin profile` fits the same measurements; `preble sim` runs on either.
