@@ -171,6 +171,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _greedy_request(request_id: str, ids: list[int], out: int):
+    """A GenerateRequest for `ids`: greedy, `out` tokens whatever the model says (ignore_eos)."""
+    from preble_tiered.api import convert
+    from preble_tiered.api.pb import inference_pb2
+    from preble_tiered.types import GenParams
+
+    req = inference_pb2.GenerateRequest(request_id=request_id, sampling=convert.params_to_pb(
+        GenParams(max_tokens=out, temperature=0.0, ignore_eos=True)))
+    req.token_ids.ids.extend(ids)
+    return req
+
+
 def nodes_per_host(addresses: list[str]) -> int:
     """The most nodes at one host among `addresses` ("host:port"; 1 for none)."""
     hosts = [a.rsplit(":", 1)[0] for a in addresses]
@@ -190,20 +202,13 @@ def _beside_a_stream(stub, md, vocab: int, max_len: int, host_of: dict[str, str]
 
     import numpy as np
 
-    from preble_tiered.api import convert
-    from preble_tiered.api.pb import inference_pb2
-    from preble_tiered.types import GenParams
-
     rng = np.random.default_rng(time.monotonic_ns())
     lo = min(16, vocab // 2)
     sizes = [s for s in BESIDE_SIZES if s + 2 <= max_len]
     out = max(16, min(256, max_len - 64 - 1))  # a stream long enough to outlast the prefills
 
     def send(ids: list[int], n_out: int, on_first=None):
-        req = inference_pb2.GenerateRequest(
-            request_id=f"calibrate-beside-{time.monotonic_ns()}",
-            sampling=convert.params_to_pb(GenParams(max_tokens=n_out, temperature=0.0, ignore_eos=True)))
-        req.token_ids.ids.extend(ids)
+        req = _greedy_request(f"calibrate-beside-{time.monotonic_ns()}", ids, n_out)
         usage = None
         for msg in stub.Generate(req, metadata=md, timeout=600):
             if msg.WhichOneof("kind") == "chunk":
@@ -252,10 +257,7 @@ def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, max_len: int, pro
     sent one at a time (the decode batches' threads would add their own contention)."""
     import numpy as np
 
-    from preble_tiered.api import convert
-    from preble_tiered.api.pb import inference_pb2
     from preble_tiered.cli.bench import _bar
-    from preble_tiered.types import GenParams
 
     rng = np.random.default_rng(time.monotonic_ns())
     lo = min(16, vocab // 2)  # skip the lowest ids (special tokens of real vocabularies)
@@ -269,9 +271,7 @@ def _run_sweep(sweep: Sweep, stub, md, vocab: int, nodes: int, max_len: int, pro
     def one(ids: list[int], out: int, timed: bool = False) -> None:
         nonlocal n
         n += 1
-        req = inference_pb2.GenerateRequest(request_id=f"calibrate-{time.monotonic_ns()}-{n}", sampling=convert.params_to_pb(
-            GenParams(max_tokens=out, temperature=0.0, ignore_eos=True)))
-        req.token_ids.ids.extend(ids)
+        req = _greedy_request(f"calibrate-{time.monotonic_ns()}-{n}", ids, out)
         t0, first = time.monotonic(), None
         for msg in stub.Generate(req, metadata=md, timeout=600):
             if msg.WhichOneof("kind") == "chunk":
