@@ -39,6 +39,30 @@ def rankings(runs: list[dict]) -> list[dict]:
     return out
 
 
+def stable_pairs(doc: dict, other: dict) -> tuple[list[dict], int]:
+    """Each (workload, load)'s policy pairs whose order by measured mean latency was the same in
+    both real runs (the part of the ranking the cluster itself repeats), whether the prediction
+    orders each such pair the same way, and how many pairs both runs measured."""
+    lat = lambda r, side: r[side]["latency"]["mean"]  # noqa: E731
+    prev = {(r["workload"], r["load"], r["policy"]): r for r in other["runs"]}
+    out, n = [], 0
+    for wl in dict.fromkeys(r["workload"] for r in doc["runs"]):
+        for load in dict.fromkeys(r["load"] for r in doc["runs"] if r["workload"] == wl):
+            rs = [r for r in doc["runs"] if (r["workload"], r["load"]) == (wl, load)
+                  and (wl, load, r["policy"]) in prev]
+            n += len(rs) * (len(rs) - 1) // 2
+            for i, a in enumerate(rs):
+                for b in rs[i + 1:]:
+                    pa, pb = prev[(wl, load, a["policy"])], prev[(wl, load, b["policy"])]
+                    now, before = lat(a, "measured") < lat(b, "measured"), lat(pa, "measured") < lat(pb, "measured")
+                    if now == before:
+                        out.append({"workload": wl, "load": load,
+                                    "faster": a["policy"] if now else b["policy"],
+                                    "slower": b["policy"] if now else a["policy"],
+                                    "predicted_same": (lat(a, "predicted") < lat(b, "predicted")) == now})
+    return out, n
+
+
 def repeatability(doc: dict, other: dict) -> dict:
     """The real cluster against itself: the measured side of two runs of the same traces. A
     prediction cannot be held to a closer match than the cluster's own run-to-run spread."""
@@ -56,7 +80,8 @@ def repeatability(doc: dict, other: dict) -> dict:
         if o:
             same.append({"workload": k["workload"], "load": k["load"], "same": o[0]["measured"] == k["measured"]})
     keys = ("ttft_mean", "ttft_p99", "latency_mean", "latency_p99")
-    return {"rows": rows, "rankings": same,
+    pairs, n_pairs = stable_pairs(doc, other)
+    return {"rows": rows, "rankings": same, "pairs": pairs, "pairs_measured": n_pairs,
             "median_abs": {k: float(np.median([abs(x[k]) for x in rows])) for k in keys} if rows else {},
             "max_abs": {k: float(max(abs(x[k]) for x in rows)) for k in keys} if rows else {}}
 
@@ -84,7 +109,9 @@ def markdown(doc: dict) -> str:
     s = doc["summary"]
     lines += ["", f"Within target: mean TTFT {s['ttft_mean']}, mean latency {s['latency_mean']}, p99 TTFT "
                   f"{s['ttft_p99']}, p99 latency {s['latency_p99']}, cached share {s['share']} (of {len(doc['runs'])} "
-                  f"runs); same ranking in {s['rankings_same']} of {len(doc['rankings'])}." + _beside(doc)]
+                  f"runs); same ranking in {s['rankings_same']} of {len(doc['rankings'])}."
+                  + (f" The twin's decisions, counted by branch, are the real router's in {s['decisions_same']} runs."
+                     if "decisions_same" in s else "") + _beside(doc)]
     if doc.get("ttft_by_request"):
         lines += ["", "Mean TTFT by request, each workload's runs pooled (`ttft_by_request`: by the new tokens the "
                       "real cluster computed, and by whether other requests were in flight in the cluster when it "
@@ -135,6 +162,15 @@ def markdown(doc: dict) -> str:
                       f"{mx['latency_mean']:.0%}, p99 latency {med['latency_p99']:.0%} / {mx['latency_p99']:.0%}; "
                       f"the measured ranking was the same in {sum(x['same'] for x in rp['rankings'])} of "
                       f"{len(rp['rankings'])} (workload, load) pairs."]
+        pairs = rp.get("pairs")
+        if pairs is not None:
+            lines[-1] += (f" Of the pairs of policies in one (workload, load), {len(pairs)} of {rp['pairs_measured']} "
+                          f"measured in the same "
+                          f"order both times; the prediction orders {sum(p['predicted_same'] for p in pairs)} of "
+                          f"those {len(pairs)} the same way"
+                          + ("" if all(p["predicted_same"] for p in pairs) else " (not: " + ", ".join(
+                              f"{p['workload']} {p['load']} {p['faster']} < {p['slower']}"
+                              for p in pairs if not p["predicted_same"]) + ")") + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -205,9 +241,17 @@ def summarize(runs: list[dict]) -> tuple[dict, list[dict]]:
     ranks = rankings(runs)
     summary = {k: f"{sum(r['within'][k] for r in runs)}/{len(runs)}" for k in runs[0]["within"]}
     summary["rankings_same"] = sum(k["same"] for k in ranks)
+    summary["decisions_same"] = decisions_same(runs)
     summary["median_error"] = {k: float(np.median([r["error"][k] for r in runs]))
                                for k in ("ttft_mean", "latency_mean", "ttft_p99", "latency_p99")}
     return summary, ranks
+
+
+def decisions_same(runs: list[dict]) -> str:
+    """Runs whose predicted decisions, counted by branch (explore, exploit, rebalance, ...),
+    are the real router's: where they differ, the twin is predicting another run."""
+    known = [r for r in runs if "branches" in r["measured"] and "branches" in r["predicted"]]
+    return f"{sum(r['measured']['branches'] == r['predicted']['branches'] for r in known)}/{len(known)}"
 
 
 def summary_by_calibration(doc: dict) -> dict:

@@ -64,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--profile", metavar="NAME|PATH", default=None,
                      help="run on a measured cluster profile (a shipped name such as cpu-tiny, or a JSON file "
                           "from `preble calibrate` / `preble admin profile`): its prefill and decode fits, "
-                          "engine limits, KV per tier, links and request overhead; --hbm-tokens etc. override")
+                          "engine limits, KV per tier, links and request overhead; --hbm-tokens etc. override. "
+                          "Its router learns the engines' speed as the real one does: it starts from the real "
+                          "router's guess and refits from the nodes' measured prefills and decode steps")
+    sim.add_argument("--router-knows-costs", action="store_true",
+                     help="with --profile: the router prices with the profile's fits from the first request "
+                          "(as with --cost) instead of learning them")
     sim.add_argument("--hbm-tokens", type=positive_int, default=None,
                      help="per-node GPU KV capacity (default: preset's)")
     sim.add_argument("--dram-tokens", type=nonneg_int, default=None, help="per-node DRAM tier (default: 10x HBM)")
@@ -124,19 +129,24 @@ def cmd_sim(args: argparse.Namespace) -> int:
     policies = _policies(args)
     reqs, wname = _load_requests(args)
     profile = None
+    if args.router_knows_costs and args.profile is None:
+        raise ValueError("--router-knows-costs is for --profile runs (with --cost the router always knows its costs)")
+    common: dict = {}
     if args.profile is not None:
         if args.cost is not None:
             raise ValueError("give --cost or --profile, not both")
+        common["learn_costs"] = not args.router_knows_costs
         from preble_tiered.sim import profile_files
 
         profile = profile_files.load(args.profile)
-        cost, source = profile.cost_model(), f"profile={args.profile}"
+        cost = profile.cost_model()
+        source = f"profile={args.profile} router={'knows costs' if args.router_knows_costs else 'learns costs'}"
     else:
         cost, source = cost_preset(args.cost or "mistral-7b-a6000"), f"cost={args.cost or 'mistral-7b-a6000'}"
     overrides = {k: v for k, v in (("hbm_tokens", args.hbm_tokens), ("dram_tokens", args.dram_tokens),
                                    ("disk_tokens", args.disk_tokens), ("block_size", args.block_size))
                  if v is not None}
-    common = dict(event_delay_s=args.event_delay, engine_tiers=args.engine_tiers, policy_config=PolicyConfig(),
+    common.update(event_delay_s=args.event_delay, engine_tiers=args.engine_tiers, policy_config=PolicyConfig(),
                   **overrides)
     results, summaries = [], []
     for p in policies:
@@ -151,7 +161,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
     command = "preble " + shlex.join(args.argv)
     if args.json:
         extra = {"cost": args.cost or "mistral-7b-a6000"} if profile is None else {
-            "profile": {"name": profile.name, "from": args.profile, "source": profile.source}}
+            "profile": {"name": profile.name, "from": args.profile, "source": profile.source,
+                        "router_learns_costs": not args.router_knows_costs}}
         write_json(args.json, summaries, command, extra)
         print(f"wrote {args.json}")
     if args.plot:

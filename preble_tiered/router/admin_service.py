@@ -81,7 +81,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def ClusterStats(self, request, context):
         r = self.router
         st = r.dispatch.stats
-        cal = r.feed.calibrator
+        cal = r.feed.learner.prefill
         model = self.nodes.model
         return admin_pb2.ClusterStatsResponse(
             policy=r.config.policy, model=model.model if model else "",
@@ -92,7 +92,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             recomputed_tokens_total=st.recomputed_tokens, index_entries=len(r.scheduler.index),
             cost_model=(f"fitted ({len(cal)} samples, {cal.fits} fits{_per_chunk(cal.fitted)})" if cal.fitted
                         else "preset (cpu tiny)")
-            + ("; decode fitted" if r.feed.decode_calibrator.fitted else "; decode not measured (flat)"))
+            + ("; decode fitted" if r.feed.learner.decode.fitted else "; decode not measured (flat)"))
 
     async def GetNodeResidency(self, request, context):
         link = self.nodes.links.get(request.node_id)

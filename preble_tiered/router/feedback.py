@@ -18,7 +18,7 @@ from preble_tiered.router.config import RouterConfig
 from preble_tiered.router.node_client import NodeError
 from preble_tiered.router.nodes import NodeLink, NodeSet
 from preble_tiered.router.residency import check_behind
-from preble_tiered.scheduler.calibration import DecodeCalibrator, PrefillCalibrator
+from preble_tiered.scheduler.calibration import CostLearner
 from preble_tiered.scheduler.cost_model import Link
 from preble_tiered.scheduler.profile_fit import ProfileSamples
 
@@ -32,8 +32,7 @@ class LoadFeed:
         self.nodes = nodes
         self.scheduler = nodes.scheduler
         self.metrics = nodes.metrics
-        self.calibrator = PrefillCalibrator()
-        self.decode_calibrator = DecodeCalibrator()
+        self.learner = CostLearner()
         self._polling: dict[int, asyncio.Lock] = {}  # per node: one Load in flight, reports taken in order
 
     async def poll(self, link: NodeLink, closing) -> None:
@@ -109,20 +108,21 @@ class LoadFeed:
                         links.dram.bandwidth / 1e9, links.disk.bandwidth / 1e9, links.net.bandwidth / 1e9)
 
     def _calibrate(self, rep: NodeLoad) -> None:
+        learner = self.learner
         for new, ctx, seconds in rep.prefill_samples:
-            self.calibrator.add(new, ctx, seconds)
+            learner.add_prefill(new, ctx, seconds)
             self.samples.add_prefill(new, ctx, seconds)
         for batch, ctx, seconds, steps in rep.decode_steps:
             self.samples.add_decode(batch, ctx, seconds, steps)
-            self.decode_calibrator.add(batch, ctx, seconds, steps)
-        fitted = self.calibrator.maybe_refit(self._step_budget())
-        if fitted is not None:
-            self.scheduler.update_cost(replace(self.scheduler.cluster.cost, prefill=fitted))
-            logger.info("prefill model refitted from %d samples: %s", len(self.calibrator), fitted)
-        decode = self.decode_calibrator.maybe_refit()
-        if decode is not None:
-            self.scheduler.update_cost(replace(self.scheduler.cluster.cost, decode=decode))
-            logger.info("decode model refitted: %s", decode)
+            learner.add_decode(batch, ctx, seconds, steps)
+        old = self.scheduler.cluster.cost
+        cost = learner.refit(old, self._step_budget())
+        if cost is not None:
+            self.scheduler.update_cost(cost)
+            if cost.prefill is not old.prefill:
+                logger.info("prefill model refitted from %d samples: %s", len(learner.prefill), cost.prefill)
+            if cost.decode is not old.decode:
+                logger.info("decode model refitted: %s", cost.decode)
 
     def _step_budget(self) -> int | None:
         """The live engines' token budget per step (the smallest; None until one reports it)."""

@@ -13,15 +13,19 @@ Nodes also report their decode-only steps summed per (batch size, context bucket
 decode calibrator fits `LinearDecode` (step = a + b x batch + c x batch context) once they
 cover two batch sizes and two context buckets, and refits after twice as many new steps each
 time, with the same sanity check. Until then the router's decode model is flat
-(`FlatDecode`): no decode figure it has not measured steers a request. Pure code.
+(`FlatDecode`): no decode figure it has not measured steers a request.
+
+`CostLearner` holds both and turns their fits into the router's next cost model: the router's
+load feed and the simulator (which prices as the router knows, not as the engines run) learn
+through it alike. Pure code.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from preble_tiered.scheduler.cost_model import ChunkedPrefill, LinearDecode, LinearPrefill, PrefillCost
+from preble_tiered.scheduler.cost_model import ChunkedPrefill, CostModel, LinearDecode, LinearPrefill, PrefillCost
 from preble_tiered.scheduler.profile_fit import (CONTEXT_BUCKET, MIN_DECODE_BATCHES, MIN_DECODE_BUCKETS,
                                                   PREFILL_BUCKET, DecodeStepSums)
 
@@ -137,6 +141,29 @@ class DecodeCalibrator:
         self.fitted = model
         self.fits += 1
         return model
+
+
+class CostLearner:
+    """What the router learns of its engines' speed: their clean prefills and decode-only
+    steps, refitted (each calibrator on its own schedule) into the cost model it routes on."""
+
+    def __init__(self, prefill: CalibrationConfig | None = None) -> None:
+        self.prefill = PrefillCalibrator(prefill)
+        self.decode = DecodeCalibrator()
+
+    def add_prefill(self, new_tokens: int, context_tokens: int, seconds: float) -> None:
+        self.prefill.add(new_tokens, context_tokens, seconds)
+
+    def add_decode(self, batch: int, context_tokens: float, seconds: float, steps: int) -> None:
+        self.decode.add(batch, context_tokens, seconds, steps)
+
+    def refit(self, cost: CostModel, chunk: int | None = None) -> CostModel | None:
+        """`cost` with whichever of its prefill and decode models a due refit replaced, or
+        None when neither changed. `chunk`: the engines' token budget per step."""
+        prefill, decode = self.prefill.maybe_refit(chunk), self.decode.maybe_refit()
+        if prefill is None and decode is None:
+            return None
+        return replace(cost, prefill=prefill or cost.prefill, decode=decode or cost.decode)
 
 
 def _within_10x(predicted_measured) -> bool:

@@ -17,7 +17,10 @@ It behaves like vLLM/SGLang at the level the scheduler can see:
 - loads (DRAM, disk, pulls from another node) run on per-link queues before the request's
   prefill starts, like vLLM's asynchronous KV connector loads;
 - two running requests that need the same missing block both compute it, as vLLM does (its
-  prefix cache only shares blocks once they are full and stored).
+  prefix cache only shares blocks once they are full and stored);
+- with `report_samples`, it measures what a real node reports for the router's cost model:
+  clean prefills (nothing else in the engine from the request's admission to its first
+  token: new tokens, context, seconds) and decode-only steps (`take_samples`).
 
 Every change of what the node holds is queued as a residency event; the simulator drains
 them once per step (`take_events`).
@@ -54,6 +57,8 @@ class SimEngineConfig:
     """Most requests admitted at once."""
     fair_k: int = 10
     """Fair-queue quota unit (Preble: 10)."""
+    report_samples: bool = False
+    """Keep clean prefills and decode-only steps for `take_samples` (the router's live fit)."""
 
     def __post_init__(self) -> None:
         if self.block_size <= 0:
@@ -96,6 +101,8 @@ class SimRequest:
     bytes_moved: int = 0
     first_token_at: float | None = None
     finished_at: float | None = None
+    admitted_at: float = 0.0
+    clean: bool = False  # nothing else in the engine from its admission to its first token
 
 
 @dataclass(slots=True)
@@ -148,6 +155,8 @@ class SimEngine:
         self.running: list[SimRequest] = []
         self.link_free = {"dram": 0.0, "disk": 0.0, "net": 0.0}
         self._events: list[ResidencyEvent] = []
+        self._prefills: list[tuple[int, int, float]] = []  # report_samples: clean prefills
+        self._decodes: list[tuple[int, float, float, int]] = []  # and decode-only steps
         self.stats = {"steps": 0, "busy_s": 0.0, "evicted_blocks": 0, "demoted_bytes": 0}
 
     # ------------------------------------------------------------ residency
@@ -166,6 +175,13 @@ class SimEngine:
     def take_events(self) -> list[ResidencyEvent]:
         ev, self._events = self._events, []
         return ev
+
+    def take_samples(self) -> tuple[list[tuple[int, int, float]], list[tuple[int, float, float, int]]]:
+        """Clean prefills (new tokens, context tokens, seconds) and decode-only steps (batch,
+        context tokens, seconds, 1) measured since the last call, as a node reports them."""
+        out = self._prefills, self._decodes
+        self._prefills, self._decodes = [], []
+        return out
 
     def used_blocks(self) -> int:
         return len(self.hbm) + self.reserved
@@ -302,6 +318,10 @@ class SimEngine:
         req.held = in_place
         req.reserved_blocks = need
         self.reserved += need
+        for other in self.running:  # the node's rule: a prefill is clean only if it was alone
+            if other.first_token_at is None:
+                other.clean = False
+        req.clean, req.admitted_at = not self.running, now
         self._load(req, local, self._pullable(req, len(local), limit), now)
         self.running.append(req)
         return True
@@ -406,6 +426,9 @@ class SimEngine:
         """Apply a step's progress at its end time."""
         self.stats["steps"] += 1
         self.stats["busy_s"] += dur
+        if self.config.report_samples and len(work) == len(self.running) and all(
+                r.state is State.DECODE for r, _ in work):  # everyone in the engine decoded
+            self._decodes.append((len(work), float(sum(r.prompt_tokens + r.generated for r, _ in work)), dur, 1))
         bs = self.config.block_size
         first, done = [], []
         for r, tokens in work:
@@ -423,6 +446,8 @@ class SimEngine:
                     r.generated, r.first_token_at = 1, end
                     r.state = State.DECODE
                     first.append(r)
+                    if r.clean and self.config.report_samples:
+                        self._prefills.append((r.recomputed, r.prompt_tokens, end - r.admitted_at))
             else:
                 r.generated += 1
             if r.state is State.DECODE and r.generated >= r.output_tokens:

@@ -19,13 +19,14 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from preble_tiered.sim.engine import SimEngine, SimEngineConfig, SimRequest, State
 from preble_tiered.hashing import BlockHasher
 from preble_tiered.scheduler.clock import ManualClock
 from preble_tiered.scheduler.core import Scheduler, SchedulerConfig
-from preble_tiered.scheduler.cost_model import CostModel
+from preble_tiered.scheduler.calibration import CostLearner
+from preble_tiered.scheduler.cost_model import CPU_TINY_PREFILL, CostModel, FlatDecode
 from preble_tiered.scheduler.policy import PolicyConfig
 from preble_tiered.scheduler.registry import policy_class
 from preble_tiered.scheduler.types import RouteRequest
@@ -67,6 +68,12 @@ class SimConfig:
     host_prefill_slowdown: float = 0.0
     """A step holding prefill work takes (1 + this) times its price while another node of its
     host is mid-step (CPU nodes sharing cores; a profile measures it; 0: nodes apart)."""
+    learn_costs: bool = False
+    """The router prices with what it has measured, as the real router does: it starts from
+    the guess it starts from (`engine_cost_model`: a tiny-CPU prefill fit, a flat decode step)
+    and refits from the nodes' clean prefills and decode-only steps (`CostLearner`), while the
+    engines run at the cost model's prices throughout. False: the router knows those prices
+    from the start (Preble's simulator). Profiles turn it on (`profile_files.sim_config`)."""
     prewarm_shared: bool = False
     """Every node starts with every block that two or more requests share held in its HBM
     for good, in room added to its capacity: no shared block is ever computed, fetched or
@@ -103,9 +110,10 @@ class Simulator:
             counts = Counter(h for hs in self._hashes.values() for h in hs)
             self._shared = [h for h, c in counts.items() if c >= 2]
             hbm += len(self._shared) * config.block_size
+        self.learner = CostLearner() if config.learn_costs else None
         self.scheduler = Scheduler(
             SchedulerConfig(config.policy, config.nodes, config.block_size, hbm, config.policy_config),
-            cost, self.clock)
+            replace(cost, prefill=CPU_TINY_PREFILL, decode=FlatDecode()) if self.learner else cost, self.clock)
         pol = self.scheduler.policy
         tiers = config.engine_tiers == "all" or (config.engine_tiers == "policy" and pol.uses_tiers)
         ecfg = SimEngineConfig(
@@ -113,7 +121,7 @@ class Simulator:
             dram_tokens=(config.dram_tokens if config.dram_tokens is not None else 10 * hbm) if tiers else 0,
             disk_tokens=(config.disk_tokens if config.disk_tokens is not None else 50 * hbm) if tiers else 0,
             block_size=config.block_size, max_batch_tokens=config.max_batch_tokens,
-            max_running=config.max_running)
+            max_running=config.max_running, report_samples=self.learner is not None)
         self.engines = [SimEngine(n, ecfg, cost, self.engine) for n in range(config.nodes)]
         for eng in self.engines:
             eng.preload(self._shared)
@@ -231,9 +239,25 @@ class Simulator:
             self._records[r.request_id].fill_from(r)
             del self._inflight[r.request_id]
         self._busy[node] = False
+        if self.learner is not None:
+            self._learn(eng)
         self._drain(node)
         self._start_step(node)
         return len(res.finished)
+
+    def _learn(self, eng: SimEngine) -> None:
+        """Hand the step's measurements to the router's cost model (a real router reads them
+        with its next load poll, at most `load_interval_s` later)."""
+        prefills, decodes = eng.take_samples()
+        if not prefills and not decodes:
+            return
+        for sample in prefills:
+            self.learner.add_prefill(*sample)
+        for sample in decodes:
+            self.learner.add_decode(*sample)
+        cost = self.learner.refit(self.scheduler.cluster.cost, self.config.max_batch_tokens)
+        if cost is not None:
+            self.scheduler.update_cost(cost)
 
     def _drain(self, node: int) -> None:
         events = self.engines[node].take_events()

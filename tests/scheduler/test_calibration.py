@@ -1,6 +1,6 @@
 import pytest
 
-from preble_tiered.scheduler.calibration import CalibrationConfig, DecodeCalibrator, PrefillCalibrator
+from preble_tiered.scheduler.calibration import CalibrationConfig, CostLearner, DecodeCalibrator, PrefillCalibrator
 from preble_tiered.scheduler.cost_model import ChunkedPrefill, FlatDecode, LinearDecode, LinearPrefill, engine_cost_model
 from preble_tiered.scheduler.clock import ManualClock
 from preble_tiered.scheduler.core import Scheduler, SchedulerConfig
@@ -118,3 +118,21 @@ def test_the_router_decodes_flat_until_it_has_measured():
     cost = engine_cost_model("t", 8192, 4096)
     assert isinstance(cost.decode, FlatDecode)
     assert cost.decode_step_s(100, 1) == cost.decode_step_s(10_000, 16) > 0
+
+
+def test_the_cost_learner_swaps_in_each_model_once_its_fit_is_due_and_keeps_the_rest():
+    start = engine_cost_model("t", 8192, 4096)
+    learner = CostLearner(CalibrationConfig(min_samples=8, min_distinct=3, refit_every=4))
+    assert learner.refit(start) is None  # nothing measured: the router keeps its guess
+    feed(learner.prefill, [128, 512, 1024, 2048] * 2)
+    cost = learner.refit(start, chunk=4096)
+    assert cost is not None and cost is not start
+    assert isinstance(cost.prefill, ChunkedPrefill) and cost.prefill.seconds(700, 764) == pytest.approx(
+        TRUE.seconds(700, 764), rel=1e-4)
+    assert cost.decode is start.decode and cost.links is start.links and cost.hbm_tokens == start.hbm_tokens
+    assert learner.refit(cost, chunk=4096) is None  # neither fit is due again yet
+    for b in (1, 4, 16):
+        for c in (100, 1200):
+            learner.add_decode(b, c, DECODE.step_seconds(None, c, b), 64)
+    later = learner.refit(cost, chunk=4096)
+    assert isinstance(later.decode, LinearDecode) and later.prefill is cost.prefill

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from fidelity_report import ttft_by_request  # noqa: E402
+from fidelity_report import decisions_same, repeatability, ttft_by_request  # noqa: E402
 
 
 def run(workload: str, new: list[int], others: list[int], measured: list[float], predicted: list[float],
@@ -39,3 +39,33 @@ def test_ttft_by_request_pools_a_workloads_runs_by_new_tokens_and_by_arrival():
     assert mid["engine_alone"] == {"n": 1, "engine_ms": 86.0, "measured_ms": 100.0}
     assert alone["engine_alone"] == {"n": 2, "engine_ms": 63.0, "measured_ms": 75.0}
     assert "engine_alone" not in big and "engine_alone" not in rows["longdoc", "sent alone"]
+
+
+def lat_run(load: str, policy: str, measured: float, predicted: float) -> dict:
+    side = lambda v: {"ttft": {"mean": v / 10, "p99": v / 5}, "latency": {"mean": v, "p99": 2 * v}}  # noqa: E731
+    return {"workload": "chat", "load": load, "policy": policy, "measured": side(measured), "predicted": side(predicted)}
+
+
+def test_repeatability_keeps_the_policy_pairs_both_real_runs_ordered_alike_and_checks_the_prediction_on_them():
+    now = {"runs": [lat_run("light", "a", 1.0, 1.3), lat_run("light", "b", 1.1, 1.2), lat_run("light", "c", 2.0, 1.9),
+                    lat_run("heavy", "a", 3.0, 3.0), lat_run("heavy", "b", 4.0, 4.0)]}
+    # light: a and b swap between the runs, c is the slowest in both; heavy: only "a" was measured before
+    before = {"runs": [lat_run("light", "a", 1.2, 0.0), lat_run("light", "b", 1.1, 0.0), lat_run("light", "c", 2.5, 0.0),
+                       lat_run("heavy", "a", 3.3, 0.0)]}
+    rp = repeatability(now, before)
+    assert rp["pairs_measured"] == 3  # light's three pairs; heavy has one policy in both runs
+    got = {(p["faster"], p["slower"]): p["predicted_same"] for p in rp["pairs"]}
+    assert got == {("a", "c"): True, ("b", "c"): True}  # a-b swapped between the runs: left out
+    assert [r["same"] for r in rp["rankings"]] == [False, False]  # light: a and b swapped; heavy: b is new
+    assert rp["median_abs"]["latency_mean"] == pytest.approx((1 / 11 + 1 / 6) / 2)  # of 1/6, 0, 1/5 and 1/11
+    now["runs"][2]["predicted"]["latency"]["mean"] = 1.0  # the twin now puts c first: both kept pairs wrong
+    assert not any(p["predicted_same"] for p in repeatability(now, before)["pairs"])
+
+
+def test_decisions_are_compared_by_branch_counts_where_both_sides_have_them():
+    def r(measured, predicted):
+        return {"measured": {"branches": measured} if measured else {}, "predicted": {"branches": predicted}}
+    runs = [r({"explore": 9, "exploit": 21}, {"exploit": 21, "explore": 9}),  # same counts, any order
+            r({"explore": 9, "exploit": 19, "rebalance": 2}, {"explore": 9, "exploit": 21}),
+            r(None, {"baseline": 30})]  # an older run without the real router's counts: left out
+    assert decisions_same(runs) == "1/2"

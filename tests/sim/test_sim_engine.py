@@ -396,3 +396,47 @@ def test_config_bounds():
         SimEngineConfig(hbm_tokens=64, dram_tokens=-1)
     with pytest.raises(ValueError, match="block_size"):
         SimEngineConfig(hbm_tokens=64, block_size=0)
+
+
+# ------------------------------------------------------------------ what a node reports
+def test_the_engine_reports_clean_prefills_and_decode_only_steps_as_a_node_does():
+    cfg = SimEngineConfig(hbm_tokens=64 * BS, block_size=BS, max_batch_tokens=4096, report_samples=True)
+    eng = SimEngine(0, cfg, COST)
+    a = make_req("a", [1, 2, 3], out=3)
+    end = serve(eng, a)
+    prefills, decodes = eng.take_samples()
+    # alone from admission to first token: a sample of its own prefill; then two decode-only steps
+    assert prefills == [(3 * BS, 3 * BS, pytest.approx(COST.prefill_s(3 * BS, 3 * BS)))]
+    assert [(b, c, n) for b, c, _, n in decodes] == [(1, 3 * BS + 1, 1), (1, 3 * BS + 2, 1)]
+    assert sum(t for _, _, t, _ in decodes) == pytest.approx(end - a.first_token_at)
+    assert eng.take_samples() == ([], [])  # each measurement is reported once
+    # b's prefix is cached (a's blocks): its sample counts the new tokens only
+    b = make_req("b", [1, 2, 3, 4], out=1)
+    serve(eng, b, end)
+    assert [(e, c) for e, c, _ in eng.take_samples()[0]] == [(BS, 4 * BS)]
+    # c and d admitted together: neither prefill is clean; their steps mix prefill and decode
+    c, d = make_req("c", [20, 21], out=2), make_req("d", [30, 31], out=2)
+    eng.submit(c)
+    eng.submit(d)
+    run(eng, end + 1.0)
+    prefills, decodes = eng.take_samples()
+    assert prefills == [] and [b for b, *_ in decodes] == [2]  # one step decoded both, nothing else
+    # without report_samples nothing is kept
+    quiet = make_engine(hbm_blocks=64)
+    serve(quiet, make_req("a", [1, 2, 3], out=3))
+    assert quiet.take_samples() == ([], [])
+
+
+def test_a_prefill_is_not_clean_once_another_request_is_admitted_before_its_first_token():
+    cfg = SimEngineConfig(hbm_tokens=64 * BS, block_size=BS, max_batch_tokens=BS, report_samples=True)
+    eng = SimEngine(0, cfg, COST)
+    a = make_req("a", [1, 2, 3], out=1)  # three steps of one block each
+    eng.submit(a)
+    dur, work = eng.plan_step(0.0)
+    eng.finish_step(work, dur, dur)
+    eng.submit(make_req("b", [9], out=1))
+    run(eng, dur)
+    assert eng.take_samples()[0] == []  # b joined a's prefill: neither ran alone
+    c = make_req("c", [40], out=1)
+    serve(eng, c, 10.0)
+    assert eng.take_samples()[0] == [(BS, BS, pytest.approx(COST.prefill_s(BS, BS)))]  # the engine empty again

@@ -3,10 +3,11 @@ determinism, the ideal bound, trace replay and input errors."""
 
 import functools
 import math
+from dataclasses import replace
 
 import pytest
 
-from preble_tiered.scheduler.cost_model import cost_preset
+from preble_tiered.scheduler.cost_model import CPU_TINY_PREFILL, FlatDecode, LinearDecode, LinearPrefill, cost_preset
 from preble_tiered.scheduler.registry import policy_class
 from preble_tiered.sim.metrics import TIER_KEYS, ideal_records, shared_prefix_blocks
 from preble_tiered.sim.simulator import SimConfig, Simulator, compute_floor, simulate, warm_bound
@@ -319,3 +320,29 @@ def test_no_policy_computes_less_than_the_compute_floor(name, policy):
     _, hbm, _ = WORKLOADS[name]
     warm = warm_bound(list(reqs), 4, COST, hbm_tokens=hbm).summary()["recomputed_tokens"]
     assert f.unshared_tokens <= warm <= f.unshared_tokens + len(reqs) < f.floor_tokens
+
+
+def test_a_router_that_learns_prices_as_the_real_one_starts_and_ends_on_the_engines_fit():
+    """learn_costs: the router starts from engine_cost_model's guess and refits from what the
+    simulated nodes measure, while the engines keep the cost model's prices."""
+    cost = replace(COST, prefill=LinearPrefill(15.0, 0.2, 0.001, 1e-5, causal=True),
+                   decode=LinearDecode(3.0, 0.3, 0.001))  # a measured profile's forms
+    # one at a time (clean prefills, batches of one), then bursts of four (bigger batches)
+    reqs = [WorkloadRequest(f"r{i}", 1.0 * i if i < 12 else 12.0 + 2.0 * (i // 4), (Segment(f"d{i}", 200 + 300 * (i % 5)),),
+                            40) for i in range(40)]
+    config = SimConfig(nodes=2, policy="e2_tiered", hbm_tokens=20_000, max_batch_tokens=2048)
+    knows = Simulator(reqs, config, cost)
+    learns = Simulator(reqs, replace(config, learn_costs=True), cost)
+    assert learns.scheduler.cluster.cost.prefill is CPU_TINY_PREFILL
+    assert isinstance(learns.scheduler.cluster.cost.decode, FlatDecode)
+    assert knows.scheduler.cluster.cost is cost
+    ttft = {}
+    for name, sim in (("knows", knows), ("learns", learns)):
+        ttft[name] = {r.request_id: r.ttft_s for r in sim.run().records}
+    fitted = learns.scheduler.cluster.cost
+    assert learns.learner.prefill.fits >= 1 and learns.learner.decode.fits >= 1
+    for e in (300, 1200):  # the fit of the nodes' measured prefills recovers the engines' prices
+        assert fitted.prefill_s(e, e) == pytest.approx(cost.prefill_s(e, e), rel=1e-3)
+    assert fitted.decode_step_s(3000, 4) == pytest.approx(cost.decode_step_s(3000, 4), rel=1e-3)
+    # requests sent alone take the engines' time whatever the router believes
+    assert ttft["learns"]["r0"] == ttft["knows"]["r0"] == pytest.approx(cost.prefill_s(200, 200))
