@@ -111,7 +111,10 @@ def markdown(doc: dict) -> str:
                   f"{s['ttft_p99']}, p99 latency {s['latency_p99']}, cached share {s['share']} (of {len(doc['runs'])} "
                   f"runs); same ranking in {s['rankings_same']} of {len(doc['rankings'])}."
                   + (f" The twin's decisions, counted by branch, are the real router's in {s['decisions_same']} runs."
-                     if "decisions_same" in s else "") + _beside(doc)]
+                     if "decisions_same" in s else "")
+                  + (" Request by request, the twin took the real router's branch and computed the same new tokens "
+                     "(within a block) for {} of {}.".format(*alike) if (alike := requests_decided_alike(doc["runs"]))
+                     else "") + _beside(doc)]
     if doc.get("ttft_by_request"):
         lines += ["", "Mean TTFT by request, each workload's runs pooled (`ttft_by_request`: by the new tokens the "
                       "real cluster computed, and by whether other requests were in flight in the cluster when it "
@@ -139,15 +142,17 @@ def markdown(doc: dict) -> str:
             lines.append(f"| {k} | {c['utc']} | {a['prefill_ms_3000_new']:.0f} | {a['decode_step_ms_batch4_ctx4000']:.1f} | "
                          f"{a['decode_step_ms_batch8_ctx8000']:.1f} |")
         lines += ["", "| predicted on | mean TTFT | mean latency | p99 TTFT | p99 latency | cached share | same ranking | "
-                      "median error of mean TTFT / mean latency |", "|---|---|---|---|---|---|---|---|"]
+                      "decisions the real router's | median error of mean TTFT / mean latency |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         names = {"first": "the first calibration alone", "before": "the calibration just before the runs",
+                 "knows": "the table's profile, its router knowing its costs from the start (`--router-knows-costs`)",
                  "bracket": "the mean of the calibrations before and after",
                  "profile": f"`{doc.get('repredicted', '--profile')}`"}
         for name, sb in doc["summary_by_calibration"].items():
             med = sb.get("median_error", {})
             lines.append(f"| {names[name]} | {sb['ttft_mean']} | {sb['latency_mean']} | {sb['ttft_p99']} | "
                          f"{sb['latency_p99']} | {sb['share']} | {sb['rankings_same']} of {len(doc['rankings'])} | "
-                         f"{med.get('ttft_mean', float('nan')):+.0%} / {med.get('latency_mean', float('nan')):+.0%} |")
+                         f"{sb.get('decisions_same', '-')} | {med.get('ttft_mean', float('nan')):+.0%} / {med.get('latency_mean', float('nan')):+.0%} |")
     rate_scale = doc.get("setup", {}).get("rate_scale", 1.0)
     if doc.get("setup", {}).get("spacing"):
         lines += ["", f"Requests sent {doc['setup']['spacing']:g} s apart, each alone (`--spacing`)."]
@@ -247,6 +252,20 @@ def summarize(runs: list[dict]) -> tuple[dict, list[dict]]:
     return summary, ranks
 
 
+def requests_decided_alike(runs: list[dict]) -> tuple[int, int] | None:
+    """Requests the twin sent down the real router's branch and computed the same new tokens
+    for (within a block), over the runs that recorded each request's branch; None if none did."""
+    same = total = 0
+    for r in runs:
+        q = r.get("requests", {})
+        if "branch" not in q or "predicted_branch" not in q:
+            continue
+        for b, pb, n, pn in zip(q["branch"], q["predicted_branch"], q["new_tokens"], q["predicted_new_tokens"]):
+            total += 1
+            same += b == pb and abs(n - pn) < 32
+    return (same, total) if total else None
+
+
 def decisions_same(runs: list[dict]) -> str:
     """Runs whose predicted decisions, counted by branch (explore, exploit, rebalance, ...),
     are the real router's: where they differ, the twin is predicting another run."""
@@ -256,9 +275,10 @@ def decisions_same(runs: list[dict]) -> str:
 
 def summary_by_calibration(doc: dict) -> dict:
     """For --recalibrate runs: the targets met when every run is predicted on the first
-    calibration, on the one just before its runs, and on the bracket (the reported one)."""
+    calibration, on the one just before its runs, on the reported profile by a router that
+    knows its costs (where the runs have that), and on the reported one."""
     out = {}
-    for name in ("first", "before"):
+    for name in [n for n in ("first", "before", "knows") if all(n in r["alternatives"] for r in doc["runs"])]:
         alt = [{**r, **r["alternatives"][name]} for r in doc["runs"]]
         out[name] = summarize(alt)[0]
     out[doc.get("predicted_on", "bracket")] = doc["summary"]  # "profile": --repredict --profile

@@ -151,8 +151,9 @@ def bracket(calibrations: list[dict], run: dict, out: Path) -> Path:
 
 def measure(policy: str, trace: Path, out: Path, label: str, kv_bytes: int) -> tuple[dict, dict]:
     """The run's summary through `preble bench`'s client, and each request's: new tokens
-    computed, other requests in flight when it was sent, its TTFT, and the engine's part of
-    it where the request met nothing else in the engine (None elsewhere)."""
+    computed, other requests in flight when it was sent, its TTFT, the engine's part of it
+    where the request met nothing else in the engine (None elsewhere), and the router's
+    branch."""
     t0 = time.monotonic()
     reqs = load_trace(trace)
     with LocalCluster(spec(policy, out, label, kv_bytes)) as c:
@@ -167,16 +168,18 @@ def measure(policy: str, trace: Path, out: Path, label: str, kv_bytes: int) -> t
         "new_tokens": [r.prompt_tokens - sum(r.cached.values()) for r in recs],
         "others_in_flight": [sum(o is not r and o.arrival_s <= r.arrival_s < o.finish_s for o in recs) for r in recs],
         "measured_ttft_ms": [round((r.first_token_s - r.arrival_s) * 1e3, 2) for r in recs],
-        "engine_ttft_ms": [round(r.engine_ttft_s * 1e3, 2) if r.engine_ttft_s > 0 else None for r in recs]}
+        "engine_ttft_ms": [round(r.engine_ttft_s * 1e3, 2) if r.engine_ttft_s > 0 else None for r in recs],
+        "branch": [r.branch for r in recs]}
 
 
-def predict(policy: str, trace: Path, profile: Path) -> tuple[dict, dict[str, float]]:
-    """What `preble sim --nodes 2 --engine-tiers all --profile` predicts: the summary, and each
-    request's TTFT in ms."""
+def predict(policy: str, trace: Path, profile: Path, learn: bool = True) -> tuple[dict, dict[str, float]]:
+    """What `preble sim --nodes 2 --engine-tiers all --profile` predicts (`learn` False: with
+    --router-knows-costs): the summary, and each request's (TTFT in ms, branch, new tokens)."""
     prof = profile_files.load(str(profile))
-    res = Simulator(load_trace(trace), profile_files.sim_config(prof, policy, 2, engine_tiers="all"),
+    res = Simulator(load_trace(trace), profile_files.sim_config(prof, policy, 2, engine_tiers="all", learn_costs=learn),
                     prof.cost_model()).run()
-    return res.summary(f"trace:{trace}", 2), {r.request_id: r.ttft_s * 1e3 for r in res.records}
+    return res.summary(f"trace:{trace}", 2), {r.request_id: (r.ttft_s * 1e3, r.branch, r.recomputed_tokens)
+                                               for r in res.records}
 
 
 def pick(s: dict) -> dict:
@@ -189,21 +192,25 @@ def pick(s: dict) -> dict:
             "cached_tokens": s["cached_tokens"], **({"branches": s["branches"]} if "branches" in s else {})}
 
 
-def predicted_on(r: dict, trace: Path, profile: Path, per_request: bool = False) -> dict:
+def predicted_on(r: dict, trace: Path, profile: Path, per_request: bool = False, learn: bool = True) -> dict:
     """The run's prediction on `profile`, with its errors against the run's measurements (and,
     with `per_request`, each request's predicted TTFT beside its measured one)."""
-    s, ttft = predict(r["policy"], trace, profile)
+    s, each = predict(r["policy"], trace, profile, learn)
     p = pick(s)
     e = errors(r["measured"], p)
     out = {"predicted": p, "error": e, "within": within(e)}
     if per_request and "requests" in r:
-        out["requests"] = {**r["requests"], "predicted_ttft_ms": [round(ttft[i], 2) for i in r["requests"]["id"]]}
+        ids = r["requests"]["id"]
+        out["requests"] = {**r["requests"], "predicted_ttft_ms": [round(each[i][0], 2) for i in ids],
+                           "predicted_branch": [each[i][1] for i in ids],
+                           "predicted_new_tokens": [each[i][2] for i in ids]}
     return out
 
 
-def predict_alternatives(r: dict, calibrations: list[dict], trace: Path, out: Path) -> None:
-    """A --recalibrate run predicted also on the first calibration alone (as if calibrated once)
-    and on the last one before its runs (the newest a prediction made in advance could use)."""
+def predict_alternatives(r: dict, calibrations: list[dict], trace: Path, out: Path, on: Path) -> None:
+    """A --recalibrate run predicted also on the first calibration alone (as if calibrated once),
+    on the last one before its runs (the newest a prediction made in advance could use), and on
+    the profile it is predicted on (`on`) by a router that knows its costs from the start."""
     paths = []
     for k in (0, r["calibrations"][0]):
         path = out / f"calibration-{k}.json"
@@ -212,6 +219,7 @@ def predict_alternatives(r: dict, calibrations: list[dict], trace: Path, out: Pa
         paths.append(path)
     r["alternatives"] = {name: {"calibrations": [k], **predicted_on(r, trace, path)}
                          for name, k, path in zip(("first", "before"), (0, r["calibrations"][0]), paths)}
+    r["alternatives"]["knows"] = predicted_on(r, trace, on, learn=False)
 
 
 def main() -> int:
@@ -276,7 +284,7 @@ def main() -> int:
                     r["calibrated_on"] = f"the mean of preble calibrate sweeps {a} and {b} (just before and after these runs)"
                 r.update(predicted_on(r, trace, on, per_request=True))
                 if calibrations:
-                    predict_alternatives(r, calibrations, trace, out)
+                    predict_alternatives(r, calibrations, trace, out, on)
         doc["summary"], doc["rankings"] = summarize(doc["runs"])
         doc["ttft_by_request"] = ttft_by_request(doc["runs"])
         doc["predicted_on"] = "profile" if args.profile is not None or not calibrations else "bracket"
@@ -321,8 +329,9 @@ def main() -> int:
                     if args.recalibrate:
                         r["calibrations"] = [k - 1, k]
                         r["calibrated_on"] = f"the mean of preble calibrate sweeps {k - 1} and {k} (just before and after these runs)"
-                        r.update(predicted_on(r, trace, bracket(calibrations, r, out), per_request=True))
-                        predict_alternatives(r, calibrations, trace, out)
+                        on = bracket(calibrations, r, out)
+                        r.update(predicted_on(r, trace, on, per_request=True))
+                        predict_alternatives(r, calibrations, trace, out, on)
                     else:
                         r["calibrated_on"] = "preble calibrate sweep" if args.profile is None else str(args.profile)
                         r.update(predicted_on(r, trace, Path(profile), per_request=True))

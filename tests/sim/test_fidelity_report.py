@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from fidelity_report import decisions_same, repeatability, ttft_by_request  # noqa: E402
+from fidelity_report import decisions_same, repeatability, requests_decided_alike, ttft_by_request  # noqa: E402
 
 
 def run(workload: str, new: list[int], others: list[int], measured: list[float], predicted: list[float],
@@ -69,3 +69,11 @@ def test_decisions_are_compared_by_branch_counts_where_both_sides_have_them():
             r({"explore": 9, "exploit": 19, "rebalance": 2}, {"explore": 9, "exploit": 21}),
             r(None, {"baseline": 30})]  # an older run without the real router's counts: left out
     assert decisions_same(runs) == "1/2"
+
+
+def test_requests_decided_alike_need_the_same_branch_and_the_same_new_tokens_to_a_block():
+    q = {"branch": ["explore", "exploit", "exploit", "rebalance"], "predicted_branch": ["explore", "exploit", "explore", "exploit"],
+         "new_tokens": [3000, 64, 64, 2000], "predicted_new_tokens": [3010, 2900, 64, 2000]}
+    # 1: same; 2: the twin recomputed a document the real run had cached; 3, 4: another branch
+    assert requests_decided_alike([{"requests": q}, {"requests": {"new_tokens": [1]}}]) == (1, 4)
+    assert requests_decided_alike([{"requests": {"new_tokens": [1]}}]) is None  # no branches recorded
