@@ -136,7 +136,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             share = []
             if host_nodes > 1:  # before the reset: these prefills must not enter the fit
                 print(f"measuring prefills beside a decode stream ({host_nodes} nodes per host)", file=sys.stderr)
-                host_of = {n.name: n.address.rsplit(":", 1)[0] for n in nodes}
+                host_of = {n.name: host_of_address(n.address) for n in nodes}
                 share = _beside_a_stream(inference, inf_md, info.vocab_size, info.max_model_len, host_of)
             admin.GetProfile(admin_pb2.ProfileRequest(reset=True), metadata=admin_md, timeout=10)
             t0 = time.monotonic()
@@ -183,9 +183,26 @@ def _greedy_request(request_id: str, ids: list[int], out: int):
     return req
 
 
+def host_of_address(address: str) -> str:
+    """The host of "host:port": every loopback address (localhost, 127.0.0.0/8, ::1) is one
+    host, a name resolves to its first address, and what does not resolve stays as written."""
+    import ipaddress
+    import socket
+
+    host = address.rsplit(":", 1)[0].strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            ip = ipaddress.ip_address(socket.getaddrinfo(host, None)[0][4][0])
+        except (OSError, ValueError, IndexError):
+            return host
+    return "loopback" if ip.is_loopback else str(ip)
+
+
 def nodes_per_host(addresses: list[str]) -> int:
     """The most nodes at one host among `addresses` ("host:port"; 1 for none)."""
-    hosts = [a.rsplit(":", 1)[0] for a in addresses]
+    hosts = [host_of_address(a) for a in addresses]
     return max((hosts.count(h) for h in set(hosts)), default=1)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from preble_tiered.cli import main as cli
-from preble_tiered.cli.calibrate import Sweep, nodes_per_host
+from preble_tiered.cli.calibrate import Sweep, host_of_address, nodes_per_host
 from preble_tiered.scheduler.cost_model import (RELATIVE_FLOOR, ChunkedPrefill, LinearDecode, LinearPrefill, Links,
                                                 _chunk_features, nonneg_lstsq)
 from preble_tiered.scheduler.profile import ClusterProfile, Coverage, EngineLimits, LinkFigure, ProfileError, mean_profile
@@ -62,11 +62,23 @@ def test_the_host_share_round_trips_reaches_the_simulator_and_defaults_to_nodes_
         mean_profile([p, profile()])
 
 
-def test_nodes_per_host_counts_the_largest_group_of_addresses_on_one_host():
+def test_nodes_per_host_counts_the_largest_group_of_addresses_on_one_host(monkeypatch):
     assert nodes_per_host(["127.0.0.1:5001", "127.0.0.1:5002"]) == 2
     assert nodes_per_host(["10.0.0.1:5001", "10.0.0.2:5001", "10.0.0.2:5002"]) == 2
     assert nodes_per_host(["[::1]:5001", "[::1]:5002", "[::1]:5003"]) == 3
-    assert nodes_per_host(["a:1", "b:1"]) == 1 and nodes_per_host([]) == 1
+    assert nodes_per_host(["10.0.0.1:1", "10.0.0.3:1"]) == 1 and nodes_per_host([]) == 1
+    # one host however its loopback address is written (localhost from the hosts file)
+    assert nodes_per_host(["localhost:5001", "127.0.0.1:5002", "[::1]:5003", "127.0.1.1:5004"]) == 4
+    assert host_of_address("[::1]:5001") == host_of_address("localhost:1") == "loopback"
+    assert host_of_address("10.0.0.2:80") == "10.0.0.2"
+    # a name resolves to its address; one that does not resolve stays as written
+    monkeypatch.setattr("socket.getaddrinfo", lambda host, port: [(2, 1, 6, "", ("10.0.0.2", 0))])
+    assert nodes_per_host(["gpu-a:5001", "10.0.0.2:5002"]) == 2
+
+    def no_such_host(host, port):
+        raise OSError("no such host")
+    monkeypatch.setattr("socket.getaddrinfo", no_such_host)
+    assert host_of_address("gpu-b:1") == "gpu-b" and nodes_per_host(["gpu-b:1", "gpu-c:1"]) == 1
 
 
 def test_the_prefill_form_round_trips_and_a_profile_without_it_is_prebles(tmp_path):
