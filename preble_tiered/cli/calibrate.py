@@ -138,7 +138,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 print(f"measuring prefills beside a decode stream ({host_nodes} nodes per host)", file=sys.stderr)
                 host_of = {n.name: host_of_address(n.address) for n in nodes}
                 share = _beside_a_stream(inference, inf_md, info.vocab_size, info.max_model_len, host_of)
-            admin.GetProfile(admin_pb2.ProfileRequest(reset=True), metadata=admin_md, timeout=10)
+            _reset(admin, admin_md)
             t0 = time.monotonic()
             skipped = len(sweep.prefills()) - len(sweep.prefills(info.max_model_len))
             if skipped:
@@ -169,6 +169,24 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     n = sweep.requests(info.nodes_alive, info.max_model_len)
     print(f"wrote {args.output} ({n} requests in {time.monotonic() - t0:.0f} s)", file=sys.stderr)
     return 0
+
+
+def _reset(admin, md, tries: int = 3, wait_s: float = 1.0) -> None:
+    """Drop what the router measured so far. The router refuses (UNAVAILABLE) while a node does
+    not report, since that node's earlier measurements would arrive after the reset: try again."""
+    import grpc
+
+    from preble_tiered.api.pb import admin_pb2
+
+    for attempt in range(tries):
+        try:
+            admin.GetProfile(admin_pb2.ProfileRequest(reset=True), metadata=md, timeout=10)
+            return
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == tries - 1:
+                raise
+            print(f"the reset waits for the nodes: {e.details()}", file=sys.stderr)
+            time.sleep(wait_s)
 
 
 def _greedy_request(request_id: str, ids: list[int], out: int):

@@ -230,8 +230,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def _profile(self, request):
         samples = self.router.samples
-        await self.router.feed.refresh()  # the nodes' latest measurements, then drop or fit them
+        missed = await self.router.feed.refresh()  # the nodes' latest measurements, then drop or fit them
         if request.reset:
+            if missed:  # what they measured before the reset would come in after it
+                raise RequestError(grpc.StatusCode.UNAVAILABLE,
+                                   f"node(s) {', '.join(missed)} did not report: what they measured before the reset "
+                                   "would arrive after it; retry once they answer, or take them out of the cluster")
             samples.clear()
             return admin_pb2.ProfileResponse()
         if len(request.name) > 64 or len(request.source) > 4096:

@@ -51,19 +51,23 @@ class LoadFeed:
                     self.nodes.mark_down(link, why)
             await asyncio.sleep(interval)
 
-    async def refresh(self) -> None:
+    async def refresh(self) -> list[str]:
         """Poll every live node once now, beside the periodic polls: what the nodes measured
         before this call is in `samples` when it returns (`preble calibrate` fits right after
-        its sweep). A node that does not answer is left to the periodic polls."""
-        async def one(link: NodeLink) -> None:
+        its sweep). Returns the names of the live nodes that did not report (left to the
+        periodic polls: what they measured arrives later)."""
+        async def one(link: NodeLink) -> str | None:
             async with self._lock(link):  # after a poll in flight: its report is taken first
                 try:
                     rep = await link.client.load(timeout_s=max(self.config.load_interval_s, 0.5))
                 except NodeError:
-                    return
-                if rep.ready:
-                    self._take(link, rep, follow=False)
-        await asyncio.gather(*(one(lk) for lk in self.nodes.links.values() if lk.alive))
+                    return link.name
+                if not rep.ready:
+                    return link.name
+                self._take(link, rep, follow=False)
+                return None
+        missed = await asyncio.gather(*(one(lk) for lk in self.nodes.links.values() if lk.alive))
+        return [name for name in missed if name is not None]
 
     def _lock(self, link: NodeLink) -> asyncio.Lock:
         return self._polling.setdefault(link.node_id, asyncio.Lock())

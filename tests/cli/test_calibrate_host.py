@@ -1,12 +1,14 @@
 """`preble calibrate`'s host phase on a scripted stub: which prefills count as run beside
-another node's work of the same host, and that a failed stream stops the phase with its error."""
+another node's work of the same host, and that a failed stream stops the phase with its error;
+and its reset, tried again while the router waits for a node's report."""
 
 import time
 from types import SimpleNamespace
 
+import grpc
 import pytest
 
-from preble_tiered.cli.calibrate import BESIDE_ROUNDS, _beside_a_stream
+from preble_tiered.cli.calibrate import BESIDE_ROUNDS, _beside_a_stream, _reset
 
 HOSTS = {"a": "10.0.0.1", "b": "10.0.0.1", "c": "10.0.0.2"}
 
@@ -62,3 +64,39 @@ def test_a_stream_that_fails_stops_the_phase_with_its_error():
     with pytest.raises(ConnectionError, match="node gone"):
         _beside_a_stream(Stub(lambda s, st: u("b", 1.0), stream_error=ConnectionError("node gone")), (), 260, 4096,
                          HOSTS)
+
+
+class Refusal(grpc.RpcError):
+    def __init__(self, code):
+        self._code = code
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return "node(s) b did not report"
+
+
+class Admin:
+    """GetProfile(reset=True) fails with `codes` in turn, then succeeds."""
+
+    def __init__(self, *codes):
+        self.codes, self.calls = list(codes), 0
+
+    def GetProfile(self, req, metadata=(), timeout=None):
+        assert req.reset
+        self.calls += 1
+        if self.codes:
+            raise Refusal(self.codes.pop(0))
+
+
+def test_the_reset_is_tried_again_while_a_node_does_not_report_and_other_errors_stop_it(capsys):
+    admin = Admin(grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE)
+    _reset(admin, (), tries=3, wait_s=0.0)
+    assert admin.calls == 3 and capsys.readouterr().err.count("the reset waits for the nodes") == 2
+    with pytest.raises(grpc.RpcError):  # still refused on the last try
+        _reset(Admin(*[grpc.StatusCode.UNAVAILABLE] * 3), (), tries=3, wait_s=0.0)
+    denied = Admin(grpc.StatusCode.PERMISSION_DENIED)
+    with pytest.raises(grpc.RpcError):
+        _reset(denied, (), tries=3, wait_s=0.0)
+    assert denied.calls == 1

@@ -47,6 +47,7 @@ class FakeNode(node_pb2_grpc.NodeServicer):
         self.link_rates: dict[str, float] = {}
         self.prefill_samples: list[tuple[int, int, float]] = []  # reported (and dropped) by the next Load
         self.decode_steps: list[tuple[int, float, float, int]] = []
+        self.load_fails = False  # Load answers UNAVAILABLE (a node whose polls fail)
 
     async def start(self, router_addr: str) -> None:
         self.server = grpc.aio.server()
@@ -135,6 +136,8 @@ class FakeNode(node_pb2_grpc.NodeServicer):
         return convert.snapshot_to_pb(self.seq, [(Tier.HBM, h, p) for h, p in self.blocks.items()])
 
     async def Load(self, request, context):
+        if self.load_fails:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "busy")
         rep = node_pb2.LoadReport(ready=True, event_seq=self.seq)
         for link, bps in self.link_rates.items():
             rep.link_rates.add(link=link, bytes_per_s=bps, samples=3)
@@ -470,6 +473,24 @@ def test_profile_holds_what_the_nodes_measured_before_the_call_not_only_what_pol
             prof = json.loads(resp.profile_json)
             assert prof["name"] == "fresh" and prof["coverage"]["prefill_new_tokens"] == [64, 2048]
             assert prof["decode"]["a"] == pytest.approx(2.0, rel=0.05)  # ms: b's steps, not a's dropped ones (x100)
+    run(body())
+
+
+def test_a_reset_is_refused_while_a_node_does_not_report_so_nothing_measured_before_it_comes_after():
+    async def body():
+        async with Harness(load_interval_s=60.0, down_after_s=60.0) as h:
+            a, b = FakeNode("a"), FakeNode("b")
+            await h.add_nodes(a, b)
+            measured(a, scale=100.0)  # measured before the reset, by a node that cannot report it now
+            a.load_fails = True
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await h.admin.GetProfile(admin_pb2.ProfileRequest(reset=True))
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "node(s) a did not report" in e.value.details()
+            a.load_fails = False
+            await h.admin.GetProfile(admin_pb2.ProfileRequest(reset=True))  # a reports first: dropped with it
+            measured(b)
+            prof = json.loads((await h.admin.GetProfile(admin_pb2.ProfileRequest(name="fresh"))).profile_json)
+            assert prof["decode"]["a"] == pytest.approx(2.0, rel=0.05)  # b's steps only (a's were x100)
     run(body())
 
 
