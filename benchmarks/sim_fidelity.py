@@ -151,9 +151,9 @@ def bracket(calibrations: list[dict], run: dict, out: Path) -> Path:
 
 def measure(policy: str, trace: Path, out: Path, label: str, kv_bytes: int) -> tuple[dict, dict]:
     """The run's summary through `preble bench`'s client, and each request's: new tokens
-    computed, other requests in flight when it was sent, its TTFT, the engine's part of it
-    where the request met nothing else in the engine (None elsewhere), and the router's
-    branch."""
+    computed, other requests in flight when it was sent, its TTFT, the node's part of it, the
+    engine's part where the request met nothing else in the engine (None elsewhere), the
+    tokens pulled from another node and the router's branch."""
     t0 = time.monotonic()
     reqs = load_trace(trace)
     with LocalCluster(spec(policy, out, label, kv_bytes)) as c:
@@ -169,7 +169,8 @@ def measure(policy: str, trace: Path, out: Path, label: str, kv_bytes: int) -> t
         "others_in_flight": [sum(o is not r and o.arrival_s <= r.arrival_s < o.finish_s for o in recs) for r in recs],
         "measured_ttft_ms": [round((r.first_token_s - r.arrival_s) * 1e3, 2) for r in recs],
         "engine_ttft_ms": [round(r.engine_ttft_s * 1e3, 2) if r.engine_ttft_s > 0 else None for r in recs],
-        "branch": [r.branch for r in recs]}
+        "node_ttft_ms": [round(r.node_ttft_s * 1e3, 2) if r.node_ttft_s > 0 else None for r in recs],
+        "pulled_tokens": [r.cached.get("remote", 0) for r in recs], "branch": [r.branch for r in recs]}
 
 
 def predict(policy: str, trace: Path, profile: Path, learn: bool = True) -> tuple[dict, dict[str, float]]:
