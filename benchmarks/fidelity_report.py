@@ -145,7 +145,8 @@ def markdown(doc: dict) -> str:
                       "decisions the real router's | median error of mean TTFT / mean latency |",
                   "|---|---|---|---|---|---|---|---|---|"]
         names = {"first": "the first calibration alone", "before": "the calibration just before the runs",
-                 "knows": "the table's profile, its router knowing its costs from the start (`--router-knows-costs`)",
+                 "learns": "the table's profile, its router learning its costs as the real one does "
+                           "(`--router-learns-costs`)",
                  "bracket": "the mean of the calibrations before and after",
                  "profile": f"`{doc.get('repredicted', '--profile')}`"}
         for name, sb in doc["summary_by_calibration"].items():
@@ -276,9 +277,9 @@ def decisions_same(runs: list[dict]) -> str:
 def summary_by_calibration(doc: dict) -> dict:
     """For --recalibrate runs: the targets met when every run is predicted on the first
     calibration, on the one just before its runs, on the reported profile by a router that
-    knows its costs (where the runs have that), and on the reported one."""
+    learns its costs (where the runs have that), and on the reported one."""
     out = {}
-    for name in [n for n in ("first", "before", "knows") if all(n in r["alternatives"] for r in doc["runs"])]:
+    for name in [n for n in ("first", "before", "learns") if all(n in r["alternatives"] for r in doc["runs"])]:
         alt = [{**r, **r["alternatives"][name]} for r in doc["runs"]]
         out[name] = summarize(alt)[0]
     out[doc.get("predicted_on", "bracket")] = doc["summary"]  # "profile": --repredict --profile

@@ -173,9 +173,9 @@ def measure(policy: str, trace: Path, out: Path, label: str, kv_bytes: int) -> t
         "pulled_tokens": [r.cached.get("remote", 0) for r in recs], "branch": [r.branch for r in recs]}
 
 
-def predict(policy: str, trace: Path, profile: Path, learn: bool = True) -> tuple[dict, dict[str, float]]:
-    """What `preble sim --nodes 2 --engine-tiers all --profile` predicts (`learn` False: with
-    --router-knows-costs): the summary, and each request's (TTFT in ms, branch, new tokens)."""
+def predict(policy: str, trace: Path, profile: Path, learn: bool = False) -> tuple[dict, dict[str, float]]:
+    """What `preble sim --nodes 2 --engine-tiers all --profile` predicts (`learn`: with
+    --router-learns-costs): the summary, and each request's (TTFT in ms, branch, new tokens)."""
     prof = profile_files.load(str(profile))
     res = Simulator(load_trace(trace), profile_files.sim_config(prof, policy, 2, engine_tiers="all", learn_costs=learn),
                     prof.cost_model()).run()
@@ -193,7 +193,7 @@ def pick(s: dict) -> dict:
             "cached_tokens": s["cached_tokens"], **({"branches": s["branches"]} if "branches" in s else {})}
 
 
-def predicted_on(r: dict, trace: Path, profile: Path, per_request: bool = False, learn: bool = True) -> dict:
+def predicted_on(r: dict, trace: Path, profile: Path, per_request: bool = False, learn: bool = False) -> dict:
     """The run's prediction on `profile`, with its errors against the run's measurements (and,
     with `per_request`, each request's predicted TTFT beside its measured one)."""
     s, each = predict(r["policy"], trace, profile, learn)
@@ -211,7 +211,7 @@ def predicted_on(r: dict, trace: Path, profile: Path, per_request: bool = False,
 def predict_alternatives(r: dict, calibrations: list[dict], trace: Path, out: Path, on: Path) -> None:
     """A --recalibrate run predicted also on the first calibration alone (as if calibrated once),
     on the last one before its runs (the newest a prediction made in advance could use), and on
-    the profile it is predicted on (`on`) by a router that knows its costs from the start."""
+    the profile it is predicted on (`on`) by a router that learns its costs as the real one does."""
     paths = []
     for k in (0, r["calibrations"][0]):
         path = out / f"calibration-{k}.json"
@@ -220,7 +220,7 @@ def predict_alternatives(r: dict, calibrations: list[dict], trace: Path, out: Pa
         paths.append(path)
     r["alternatives"] = {name: {"calibrations": [k], **predicted_on(r, trace, path)}
                          for name, k, path in zip(("first", "before"), (0, r["calibrations"][0]), paths)}
-    r["alternatives"]["knows"] = predicted_on(r, trace, on, learn=False)
+    r["alternatives"]["learns"] = predicted_on(r, trace, on, learn=True)
 
 
 def main() -> int:

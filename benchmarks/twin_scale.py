@@ -13,7 +13,7 @@ against round_robin and preble_e2:
     prefix cached).
 
     python benchmarks/twin_scale.py [--profile PATH] [--nodes 2 8 32] [--rate-scale R]
-        [--router-knows-costs] [--json benchmarks/results/twin_scale.json]
+        [--router-learns-costs] [--json benchmarks/results/twin_scale.json]
 
 `--rate-scale` multiplies every arrival rate, as `sim_fidelity.py --rate-scale` does for a slower
 machine: give the one the profile's fidelity run used, so the load per node is the one validated.
@@ -43,7 +43,7 @@ from preble_tiered.workloads import load_trace  # noqa: E402
 FIDELITY = ROOT / "benchmarks/results/sim_fidelity.json"
 
 
-def run(profile: ClusterProfile, trace: Path, nodes: int, policy: str, learn: bool = True) -> dict:
+def run(profile: ClusterProfile, trace: Path, nodes: int, policy: str, learn: bool = False) -> dict:
     reqs = load_trace(trace)
     cfg = profile_files.sim_config(profile, policy, nodes, engine_tiers="all", learn_costs=learn)
     s = Simulator(reqs, cfg, profile.cost_model()).run().summary(trace.stem, nodes)
@@ -82,9 +82,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rate-scale", type=positive_float, default=1.0,
                     help="multiply every arrival rate (default 1; the profile's fidelity run's, for a slower machine)")
-    ap.add_argument("--router-knows-costs", action="store_true",
-                    help="the simulated router prices with the profile's fits from the first request instead of "
-                         "learning them from its nodes as the real router does")
+    ap.add_argument("--router-learns-costs", action="store_true",
+                    help="the simulated router learns the engines' speed from its nodes as the real router does, "
+                         "instead of pricing with the profile's fits from the first request")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/twin_scale.json")
     args = ap.parse_args()
     if args.profile is None:
@@ -98,13 +98,13 @@ def main() -> int:
             for n in args.nodes:
                 trace = Path(tmp) / f"{wl}-{n}.jsonl"
                 make_trace(trace, wl, args.load, args.seed, scale=n / 2, rate_scale=args.rate_scale)
-                runs = [run(profile, trace, n, p, not args.router_knows_costs) for p in POLICIES]
+                runs = [run(profile, trace, n, p, args.router_learns_costs) for p in POLICIES]
                 groups.append({"workload": wl, "nodes": n, "load": args.load, "runs": runs})
                 best = min(runs, key=lambda r: r["latency"]["mean"])
                 print(f"{wl:9s} {n:3d} nodes: best {best['policy']}; "
                       + ", ".join(f"{r['policy']} {r['latency']['mean'] * 1e3:.0f} ms" for r in runs), flush=True)
     doc = {"command": "python " + shlex.join(sys.argv), "profile": {"name": profile.name, "from": source},
-           "rate_scale": args.rate_scale, "router_learns_costs": not args.router_knows_costs, "groups": groups}
+           "rate_scale": args.rate_scale, "router_learns_costs": args.router_learns_costs, "groups": groups}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2) + "\n")
     args.json.with_suffix(".md").write_text(markdown(doc))

@@ -64,12 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--profile", metavar="NAME|PATH", default=None,
                      help="run on a measured cluster profile (a shipped name such as cpu-tiny, or a JSON file "
                           "from `preble calibrate` / `preble admin profile`): its prefill and decode fits, "
-                          "engine limits, KV per tier, links and request overhead; --hbm-tokens etc. override. "
-                          "Its router learns the engines' speed as the real one does: it starts from the real "
-                          "router's guess and refits from the nodes' measured prefills and decode steps")
-    sim.add_argument("--router-knows-costs", action="store_true",
-                     help="with --profile: the router prices with the profile's fits from the first request "
-                          "(as with --cost) instead of learning them")
+                          "engine limits, KV per tier, links and request overhead; --hbm-tokens etc. override")
+    sim.add_argument("--router-learns-costs", action="store_true",
+                     help="with --profile: the router learns the engines' speed as the real one does, starting from "
+                          "the real router's guess and refitting from the nodes' measured prefills and decode steps, "
+                          "instead of pricing with the profile's fits from the first request")
     sim.add_argument("--hbm-tokens", type=positive_int, default=None,
                      help="per-node GPU KV capacity (default: preset's)")
     sim.add_argument("--dram-tokens", type=nonneg_int, default=None, help="per-node DRAM tier (default: 10x HBM)")
@@ -129,18 +128,18 @@ def cmd_sim(args: argparse.Namespace) -> int:
     policies = _policies(args)
     reqs, wname = _load_requests(args)
     profile = None
-    if args.router_knows_costs and args.profile is None:
-        raise ValueError("--router-knows-costs is for --profile runs (with --cost the router always knows its costs)")
+    if args.router_learns_costs and args.profile is None:
+        raise ValueError("--router-learns-costs is for --profile runs (with --cost the router knows its costs)")
     common: dict = {}
     if args.profile is not None:
         if args.cost is not None:
             raise ValueError("give --cost or --profile, not both")
-        common["learn_costs"] = not args.router_knows_costs
+        common["learn_costs"] = args.router_learns_costs
         from preble_tiered.sim import profile_files
 
         profile = profile_files.load(args.profile)
         cost = profile.cost_model()
-        source = f"profile={args.profile} router={'knows costs' if args.router_knows_costs else 'learns costs'}"
+        source = f"profile={args.profile} router={'learns costs' if args.router_learns_costs else 'knows costs'}"
     else:
         cost, source = cost_preset(args.cost or "mistral-7b-a6000"), f"cost={args.cost or 'mistral-7b-a6000'}"
     overrides = {k: v for k, v in (("hbm_tokens", args.hbm_tokens), ("dram_tokens", args.dram_tokens),
@@ -162,7 +161,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     if args.json:
         extra = {"cost": args.cost or "mistral-7b-a6000"} if profile is None else {
             "profile": {"name": profile.name, "from": args.profile, "source": profile.source,
-                        "router_learns_costs": not args.router_knows_costs}}
+                        "router_learns_costs": args.router_learns_costs}}
         write_json(args.json, summaries, command, extra)
         print(f"wrote {args.json}")
     if args.plot:

@@ -63,12 +63,12 @@ def save(profile: ClusterProfile, path: str | Path) -> None:
 def sim_config(profile: ClusterProfile, policy: str, nodes: int | None = None, **overrides) -> SimConfig:
     """The simulated cluster a profile describes: its engines' limits, KV per tier and request
     overhead, `nodes` of them (None: as many as the profile measured; `preble sim` passes its
-    --nodes), routed by a router that learns their speed as the real one does (`learn_costs`);
+    --nodes), routed by a router that knows their prices from the start (`learn_costs` False);
     `overrides` replace SimConfig fields."""
     e = profile.engine
     cfg = SimConfig(nodes=nodes or profile.nodes, policy=policy, hbm_tokens=e.hbm_tokens,
                     dram_tokens=e.dram_tokens, disk_tokens=e.disk_tokens, block_size=e.block_size,
                     max_batch_tokens=e.max_batch_tokens, max_running=e.max_num_seqs,
                     request_overhead_s=profile.request_overhead_s, host_nodes=profile.host_nodes,
-                    host_prefill_slowdown=profile.host_prefill_slowdown, learn_costs=True)
+                    host_prefill_slowdown=profile.host_prefill_slowdown)
     return replace(cfg, **overrides) if overrides else cfg

@@ -73,7 +73,8 @@ class SimConfig:
     the guess it starts from (`engine_cost_model`: a tiny-CPU prefill fit, a flat decode step)
     and refits from the nodes' clean prefills and decode-only steps (`CostLearner`), while the
     engines run at the cost model's prices throughout. False: the router knows those prices
-    from the start (Preble's simulator). Profiles turn it on (`profile_files.sim_config`)."""
+    from the start (Preble's simulator; `preble sim --router-learns-costs` turns it on, and
+    docs/decisions.md says what each predicts against the real cluster)."""
     prewarm_shared: bool = False
     """Every node starts with every block that two or more requests share held in its HBM
     for good, in room added to its capacity: no shared block is ever computed, fetched or

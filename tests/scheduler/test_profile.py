@@ -296,12 +296,12 @@ def test_the_request_overhead_is_added_to_every_request():
 def test_sim_refuses_cost_and_profile_together(capsys):
     assert cli.main(["sim", "--workload", "toolbench", "--cost", "mistral-7b-a6000", "--profile", "cpu-tiny"]) == 2
     assert "not both" in capsys.readouterr().err
-    assert cli.main(["sim", "--workload", "toolbench", "--router-knows-costs"]) == 2
+    assert cli.main(["sim", "--workload", "toolbench", "--router-learns-costs"]) == 2
     assert "for --profile runs" in capsys.readouterr().err
 
 
 def test_sim_on_a_profile_says_whether_its_router_learns_its_costs(tmp_path, capsys):
-    for flag, learns in (([], True), (["--router-knows-costs"], False)):
+    for flag, learns in (([], False), (["--router-learns-costs"], True)):
         out = tmp_path / f"sim-{learns}.json"
         assert cli.main(["sim", "--workload", "toolbench", "--requests", "30", "--nodes", "2", "--policy", "e2_tiered",
                          "--profile", "cpu-tiny", "--quiet", "--json", str(out), *flag]) == 0
