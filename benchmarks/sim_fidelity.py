@@ -26,7 +26,11 @@ form) and heavy (they do).
 `--recalibrate` (for a machine whose speed drifts within the hour): calibrate again after each
 (workload, load)'s runs, and predict those runs on the mean of the calibrations taken just
 before and just after them (`mean_profile`). Every run is also predicted on the first
-calibration alone and on the one just before it; the report compares the three.
+calibration alone, on the one just before it, and on the bracket by a router that learns its
+costs from its nodes as the real one does (`preble sim --router-learns-costs`); the report
+compares the four, and counts the runs whose decisions (by branch) are the real router's.
+Each request's branch, node TTFT and pulled tokens are recorded on the real side, its branch
+and new tokens on the predicted one.
 
 Targets: mean TTFT and mean latency within 15% of measured, p99 within 30%, cached-token share
 within 5 points, the same ranking of policies by mean latency. The router's own TTFT (from each
