@@ -113,7 +113,8 @@ def markdown(doc: dict) -> str:
                   + (f" The twin's decisions, counted by branch, are the real router's in {s['decisions_same']} runs."
                      if "decisions_same" in s else "")
                   + (" Request by request, the twin took the real router's branch and computed the same new tokens "
-                     "(within a block) for {} of {}.".format(*alike) if (alike := requests_decided_alike(doc["runs"]))
+                     "(within a block) for {} of {}.".format(*alike)
+                     if (alike := requests_decided_alike(doc["runs"], _block_size(doc)))
                      else "") + _beside(doc)]
     if doc.get("ttft_by_request"):
         lines += ["", "Mean TTFT by request, each workload's runs pooled (`ttft_by_request`: by the new tokens the "
@@ -133,8 +134,10 @@ def markdown(doc: dict) -> str:
               f"the profile of `{doc.get('repredicted', '--profile')}` (the table above; the calibrations below are "
               "the run's own, fitted by the code of that run)")
         lines += ["", f"Calibrated {len(cal)} times (`--recalibrate`): once before the first runs and once after each "
-                      f"(workload, load)'s runs. Each run is predicted on {on}, on the first calibration alone, and on "
-                      "the one just before it.",
+                      f"(workload, load)'s runs. Each run is predicted on {on}, on the first calibration alone, on "
+                      "the one just before it"
+                      + (", and on the table's profile by a router that learns its costs as the real one does."
+                         if "learns" in doc.get("summary_by_calibration", {}) else "."),
                   "", "| calibration | ended (UTC) | 3k-token prefill ms | decode step ms, 4 sequences on 4k tokens | "
                       "8 on 8k |", "|---|---|---|---|---|"]
         for k, c in enumerate(cal):
@@ -206,6 +209,10 @@ def ttft_by_request(runs: list[dict]) -> list[dict]:
     return out
 
 
+def _block_size(doc: dict) -> int:
+    return int(doc.get("profile", {}).get("engine", {}).get("block_size", 32))
+
+
 def _beside(doc: dict) -> str:
     n = doc.get("setup", {}).get("calibration_background_streams")
     return (f" Every calibration of this run measured its prefills beside {n} decoding stream{'s' if n > 1 else ''} "
@@ -253,9 +260,10 @@ def summarize(runs: list[dict]) -> tuple[dict, list[dict]]:
     return summary, ranks
 
 
-def requests_decided_alike(runs: list[dict]) -> tuple[int, int] | None:
+def requests_decided_alike(runs: list[dict], block: int = 32) -> tuple[int, int] | None:
     """Requests the twin sent down the real router's branch and computed the same new tokens
-    for (within a block), over the runs that recorded each request's branch; None if none did."""
+    for (within a `block` of tokens), over the runs that recorded each request's branch; None
+    if none did."""
     same = total = 0
     for r in runs:
         q = r.get("requests", {})
@@ -263,7 +271,7 @@ def requests_decided_alike(runs: list[dict]) -> tuple[int, int] | None:
             continue
         for b, pb, n, pn in zip(q["branch"], q["predicted_branch"], q["new_tokens"], q["predicted_new_tokens"]):
             total += 1
-            same += b == pb and abs(n - pn) < 32
+            same += b == pb and abs(n - pn) < block
     return (same, total) if total else None
 
 

@@ -56,7 +56,10 @@ def run(profile: ClusterProfile, trace: Path, nodes: int, policy: str, learn: bo
 
 
 def markdown(doc: dict) -> str:
-    lines = ["| workload | nodes | policy | TTFT mean / p99 ms | latency mean / p99 ms | queueing ms | recomputed | "
+    lines = [f"Profile `{doc['profile']['from']}`, arrival rates x{doc.get('rate_scale', 1.0):g}, the router "
+             f"{'learning its costs as the real one does' if doc.get('router_learns_costs') else 'knowing its costs'}"
+             f" (`{doc['command']}`).", "",
+             "| workload | nodes | policy | TTFT mean / p99 ms | latency mean / p99 ms | queueing ms | recomputed | "
              "from DRAM+disk | pulled | e2_tiered mean latency lower by |", "|---|---|---|---|---|---|---|---|---|---|"]
     for g in doc["groups"]:
         runs = {r["policy"]: r for r in g["runs"]}
@@ -87,6 +90,8 @@ def main() -> int:
                          "instead of pricing with the profile's fits from the first request")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/twin_scale.json")
     args = ap.parse_args()
+    if args.router_learns_costs and "--json" not in sys.argv:
+        ap.error("--router-learns-costs: give --json (the default file holds the committed run)")
     if args.profile is None:
         profile = ClusterProfile.from_dict(json.loads(FIDELITY.read_text())["profile"])
         source = str(FIDELITY.relative_to(ROOT))

@@ -203,7 +203,8 @@ def _greedy_request(request_id: str, ids: list[int], out: int):
 
 def host_of_address(address: str) -> str:
     """The host of "host:port": every loopback address (localhost, 127.0.0.0/8, ::1) is one
-    host, a name resolves to its first address, and what does not resolve stays as written."""
+    host, a name resolves to its first address, and what does not resolve stays as written.
+    One machine reached by a loopback and by another address counts as two hosts."""
     import ipaddress
     import socket
 

@@ -54,7 +54,7 @@ class LoadFeed:
     async def refresh(self) -> list[str]:
         """Poll every live node once now, beside the periodic polls: what the nodes measured
         before this call is in `samples` when it returns (`preble calibrate` fits right after
-        its sweep). Returns the names of the live nodes that did not report (left to the
+        its sweep). Returns the names of the live nodes that did not answer (left to the
         periodic polls: what they measured arrives later)."""
         async def one(link: NodeLink) -> str | None:
             async with self._lock(link):  # after a poll in flight: its report is taken first
@@ -62,9 +62,8 @@ class LoadFeed:
                     rep = await link.client.load(timeout_s=max(self.config.load_interval_s, 0.5))
                 except NodeError:
                     return link.name
-                if not rep.ready:
-                    return link.name
-                self._take(link, rep, follow=False)
+                if rep.ready:  # a node not ready reports no measurements: none can come late
+                    self._take(link, rep, follow=False)
                 return None
         missed = await asyncio.gather(*(one(lk) for lk in self.nodes.links.values() if lk.alive))
         return [name for name in missed if name is not None]

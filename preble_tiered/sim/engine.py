@@ -20,7 +20,8 @@ It behaves like vLLM/SGLang at the level the scheduler can see:
   prefix cache only shares blocks once they are full and stored);
 - with `report_samples`, it measures what a real node reports for the router's cost model:
   clean prefills (nothing else in the engine from the request's admission to its first
-  token: new tokens, context, seconds) and decode-only steps (`take_samples`).
+  token: new tokens, context, seconds) and decode-only steps followed by another step (a
+  node times a step to the start of the next; `take_samples`).
 
 Every change of what the node holds is queued as a residency event; the simulator drains
 them once per step (`take_events`).
@@ -318,10 +319,11 @@ class SimEngine:
         req.held = in_place
         req.reserved_blocks = need
         self.reserved += need
-        for other in self.running:  # the node's rule: a prefill is clean only if it was alone
-            if other.first_token_at is None:
-                other.clean = False
-        req.clean, req.admitted_at = not self.running, now
+        if self.config.report_samples:  # the node's rule: a prefill is clean only if it was alone
+            for other in self.running:
+                if other.first_token_at is None:
+                    other.clean = False
+            req.clean, req.admitted_at = not self.running, now
         self._load(req, local, self._pullable(req, len(local), limit), now)
         self.running.append(req)
         return True
@@ -426,9 +428,10 @@ class SimEngine:
         """Apply a step's progress at its end time."""
         self.stats["steps"] += 1
         self.stats["busy_s"] += dur
-        if self.config.report_samples and len(work) == len(self.running) and all(
-                r.state is State.DECODE for r, _ in work):  # everyone in the engine decoded
-            self._decodes.append((len(work), float(sum(r.prompt_tokens + r.generated for r, _ in work)), dur, 1))
+        decode_only = self.config.report_samples and len(work) == len(self.running) and all(
+            r.state is State.DECODE for r, _ in work)  # everyone in the engine decoded
+        if decode_only:
+            sample = (len(work), float(sum(r.prompt_tokens + r.generated for r, _ in work)), dur, 1)
         bs = self.config.block_size
         first, done = [], []
         for r, tokens in work:
@@ -455,6 +458,8 @@ class SimEngine:
                 done.append(r)
         if done:
             self.running = [r for r in self.running if r.state is not State.DONE]
+        if decode_only and (self.running or self.queue):  # a node times a step to the next one's start:
+            self._decodes.append(sample)  # the last before the engine idles is not measured
         return StepResult(dur, first, done)
 
     def _complete(self, r: SimRequest, now: float) -> None:

@@ -300,13 +300,23 @@ def test_sim_refuses_cost_and_profile_together(capsys):
     assert "for --profile runs" in capsys.readouterr().err
 
 
-def test_sim_on_a_profile_says_whether_its_router_learns_its_costs(tmp_path, capsys):
+def test_sim_on_a_profile_says_whether_its_router_learns_its_costs(tmp_path, capsys, monkeypatch):
+    from preble_tiered.sim import simulator
+
+    seen = []
+    real = simulator.Simulator.__init__
+
+    def init(self, requests, config, cost, *a, **kw):
+        seen.append(config.learn_costs)
+        real(self, requests, config, cost, *a, **kw)
+    monkeypatch.setattr(simulator.Simulator, "__init__", init)
     for flag, learns in (([], False), (["--router-learns-costs"], True)):
         out = tmp_path / f"sim-{learns}.json"
         assert cli.main(["sim", "--workload", "toolbench", "--requests", "30", "--nodes", "2", "--policy", "e2_tiered",
                          "--profile", "cpu-tiny", "--quiet", "--json", str(out), *flag]) == 0
         assert f"router={'learns' if learns else 'knows'} costs" in capsys.readouterr().out
         assert json.loads(out.read_text())["profile"]["router_learns_costs"] is learns
+        assert seen.pop() is learns  # the simulated router does as the flag says
 
 
 def test_a_chunked_prefill_fit_makes_the_simulators_chunks_sum_to_the_measured_time():

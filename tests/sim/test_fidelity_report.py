@@ -77,3 +77,25 @@ def test_requests_decided_alike_need_the_same_branch_and_the_same_new_tokens_to_
     # 1: same; 2: the twin recomputed a document the real run had cached; 3, 4: another branch
     assert requests_decided_alike([{"requests": q}, {"requests": {"new_tokens": [1]}}]) == (1, 4)
     assert requests_decided_alike([{"requests": {"new_tokens": [1]}}]) is None  # no branches recorded
+
+
+def test_the_learning_row_is_summarised_beside_the_calibrations_where_every_run_has_it():
+    from fidelity_report import errors, summary_by_calibration, within
+
+    def side(ttft, lat):
+        return {"ttft": {"mean": ttft, "p99": 2 * ttft}, "latency": {"mean": lat, "p99": 2 * lat}, "cached_token_share": 0.5}
+
+    def alt(lat):
+        p = side(0.1, lat)
+        e = errors(side(0.1, 1.0), p)
+        return {"predicted": p, "error": e, "within": within(e)}
+
+    runs = [{"workload": "chat", "load": "light", "policy": pol, "measured": side(0.1, 1.0), **alt(1.0),
+             "alternatives": {"first": alt(1.0), "before": alt(1.0), "learns": alt(lat)}}
+            for pol, lat in (("a", 1.0), ("b", 1.3))]
+    doc = {"runs": runs, "summary": {"ttft_mean": "2/2"}}
+    got = summary_by_calibration(doc)
+    assert list(got) == ["first", "before", "learns", "bracket"]
+    assert got["learns"]["latency_mean"] == "1/2" and got["first"]["latency_mean"] == "2/2"  # b learns 30% slow
+    del runs[1]["alternatives"]["learns"]  # an older run without the row: left out
+    assert "learns" not in summary_by_calibration(doc)
