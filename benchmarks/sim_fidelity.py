@@ -177,7 +177,7 @@ def measure(policy: str, trace: Path, out: Path, label: str, kv_bytes: int) -> t
         "pulled_tokens": [r.cached.get("remote", 0) for r in recs], "branch": [r.branch for r in recs]}
 
 
-def predict(policy: str, trace: Path, profile: Path, learn: bool = False) -> tuple[dict, dict[str, float]]:
+def predict(policy: str, trace: Path, profile: Path, learn: bool = False) -> tuple[dict, dict[str, tuple[float, str, int]]]:
     """What `preble sim --nodes 2 --engine-tiers all --profile` predicts (`learn`: with
     --router-learns-costs): the summary, and each request's (TTFT in ms, branch, new tokens)."""
     prof = profile_files.load(str(profile))

@@ -88,10 +88,14 @@ def main() -> int:
     ap.add_argument("--router-learns-costs", action="store_true",
                     help="the simulated router learns the engines' speed from its nodes as the real router does, "
                          "instead of pricing with the profile's fits from the first request")
-    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/twin_scale.json")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="where to write (default benchmarks/results/twin_scale.json; required with "
+                         "--router-learns-costs, which must not overwrite the committed run)")
     args = ap.parse_args()
-    if args.router_learns_costs and "--json" not in sys.argv:
-        ap.error("--router-learns-costs: give --json (the default file holds the committed run)")
+    if args.json is None:
+        if args.router_learns_costs:
+            ap.error("--router-learns-costs: give --json (the default file holds the committed run)")
+        args.json = ROOT / "benchmarks/results/twin_scale.json"
     if args.profile is None:
         profile = ClusterProfile.from_dict(json.loads(FIDELITY.read_text())["profile"])
         source = str(FIDELITY.relative_to(ROOT))

@@ -1,10 +1,11 @@
 """A cluster profile: every cost fact the simulator needs to stand for one real cluster.
 
 Measured, not guessed: the prefill fit `[1, e, c, causal attention pairs]` (`LinearPrefill`)
-from the nodes' clean prefills, the decode step fit `[1, batch, context]` from the nodes' measured decode steps, the engine's
-limits (sequences, step token budget, block size, KV per tier), the link bandwidths the nodes
-measured, and the fixed time a request spends outside the engine (router hop, tokenization,
-gRPC). The router assembles one from what its nodes report (`preble admin profile`); `preble
+from the nodes' clean prefills, the decode step fit `[1, batch, context]` from the nodes'
+measured decode steps, the engine's limits (sequences, step token budget, block size, KV per
+tier), the link bandwidths the nodes measured, the fixed time a request spends outside the
+engine (router hop, tokenization, gRPC) and, where nodes share a host's cores, how much slower
+a prefill runs while another node there works. The router assembles one from what its nodes report (`preble admin profile`); `preble
 calibrate` drives a sweep first for good coverage; `preble sim --profile` runs on one.
 
 A profile is a versioned JSON document (`to_dict` / `from_dict`; files in `sim/profile_files.py`).
@@ -93,9 +94,9 @@ class ClusterProfile:
     """Nodes that share one host's cores (`preble calibrate` counts them from the nodes'
     addresses; 1 otherwise)."""
     host_prefill_slowdown: float = 0.0
-    """How much slower a prefill runs while another node of its host works: its engine time
-    over the fitted price, less 1 (`preble calibrate` measures it beside decode streams;
-    `preble admin profile` has none: 0)."""
+    """How much slower a prefill runs while another node of its host works: the median of its
+    engine time beside another node's decode stream over the same size's alone, less 1
+    (`preble calibrate` measures it; `preble admin profile` has none: 0)."""
     coverage: Coverage = field(default_factory=Coverage)
     source: str = ""
     """How it was measured (the command)."""

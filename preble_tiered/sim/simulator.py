@@ -28,6 +28,7 @@ from preble_tiered.scheduler.core import Scheduler, SchedulerConfig
 from preble_tiered.scheduler.calibration import CostLearner
 from preble_tiered.scheduler.cost_model import CPU_TINY_PREFILL, CostModel, FlatDecode
 from preble_tiered.scheduler.policy import PolicyConfig
+from preble_tiered.scheduler.profile import MAX_HOST_SLOWDOWN
 from preble_tiered.scheduler.registry import policy_class
 from preble_tiered.scheduler.types import RouteRequest
 from preble_tiered.sim.metrics import RequestRecord, SimResult, ideal_records
@@ -87,8 +88,8 @@ class SimConfig:
             raise ValueError("event_delay_s and request_overhead_s cannot be negative")
         if self.max_running < 1 or self.max_batch_tokens < 1:
             raise ValueError("max_running and max_batch_tokens must be positive")
-        if self.host_nodes < 1 or not 0.0 <= self.host_prefill_slowdown < 10.0:
-            raise ValueError("host_nodes must be positive and host_prefill_slowdown in [0, 10)")
+        if self.host_nodes < 1 or not 0.0 <= self.host_prefill_slowdown < MAX_HOST_SLOWDOWN:
+            raise ValueError(f"host_nodes must be positive and host_prefill_slowdown in [0, {MAX_HOST_SLOWDOWN:g})")
         if self.engine_tiers not in ("policy", "all", "none"):
             raise ValueError("engine_tiers must be one of policy, all, none")
         policy_class(self.policy)  # raises ValueError for an unknown name
