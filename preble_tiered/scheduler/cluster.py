@@ -53,9 +53,11 @@ class WindowedSum:
         self.total = 0.0
 
     def add(self, now: float, value: float) -> None:
-        self._items.append((now, value))
+        items = self._items
+        items.append((now, value))
         self.total += value
-        self.trim(now)
+        if items[0][0] <= now - self.window_s:  # trim(now) when it has work (every decision adds)
+            self.trim(now)
 
     def trim(self, now: float) -> float:
         cutoff = now - self.window_s
@@ -200,14 +202,17 @@ class ClusterState:
             raise ValueError(f"request {request_id!r} is already in flight")
         self.inflight[request_id] = Inflight(request_id, node, prompt_tokens, cached_tokens,
                                              max_output_tokens, est_prefill_s, now)
-        ns = self.nodes[node]
+        ns, terms = self.nodes[node], self.terms
         ns.n_inflight += 1
         ns.n_prefilling += 1
-        ns.pending_prefill_s += est_prefill_s
         ns.pending_prefill_tokens += prompt_tokens - cached_tokens
         ns.inflight_tokens += prompt_tokens + max_output_tokens
-        ns.decode_tokens += max_output_tokens
         ns.active_kv_tokens += prompt_tokens + max_output_tokens
+        # ns.pending_prefill_s and ns.decode_tokens (and refresh_decode), written through
+        # to the load terms directly: every decision does this
+        terms.pending_s[node] += est_prefill_s
+        terms.decode_tokens[node] += max_output_tokens
+        terms.decode_s[node] = terms.decode_tokens[node] * ns.tpot.value
         self.hit_tokens[node].add(now, cached_tokens)
         self.prompt_tokens[node].add(now, prompt_tokens)
 

@@ -81,7 +81,7 @@ class Scheduler:
             assert match.entries is not None and len(match.entries) == len(req.block_hashes)
             self.index.add_pending_entries(decision.node, match.entries)
             self._promised[req.request_id] = (decision.node, req.block_hashes)
-        self.branch_counts[decision.branch.value] += 1
+        self.branch_counts[decision.branch._value_] += 1  # .value: a property, 5x the time
         decision.priority_group = min(GROUPS - 1, max(0, hit_group(min(1.0, cached / req.prompt_tokens))
                                                       + req.priority))
         decision.pull = self._pull_order(plan, req.block_hashes)

@@ -348,8 +348,13 @@ class E2Tiered(PrebleE2):
         """
         cl = self.cluster
         plans = self.planner.plan_times(pc, cl.n_nodes)
-        costs = self._costs(holders, pc, now, with_evict=False, all_plans=plans)
-        best = costs.argmin()
+        # self._costs(holders, pc, now, with_evict=False, all_plans=plans), inlined: nearly
+        # every request on a warm cluster comes here
+        h_plans = list(map(plans.__getitem__, holders))
+        loads = self.loads(holders, now)
+        totals = list(map(add, loads, h_plans))
+        costs = _Costs(holders, loads, [0.0] * len(holders), h_plans, totals)
+        best = totals.index(min(totals))  # costs.argmin()
         if len(holders) == len(alive):
             return best, costs, Branch.EXPLOIT
         # A copy costs cache space everywhere (duplicates evict other prefixes), which the
@@ -361,7 +366,7 @@ class E2Tiered(PrebleE2):
         pend = cl.terms.pending_s
         held = costs.nodes[best]
         held_q = pend[held] + costs.plans[best]
-        floor_q = min(map(add, pend, plans))  # C loops
+        floor_q = self._floor_q(pc, pend, plans)
         by_queue = floor_q * ratio < held_q and self._is_hot(pc.req, len(holders), len(alive), now)
         out = pc.req.max_output_tokens
         grow = pc.prompt_tokens + out
@@ -407,6 +412,23 @@ class E2Tiered(PrebleE2):
             return len(costs.nodes) + choice, merged, Branch.REPLICATE
         return best, merged, Branch.EXPLOIT
 
+    @staticmethod
+    def _floor_q(pc: PlanContext, pend: list[float], plans: list[float]) -> float:
+        """min(pend[n] + plans[n]) over every node, the same float. Nodes outside the match
+        plan `pc.default_s`, and float addition is monotonic, so it is min(pend) + default_s
+        or a matched node's own sum, whichever is lower; unless a matched node plans above
+        the default (its own lower tiers priced over a pull), which takes the full scan."""
+        default = pc.default_s
+        floor = min(pend) + default
+        for n in pc.match.nodes:
+            p = plans[n]
+            if p > default:
+                return min(map(add, pend, plans))
+            q = pend[n] + p
+            if q < floor:
+                floor = q
+        return floor
+
     def _decode_s(self, node: int, out: int, grow: int) -> float:
         """Decode time a request of `out` output tokens adding `grow` tokens of KV costs on
         `node`: its own `out` steps at the node's batch, plus the slowdown each step adds to
@@ -418,12 +440,14 @@ class E2Tiered(PrebleE2):
         counted at prompt + budget. Steps priced by the cost model's
         decode step: a measured fit (a profile's, or the live router's calibration), a
         preset's roofline, or flat (an engine not measured yet: the same on every node)."""
-        ns = self.cluster.nodes[node]
-        step, b, kv = self.cluster.cost.decode_step_s, ns.n_inflight - ns.n_prefilling, ns.decoding_kv_tokens
-        with_it = step(kv + grow, b + 1)
+        cl = self.cluster
+        ns, cost = cl.nodes[node], cl.cost
+        step, shape = cost.decode.step_seconds, cost.shape  # cost.decode_step_s, one call less
+        b, kv = ns.n_inflight - ns.n_prefilling, ns.decoding_kv_tokens
+        with_it = step(shape, kv + grow, b + 1)
         if not b:
             return out * with_it
-        return out * with_it + min(b * out, ns.decode_tokens) * (with_it - step(kv, b))
+        return out * with_it + min(b * out, cl.terms.decode_tokens[node]) * (with_it - step(shape, kv, b))
 
     def _is_hot(self, req: RouteRequest, n_holders: int, n_alive: int, now: float) -> bool:
         """A prefix is hot, worth one more node, while its requests in the window per node

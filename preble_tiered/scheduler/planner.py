@@ -64,6 +64,19 @@ class Planner:
         self.use_tiers = use_tiers
         self.use_pulls = use_pulls
 
+    @property
+    def cost(self) -> CostModel:
+        return self._cost
+
+    @cost.setter
+    def cost(self, cost: CostModel) -> None:
+        """Swap the cost model; what every plan reads of it is taken once here (the decision
+        path prices several plans per request: no attribute chains there)."""
+        self._cost = cost
+        self._prefill = cost.prefill.seconds  # cost.prefill_s
+        self._kv_bytes = cost.kv_bytes_per_token
+        self._dram, self._disk, self._net = cost.links.dram, cost.links.disk, cost.links.net
+
     def _prefill_after(self, pc: PlanContext, blocks: int) -> float:
         """Prefill time of `pc`'s prompt with `blocks` blocks cached, the last prompt token
         always computed (the engine needs its logits, as in vLLM). Memoised per request:
@@ -71,23 +84,25 @@ class Planner:
         cached = min(blocks * self.block_size, pc.prompt_tokens - 1)
         t = pc.prefill_memo.get(cached)
         if t is None:
-            t = pc.prefill_memo[cached] = self.cost.prefill_s(pc.prompt_tokens - cached, pc.prompt_tokens)
+            t = pc.prefill_memo[cached] = self._prefill(pc.prompt_tokens - cached, pc.prompt_tokens)
         return t
 
     def prepare(self, req: RouteRequest, match: MatchResult) -> PlanContext:
         L = max(req.prompt_tokens, 1)
-        pc = PlanContext(req, match, L, self.cost.prefill_s(L, L))
+        pc = PlanContext(req, match, L, self._prefill(L, L))
         pc.default_s = pc.recompute_all_s
         src = match.source if self.use_pulls else None  # chosen by the index's walk
         if src is not None:
             pc.src, pc.src_blocks = src.node, src.blocks
             pc.src_disk_frac = src.disk / src.blocks
-            pc.default_s = min(pc.recompute_all_s, self._pull_choice(pc, 0, 0.0).total_s)
+            pull = 0.0 + self._pull_s(pc, 0) + self._prefill_after(pc, pc.src_blocks)  # _pull_choice's total_s
+            if pull < pc.recompute_all_s:
+                pc.default_s = pull
         return pc
 
     def choice(self, node: NodeId, pc: PlanContext) -> PlanChoice:
         """The cheapest plan for `node` (`plan_time` is its time, without the objects)."""
-        nm = pc.match.get(node)
+        nm = pc.match.nodes.get(node)
         if nm is None:
             recompute = PlanChoice("hbm", 0, 0, 0.0, 0.0, pc.recompute_all_s)
             if pc.src is not None and pc.src != node:
@@ -96,12 +111,13 @@ class Planner:
             return recompute
         best = PlanChoice("hbm", nm.hbm_prefix, 0, 0.0, 0.0, self._prefill_after(pc, nm.hbm_prefix))
         local_blocks, fetch_s = nm.hbm_prefix, 0.0
-        if self.use_tiers and nm.blocks > nm.hbm_prefix:
+        blocks = nm.hbm + nm.pending + nm.dram + nm.disk  # nm.blocks
+        if self.use_tiers and blocks > nm.hbm_prefix:
             fetch_s = self._fetch_s(nm)
-            local = PlanChoice("local", nm.blocks, 0, fetch_s, 0.0, self._prefill_after(pc, nm.blocks))
+            local = PlanChoice("local", blocks, 0, fetch_s, 0.0, self._prefill_after(pc, blocks))
             if local.total_s < best.total_s:
                 best = local
-                local_blocks = nm.blocks
+                local_blocks = blocks
         if pc.src is not None and pc.src != node and pc.src_blocks > local_blocks:
             pull = self._pull_choice(pc, local_blocks, fetch_s if local_blocks > nm.hbm_prefix else 0.0)
             if pull.total_s < best.total_s:
@@ -147,15 +163,17 @@ class Planner:
         return times
 
     def _fetch_s(self, nm: NodeMatch) -> float:
-        bs = self.block_size
-        return self.cost.fetch_s(Tier.DRAM, nm.dram * bs) + self.cost.fetch_s(Tier.DISK, nm.disk * bs)
+        """`cost.fetch_s` of the DRAM and the disk blocks, summed (the links read once)."""
+        per_block = self.block_size * self._kv_bytes
+        return self._dram.seconds(nm.dram * per_block) + self._disk.seconds(nm.disk * per_block)
 
     def _pull_s(self, pc: PlanContext, local_blocks: int) -> float:
-        """Time to pull the source's blocks past `local_blocks` (from its disk in part)."""
+        """Time to pull the source's blocks past `local_blocks` (from its disk in part):
+        `cost.pull_s`, plus `cost.fetch_s` from the source's disk."""
         tokens = (pc.src_blocks - local_blocks) * self.block_size
-        pull_s = self.cost.pull_s(tokens)
+        pull_s = self._net.seconds(tokens * self._kv_bytes)
         if pc.src_disk_frac:
-            pull_s += self.cost.fetch_s(Tier.DISK, int(tokens * pc.src_disk_frac))
+            pull_s += self._disk.seconds(int(tokens * pc.src_disk_frac) * self._kv_bytes)
         return pull_s
 
     def _pull_choice(self, pc: PlanContext, local_blocks: int, fetch_s: float) -> PlanChoice:
@@ -166,7 +184,7 @@ class Planner:
         """The named plan for `node` (the cheapest one unless `choice` is given)."""
         c = choice or self.choice(node, pc)
         L, bs = pc.prompt_tokens, self.block_size
-        nm = pc.match.get(node)
+        nm = pc.match.nodes.get(node)
         # (action, blocks, tier, source) of the cached parts in prompt order, then each given
         # tokens from what may come from cache (all but the last token, which is computed)
         parts: list[tuple[Action, int, Tier, NodeId | None]] = []
@@ -188,7 +206,8 @@ class Planner:
             segs.append(PlanSegment(action, blocks, tok, tier, source))
         cached = (L - 1) - budget
         segs.append(PlanSegment(Action.RECOMPUTE, 0, L - cached))
-        return Plan(node, tuple(segs), local_blocks=c.local_blocks,
-                    pull_blocks=c.pull_blocks if c.kind == "pull" else 0,
-                    pull_from=pc.src if c.kind == "pull" else None,
-                    est_fetch_s=c.fetch_s, est_pull_s=c.pull_s, est_prefill_s=c.prefill_s)
+        pull = c.kind == "pull"
+        # Plan(node, segments, local_blocks, pull_blocks, pull_from, est_fetch_s, est_pull_s,
+        # est_prefill_s): positional, a third cheaper than by keyword on every decision
+        return Plan(node, tuple(segs), c.local_blocks, c.pull_blocks if pull else 0, pc.src if pull else None,
+                    c.fetch_s, c.pull_s, c.prefill_s)

@@ -10,23 +10,29 @@ class KeyWindows:
     """Prefix key -> Buckets, least recently updated first, so keys idle for two windows
     are pruned in O(1) amortized (a long-running router sees unboundedly many prefixes)."""
 
-    __slots__ = ("_d",)
+    __slots__ = ("_d", "_pruned_at")
 
     def __init__(self) -> None:
         self._d: OrderedDict[int, Buckets] = OrderedDict()
+        self._pruned_at: int | None = None  # the bucket of the last prune
 
     def add(self, key: int, b: int, value: float) -> "Buckets":
-        w = self._d.get(key)
+        d = self._d
+        w = d.get(key)
         if w is None:
-            w = self._d[key] = Buckets()
+            w = d[key] = Buckets()
         else:
-            self._d.move_to_end(key)
+            d.move_to_end(key)
         w.add(b, value)
-        while self._d:
-            oldest = next(iter(self._d.values()))
-            if oldest.bucket >= b - 1:
-                break
-            self._d.popitem(last=False)
+        if b != self._pruned_at:
+            # Within one bucket a prune finds nothing new: what it left is in bucket b - 1 or
+            # later, and every key added since is in bucket b.
+            self._pruned_at = b
+            while d:
+                oldest = next(iter(d.values()))
+                if oldest.bucket >= b - 1:
+                    break
+                d.popitem(last=False)
         return w
 
     def items(self):

@@ -48,8 +48,12 @@ class Action(enum.Enum):
     RECOMPUTE = "recompute"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PlanSegment:
+    """One part of a plan. Not frozen: every decision builds two or three, and a frozen
+    dataclass's __init__ costs about 3.6x a plain one's (1.6 against 0.4 us here); nothing
+    changes a segment once its plan is built."""
+
     action: Action
     blocks: int  # KV blocks covered (0 for the RECOMPUTE tail's partial block)
     tokens: int

@@ -624,6 +624,9 @@ def test_plan_time_is_the_cheapest_choice_exactly(seed):
         want = planner.choice(n, pc).total_s
         assert planner.plan_time(n, pc) == want and times[n] == want
         assert planner.build(n, pc).est_ttft_s == pytest.approx(want)
+    # e2_tiered's floor of queued prefill + plan over every node, from the match alone
+    pend = [rng.choice([0.0, rng.uniform(0, 2)]) for _ in range(10)]
+    assert s.policy._floor_q(pc, pend, times) == min(p + t for p, t in zip(pend, times))
 
 
 @pytest.mark.parametrize("policy", ["preble_e2", "e2_tiered"])
