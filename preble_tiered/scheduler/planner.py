@@ -81,7 +81,9 @@ class Planner:
         """Prefill time of `pc`'s prompt with `blocks` blocks cached, the last prompt token
         always computed (the engine needs its logits, as in vLLM). Memoised per request:
         the plans of different nodes often reuse the same cached length."""
-        cached = min(blocks * self.block_size, pc.prompt_tokens - 1)
+        cached, last = blocks * self.block_size, pc.prompt_tokens - 1
+        if cached > last:  # min(), without the call
+            cached = last
         t = pc.prefill_memo.get(cached)
         if t is None:
             t = pc.prefill_memo[cached] = self._prefill(pc.prompt_tokens - cached, pc.prompt_tokens)
@@ -154,7 +156,9 @@ class Planner:
         times = [pc.default_s] * n_nodes
         src, plan_time = pc.src, self.plan_time
         for nodes in pc.match.shapes.values():
-            n0 = nodes[0] if nodes[0] != src else (nodes[1] if len(nodes) > 1 else src)
+            n0 = nodes[0] if nodes[0] != src else (nodes[1] if len(nodes) > 1 else None)
+            if n0 is None:  # the source alone in its shape: priced below
+                continue
             t = plan_time(n0, pc)
             for n in nodes:
                 times[n] = t
