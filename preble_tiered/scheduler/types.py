@@ -102,12 +102,17 @@ class Plan:
         """Cached tokens the plan expects, by source: "hbm", "dram", "disk" (this node's tiers)
         and "remote" (pulled from another node)."""
         out = {"hbm": 0, "dram": 0, "disk": 0, "remote": 0}
-        for s in self.segments:
-            if s.action is Action.PULL:
+        pull, recompute = Action.PULL, Action.RECOMPUTE
+        for s in self.segments:  # the router asks on every decision
+            action = s.action
+            if action is pull:
                 out["remote"] += s.tokens
-            elif s.action is not Action.RECOMPUTE and s.tier is not None:
-                out[s.tier.name.lower()] += s.tokens
+            elif action is not recompute and s.tier is not None:
+                out[_SOURCE_OF_TIER[s.tier]] += s.tokens
         return out
+
+
+_SOURCE_OF_TIER = tuple(t.name.lower() for t in Tier)  # by tier value: "hbm", "dram", "disk"
 
 
 @dataclass(frozen=True, slots=True)
