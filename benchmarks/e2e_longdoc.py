@@ -84,13 +84,15 @@ def free_port() -> int:
 
 
 def run_policy(policy: str, trace: Path, kv_bytes: int, out_dir: Path, tiers: bool, label: str) -> dict:
+    from preble_tiered.cli.serving import TINY_PROFILE
     from preble_tiered.cli.tier_defaults import plan_tiers
 
     plan = plan_tiers(2, None if tiers else 0, None if tiers else 0, out_dir / f"kv-{label}")
     spec = ClusterSpec(nodes=2, policy=policy, port=free_port(), kv_cache_bytes=kv_bytes, max_model_len=8192,
                        log_dir=str(out_dir / f"logs-{label}"),
                        state_path=str(out_dir / f"logs-{label}" / "router-state.json"), dram_bytes=plan.dram_bytes or None,
-                       disk_bytes=plan.disk_bytes or None, disk_dir=str(plan.disk_dir) if plan.disk_dir else None)
+                       disk_bytes=plan.disk_bytes or None, disk_dir=str(plan.disk_dir) if plan.disk_dir else None,
+                       profile=TINY_PROFILE)  # the router's starting costs as `preble serve` gives the tiny model
     t0 = time.monotonic()
     with LocalCluster(spec) as cluster:
         print(f"[{label}] cluster up in {time.monotonic() - t0:.0f} s ({plan.describe()})", flush=True)

@@ -297,9 +297,13 @@ class PrebleServe:
         """`tiers`: each node's DRAM and disk tiers as `preble serve` sizes them by default (the
         disk tier in a fresh directory under `log_dir`); False: the engine's cache alone.
         `http`: serve the OpenAI API too (at `url`, the model named MODEL_NAME)."""
+        from preble_tiered.cli.serving import TINY_PROFILE
         from preble_tiered.cli.tier_defaults import plan_tiers
+        from preble_tiered.engine.tiny_model import ensure_tiny_model
 
         name = f"preble-{n}nodes-{policy}" + ("" if tiers else "-notiers")
+        # the router's starting costs as `preble serve` gives them: the shipped profile for the tiny model
+        profile = TINY_PROFILE if Path(model).resolve() == ensure_tiny_model().resolve() else None
         plan = plan_tiers(n, None if tiers else 0, None if tiers else 0, log_dir / name / "kv")
         self.spec = ClusterSpec(nodes=n, model=model, port=free_port(), policy=policy, block_size=shape.block_size,
                                 kv_cache_bytes=shape.kv_cache_bytes, max_num_seqs=shape.max_num_seqs,
@@ -307,7 +311,7 @@ class PrebleServe:
                                 state_path=str(log_dir / name / "router-state.json"),
                                 dram_bytes=plan.dram_bytes or None, disk_bytes=plan.disk_bytes or None,
                                 disk_dir=str(plan.disk_dir) if plan.disk_dir else None,
-                                http_port=free_port() if http else 0,
+                                http_port=free_port() if http else 0, profile=profile,
                                 router_args=("--served-model-name", MODEL_NAME) if http else ())
         self.cluster: LocalCluster | None = None
 

@@ -7,8 +7,10 @@ cluster and through `preble sim` on a profile of that cluster.
    keep the profile it writes. `--profile PATH` skips this and uses a stored profile.
 2. For each workload x load x policy: start a fresh cluster (router + 2 node agents, one core
    each, the engine's KV smaller than the working set, a DRAM and a disk tier on every node,
-   only the router's policy differing), replay the trace with `preble bench`, stop it; then
-   simulate the same trace on the profile (tiers on every node, as on the real one).
+   only the router's policy differing; the router starts on the latest calibration, as a
+   calibrated cluster runs: `preble router --profile`; `--router-start guess` starts it on its
+   guess instead), replay the trace with `preble bench`, stop it; then simulate the same
+   trace on the profile (tiers on every node, as on the real one).
 3. Report predicted against measured: TTFT and latency (mean, p50, p99), mean time per output
    token (TPOT: where latency misses on long answers come from), cached-token share,
    recomputed tokens; the relative errors; the policies' ranking by mean latency; and, each
@@ -21,7 +23,8 @@ conversations over one system prompt, answers of 40-250 tokens). Loads: light (q
 form) and heavy (they do).
 
     python benchmarks/sim_fidelity.py [--workloads longdoc toolbench chat] [--loads light heavy]
-        [--policy P ...] [--profile PATH | --recalibrate] [--json benchmarks/results/sim_fidelity.json]
+        [--policy P ...] [--profile PATH | --recalibrate] [--router-start profile|guess]
+        [--json benchmarks/results/sim_fidelity.json]
 
 `--recalibrate` (for a machine whose speed drifts within the hour): calibrate again after each
 (workload, load)'s runs, and predict those runs on the mean of the calibrations taken just
@@ -115,11 +118,12 @@ def make_trace(path: Path, workload: str, load: str, seed: int, scale: float = 1
         path.write_text("".join(json.dumps({**r, "t": i * spacing}) + "\n" for i, r in enumerate(reqs)))
 
 
-def spec(policy: str, out: Path, label: str, kv_bytes: int) -> ClusterSpec:
+def spec(policy: str, out: Path, label: str, kv_bytes: int, profile: Path | None = None) -> ClusterSpec:
+    """`profile`: the router's `--profile` (None: it starts on its guess)."""
     return ClusterSpec(nodes=2, policy=policy, port=free_port(), kv_cache_bytes=kv_bytes, max_model_len=8192,
                        log_dir=str(out / f"logs-{label}"), state_path=str(out / f"logs-{label}" / "router-state.json"),
                        dram_bytes=DRAM_BYTES, disk_bytes=DISK_BYTES,
-                       disk_dir=str(out / f"kv-{label}"))
+                       disk_dir=str(out / f"kv-{label}"), profile=str(profile) if profile else None)
 
 
 def calibrate(out: Path, kv_bytes: int, k: int = 0) -> Path:
@@ -153,14 +157,16 @@ def bracket(calibrations: list[dict], run: dict, out: Path) -> Path:
     return path
 
 
-def measure(policy: str, trace: Path, out: Path, label: str, kv_bytes: int) -> tuple[dict, dict]:
+def measure(policy: str, trace: Path, out: Path, label: str, kv_bytes: int,
+            router_profile: Path | None = None) -> tuple[dict, dict]:
     """The run's summary through `preble bench`'s client, and each request's: new tokens
     computed, other requests in flight when it was sent, its TTFT, the node's part of it, the
     engine's part where the request met nothing else in the engine (None elsewhere), the
-    tokens pulled from another node and the router's branch."""
+    tokens pulled from another node and the router's branch. `router_profile`: the router
+    starts on it (None: on its guess)."""
     t0 = time.monotonic()
     reqs = load_trace(trace)
-    with LocalCluster(spec(policy, out, label, kv_bytes)) as c:
+    with LocalCluster(spec(policy, out, label, kv_bytes, router_profile)) as c:
         started = time.monotonic() - t0
         res = asyncio.run(run_bench(reqs, BenchConfig(addr=c.addr, progress=False), f"trace:{trace}"))
     if res.failures:
@@ -256,6 +262,10 @@ def main() -> int:
                     help="simulate again the traces of --json (rebuilt from their seed, rate scale and spacing) on its "
                          "stored profile, or on --profile (a calibration apart from the runs; the runs' own is kept "
                          "as run_profile), keeping its real measurements; rewrites --json: work on a copy")
+    ap.add_argument("--router-start", choices=("profile", "guess"), default="profile",
+                    help="what the real router prices with before it has refitted its costs: the latest calibration "
+                         "(`preble router --profile`, as a calibrated cluster runs; default) or its guess (as a router "
+                         "started without a profile)")
     ap.add_argument("--compare", type=Path, default=None,
                     help="an earlier run's JSON: report how far the real measurements moved between the two")
     args = ap.parse_args()
@@ -321,8 +331,11 @@ def main() -> int:
                 trace = out / f"{wl}-{load}.jsonl"
                 make_trace(trace, wl, load, args.seed, rate_scale=args.rate_scale, spacing=args.spacing)
                 group = []
+                k = len(calibrations) - 1  # the latest calibration's number (-1: no --recalibrate)
+                latest = Path(profile) if k <= 0 else out / f"profile-{k}.json"
+                start = latest if args.router_start == "profile" else None
                 for policy in policies:
-                    summary, per_request = measure(policy, trace, out, f"{wl}-{load}-{policy}", args.kv_bytes)
+                    summary, per_request = measure(policy, trace, out, f"{wl}-{load}-{policy}", args.kv_bytes, start)
                     group.append({"workload": wl, "load": load, "policy": policy, "measured": pick(summary),
                                   "requests": per_request})
                 if args.recalibrate:
@@ -352,7 +365,7 @@ def main() -> int:
     doc = {"command": "python " + shlex.join(sys.argv), "targets": TARGETS, "profile": prof_doc,
            "setup": {"nodes": 2, "kv_cache_bytes_per_node": args.kv_bytes, "dram_bytes": DRAM_BYTES,
                      "disk_bytes": DISK_BYTES, "loads": LOADS, "rate_scale": args.rate_scale,
-                     "seed": args.seed, "spacing": args.spacing},
+                     "seed": args.seed, "spacing": args.spacing, "router_start": args.router_start},
            "runs": runs, "rankings": ranks, "summary": summary, "ttft_by_request": ttft_by_request(runs)}
     if calibrations:
         doc["calibrations"] = calibrations

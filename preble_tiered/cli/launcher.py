@@ -65,6 +65,8 @@ class ClusterSpec:
     start_timeout_s: float = 300.0
     http_port: int = 0
     """The router's OpenAI HTTP port (0: HTTP off)."""
+    profile: str | None = None
+    """The router's `--profile` (a shipped name or a file; None: the router's guess)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= 64:
@@ -115,7 +117,7 @@ class LocalCluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._router_args = ["router", "--host", s.host, "--port", str(s.port), "--policy", s.policy,
                              "--block-size", str(s.block_size), "--tokenizer", self.model,
-                             "--http-port", str(s.http_port),
+                             "--http-port", str(s.http_port), *(("--profile", s.profile) if s.profile else ()),
                              *(("--state", s.state_path) if s.state_path else ()), *s.router_args]
         self.router = self._spawn("router", self._router_args, {})
         self._wait_router()

@@ -17,6 +17,8 @@ from preble_tiered.scheduler.registry import policy_names
 
 DEFAULT_PORT = 50051
 DEFAULT_HTTP_PORT = 8000
+TINY_PROFILE = "cpu-tiny"
+"""The shipped profile `preble serve` starts its router on when it serves the tiny model."""
 
 
 def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
@@ -45,6 +47,10 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     sv.add_argument("--disk-dir", metavar="DIR", default=None,
                     help="where the nodes' disk tiers live, node i in DIR/node<i>; a tier left there by an "
                          "earlier run is reused (default: kv/port-<port> under the cache dir)")
+    sv.add_argument("--profile", metavar="NAME|PATH|none", default=None,
+                    help="the router's starting costs, as `preble router --profile` (default: the shipped cpu-tiny "
+                         "profile for the tiny model, none for a --model; none: a guess until the nodes' "
+                         "measurements refit it)")
     _add_transfer_args(sv)
     _add_security_args(sv)
 
@@ -67,6 +73,10 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     rt.add_argument("--max-outstanding", type=positive_int, default=1024,
                     help="requests in flight before RESOURCE_EXHAUSTED (default: 1024)")
     rt.add_argument("--metrics-port", type=port, default=0, help="Prometheus /metrics port (default: 0, off)")
+    rt.add_argument("--profile", metavar="NAME|PATH", default=None,
+                    help="route on this cluster profile's measured costs from the first request (a shipped name "
+                         "such as cpu-tiny, or a file `preble calibrate` or `preble admin profile` wrote); the "
+                         "router still refits them from its nodes' measurements (default: a guess until then)")
     _add_security_args(rt)
 
     nd = sub.add_parser("node", help="run a node agent (one vLLM engine)",
@@ -191,10 +201,19 @@ def cmd_router(args: argparse.Namespace) -> int:
     from preble_tiered.router.service import serve_router
 
     _logging()
+    profile = None
+    if args.profile:
+        from preble_tiered.sim import profile_files
+
+        profile = profile_files.load(args.profile)  # a clear ProfileError (ValueError) when it cannot be read
     cfg = RouterConfig(host=args.host, port=args.port, policy=args.policy, block_size=args.block_size,
                        tokenizer=args.tokenizer, max_nodes=args.max_nodes, max_outstanding=args.max_outstanding,
                        metrics_port=args.metrics_port, http_port=args.http_port or None,
-                       served_model_name=args.served_model_name, **_security_config(args))
+                       served_model_name=args.served_model_name, profile=profile, **_security_config(args))
+    if profile is not None:
+        logging.getLogger(__name__).info("starting costs: profile %s (%s, %s); refitted from the nodes' "
+                                         "measurements as they arrive", args.profile, profile.model, profile.source
+                                         or "no source recorded")
     tune_gc_for_serving()  # the decision path allocates per request: see gc_tuning.py
     asyncio.run(serve_router(cfg))
     return 0
@@ -277,7 +296,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        disk_dir=str(tiers.disk_dir) if tiers.disk_dir else None, disk_bytes=tiers.disk_bytes or None,
                        transfer=args.transfer, transfer_protocol=args.transfer_protocol, state_path=args.state,
                        router_args=tuple(router_args), inference_token=sec["inference_token"], tls_ca=args.tls_cert,
-                       http_port=args.http_port)
+                       http_port=args.http_port, profile=_serve_profile(args))
     cluster = LocalCluster(spec)
     saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops as cleanly as Ctrl-C
@@ -306,6 +325,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         finally:  # as they were: a caller in the same process (and its children) keep their Ctrl-C
             signal.signal(signal.SIGINT, saved[0])
             signal.signal(signal.SIGTERM, saved[1])
+
+
+def _serve_profile(args: argparse.Namespace) -> str | None:
+    """The router's `--profile` under `preble serve`: the flag's, else `cpu-tiny` for the tiny
+    model (measured on this kind of machine), none for another model. Read here, so a bad
+    name or file fails before anything starts."""
+    want = args.profile if args.profile is not None else (None if args.model else TINY_PROFILE)
+    if want is None or want.lower() == "none":
+        return None
+    from preble_tiered.sim import profile_files
+
+    profile_files.load(want)
+    return want
 
 
 def _serving_banner(cluster, args: argparse.Namespace, token: bool) -> str:

@@ -81,7 +81,6 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def ClusterStats(self, request, context):
         r = self.router
         st = r.dispatch.stats
-        cal = r.feed.learner.prefill
         model = self.nodes.model
         return admin_pb2.ClusterStatsResponse(
             policy=r.config.policy, model=model.model if model else "",
@@ -90,9 +89,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             requests_rerouted=st.requests_rerouted, branch_counts=dict(r.scheduler.branch_counts),
             prompt_tokens_total=st.prompt_tokens, cached_tokens_total=convert.cached_to_pb(st.cached),
             recomputed_tokens_total=st.recomputed_tokens, index_entries=len(r.scheduler.index),
-            cost_model=(f"fitted ({len(cal)} samples, {cal.fits} fits{_per_chunk(cal.fitted)})" if cal.fitted
-                        else "preset (cpu tiny)")
-            + ("; decode fitted" if r.feed.learner.decode.fitted else "; decode not measured (flat)"))
+            cost_model=_cost_model(r))
 
     async def GetNodeResidency(self, request, context):
         link = self.nodes.links.get(request.node_id)
@@ -272,6 +269,18 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 def _tier_bytes(link: NodeLink, tier: Tier) -> int:
     """The capacity of `link`'s `tier` from its last load report (0: none)."""
     return next((u.capacity_bytes for u in link.load.tiers if u.tier is tier), 0)
+
+
+def _cost_model(router) -> str:
+    """Where the prices the router routes on come from, prefill then decode."""
+    learner, start = router.feed.learner, router.scheduler.cluster.cost.name
+    cal = learner.prefill
+    on_profile = start.startswith("profile:")  # the router started on a profile (`starting_cost`)
+    prefill = (f"fitted ({len(cal)} samples, {cal.fits} fits{_per_chunk(cal.fitted)})" if cal.fitted
+               else f"profile {start.split(':', 1)[1]}" if on_profile else "preset (cpu tiny)")
+    decode = ("decode fitted" if learner.decode.fitted
+              else "decode from the profile" if on_profile else "decode not measured (flat)")
+    return f"{prefill}; {decode}"
 
 
 def _per_chunk(model) -> str:

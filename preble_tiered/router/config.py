@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from preble_tiered.scheduler.policy import PolicyConfig
+from preble_tiered.scheduler.profile import ClusterProfile
 
 MAX_REQUEST_ID_CHARS = 128
 MAX_TEXT_CHARS = 4 << 20
@@ -43,6 +44,10 @@ class RouterConfig:
     inference token apply to it as to gRPC."""
     served_model_name: str | None = None
     """The model's name in the OpenAI API (None: the model directory's name)."""
+    profile: ClusterProfile | None = field(default=None, repr=False)
+    """The cluster's measured costs to route on from the first request (`preble calibrate`
+    or `preble admin profile` writes one); the router still refits them from what its nodes
+    measure. None: a guess (`engine_cost_model`) until the first refit."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_nodes <= 4096:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import grpc
@@ -23,7 +23,8 @@ from preble_tiered.router.errors import RequestError
 from preble_tiered.router.metrics import RouterMetrics
 from preble_tiered.router.node_client import EventStream, GrpcNodeClient, NodeClient
 from preble_tiered.scheduler.core import Scheduler
-from preble_tiered.scheduler.cost_model import engine_cost_model
+from preble_tiered.scheduler.cost_model import ChunkedPrefill, CostModel, engine_cost_model, kv_shape
+from preble_tiered.scheduler.profile import ClusterProfile
 from preble_tiered.types import NodeId
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,24 @@ class NodeIds(Protocol):
     def reserved(self) -> set[int]: ...
 
     def remember(self, name: str, node: int) -> None: ...
+
+
+def starting_cost(profile: ClusterProfile | None, info: NodeInfo) -> CostModel:
+    """The cost model the router routes on once the first node registered: `profile`'s, with
+    the node's KV capacity, when the profile was measured on the same KV layout (bytes per
+    token: the model); else the guess (`engine_cost_model`). Either is refitted from what the
+    nodes measure (`LoadFeed`)."""
+    if profile is not None:
+        if profile.kv_bytes_per_token == info.kv_bytes_per_token:
+            cost = profile.cost_model()  # its prefill fit is per engine step: chunked by the nodes' budget
+            chunk = info.max_batch_tokens or profile.engine.max_batch_tokens
+            return replace(cost, prefill=ChunkedPrefill(profile.prefill, chunk), hbm_tokens=info.kv_capacity_tokens,
+                           shape=kv_shape(info.model or cost.shape.name, info.kv_bytes_per_token))
+        logger.warning("profile %s was measured with %d KV bytes per token (%s); node %s serves %s with %d: "
+                       "routing on the guess until the nodes' measurements refit it",
+                       profile.name, profile.kv_bytes_per_token, profile.model, info.name, info.model,
+                       info.kv_bytes_per_token)
+    return engine_cost_model(info.model or "engine", info.kv_bytes_per_token, info.kv_capacity_tokens)
 
 
 class NodeSet:
@@ -115,8 +134,7 @@ class NodeSet:
         node = self._pick_id(info.name)
         if self.model is None:
             self.model = info
-            cost = engine_cost_model(info.model or "engine", info.kv_bytes_per_token, info.kv_capacity_tokens)
-            self.scheduler.update_cost(cost)
+            self.scheduler.update_cost(starting_cost(self.config.profile, info))
         link = self.links[node] = NodeLink(node, address, info, self._client_factory(node, address))
         self._by_address[address] = node
         if self._ids is not None:

@@ -45,7 +45,8 @@ class Router:
         self.hasher = BlockHasher(config.block_size)
         sc = SchedulerConfig(policy=config.policy, n_nodes=config.max_nodes, block_size=config.block_size,
                              policy_config=config.policy_config)
-        self.scheduler = Scheduler(sc, engine_cost_model("engine", 8192, 1 << 16), self.clock)
+        cost = config.profile.cost_model() if config.profile else engine_cost_model("engine", 8192, 1 << 16)
+        self.scheduler = Scheduler(sc, cost, self.clock)
         for n in range(config.max_nodes):
             self.scheduler.mark_down(n)  # slots come alive as nodes register and resync
         state = AdminState(Path(config.state_path) if config.state_path else None)

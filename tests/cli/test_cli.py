@@ -162,6 +162,47 @@ def _serve_refuses_bad_model_and_busy_port(capsys, tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_serve_starts_its_router_on_the_cpu_tiny_profile_for_the_tiny_model_and_checks_a_given_one(capsys, tmp_path,
+                                                                                                  monkeypatch):
+    import argparse
+
+    from preble_tiered.cli import launcher
+    from preble_tiered.cli.serving import _serve_profile
+    from preble_tiered.sim import profile_files
+
+    def ns(**kw):
+        return argparse.Namespace(**{"profile": None, "model": None, **kw})
+    assert _serve_profile(ns()) == "cpu-tiny"  # the tiny model: the shipped profile of this kind of machine
+    assert _serve_profile(ns(model="/m/llama")) is None  # another model: its costs are unknown
+    assert _serve_profile(ns(profile="none")) is None
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(profile_files.load("cpu-tiny").to_dict()))
+    assert _serve_profile(ns(model="/m/llama", profile=str(path))) == str(path)
+    started = []
+    monkeypatch.setattr(launcher.LocalCluster, "start", lambda self, progress=print: started.append(self))
+    code, _, err = run_cli(capsys, "serve", "--nodes", "1", "--dram-bytes", "0", "--disk-bytes", "0",
+                           "--http-port", "0", "--profile", str(tmp_path / "missing.json"))
+    assert code == 2 and "no profile" in err and "preble calibrate" in err and not started  # before anything starts
+    # the router child is told the profile
+    spec = launcher.ClusterSpec(profile="cpu-tiny", log_dir=str(tmp_path / "logs"))
+    cluster = launcher.LocalCluster(spec)
+    monkeypatch.setattr(cluster, "_spawn", lambda name, args, env: started.append(args) or (_ for _ in ()).throw(
+        RuntimeError("stop here")))
+    monkeypatch.setattr(launcher, "_port_free", lambda host, port: True)
+    cluster.model = str(tmp_path)
+    with pytest.raises(RuntimeError, match="stop here"):
+        cluster._start(progress=lambda m: None)
+    args = started[-1]
+    assert args[args.index("--profile") + 1] == "cpu-tiny"
+
+
+def test_router_refuses_a_profile_it_cannot_read(capsys, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    code, _, err = run_cli(capsys, "router", "--port", "0", "--profile", str(bad))
+    assert code == 2 and "preble router: error:" in err and "not JSON" in err
+
+
 def test_node_refuses_a_model_directory_that_does_not_exist(capsys, tmp_path):
     code, _, err = run_cli(capsys, "node", "--model", str(tmp_path / "nope"))
     assert code == 2 and "no such directory" in err and "nothing is downloaded" in err

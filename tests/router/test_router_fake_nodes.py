@@ -457,6 +457,52 @@ def measured(node: FakeNode, scale: float = 1.0) -> None:
     node.decode_steps = [(b, c, scale * (0.002 + b * 1e-4 + c * 1e-7), 20) for b in (1, 4) for c in (100, 1000, 4000)]
 
 
+def test_a_router_started_on_a_profile_routes_on_it_until_its_nodes_measurements_refit_it():
+    from preble_tiered.sim import profile_files
+
+    prof = profile_files.load("cpu-tiny")  # measured with 8192 KV bytes per token, as the fake nodes report
+
+    async def body():
+        async with Harness(profile=prof) as h:
+            a = FakeNode("a")
+            await h.add_nodes(a)
+            cost = h.router.scheduler.cluster.cost
+            assert cost.decode == prof.decode and cost.prefill.per_chunk == prof.prefill
+            assert cost.prefill.chunk == 2048 and cost.hbm_tokens == 32 * 1024  # the node's budget and capacity
+            assert cost.links.dram.bandwidth == prof.links["dram"].bandwidth
+            assert h.router.scheduler.policy.planner.cost is cost
+            st = await h.admin.ClusterStats(admin_pb2.ClusterStatsRequest())
+            assert st.cost_model == f"profile {prof.name}; decode from the profile"
+            measured(a, scale=3.0)  # the node's own measurements take over
+            learner = h.router.feed.learner
+            await h.until(lambda: learner.prefill.fitted is not None and learner.decode.fitted is not None)
+            cost = h.router.scheduler.cluster.cost
+            assert cost.decode == learner.decode.fitted and cost.prefill == learner.prefill.fitted
+            st = await h.admin.ClusterStats(admin_pb2.ClusterStatsRequest())
+            assert st.cost_model.startswith("fitted (9 samples") and st.cost_model.endswith("; decode fitted")
+    run(body())
+
+
+def test_a_profile_of_another_kv_layout_is_not_routed_on(caplog):
+    from dataclasses import replace
+
+    from preble_tiered.scheduler.cost_model import CPU_TINY_PREFILL, FlatDecode
+    from preble_tiered.sim import profile_files
+
+    prof = replace(profile_files.load("cpu-tiny"), kv_bytes_per_token=4096)  # another model's KV
+
+    async def body():
+        async with Harness(profile=prof) as h:
+            await h.add_nodes(FakeNode("a"))
+            cost = h.router.scheduler.cluster.cost
+            assert cost.prefill == CPU_TINY_PREFILL and cost.decode == FlatDecode()
+            st = await h.admin.ClusterStats(admin_pb2.ClusterStatsRequest())
+            assert st.cost_model == "preset (cpu tiny); decode not measured (flat)"
+    with caplog.at_level("WARNING", logger="preble_tiered.router.nodes"):
+        run(body())
+    assert any("4096 KV bytes per token" in r.getMessage() and "8192" in r.getMessage() for r in caplog.records)
+
+
 def test_profile_holds_what_the_nodes_measured_before_the_call_not_only_what_polls_brought():
     async def body():
         async with Harness(load_interval_s=60.0) as h:  # no periodic poll after the first during the test
