@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "from `preble calibrate` / `preble admin profile`): its prefill and decode fits, "
                           "engine limits, KV per tier, links and request overhead; --hbm-tokens etc. override")
     sim.add_argument("--router-learns-costs", action="store_true",
-                     help="with --profile: the router learns the engines' speed as the real one does, starting from "
-                          "the real router's guess and refitting from the nodes' measured prefills and decode steps, "
+                     help="with --profile: the router learns the engines' speed as a real one started without a "
+                          "profile does, starting from its guess and refitting from the nodes' measured prefills and decode steps, "
                           "instead of pricing with the profile's fits from the first request")
     sim.add_argument("--hbm-tokens", type=positive_int, default=None,
                      help="per-node GPU KV capacity (default: preset's)")

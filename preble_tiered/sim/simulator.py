@@ -70,9 +70,9 @@ class SimConfig:
     """A step holding prefill work takes (1 + this) times its price while another node of its
     host is mid-step (CPU nodes sharing cores; a profile measures it; 0: nodes apart)."""
     learn_costs: bool = False
-    """The router prices with what it has measured, as the real router does: it starts from
-    the real router's guess (`engine_cost_model`: a tiny-CPU prefill fit, a flat decode step)
-    and refits from the nodes' clean prefills and decode-only steps (`CostLearner`), while the
+    """The router prices with what it has measured, as a real router started without a profile
+    does: it starts from that router's guess (`engine_cost_model`: a tiny-CPU prefill fit, a
+    flat decode step) and refits from the nodes' clean prefills and decode-only steps (`CostLearner`), while the
     engines run at the cost model's prices throughout. False: the router knows those prices
     from the start (Preble's simulator; `preble sim --router-learns-costs` turns it on, and
     docs/decisions.md says what each predicts against the real cluster)."""
