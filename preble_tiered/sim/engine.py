@@ -16,8 +16,11 @@ It behaves like vLLM/SGLang at the level the scheduler can see:
   eviction), and blocks found in DRAM/disk are copied up on use;
 - loads (DRAM, disk, pulls from another node) run on per-link queues before the request's
   prefill starts, like vLLM's asynchronous KV connector loads;
-- two running requests that need the same missing block both compute it, as vLLM does (its
-  prefix cache only shares blocks once they are full and stored);
+- a request's prefix-cache hit is taken when the engine first schedules it, as vLLM does:
+  vLLM caches a block when it schedules the step that fills it (`allocate_slots`), so a
+  waiting request shares what was cached since its admission and what a request scheduled
+  before it in the same step computes; one already running never looks again and computes
+  a block it lacks even while another request computes it too;
 - with `report_samples`, it measures what a real node reports for the router's cost model:
   clean prefills (nothing else in the engine from the request's admission to its first
   token: new tokens, context, seconds) and decode-only steps followed by another step (a
@@ -29,88 +32,14 @@ them once per step (`take_events`).
 
 from __future__ import annotations
 
-import enum
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Callable
 
 from preble_tiered.events import BlockRemoved, BlockStored, ResidencyEvent
 from preble_tiered.scheduler.cost_model import CostModel
 from preble_tiered.scheduler.fair_queue import FairQueue, hit_group
-from preble_tiered.scheduler.types import Plan
+from preble_tiered.sim.engine_types import SimEngineConfig, SimRequest, State, StepResult
 from preble_tiered.types import NodeId, Tier
-
-
-@dataclass(frozen=True)
-class SimEngineConfig:
-    """One simulated node."""
-
-    hbm_tokens: int
-    """KV capacity of GPU memory, in tokens."""
-    dram_tokens: int = 0
-    """Host-memory KV tier capacity in tokens (0: none)."""
-    disk_tokens: int = 0
-    """Disk KV tier capacity in tokens (0: none)."""
-    block_size: int = 32
-    max_batch_tokens: int = 4096
-    """Token budget of one step (chunked prefill)."""
-    max_running: int = 256
-    """Most requests admitted at once."""
-    fair_k: int = 10
-    """Fair-queue quota unit (Preble: 10)."""
-    report_samples: bool = False
-    """Keep clean prefills and decode-only steps for `take_samples` (the router's live fit)."""
-
-    def __post_init__(self) -> None:
-        if self.block_size <= 0:
-            raise ValueError(f"block_size must be positive, got {self.block_size}")
-        if self.hbm_tokens < self.block_size:
-            raise ValueError(f"hbm_tokens must hold at least one block, got {self.hbm_tokens}")
-        if self.dram_tokens < 0 or self.disk_tokens < 0:
-            raise ValueError("tier capacities cannot be negative")
-        if self.max_batch_tokens < 1 or self.max_running < 1:
-            raise ValueError("max_batch_tokens and max_running must be positive")
-
-
-class State(enum.Enum):
-    QUEUED = 0
-    LOADING = 1
-    PREFILL = 2
-    DECODE = 3
-    DONE = 4
-
-
-@dataclass(slots=True)
-class SimRequest:
-    """A request inside a SimEngine, with what it cost."""
-
-    request_id: str
-    hashes: list[int]
-    prompt_tokens: int
-    output_tokens: int
-    plan: Plan
-    state: State = State.QUEUED
-    hit_ratio: float = 0.0
-    computed: int = 0  # prompt tokens whose KV exists (cached or computed)
-    generated: int = 0
-    ready_at: float = 0.0
-    scheduled: bool = False  # ran in a step (vLLM no longer counts it as waiting)
-    reserved_blocks: int = 0  # KV blocks held for blocks not yet in the cache + output
-    held: list[int] = field(default_factory=list)  # cache blocks this request references
-    cached: dict[str, int] = field(default_factory=lambda: {"hbm": 0, "dram": 0, "disk": 0, "remote": 0})
-    recomputed: int = 0
-    bytes_moved: int = 0
-    first_token_at: float | None = None
-    finished_at: float | None = None
-    admitted_at: float = 0.0
-    clean: bool = False  # nothing else in the engine from its admission to its first token
-
-
-@dataclass(slots=True)
-class StepResult:
-    duration: float
-    first_tokens: list[SimRequest]
-    finished: list[SimRequest]
 
 
 class _Tier:
@@ -411,18 +340,52 @@ class SimEngine:
                 work.append((r, 1))
                 decode_ctx += r.prompt_tokens + r.generated
                 budget -= 1
+        bs = self.config.block_size
+        covered: set[int] = set()  # blocks this step's prefill chunks so far compute
         for r in self.running:
             if budget <= 0:
                 break
             if r.state is State.PREFILL:
+                if not r.scheduled:
+                    self._hit_at_first_step(r, covered)
                 chunk = min(r.prompt_tokens - r.computed, budget)
                 r.scheduled = True
                 work.append((r, chunk))
                 budget -= chunk
                 prefill_s += self.cost.prefill_s(chunk, r.computed + chunk)
+                covered.update(r.hashes[r.computed // bs:(r.computed + chunk) // bs])
         n_decode = sum(1 for r, _ in work if r.state is State.DECODE)
         dur = prefill_s + self.cost.decode_step_s(decode_ctx, n_decode) if work else 0.0
         return dur, work
+
+    def _hit_at_first_step(self, r: SimRequest, covered: set[int]) -> None:
+        """vLLM looks a waiting request up in its prefix cache when it first schedules it, and
+        caches a block as soon as a step is scheduled to fill it (`allocate_slots`), so the
+        request shares the blocks cached since its admission and those that a request
+        scheduled before it in this same step computes (`covered`), up to its last prompt
+        token; a request already running never looks again, and computes what it lacks."""
+        bs = self.config.block_size
+        limit = (r.prompt_tokens - 1) // bs
+        n = start = r.computed // bs
+        hbm = self.hbm
+        while n < limit:
+            h = r.hashes[n]
+            if h in hbm:  # cached since its admission: referenced now
+                if hbm[h] == 0:
+                    del self.lru[h]
+                hbm[h] += 1
+                r.held.append(h)
+            elif h in covered:  # computed in this step: referenced once stored (finish_step)
+                r.sharing.append(h)
+            else:
+                break
+            n += 1
+        if n > start:
+            r.reserved_blocks -= n - start
+            self.reserved -= n - start
+            r.computed = n * bs
+            r.recomputed = r.prompt_tokens - r.computed
+            r.cached["hbm"] += (n - start) * bs
 
     def finish_step(self, work: list[tuple[SimRequest, int]], end: float, dur: float) -> StepResult:
         """Apply a step's progress at its end time."""
@@ -435,6 +398,10 @@ class SimEngine:
         bs = self.config.block_size
         first, done = [], []
         for r, tokens in work:
+            if r.sharing:  # stored by the request before it in this step that computed them
+                self._store_hbm(r.sharing, None)
+                r.held.extend(r.sharing)
+                r.sharing = []
             if r.state is State.PREFILL:
                 before = r.computed // bs
                 r.computed += tokens

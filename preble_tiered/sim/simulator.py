@@ -21,7 +21,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from preble_tiered.sim.engine import SimEngine, SimEngineConfig, SimRequest, State
+from preble_tiered.sim.engine import SimEngine
+from preble_tiered.sim.engine_types import SimEngineConfig, SimRequest, State
 from preble_tiered.hashing import BlockHasher
 from preble_tiered.scheduler.clock import ManualClock
 from preble_tiered.scheduler.core import Scheduler, SchedulerConfig

@@ -3,7 +3,8 @@ events, reference protection, the node's admission rule, loads, pulls and chunke
 
 import pytest
 
-from preble_tiered.sim.engine import SimEngine, SimEngineConfig, SimRequest, State
+from preble_tiered.sim.engine import SimEngine
+from preble_tiered.sim.engine_types import SimEngineConfig, SimRequest, State
 from preble_tiered.events import BlockRemoved, BlockStored
 from preble_tiered.scheduler.cost_model import cost_preset
 from preble_tiered.scheduler.types import Plan
@@ -182,7 +183,10 @@ def test_blocks_shared_by_two_running_requests_stay_referenced_until_both_finish
     assert eng.reserved == 0
 
 
-def test_a_block_another_request_is_computing_is_computed_again_as_vllm_does():
+def test_a_waiting_request_looks_up_the_cache_when_first_scheduled_as_vllm_does():
+    """Admitted while a computes their shared prefix, b gets no room in a's last prefill step;
+    when vLLM first schedules it a step later, all of a's blocks are cached: b computes only
+    its own block."""
     eng = make_engine(hbm_blocks=32, max_batch_tokens=8)
     a = make_req("a", [1, 2, 3, 4])
     eng.submit(a)
@@ -192,11 +196,39 @@ def test_a_block_another_request_is_computing_is_computed_again_as_vllm_does():
     b = make_req("b", [1, 2, 3, 4, 5])
     eng.submit(b)
     dur, work = eng.plan_step(now)
-    assert b.state is State.PREFILL and b.cached["hbm"] == 8  # no wait for a's block 3
+    assert [r.request_id for r, _ in work] == ["a"] and b.cached["hbm"] == 8  # blocks 1-2 at admission
+    now += dur
+    eng.finish_step(work, now, dur)
+    dur, work = eng.plan_step(now)  # b's first step (a is done): blocks 3-4 are cached since
+    assert dict((r.request_id, n) for r, n in work) == {"b": 4} and b.cached["hbm"] == 16
     now += dur
     eng.finish_step(work, now, dur)
     run(eng, now)
-    assert b.recomputed == 12 and eng.reserved == 0  # blocks 3-5 computed by b as well
+    assert b.recomputed == 4 and eng.reserved == 0 and all(v == 0 for v in eng.hbm.values())
+
+
+def test_a_request_shares_the_blocks_an_earlier_request_computes_in_the_same_step():
+    """vLLM caches a block when it schedules the step that fills it: b, first scheduled in
+    the step where a computes the prefix's last block, shares it and computes only its own,
+    and both have their first token at the end of that step."""
+    eng = make_engine(hbm_blocks=32, max_batch_tokens=12)
+    a = make_req("a", [1, 2, 3, 4])
+    eng.submit(a)
+    dur, work = eng.plan_step(0.0)  # a: blocks 1-3
+    now = dur
+    eng.finish_step(work, now, dur)
+    b = make_req("b", [1, 2, 3, 4, 5], out=2)
+    eng.submit(b)
+    dur, work = eng.plan_step(now)  # a: block 4; b: blocks 1-3 cached, 4 computed by a now
+    assert dict((r.request_id, n) for r, n in work) == {"a": 4, "b": 4}
+    now += dur
+    res = eng.finish_step(work, now, dur)
+    assert {r.request_id for r in res.first_tokens} == {"a", "b"} and a.first_token_at == b.first_token_at
+    assert b.recomputed == 4 and b.cached["hbm"] == 16 and eng.hbm[4] == 1  # b's; a finished
+    assert eng.take_events() == [BlockStored(0, HBM, (1, 2, 3), None), BlockStored(0, HBM, (4,), 3),
+                                 BlockStored(0, HBM, (5,), 4)]  # each block stored once
+    run(eng, now)
+    assert eng.reserved == 0 and all(v == 0 for v in eng.hbm.values())
 
 
 def test_at_most_max_running_requests_run_at_once():
