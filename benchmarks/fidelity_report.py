@@ -136,7 +136,8 @@ def markdown(doc: dict) -> str:
         lines += ["", f"Calibrated {len(cal)} times (`--recalibrate`): once before the first runs and once after each "
                       f"(workload, load)'s runs. Each run is predicted on {on}, on the first calibration alone, on "
                       "the one just before it"
-                      + (", and on the table's profile by a router that learns its costs as the real one does."
+                      + (", and on the table's profile by a router started without a profile that learns its "
+                         "costs from its nodes."
                          if "learns" in doc.get("summary_by_calibration", {}) else "."),
                   "", "| calibration | ended (UTC) | 3k-token prefill ms | decode step ms, 4 sequences on 4k tokens | "
                       "8 on 8k |", "|---|---|---|---|---|"]
@@ -148,7 +149,7 @@ def markdown(doc: dict) -> str:
                       "decisions the real router's | median error of mean TTFT / mean latency |",
                   "|---|---|---|---|---|---|---|---|---|"]
         names = {"first": "the first calibration alone", "before": "the calibration just before the runs",
-                 "learns": "the table's profile, its router learning its costs as the real one does "
+                 "learns": "the table's profile, its router started without a profile and learning its costs "
                            "(`--router-learns-costs`)",
                  "bracket": "the mean of the calibrations before and after",
                  "profile": f"`{doc.get('repredicted', '--profile')}`"}

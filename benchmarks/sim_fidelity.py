@@ -29,8 +29,9 @@ form) and heavy (they do).
 `--recalibrate` (for a machine whose speed drifts within the hour): calibrate again after each
 (workload, load)'s runs, and predict those runs on the mean of the calibrations taken just
 before and just after them (`mean_profile`). Every run is also predicted on the first
-calibration alone, on the one just before it, and on the bracket by a router that learns its
-costs from its nodes as the real one does (`preble sim --router-learns-costs`); the report
+calibration alone, on the one just before it, and on the bracket by a router started without
+a profile that learns its costs from its nodes as such a real router does (`preble sim
+--router-learns-costs`; with `--router-start guess` that is the real router's way); the report
 compares the four, and counts the runs whose decisions (by branch) are the real router's.
 Each request's branch, node TTFT and pulled tokens are recorded on the real side, its branch
 and new tokens on the predicted one.
@@ -221,7 +222,8 @@ def predicted_on(r: dict, trace: Path, profile: Path, per_request: bool = False,
 def predict_alternatives(r: dict, calibrations: list[dict], trace: Path, out: Path, on: Path) -> None:
     """A --recalibrate run predicted also on the first calibration alone (as if calibrated once),
     on the last one before its runs (the newest a prediction made in advance could use), and on
-    the profile it is predicted on (`on`) by a router that learns its costs as the real one does."""
+    the profile it is predicted on (`on`) by a router started without a profile that learns its
+    costs (`--router-learns-costs`)."""
     paths = []
     for k in (0, r["calibrations"][0]):
         path = out / f"calibration-{k}.json"

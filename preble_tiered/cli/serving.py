@@ -73,10 +73,11 @@ def add_parsers(sub, positive_int, positive_float, add_workload_args) -> None:
     rt.add_argument("--max-outstanding", type=positive_int, default=1024,
                     help="requests in flight before RESOURCE_EXHAUSTED (default: 1024)")
     rt.add_argument("--metrics-port", type=port, default=0, help="Prometheus /metrics port (default: 0, off)")
-    rt.add_argument("--profile", metavar="NAME|PATH", default=None,
+    rt.add_argument("--profile", metavar="NAME|PATH|none", default=None,
                     help="route on this cluster profile's measured costs from the first request (a shipped name "
                          "such as cpu-tiny, or a file `preble calibrate` or `preble admin profile` wrote); the "
-                         "router still refits them from its nodes' measurements (default: a guess until then)")
+                         "router still refits them from its nodes' measurements (default, or none: a guess until "
+                         "then)")
     _add_security_args(rt)
 
     nd = sub.add_parser("node", help="run a node agent (one vLLM engine)",
@@ -202,7 +203,7 @@ def cmd_router(args: argparse.Namespace) -> int:
 
     _logging()
     profile = None
-    if args.profile:
+    if args.profile and args.profile.lower() != "none":
         from preble_tiered.sim import profile_files
 
         profile = profile_files.load(args.profile)  # a clear ProfileError (ValueError) when it cannot be read

@@ -272,12 +272,13 @@ def _tier_bytes(link: NodeLink, tier: Tier) -> int:
 
 
 def _cost_model(router) -> str:
-    """Where the prices the router routes on come from, prefill then decode."""
-    learner, start = router.feed.learner, router.scheduler.cluster.cost.name
+    """Where the prices the router routes on come from, prefill then decode: fitted from the
+    nodes' measurements, else what it started on (`NodeSet.cost_source`)."""
+    learner, start = router.feed.learner, router.nodes.cost_source
     cal = learner.prefill
-    on_profile = start.startswith("profile:")  # the router started on a profile (`starting_cost`)
+    on_profile = start.startswith("profile ")
     prefill = (f"fitted ({len(cal)} samples, {cal.fits} fits{_per_chunk(cal.fitted)})" if cal.fitted
-               else f"profile {start.split(':', 1)[1]}" if on_profile else "preset (cpu tiny)")
+               else start if on_profile else f"preset (cpu tiny{start[len('guess'):]})")
     decode = ("decode fitted" if learner.decode.fitted
               else "decode from the profile" if on_profile else "decode not measured (flat)")
     return f"{prefill}; {decode}"

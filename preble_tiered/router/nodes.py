@@ -65,22 +65,25 @@ class NodeIds(Protocol):
     def remember(self, name: str, node: int) -> None: ...
 
 
-def starting_cost(profile: ClusterProfile | None, info: NodeInfo) -> CostModel:
-    """The cost model the router routes on once the first node registered: `profile`'s, with
-    the node's KV capacity, when the profile was measured on the same KV layout (bytes per
-    token: the model); else the guess (`engine_cost_model`). Either is refitted from what the
-    nodes measure (`LoadFeed`)."""
+def starting_cost(profile: ClusterProfile | None, info: NodeInfo) -> tuple[CostModel, str]:
+    """The cost model the router routes on once the first node registered, and where it comes
+    from: `profile`'s, with the node's KV capacity, when the profile was measured on the same
+    KV layout (bytes per token: the model); else the guess (`engine_cost_model`). Either is
+    refitted from what the nodes measure (`LoadFeed`)."""
     if profile is not None:
         if profile.kv_bytes_per_token == info.kv_bytes_per_token:
             cost = profile.cost_model()  # its prefill fit is per engine step: chunked by the nodes' budget
             chunk = info.max_batch_tokens or profile.engine.max_batch_tokens
             return replace(cost, prefill=ChunkedPrefill(profile.prefill, chunk), hbm_tokens=info.kv_capacity_tokens,
-                           shape=kv_shape(info.model or cost.shape.name, info.kv_bytes_per_token))
+                           shape=kv_shape(info.model or cost.shape.name, info.kv_bytes_per_token)), \
+                f"profile {profile.name}"
         logger.warning("profile %s was measured with %d KV bytes per token (%s); node %s serves %s with %d: "
                        "routing on the guess until the nodes' measurements refit it",
                        profile.name, profile.kv_bytes_per_token, profile.model, info.name, info.model,
                        info.kv_bytes_per_token)
-    return engine_cost_model(info.model or "engine", info.kv_bytes_per_token, info.kv_capacity_tokens)
+        return (engine_cost_model(info.model or "engine", info.kv_bytes_per_token, info.kv_capacity_tokens),
+                f"guess; profile {profile.name} is for another KV layout")
+    return engine_cost_model(info.model or "engine", info.kv_bytes_per_token, info.kv_capacity_tokens), "guess"
 
 
 class NodeSet:
@@ -96,6 +99,9 @@ class NodeSet:
         self.links: dict[NodeId, NodeLink] = {}
         self.model: NodeInfo | None = None
         """The first node's model: every node must serve the same."""
+        self.cost_source = f"profile {config.profile.name}" if config.profile else "guess"
+        """Where the costs the router started on come from (`starting_cost`; until a node
+        registers, the profile it was given)."""
         self._by_address: dict[str, NodeId] = {}
         self._client_factory = client_factory
         self.on_register: list[Callable[[NodeLink], None]] = []
@@ -134,7 +140,8 @@ class NodeSet:
         node = self._pick_id(info.name)
         if self.model is None:
             self.model = info
-            self.scheduler.update_cost(starting_cost(self.config.profile, info))
+            cost, self.cost_source = starting_cost(self.config.profile, info)
+            self.scheduler.update_cost(cost)
         link = self.links[node] = NodeLink(node, address, info, self._client_factory(node, address))
         self._by_address[address] = node
         if self._ids is not None:

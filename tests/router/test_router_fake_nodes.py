@@ -497,7 +497,8 @@ def test_a_profile_of_another_kv_layout_is_not_routed_on(caplog):
             cost = h.router.scheduler.cluster.cost
             assert cost.prefill == CPU_TINY_PREFILL and cost.decode == FlatDecode()
             st = await h.admin.ClusterStats(admin_pb2.ClusterStatsRequest())
-            assert st.cost_model == "preset (cpu tiny); decode not measured (flat)"
+            assert st.cost_model == ("preset (cpu tiny; profile cpu-tiny is for another KV layout); "
+                                     "decode not measured (flat)")
     with caplog.at_level("WARNING", logger="preble_tiered.router.nodes"):
         run(body())
     assert any("4096 KV bytes per token" in r.getMessage() and "8192" in r.getMessage() for r in caplog.records)

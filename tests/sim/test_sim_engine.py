@@ -231,6 +231,25 @@ def test_a_request_shares_the_blocks_an_earlier_request_computes_in_the_same_ste
     assert eng.reserved == 0 and all(v == 0 for v in eng.hbm.values())
 
 
+def test_a_first_step_hit_stops_before_the_last_prompt_token():
+    """The same prompt again, its blocks all cached or computed this step: the last block
+    is computed anyway (the engine needs the last token's logits), as at admission."""
+    eng = make_engine(hbm_blocks=32, max_batch_tokens=12)
+    a = make_req("a", [1, 2, 3, 4])
+    eng.submit(a)
+    dur, work = eng.plan_step(0.0)  # a: blocks 1-3
+    now = dur
+    eng.finish_step(work, now, dur)
+    b = make_req("b", [1, 2, 3, 4])
+    eng.submit(b)
+    dur, work = eng.plan_step(now)  # a: block 4; b: blocks 1-3, not 4
+    assert dict((r.request_id, n) for r, n in work) == {"a": 4, "b": 4} and b.cached["hbm"] == 12
+    now += dur
+    eng.finish_step(work, now, dur)
+    run(eng, now)
+    assert b.recomputed == 4 and eng.reserved == 0 and all(v == 0 for v in eng.hbm.values())
+
+
 def test_at_most_max_running_requests_run_at_once():
     cfg = SimEngineConfig(hbm_tokens=64 * BS, block_size=BS, max_batch_tokens=4096, max_running=2)
     eng = SimEngine(0, cfg, COST)
