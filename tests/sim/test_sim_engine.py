@@ -207,16 +207,22 @@ def test_a_waiting_request_looks_up_the_cache_when_first_scheduled_as_vllm_does(
     assert b.recomputed == 4 and eng.reserved == 0 and all(v == 0 for v in eng.hbm.values())
 
 
+def engine_after_a_first_chunk():
+    """An engine of a 12-token step budget after the first step of a 4-block request `a`
+    (blocks 1-3 computed, block 4 left): (engine, a, now)."""
+    eng = make_engine(hbm_blocks=32, max_batch_tokens=12)
+    a = make_req("a", [1, 2, 3, 4])
+    eng.submit(a)
+    dur, work = eng.plan_step(0.0)
+    eng.finish_step(work, dur, dur)
+    return eng, a, dur
+
+
 def test_a_request_shares_the_blocks_an_earlier_request_computes_in_the_same_step():
     """vLLM caches a block when it schedules the step that fills it: b, first scheduled in
     the step where a computes the prefix's last block, shares it and computes only its own,
     and both have their first token at the end of that step."""
-    eng = make_engine(hbm_blocks=32, max_batch_tokens=12)
-    a = make_req("a", [1, 2, 3, 4])
-    eng.submit(a)
-    dur, work = eng.plan_step(0.0)  # a: blocks 1-3
-    now = dur
-    eng.finish_step(work, now, dur)
+    eng, a, now = engine_after_a_first_chunk()
     b = make_req("b", [1, 2, 3, 4, 5], out=2)
     eng.submit(b)
     dur, work = eng.plan_step(now)  # a: block 4; b: blocks 1-3 cached, 4 computed by a now
@@ -234,12 +240,7 @@ def test_a_request_shares_the_blocks_an_earlier_request_computes_in_the_same_ste
 def test_a_first_step_hit_stops_before_the_last_prompt_token():
     """The same prompt again, its blocks all cached or computed this step: the last block
     is computed anyway (the engine needs the last token's logits), as at admission."""
-    eng = make_engine(hbm_blocks=32, max_batch_tokens=12)
-    a = make_req("a", [1, 2, 3, 4])
-    eng.submit(a)
-    dur, work = eng.plan_step(0.0)  # a: blocks 1-3
-    now = dur
-    eng.finish_step(work, now, dur)
+    eng, a, now = engine_after_a_first_chunk()
     b = make_req("b", [1, 2, 3, 4])
     eng.submit(b)
     dur, work = eng.plan_step(now)  # a: block 4; b: blocks 1-3, not 4
