@@ -325,6 +325,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="preble-fidelity-") as tmp:
         out = Path(tmp)
         profile = args.profile or calibrate(out, args.kv_bytes)
+        latest = Path(profile)  # the router's --profile under --router-start profile
         prof_doc = json.loads(Path(profile).read_text())
         if args.recalibrate:
             calibrations.append(calibration_record(Path(profile)))
@@ -333,8 +334,6 @@ def main() -> int:
                 trace = out / f"{wl}-{load}.jsonl"
                 make_trace(trace, wl, load, args.seed, rate_scale=args.rate_scale, spacing=args.spacing)
                 group = []
-                k = len(calibrations) - 1  # the latest calibration's number (-1: no --recalibrate)
-                latest = Path(profile) if k <= 0 else out / f"profile-{k}.json"
                 start = latest if args.router_start == "profile" else None
                 for policy in policies:
                     summary, per_request = measure(policy, trace, out, f"{wl}-{load}-{policy}", args.kv_bytes, start)
@@ -342,7 +341,8 @@ def main() -> int:
                                   "requests": per_request})
                 if args.recalibrate:
                     k = len(calibrations)
-                    calibrations.append(calibration_record(calibrate(out, args.kv_bytes, k)))
+                    latest = calibrate(out, args.kv_bytes, k)
+                    calibrations.append(calibration_record(latest))
                     print(f"[calibration {k}] {calibrations[-1]['at']}", flush=True)
                 for r in group:
                     label = f"{wl}-{load}-{r['policy']}"

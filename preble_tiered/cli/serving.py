@@ -203,7 +203,7 @@ def cmd_router(args: argparse.Namespace) -> int:
 
     _logging()
     profile = None
-    if args.profile and args.profile.lower() != "none":
+    if _profile_wanted(args.profile):
         from preble_tiered.sim import profile_files
 
         profile = profile_files.load(args.profile)  # a clear ProfileError (ValueError) when it cannot be read
@@ -328,12 +328,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, saved[1])
 
 
+def _profile_wanted(value: str | None) -> bool:
+    """A `--profile` value that names a profile (not absent, empty or "none")."""
+    return bool(value) and value.lower() != "none"
+
+
 def _serve_profile(args: argparse.Namespace) -> str | None:
     """The router's `--profile` under `preble serve`: the flag's, else `cpu-tiny` for the tiny
     model (measured on this kind of machine), none for another model. Read here, so a bad
     name or file fails before anything starts."""
     want = args.profile if args.profile is not None else (None if args.model else TINY_PROFILE)
-    if want is None or want.lower() == "none":
+    if not _profile_wanted(want):
         return None
     from preble_tiered.sim import profile_files
 

@@ -276,11 +276,9 @@ def _cost_model(router) -> str:
     nodes' measurements, else what it started on (`NodeSet.cost_source`)."""
     learner, start = router.feed.learner, router.nodes.cost_source
     cal = learner.prefill
-    on_profile = start.startswith("profile ")
-    prefill = (f"fitted ({len(cal)} samples, {cal.fits} fits{_per_chunk(cal.fitted)})" if cal.fitted
-               else start if on_profile else f"preset (cpu tiny{start[len('guess'):]})")
+    prefill = f"fitted ({len(cal)} samples, {cal.fits} fits{_per_chunk(cal.fitted)})" if cal.fitted else start
     decode = ("decode fitted" if learner.decode.fitted
-              else "decode from the profile" if on_profile else "decode not measured (flat)")
+              else "decode from the profile" if start.startswith("profile ") else "decode not measured (flat)")
     return f"{prefill}; {decode}"
 
 

@@ -82,8 +82,9 @@ def starting_cost(profile: ClusterProfile | None, info: NodeInfo) -> tuple[CostM
                        profile.name, profile.kv_bytes_per_token, profile.model, info.name, info.model,
                        info.kv_bytes_per_token)
         return (engine_cost_model(info.model or "engine", info.kv_bytes_per_token, info.kv_capacity_tokens),
-                f"guess; profile {profile.name} is for another KV layout")
-    return engine_cost_model(info.model or "engine", info.kv_bytes_per_token, info.kv_capacity_tokens), "guess"
+                f"preset (cpu tiny; profile {profile.name} is for another KV layout)")
+    return engine_cost_model(info.model or "engine", info.kv_bytes_per_token, info.kv_capacity_tokens), \
+        "preset (cpu tiny)"
 
 
 class NodeSet:
@@ -99,9 +100,9 @@ class NodeSet:
         self.links: dict[NodeId, NodeLink] = {}
         self.model: NodeInfo | None = None
         """The first node's model: every node must serve the same."""
-        self.cost_source = f"profile {config.profile.name}" if config.profile else "guess"
-        """Where the costs the router started on come from (`starting_cost`; until a node
-        registers, the profile it was given)."""
+        self.cost_source = f"profile {config.profile.name}" if config.profile else "preset (cpu tiny)"
+        """Where the costs the router started on come from, as `preble admin stats` shows it
+        (`starting_cost`; until a node registers, the profile it was given)."""
         self._by_address: dict[str, NodeId] = {}
         self._client_factory = client_factory
         self.on_register: list[Callable[[NodeLink], None]] = []

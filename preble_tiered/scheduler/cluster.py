@@ -208,11 +208,11 @@ class ClusterState:
         ns.pending_prefill_tokens += prompt_tokens - cached_tokens
         ns.inflight_tokens += prompt_tokens + max_output_tokens
         ns.active_kv_tokens += prompt_tokens + max_output_tokens
-        # ns.pending_prefill_s and ns.decode_tokens (and refresh_decode), written through
-        # to the load terms directly: every decision does this
+        # ns.pending_prefill_s and ns.decode_tokens, written to the load terms without their
+        # property setters: every decision does this
         terms.pending_s[node] += est_prefill_s
         terms.decode_tokens[node] += max_output_tokens
-        terms.decode_s[node] = terms.decode_tokens[node] * ns.tpot.value
+        ns.refresh_decode()
         self.hit_tokens[node].add(now, cached_tokens)
         self.prompt_tokens[node].add(now, prompt_tokens)
 

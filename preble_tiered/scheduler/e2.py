@@ -348,13 +348,8 @@ class E2Tiered(PrebleE2):
         """
         cl = self.cluster
         plans = self.planner.plan_times(pc, cl.n_nodes)
-        # self._costs(holders, pc, now, with_evict=False, all_plans=plans), inlined: nearly
-        # every request on a warm cluster comes here
-        h_plans = list(map(plans.__getitem__, holders))
-        loads = self.loads(holders, now)
-        totals = list(map(add, loads, h_plans))
-        costs = _Costs(holders, loads, [0.0] * len(holders), h_plans, totals)
-        best = totals.index(min(totals))  # costs.argmin()
+        costs = self._costs(holders, pc, now, with_evict=False, all_plans=plans)
+        best = costs.argmin()
         if len(holders) == len(alive):
             return best, costs, Branch.EXPLOIT
         # A copy costs cache space everywhere (duplicates evict other prefixes), which the

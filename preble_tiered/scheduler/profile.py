@@ -5,8 +5,9 @@ from the nodes' clean prefills, the decode step fit `[1, batch, context]` from t
 measured decode steps, the engine's limits (sequences, step token budget, block size, KV per
 tier), the link bandwidths the nodes measured, the fixed time a request spends outside the
 engine (router hop, tokenization, gRPC) and, where nodes share a host's cores, how much slower
-a prefill runs while another node there works. The router assembles one from what its nodes report (`preble admin profile`); `preble
-calibrate` drives a sweep first for good coverage; `preble sim --profile` runs on one.
+a prefill runs while another node there works. The router assembles one from what its nodes
+report (`preble admin profile`); `preble calibrate` drives a sweep first for good coverage;
+`preble sim --profile` runs on one, `preble router --profile` routes on one.
 
 A profile is a versioned JSON document (`to_dict` / `from_dict`; files in `sim/profile_files.py`).
 Bad or missing fields raise `ProfileError` naming the field. Pure code: no I/O here.
